@@ -1,0 +1,1311 @@
+#!/usr/bin/env python3
+"""prefect-batch node agent: the only code that runs on a compute node.
+
+The agent is one self-contained file that uses the Python standard library only (Python 3.8+),
+because the service ships it to remote hosts as text over SSH and runs it as
+``python3 agent.py --root DIR``. It owns the node's directory layout, starts task processes
+without a shell, enforces wall-clock limits, writes every task's result to disk, and reports
+over its stdin/stdout. It does not schedule, retry, download resource files or upload output
+files: the service decides all of that and tells the agent exactly what to run.
+
+Protocol (version 1)
+====================
+
+Versioned JSON lines: one JSON object per line. Requests arrive on stdin, each with an ``"op"``;
+events leave on stdout, each with an ``"ev"``. Stderr carries the agent's own diagnostics only.
+All times are float UNIX seconds. A request the agent does not understand is answered with
+``{"ev": "error", "op": ..., "code": "OperationInvalid", "message": ...}``; it never crashes the
+agent. Events of one loop iteration are written together.
+
+Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
+
+    shared/  startup/  fsmounts/           node directories (created at start and on hello)
+    <dir>/stdout.txt  <dir>/stderr.txt     a task's output, truncated when it starts
+    <dir>/wd/                              the task's working directory
+    .agent/runs/<key>.json                 run records: what was started, and its result
+
+``hello`` ``{"op":"hello","v":1,"node_id":..,"pool_id":..}`` ->
+    ``{"ev":"hello","v":1,"agent_version":"0.1.0","pid":..,"hostname":..,"cpu_count":..,
+    "memory_bytes":..,"root":..,"time":..,"reaper":"pidfd"|"sigchld",
+    "spawn":"posix_spawn"|"popen"}``.
+
+``run`` ``{"op":"run","key":K,"argv":[..],"dir":"jobA/task1","env":{..},
+    "wall_clock_seconds":float|null,"job_prep_dir":"jobA/jobpreparation"|null}``
+    ``key`` matches ``^[A-Za-z0-9_.-]{1,128}$``; ``dir`` (and ``job_prep_dir``) are relative to
+    the root, without empty, ``.`` or ``..`` components, and must stay inside the root after
+    symlinks are resolved. The agent creates ``<dir>/wd``, truncates ``<dir>/stdout.txt`` and
+    ``<dir>/stderr.txt`` and points the process's stdout/stderr at them; stdin is /dev/null and
+    the working directory is ``<dir>/wd``. There is no shell: ``argv`` is executed directly.
+    ``argv[0]`` without ``/`` is looked up in the PATH of the task's environment; a relative
+    path with ``/`` is relative to the working directory. The process starts in a new session
+    (its own process group), so killing the group kills its children too and the task survives
+    the agent's session. Environment = the agent's environment + ``env`` + the ``AZ_BATCH_*``
+    directory variables, which always win: ``AZ_BATCH_NODE_ROOT_DIR``,
+    ``AZ_BATCH_NODE_SHARED_DIR``, ``AZ_BATCH_NODE_STARTUP_DIR``, ``AZ_BATCH_NODE_MOUNTS_DIR``,
+    ``AZ_BATCH_TASK_DIR``, ``AZ_BATCH_TASK_WORKING_DIR``, ``AZ_BATCH_NODE_TASK_DIR``,
+    ``AZ_BATCH_NODE_TASK_WORKING_DIR`` and, with ``job_prep_dir``, ``AZ_BATCH_JOB_PREP_DIR``,
+    ``AZ_BATCH_JOB_PREP_WORKING_DIR``, ``AZ_BATCH_NODE_JOB_PREP_DIR``,
+    ``AZ_BATCH_NODE_JOB_PREP_WORKING_DIR``. Signals that the agent ignores or handles are reset
+    to their defaults in the task.
+
+    -> ``{"ev":"started","key":K,"pid":..,"time":..}`` and a run record
+    ``{"key","pid","dir","start_time","proc_start","deadline","agent_pid","agent_start"}`` is
+    written atomically (tmp file + rename). When the process ends, the record is rewritten with
+    the result and then ``{"ev":"exited","key":K,"exit_code":int|null,"start_time":..,
+    "end_time":..,"timed_out":bool,"killed":bool,"error":null|{"code":..,"message":..}}`` is
+    emitted. ``exit_code`` is the exit status, or 128+N if signal N ended it (the agent's own
+    SIGKILL gives 137; the service sets its own code for timed-out and killed tasks). If the
+    program cannot be started there is no process: ``exit_code`` is null and ``error.code`` is
+    ``CommandProgramNotFound`` or ``CommandProgramNotExecutable`` (``TaskStartFailed`` for other
+    OS errors) with the OS message. A request that is invalid (key, argv, dir, env) gets an
+    ``exited`` event with ``error.code`` ``OperationInvalid``; a run while draining gets
+    ``AgentDraining``. Every ``exited`` event for a valid key is recorded first. A run whose key
+    is still running gets ``{"ev":"error","op":"run","key":K,"code":"TaskKeyInUse"}`` instead.
+    ``wall_clock_seconds`` (> 0): when it passes, the agent SIGKILLs the process group and the
+    ``exited`` event says ``"timed_out": true``.
+
+``kill`` ``{"op":"kill","key":K}`` -> SIGKILL the task's process group; its ``exited`` event
+    says ``"killed": true``. Unknown or finished keys: nothing happens, nothing is emitted.
+
+``recover`` ``{"op":"recover","keys":[..]}`` -> per key, one of:
+    * the record has a result: the ``exited`` event again, with ``"recovered": true``;
+    * the process is alive (same pid and same /proc start time) or the agent that started it is
+      still alive: ``{"ev":"adopted","key":K}`` now, and later either the ``exited`` event with
+      ``"recovered": true`` (when the record gets a result: the old agent is still supervising,
+      e.g. it is draining after its session dropped) or ``{"ev":"lost","key":K,"reason":..}``
+      when the process is gone and nobody recorded a result. A task whose agent died (SIGKILL,
+      crash) is no longer anybody's child: its exit status cannot be known, so it ends as
+      ``lost``. If this agent killed it (kill op, or the recorded deadline passed) it ends as
+      ``exited`` with ``exit_code`` null and ``killed``/``timed_out`` set;
+    * no record, or a record without result whose process and agent are gone:
+      ``{"ev":"lost","key":K,"reason":..}``.
+    A key this agent is running itself answers ``adopted`` (its ``exited`` follows as usual).
+
+``forget`` ``{"op":"forget","keys":[..]}`` -> deletes those run records. No event.
+
+``delete`` ``{"op":"delete","dir":D[,"ev_id":X]}`` -> removes the directory tree ``D`` (validated
+    like ``run``'s dir); with ``ev_id`` it answers ``{"ev":"deleted","dir":D,"ev_id":X}``. A
+    failure answers ``{"ev":"error","op":"delete","dir":D,"ev_id":X,"code":..,"message":..}``.
+
+File access (paths relative to the root; ``""`` is the root itself; after resolving symlinks a
+path must stay inside the root, else ``OperationInvalid``):
+    ``{"op":"list_files","req":R,"path":P,"recursive":bool}`` -> ``{"ev":"files","req":R,
+    "files":[{"name","is_directory","content_length","creation_time","last_modified",
+    "file_mode"}]}`` with names relative to ``P`` (``/``-separated) and ``file_mode`` like
+    ``"0o644"``; symlinked directories are listed, not descended into.
+    ``{"op":"read_file","req":R,"path":P,"offset":int,"length":int|null}`` -> ``{"ev":"file",
+    "req":R,"data_b64":..,"size":total,"last_modified":..,"offset":..}``; at most 4 MiB per
+    request (the caller pages); ``length`` 0 reads properties only.
+    ``{"op":"delete_file","req":R,"path":P,"recursive":bool}`` -> ``{"ev":"file_deleted",
+    "req":R}``; a directory needs ``recursive`` unless empty; a symlink is removed itself (only
+    its parent directory is resolved), never its target.
+    Errors: ``{"ev":"error","op":..,"req":R,"code":"FileNotFound"|"OperationInvalid",
+    "message":..}``.
+
+``ping`` -> ``{"ev":"pong","time":..,"running":[keys],"adopted":[keys],"load":[1,5,15],
+    "memory_available_bytes":int|null,"disk_free_bytes":int|null}``.
+
+``shutdown`` ``{"op":"shutdown","mode":"drain"|"kill"}``: drain stops accepting runs and exits
+    once its own running tasks have ended and been recorded; kill SIGKILLs every task process
+    group (recorded as killed) and exits. Before exiting the agent emits
+    ``{"ev":"bye","reason":"drain"|"kill"|"eof"|"signal"}``.
+
+Stdin EOF is a drain: tasks run in their own sessions, so they keep running when the session
+drops; the agent supervises them to the end, records their results and exits (events it cannot
+write any more are dropped: the records hold them). SIGTERM/SIGINT also drain; SIGHUP is
+ignored. Adopted tasks are not waited for when draining.
+
+What the agent does not do: it does not isolate tasks (they run as the agent's user), it does not
+kill processes that leave their process group (``setsid``) and it does not kill a task's
+leftover background processes when the main process exits normally. Records are written with
+rename but not fsync'd: they survive the agent dying, not the machine losing power.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import errno
+import heapq
+import itertools
+import json
+import os
+import re
+import select
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+AGENT_VERSION = "0.1.0"
+PROTOCOL_VERSION = 1
+MAX_READ_BYTES = 4 * 1024 * 1024
+KEY_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,128}\Z")
+ADOPT_POLL_SECONDS = 0.25
+OWNER_GRACE_SECONDS = 5.0
+
+_NOT_FOUND = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG)
+_NOT_EXECUTABLE = (errno.EACCES, errno.ENOEXEC, errno.EPERM, errno.EISDIR, errno.ETXTBSY)
+_OPEN_W = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+_OPEN_R = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+# Signals the agent ignores or handles: a task starts with their default dispositions.
+_SIGDEF = tuple(
+    s
+    for s in (
+        getattr(signal, name, None)
+        for name in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGPIPE", "SIGXFSZ", "SIGCHLD")
+    )
+    if s is not None
+)
+
+
+class _Invalid(Exception):
+    """A request that cannot be carried out; ``code`` is the protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _proc_start(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (/proc), or None where unknown."""
+    info = _proc_stat(pid)
+    return info[1] if info else None
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time) of ``pid`` from /proc/<pid>/stat, None if unreadable."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", _OPEN_R)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = data[data.rfind(b")") + 2 :].split()
+    if len(rest) < 20:
+        return None
+    return rest[0].decode("ascii", "replace"), rest[19].decode("ascii", "replace")
+
+
+def _alive(pid: Any, start: Any) -> bool:
+    """Whether ``pid`` is a live (not zombie) process that started at ``start`` (if known)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    info = _proc_stat(pid)
+    if info is None:
+        if os.path.isdir("/proc/self"):
+            return False
+        try:  # no /proc on this system: fall back to a signal-0 probe
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    state, started = info
+    if state in ("Z", "X"):
+        return False
+    return start is None or str(start) == started
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return 128  # stopped/continued statuses are never asked for; keep the type stable
+
+
+def _meminfo(field: str) -> int | None:
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(field.encode() + b":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _sysconf_bytes(pages: str) -> int | None:
+    try:
+        return int(os.sysconf(pages)) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cpu_count() -> int:
+    getaff = getattr(os, "sched_getaffinity", None)
+    if getaff is not None:
+        try:
+            return len(getaff(0))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
+class _Run:
+    """One task process the agent supervises (its own child, or adopted from an old agent)."""
+
+    __slots__ = (
+        "key",
+        "pid",
+        "dir",
+        "start_time",
+        "timed_out",
+        "killed",
+        "popen",
+        "pidfd",
+        "adopted",
+        "proc_start",
+        "owner_pid",
+        "owner_start",
+        "grace_until",
+        "done",
+    )
+
+    def __init__(self, key: str, pid: int, rel_dir: str, start_time: float) -> None:
+        self.key = key
+        self.pid = pid
+        self.dir = rel_dir
+        self.start_time = start_time
+        self.timed_out = False
+        self.killed = False
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.pidfd = -1
+        self.adopted = False
+        self.proc_start: str | None = None
+        self.owner_pid: int | None = None
+        self.owner_start: str | None = None
+        self.grace_until = 0.0
+        self.done = False
+
+
+class Agent:
+    """The event loop: requests from ``in_fd``, events to ``out_fd``, children by pidfd/SIGCHLD.
+
+    Single-threaded: the loop reads requests in large chunks, starts processes with
+    ``os.posix_spawn`` (after ``os.chdir`` into the working directory, safe because nothing else
+    runs), learns of exits through pidfds (Linux >= 5.3, Python >= 3.9) or SIGCHLD + ``waitpid``,
+    keeps wall-clock deadlines in a heap that bounds the select timeout, and writes the events of
+    one iteration with one ``write``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        reaper: str = "auto",
+        spawn: str = "auto",
+        in_fd: int = 0,
+        out_fd: int = 1,
+    ) -> None:
+        self.root = os.path.realpath(os.path.abspath(root))
+        self.runs_dir = os.path.join(self.root, ".agent", "runs")
+        self._make_layout()
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        self.pid = os.getpid()
+        self.proc_start = _proc_start(self.pid)
+        self.runs: dict[str, _Run] = {}
+        self.by_pid: dict[int, _Run] = {}
+        self.adopted: dict[str, _Run] = {}
+        self.timers: list[tuple[float, int, str, _Run]] = []
+        self.seq = itertools.count()
+        self.out: list[str] = []
+        self.out_ok = True
+        self.inbuf = b""
+        self.stdin_open = True
+        self.draining = False
+        self.stop_reason = ""
+        self.which_cache: dict[tuple[str, str], str] = {}
+        self.base_env = dict(os.environ)
+        self.devnull = os.open(os.devnull, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        self.sel = selectors.DefaultSelector()
+        self.reaper = self._pick_reaper(reaper)
+        self.spawn_mode = self._pick_spawn(spawn)
+        self.ops: dict[str, Callable[[dict[str, Any]], None]] = {
+            "hello": self._op_hello,
+            "run": self._op_run,
+            "kill": self._op_kill,
+            "recover": self._op_recover,
+            "forget": self._op_forget,
+            "delete": self._op_delete,
+            "list_files": self._op_list_files,
+            "read_file": self._op_read_file,
+            "delete_file": self._op_delete_file,
+            "ping": self._op_ping,
+            "shutdown": self._op_shutdown,
+        }
+        self._setup_signals()
+
+    # ------------------------------------------------------------------ setup
+
+    def _make_layout(self) -> None:
+        for sub in ("shared", "startup", "fsmounts", os.path.join(".agent", "runs")):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+
+    def _pick_reaper(self, wanted: str) -> str:
+        if wanted in ("auto", "pidfd") and hasattr(os, "pidfd_open"):
+            try:
+                os.close(os.pidfd_open(os.getpid()))
+                return "pidfd"
+            except OSError:
+                pass
+        if wanted == "pidfd":
+            self._diag("pidfd_open is not available here; using SIGCHLD")
+        return "sigchld"
+
+    def _pick_spawn(self, wanted: str) -> str:
+        if wanted in ("auto", "posix_spawn") and hasattr(os, "posix_spawn"):
+            return "posix_spawn"
+        return "popen"
+
+    def _setup_signals(self) -> None:
+        # Signal numbers arrive as bytes on a self-pipe the selector watches (set_wakeup_fd), so
+        # a signal wakes the loop instead of being noticed at the next timeout.
+        self.sig_r, self.sig_w = os.pipe()
+        os.set_blocking(self.sig_r, False)
+        os.set_blocking(self.sig_w, False)
+        signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
+        self.sel.register(self.sig_r, selectors.EVENT_READ, "signal")
+
+        def _noop(signum: int, frame: Any) -> None:
+            return None
+
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _noop)
+        signal.signal(signal.SIGINT, _noop)
+        if self.reaper == "sigchld":
+            signal.signal(signal.SIGCHLD, _noop)
+
+    def _register_stdin(self) -> None:
+        try:
+            os.set_inheritable(self.in_fd, False)
+        except OSError:
+            pass
+        try:
+            self.sel.register(self.in_fd, selectors.EVENT_READ, "stdin")
+        except (PermissionError, ValueError, OSError):
+            # A regular file or /dev/null cannot be polled: it is all there already.
+            data = b""
+            while True:
+                chunk = os.read(self.in_fd, 1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+            self._feed(data)
+            self._on_eof()
+
+    # ------------------------------------------------------------------ loop
+
+    def serve(self) -> int:
+        """Run until drained; returns the process exit status."""
+        self._register_stdin()
+        self._flush()
+        while not (self.draining and not self.runs):
+            timeout = None
+            if self.timers:
+                timeout = max(0.0, self.timers[0][0] - time.monotonic())
+            events = self.sel.select(timeout)
+            for key, _ in events:
+                data = key.data
+                if data == "stdin":
+                    self._on_stdin()
+                elif data == "signal":
+                    self._on_signal()
+                else:
+                    self._on_pidfd(data)
+            if self.timers:
+                self._run_timers()
+            self._flush()
+        self._emit({"ev": "bye", "reason": self.stop_reason or "drain"})
+        self._flush()
+        return 0
+
+    def _on_stdin(self) -> None:
+        try:
+            data = os.read(self.in_fd, 1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._on_eof()
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        if self.inbuf:
+            data = self.inbuf + data
+        lines = data.split(b"\n")
+        self.inbuf = lines.pop()
+        for line in lines:
+            if line.strip():
+                self._handle_line(line)
+
+    def _on_eof(self) -> None:
+        if self.stdin_open:
+            self.stdin_open = False
+            try:
+                self.sel.unregister(self.in_fd)
+            except (KeyError, ValueError):
+                pass
+        if self.inbuf.strip():
+            line, self.inbuf = self.inbuf, b""
+            self._handle_line(line)
+        self._begin_drain("eof")
+
+    def _on_signal(self) -> None:
+        try:
+            data = os.read(self.sig_r, 4096)
+        except OSError:
+            return
+        if self.reaper == "sigchld" and signal.SIGCHLD in data:
+            self._reap_all()
+        if signal.SIGTERM in data or signal.SIGINT in data:
+            self._begin_drain("signal")
+
+    def _handle_line(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError as exc:
+            self._emit(
+                {
+                    "ev": "error",
+                    "op": None,
+                    "code": "OperationInvalid",
+                    "message": f"invalid JSON: {exc}",
+                }
+            )
+            return
+        if not isinstance(msg, dict):
+            self._emit(
+                {
+                    "ev": "error",
+                    "op": None,
+                    "code": "OperationInvalid",
+                    "message": "a request must be a JSON object",
+                }
+            )
+            return
+        op = msg.get("op")
+        handler = self.ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            self._error(msg, "OperationInvalid", f"unknown op {op!r}")
+            return
+        try:
+            handler(msg)
+        except _Invalid as exc:
+            self._error(msg, exc.code, exc.message)
+        except Exception as exc:  # never let one request take the agent down
+            self._diag(f"op {op!r} failed:\n{traceback.format_exc()}")
+            self._error(msg, "AgentError", f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ output
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        self.out.append(json.dumps(event, separators=(",", ":")))
+
+    def _error(self, msg: dict[str, Any], code: str, message: str) -> None:
+        event: dict[str, Any] = {
+            "ev": "error",
+            "op": msg.get("op"),
+            "code": code,
+            "message": message,
+        }
+        for field in ("req", "key", "dir", "ev_id"):
+            if field in msg:
+                event[field] = msg[field]
+        self._emit(event)
+
+    def _flush(self) -> None:
+        if not self.out:
+            return
+        data = ("\n".join(self.out) + "\n").encode()
+        self.out = []
+        if not self.out_ok:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                try:
+                    n = os.write(self.out_fd, view)
+                except BlockingIOError:  # someone made our stdout non-blocking: wait for room
+                    select.select([], [self.out_fd], [], 0.05)
+                    continue
+                view = view[n:]
+        except OSError as exc:
+            # The reader is gone (session dropped): keep supervising, results are on disk.
+            self.out_ok = False
+            self._diag(f"stdout closed ({exc}); events are dropped from now on")
+
+    def _diag(self, text: str) -> None:
+        try:
+            sys.stderr.write(f"prefect-batch-agent[{os.getpid()}]: {text}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+    # ------------------------------------------------------------------ paths
+
+    def _rel(self, value: Any, what: str, allow_root: bool = False) -> str:
+        """Validate a root-relative path lexically; returns it (``""`` for the root)."""
+        if not isinstance(value, str):
+            raise _Invalid("OperationInvalid", f"{what} must be a string")
+        text: str = value
+        if text in ("", ".") and allow_root:
+            return ""
+        if allow_root and text.endswith("/"):
+            text = text.rstrip("/")
+        if not text or text.startswith("/") or "\0" in text:
+            raise _Invalid("OperationInvalid", f"{what} must be a relative path: {text!r}")
+        for part in text.split("/"):
+            if part in ("", ".", ".."):
+                raise _Invalid(
+                    "OperationInvalid",
+                    f"{what} may not contain empty, '.' or '..' parts: {text!r}",
+                )
+        return text
+
+    def _inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root + os.sep)
+
+    def _resolve(self, rel: str, what: str) -> str:
+        """Absolute path of ``rel`` with symlinks resolved; it must stay inside the root."""
+        real = os.path.realpath(os.path.join(self.root, rel)) if rel else self.root
+        if not self._inside(real):
+            raise _Invalid("OperationInvalid", f"{what} escapes the node root: {rel!r}")
+        return real
+
+    # ------------------------------------------------------------------ records
+
+    def _record_path(self, key: str) -> str:
+        return os.path.join(self.runs_dir, key + ".json")
+
+    def _write_record(self, key: str, record: dict[str, Any]) -> None:
+        path = self._record_path(key)
+        tmp = f"{path}.{self.pid}.tmp"
+        try:
+            fd = os.open(tmp, _OPEN_W, 0o644)
+            try:
+                os.write(fd, json.dumps(record, separators=(",", ":")).encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self._diag(f"cannot write run record {path}: {exc}")
+
+    def _read_record(self, key: str) -> dict[str, Any] | None:
+        try:
+            with open(self._record_path(key), "rb") as f:
+                rec = json.loads(f.read())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    @staticmethod
+    def _exited_event(rec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ev": "exited",
+            "key": rec.get("key"),
+            "exit_code": rec.get("exit_code"),
+            "start_time": rec.get("start_time"),
+            "end_time": rec.get("end_time"),
+            "timed_out": bool(rec.get("timed_out")),
+            "killed": bool(rec.get("killed")),
+            "error": rec.get("error"),
+        }
+
+    def _fail_run(self, key: Any, code: str, message: str, rel_dir: Any = None) -> None:
+        """Answer a run that never started: an ``exited`` event (recorded if the key is valid)."""
+        now = time.time()
+        rec: dict[str, Any] = {
+            "key": key,
+            "pid": None,
+            "dir": rel_dir,
+            "start_time": now,
+            "end_time": now,
+            "exit_code": None,
+            "timed_out": False,
+            "killed": False,
+            "error": {"code": code, "message": message},
+        }
+        if isinstance(key, str) and KEY_RE.match(key):
+            self._write_record(key, rec)
+        self._emit(self._exited_event(rec))
+
+    # ------------------------------------------------------------------ ops
+
+    def _op_hello(self, msg: dict[str, Any]) -> None:
+        self._make_layout()
+        self._emit(
+            {
+                "ev": "hello",
+                "v": PROTOCOL_VERSION,
+                "agent_version": AGENT_VERSION,
+                "pid": self.pid,
+                "hostname": os.uname().nodename,
+                "cpu_count": _cpu_count(),
+                "memory_bytes": _sysconf_bytes("SC_PHYS_PAGES") or _meminfo("MemTotal") or 0,
+                "root": self.root,
+                "time": time.time(),
+                "reaper": self.reaper,
+                "spawn": self.spawn_mode,
+            }
+        )
+
+    def _op_run(self, msg: dict[str, Any]) -> None:
+        key = msg.get("key")
+        if not isinstance(key, str) or not KEY_RE.match(key):
+            self._fail_run(key, "OperationInvalid", "key must match [A-Za-z0-9_.-]{1,128}")
+            return
+        if key in self.runs or key in self.adopted:
+            self._error(msg, "TaskKeyInUse", f"a task with key {key!r} is running")
+            return
+        if self.draining:
+            self._fail_run(key, "AgentDraining", "the agent is shutting down")
+            return
+        try:
+            argv = msg.get("argv")
+            if (
+                not isinstance(argv, list)
+                or not argv
+                or not all(isinstance(a, str) for a in argv)
+                or not argv[0]
+            ):
+                raise _Invalid("OperationInvalid", "argv must be a non-empty list of strings")
+            rel = self._rel(msg.get("dir"), "dir")
+            task_dir = self._resolve(rel, "dir")
+            prep_rel = msg.get("job_prep_dir")
+            prep_dir = None
+            if prep_rel is not None:
+                prep_rel = self._rel(prep_rel, "job_prep_dir")
+                prep_dir = self._resolve(prep_rel, "job_prep_dir")
+            env_req = msg.get("env") or {}
+            if not isinstance(env_req, dict):
+                raise _Invalid("OperationInvalid", "env must be an object")
+            wall = msg.get("wall_clock_seconds")
+            if wall is not None:
+                if isinstance(wall, bool) or not isinstance(wall, (int, float)) or wall <= 0:
+                    raise _Invalid("OperationInvalid", "wall_clock_seconds must be > 0 or null")
+        except _Invalid as exc:
+            self._fail_run(key, exc.code, exc.message, msg.get("dir"))
+            return
+        self._spawn(key, argv, rel, task_dir, env_req, wall, prep_dir)
+
+    def _task_env(
+        self, env_req: dict[str, Any], task_dir: str, prep_dir: str | None
+    ) -> dict[str, str]:
+        env = self.base_env.copy()
+        for name, value in env_req.items():
+            env[str(name)] = value if isinstance(value, str) else str(value)
+        root = self.root
+        wd = task_dir + "/wd"
+        env["AZ_BATCH_NODE_ROOT_DIR"] = root
+        env["AZ_BATCH_NODE_SHARED_DIR"] = root + "/shared"
+        env["AZ_BATCH_NODE_STARTUP_DIR"] = root + "/startup"
+        env["AZ_BATCH_NODE_MOUNTS_DIR"] = root + "/fsmounts"
+        env["AZ_BATCH_TASK_DIR"] = task_dir
+        env["AZ_BATCH_TASK_WORKING_DIR"] = wd
+        env["AZ_BATCH_NODE_TASK_DIR"] = task_dir
+        env["AZ_BATCH_NODE_TASK_WORKING_DIR"] = wd
+        if prep_dir is not None:
+            env["AZ_BATCH_JOB_PREP_DIR"] = prep_dir
+            env["AZ_BATCH_JOB_PREP_WORKING_DIR"] = prep_dir + "/wd"
+            env["AZ_BATCH_NODE_JOB_PREP_DIR"] = prep_dir
+            env["AZ_BATCH_NODE_JOB_PREP_WORKING_DIR"] = prep_dir + "/wd"
+        return env
+
+    def _which(self, name: str, path_value: str, wd: str) -> str:
+        """Find ``name`` in ``path_value`` like execvp; absolute hits are cached per PATH."""
+        cache_key = (path_value, name)
+        hit = self.which_cache.get(cache_key)
+        if hit is not None:
+            return hit
+        denied = None
+        cacheable = True
+        for entry in path_value.split(os.pathsep):
+            if not entry.startswith("/"):
+                cacheable = False  # relative PATH entries depend on the working directory
+                entry = os.path.join(wd, entry)
+            candidate = os.path.join(entry, name)
+            try:
+                st = os.stat(candidate)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
+                if cacheable:
+                    self.which_cache[cache_key] = candidate
+                return candidate
+            denied = candidate
+        if denied is not None:
+            raise _Invalid(
+                "CommandProgramNotExecutable", f"{name}: Permission denied (found {denied})"
+            )
+        raise _Invalid(
+            "CommandProgramNotFound",
+            f"{name}: No such file or directory (searched PATH={path_value})",
+        )
+
+    def _spawn(
+        self,
+        key: str,
+        argv: list[str],
+        rel: str,
+        task_dir: str,
+        env_req: dict[str, Any],
+        wall: float | None,
+        prep_dir: str | None,
+    ) -> None:
+        wd = task_dir + "/wd"
+        try:
+            env = self._task_env(env_req, task_dir, prep_dir)
+            os.makedirs(wd, exist_ok=True)
+            out = os.open(task_dir + "/stdout.txt", _OPEN_W, 0o644)
+            try:
+                err = os.open(task_dir + "/stderr.txt", _OPEN_W, 0o644)
+            except OSError:
+                os.close(out)
+                raise
+        except (OSError, ValueError) as exc:
+            self._fail_run(key, "TaskStartFailed", f"cannot prepare {rel}: {exc}", rel)
+            return
+        prog = argv[0]
+        popen = None
+        try:
+            if "/" not in prog:
+                path = self._which(prog, env.get("PATH") or os.defpath, wd)
+            else:
+                path = prog
+            start = time.time()
+            if self.spawn_mode == "posix_spawn":
+                try:
+                    pid = self._posix_spawn(path, argv, env, wd, out, err)
+                except NotImplementedError:  # no POSIX_SPAWN_SETSID here
+                    self.spawn_mode = "popen"
+            if self.spawn_mode == "popen":
+                popen = subprocess.Popen(
+                    argv,
+                    executable=path,
+                    stdin=self.devnull,
+                    stdout=out,
+                    stderr=err,
+                    cwd=wd,
+                    env=env,
+                    close_fds=True,
+                    start_new_session=True,
+                    restore_signals=True,
+                )
+                pid = popen.pid
+        except _Invalid as exc:
+            self._fail_run(key, exc.code, exc.message, rel)
+            return
+        except OSError as exc:
+            code = "TaskStartFailed"
+            if exc.errno in _NOT_FOUND:
+                code = "CommandProgramNotFound"
+                if "/" not in prog:  # a cached path vanished: look it up afresh next time
+                    self.which_cache.pop((env.get("PATH") or os.defpath, prog), None)
+            elif exc.errno in _NOT_EXECUTABLE:
+                code = "CommandProgramNotExecutable"
+            self._fail_run(key, code, f"{prog}: {exc.strerror or exc}", rel)
+            return
+        except (ValueError, TypeError) as exc:  # NUL bytes, '=' in an env name, ...
+            self._fail_run(key, "OperationInvalid", str(exc), rel)
+            return
+        finally:
+            os.close(out)
+            os.close(err)
+        run = _Run(key, pid, rel, start)
+        run.popen = popen
+        run.proc_start = _proc_start(pid)
+        self.runs[key] = run
+        self.by_pid[pid] = run
+        if self.reaper == "pidfd":
+            try:
+                run.pidfd = os.pidfd_open(pid)
+                self.sel.register(run.pidfd, selectors.EVENT_READ, run)
+            except OSError:
+                self._diag(f"pidfd_open({pid}) failed; switching to SIGCHLD")
+                self._switch_to_sigchld()
+        deadline = None
+        if wall is not None:
+            deadline = start + wall
+            self._push_timer(time.monotonic() + wall, "wall", run)
+        self._write_record(
+            key,
+            {
+                "key": key,
+                "pid": pid,
+                "dir": rel,
+                "start_time": start,
+                "proc_start": run.proc_start,
+                "deadline": deadline,
+                "agent_pid": self.pid,
+                "agent_start": self.proc_start,
+            },
+        )
+        self._emit({"ev": "started", "key": key, "pid": pid, "time": start})
+
+    def _posix_spawn(
+        self, path: str, argv: list[str], env: dict[str, str], wd: str, out: int, err: int
+    ) -> int:
+        # posix_spawn has no cwd argument: change ours. Safe because the loop is the only
+        # thread, and all of the agent's own paths are absolute.
+        os.chdir(wd)
+        return os.posix_spawn(
+            path,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, self.devnull, 0),
+                (os.POSIX_SPAWN_DUP2, out, 1),
+                (os.POSIX_SPAWN_DUP2, err, 2),
+            ],
+            setsid=True,
+            setsigdef=_SIGDEF,
+        )
+
+    def _switch_to_sigchld(self) -> None:
+        self.reaper = "sigchld"
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self._reap_all()
+
+    def _op_kill(self, msg: dict[str, Any]) -> None:
+        key = msg.get("key")
+        if not isinstance(key, str):
+            return
+        run = self.runs.get(key) or self.adopted.get(key)
+        if run is not None and not run.done:
+            run.killed = True
+            self._kill_group(run)
+
+    def _kill_group(self, run: _Run) -> None:
+        if run.adopted and not _alive(run.pid, run.proc_start):
+            return  # not ours: never signal a pid that may have been reused
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(run.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def _op_shutdown(self, msg: dict[str, Any]) -> None:
+        mode = msg.get("mode", "drain")
+        if mode not in ("drain", "kill"):
+            raise _Invalid("OperationInvalid", "mode must be 'drain' or 'kill'")
+        if mode == "kill":
+            self.stop_reason = "kill"
+            for run in list(self.runs.values()) + list(self.adopted.values()):
+                run.killed = True
+                self._kill_group(run)
+        self._begin_drain(mode)
+
+    def _begin_drain(self, reason: str) -> None:
+        self.draining = True
+        if not self.stop_reason:
+            self.stop_reason = reason
+
+    # ------------------------------------------------------------------ exits
+
+    def _on_pidfd(self, run: _Run) -> None:
+        if run.adopted:
+            self._close_pidfd(run)
+            self._adopted_gone(run)
+            return
+        try:
+            pid, status = os.waitpid(run.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = run.pid, -1
+        if pid:
+            self._finish(run, status)
+
+    def _reap_all(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run = self.by_pid.get(pid)
+            if run is not None:
+                self._finish(run, status)
+
+    def _close_pidfd(self, run: _Run) -> None:
+        if run.pidfd >= 0:
+            try:
+                self.sel.unregister(run.pidfd)
+            except (KeyError, ValueError):
+                pass
+            os.close(run.pidfd)
+            run.pidfd = -1
+
+    def _finish(self, run: _Run, status: int) -> None:
+        end = time.time()
+        run.done = True
+        self._close_pidfd(run)
+        self.by_pid.pop(run.pid, None)
+        if self.runs.get(run.key) is run:
+            del self.runs[run.key]
+        code = _exit_code(status) if status >= 0 else None
+        if run.popen is not None:
+            run.popen.returncode = code if code is not None else -1  # keep Popen from reaping
+        rec = {
+            "key": run.key,
+            "pid": run.pid,
+            "dir": run.dir,
+            "start_time": run.start_time,
+            "proc_start": run.proc_start,
+            "end_time": end,
+            "exit_code": code,
+            "timed_out": run.timed_out,
+            "killed": run.killed,
+            "error": None,
+        }
+        self._write_record(run.key, rec)
+        self._emit(self._exited_event(rec))
+
+    # ------------------------------------------------------------------ timers
+
+    def _push_timer(self, when: float, kind: str, run: _Run) -> None:
+        heapq.heappush(self.timers, (when, next(self.seq), kind, run))
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, kind, run = heapq.heappop(self.timers)
+            if run.done:
+                continue
+            if kind == "wall":
+                if run.adopted and _alive(run.owner_pid, run.owner_start):
+                    continue  # the agent that started it is alive and enforces its deadline
+                run.timed_out = True
+                self._kill_group(run)
+            elif kind == "poll":
+                if _alive(run.pid, run.proc_start):
+                    self._push_timer(now + ADOPT_POLL_SECONDS, "poll", run)
+                else:
+                    self._adopted_gone(run)
+            elif kind == "grace":
+                self._adopted_gone(run)
+
+    # ------------------------------------------------------------------ recovery
+
+    def _op_recover(self, msg: dict[str, Any]) -> None:
+        keys = msg.get("keys")
+        if not isinstance(keys, list):
+            raise _Invalid("OperationInvalid", "keys must be a list")
+        for key in keys:
+            if not isinstance(key, str) or not KEY_RE.match(key):
+                self._emit({"ev": "lost", "key": key, "reason": "invalid key"})
+                continue
+            if key in self.runs or key in self.adopted:
+                self._emit({"ev": "adopted", "key": key})
+                continue
+            rec = self._read_record(key)
+            if rec is None:
+                self._emit({"ev": "lost", "key": key, "reason": "no run record"})
+            elif "end_time" in rec:
+                event = self._exited_event(rec)
+                event["key"] = key
+                event["recovered"] = True
+                self._emit(event)
+            elif _alive(rec.get("pid"), rec.get("proc_start")) or _alive(
+                rec.get("agent_pid"), rec.get("agent_start")
+            ):
+                self._adopt(key, rec)
+            else:
+                self._emit(
+                    {
+                        "ev": "lost",
+                        "key": key,
+                        "reason": "the process and its agent are gone without a result",
+                    }
+                )
+
+    def _adopt(self, key: str, rec: dict[str, Any]) -> None:
+        start = rec.get("start_time")
+        run = _Run(
+            key,
+            int(rec["pid"]),
+            str(rec.get("dir")),
+            float(start) if isinstance(start, (int, float)) else 0.0,
+        )
+        run.adopted = True
+        run.proc_start = rec.get("proc_start")
+        run.owner_pid = rec.get("agent_pid")
+        run.owner_start = rec.get("agent_start")
+        self.adopted[key] = run
+        self._emit({"ev": "adopted", "key": key})
+        if not _alive(run.pid, run.proc_start):
+            self._adopted_gone(run)  # its agent is alive and about to record the result
+        else:
+            watching = False
+            if self.reaper == "pidfd":
+                try:
+                    run.pidfd = os.pidfd_open(run.pid)
+                    self.sel.register(run.pidfd, selectors.EVENT_READ, run)
+                    watching = True
+                except OSError:
+                    pass
+            if not watching:
+                self._push_timer(time.monotonic() + ADOPT_POLL_SECONDS, "poll", run)
+        deadline = rec.get("deadline")
+        if isinstance(deadline, (int, float)):
+            self._push_timer(time.monotonic() + (deadline - time.time()), "wall", run)
+
+    def _adopted_gone(self, run: _Run) -> None:
+        """The adopted process has ended: report the recorded result, wait for it, or lose it."""
+        rec = self._read_record(run.key)
+        now = time.monotonic()
+        if rec is not None and "end_time" in rec:
+            event = self._exited_event(rec)
+            event["killed"] = event["killed"] or run.killed
+            event["timed_out"] = event["timed_out"] or run.timed_out
+            event["recovered"] = True
+        elif _alive(run.owner_pid, run.owner_start) and (
+            not run.grace_until or now < run.grace_until
+        ):
+            # Its agent is alive (draining after its session dropped): it reaps the process
+            # and writes the result in a moment.
+            if not run.grace_until:
+                run.grace_until = now + OWNER_GRACE_SECONDS
+            self._push_timer(now + 0.02, "grace", run)
+            return
+        elif run.killed or run.timed_out:
+            end = time.time()
+            rec = {
+                "key": run.key,
+                "pid": run.pid,
+                "dir": run.dir,
+                "start_time": run.start_time,
+                "end_time": end,
+                "exit_code": None,
+                "timed_out": run.timed_out,
+                "killed": run.killed,
+                "error": None,
+            }
+            self._write_record(run.key, rec)
+            event = self._exited_event(rec)
+            event["recovered"] = True
+        else:
+            event = {
+                "ev": "lost",
+                "key": run.key,
+                "reason": "the task ended while no agent supervised it; its exit code is unknown",
+            }
+        run.done = True
+        self._close_pidfd(run)
+        self.adopted.pop(run.key, None)
+        self._emit(event)
+
+    def _op_forget(self, msg: dict[str, Any]) -> None:
+        keys = msg.get("keys")
+        if not isinstance(keys, list):
+            raise _Invalid("OperationInvalid", "keys must be a list")
+        for key in keys:
+            if isinstance(key, str) and KEY_RE.match(key):
+                try:
+                    os.unlink(self._record_path(key))
+                except OSError:
+                    pass
+
+    # ------------------------------------------------------------------ files
+
+    def _op_delete(self, msg: dict[str, Any]) -> None:
+        rel = self._rel(msg.get("dir"), "dir")
+        parent = self._resolve(os.path.dirname(rel), "dir")
+        target = os.path.join(parent, os.path.basename(rel))
+        try:
+            if os.path.islink(target):
+                os.unlink(target)
+            elif os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                os.unlink(target)
+        except OSError as exc:
+            raise _Invalid("OperationInvalid", f"cannot delete {rel}: {exc}") from exc
+        if "ev_id" in msg:
+            self._emit({"ev": "deleted", "dir": msg.get("dir"), "ev_id": msg["ev_id"]})
+
+    @staticmethod
+    def _file_entry(name: str, st: os.stat_result, is_dir: bool) -> dict[str, Any]:
+        return {
+            "name": name,
+            "is_directory": is_dir,
+            "content_length": 0 if is_dir else st.st_size,
+            "creation_time": getattr(st, "st_birthtime", st.st_ctime),
+            "last_modified": st.st_mtime,
+            "file_mode": f"0o{stat.S_IMODE(st.st_mode):o}",
+        }
+
+    def _op_list_files(self, msg: dict[str, Any]) -> None:
+        rel = self._rel(msg.get("path", ""), "path", allow_root=True)
+        base = self._resolve(rel, "path")
+        try:
+            st = os.stat(base)
+        except OSError as exc:
+            raise _Invalid("FileNotFound", f"{rel}: {exc.strerror}") from exc
+        files: list[dict[str, Any]] = []
+        if not stat.S_ISDIR(st.st_mode):
+            files.append(self._file_entry(os.path.basename(base), st, False))
+        else:
+            recursive = bool(msg.get("recursive"))
+            stack = [(base, "")]
+            while stack:
+                path, prefix = stack.pop()
+                try:
+                    entries = list(os.scandir(path))
+                except OSError:
+                    continue
+                for entry in sorted(entries, key=lambda e: e.name):
+                    name = prefix + entry.name
+                    try:
+                        if entry.is_symlink():
+                            target = os.path.realpath(entry.path)
+                            if not self._inside(target):
+                                est = entry.stat(follow_symlinks=False)
+                                files.append(self._file_entry(name, est, False))
+                                continue
+                        est = entry.stat()
+                        is_dir = stat.S_ISDIR(est.st_mode)
+                    except OSError:
+                        continue
+                    files.append(self._file_entry(name, est, is_dir))
+                    if is_dir and recursive and not entry.is_symlink():
+                        stack.append((entry.path, name + "/"))
+        self._emit({"ev": "files", "req": msg.get("req"), "path": rel, "files": files})
+
+    def _op_read_file(self, msg: dict[str, Any]) -> None:
+        rel = self._rel(msg.get("path"), "path")
+        path = self._resolve(rel, "path")
+        offset = msg.get("offset") or 0
+        length = msg.get("length")
+        if not isinstance(offset, int) or offset < 0:
+            raise _Invalid("OperationInvalid", "offset must be an integer >= 0")
+        if length is not None and (not isinstance(length, int) or length < 0):
+            raise _Invalid("OperationInvalid", "length must be an integer >= 0 or null")
+        want = MAX_READ_BYTES if length is None else min(length, MAX_READ_BYTES)
+        try:
+            fd = os.open(path, _OPEN_R)
+        except FileNotFoundError as exc:
+            raise _Invalid("FileNotFound", f"{rel}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise _Invalid("OperationInvalid", f"{rel}: {exc.strerror}") from exc
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise _Invalid("OperationInvalid", f"{rel} is a directory")
+            chunks = []
+            pos = offset
+            while want > 0:
+                chunk = os.pread(fd, want, pos)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                pos += len(chunk)
+                want -= len(chunk)
+        finally:
+            os.close(fd)
+        self._emit(
+            {
+                "ev": "file",
+                "req": msg.get("req"),
+                "path": rel,
+                "offset": offset,
+                "data_b64": base64.b64encode(b"".join(chunks)).decode("ascii"),
+                "size": st.st_size,
+                "last_modified": st.st_mtime,
+            }
+        )
+
+    def _op_delete_file(self, msg: dict[str, Any]) -> None:
+        rel = self._rel(msg.get("path"), "path")
+        parent = self._resolve(os.path.dirname(rel), "path")
+        target = os.path.join(parent, os.path.basename(rel))
+        try:
+            st = os.lstat(target)
+        except OSError as exc:
+            raise _Invalid("FileNotFound", f"{rel}: {exc.strerror}") from exc
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                if msg.get("recursive"):
+                    shutil.rmtree(target)
+                else:
+                    os.rmdir(target)
+            else:
+                os.unlink(target)
+        except OSError as exc:
+            raise _Invalid("OperationInvalid", f"cannot delete {rel}: {exc.strerror}") from exc
+        self._emit({"ev": "file_deleted", "req": msg.get("req"), "path": rel})
+
+    # ------------------------------------------------------------------ ping
+
+    def _op_ping(self, msg: dict[str, Any]) -> None:
+        try:
+            load: list[float] | None = list(os.getloadavg())
+        except (OSError, AttributeError):
+            load = None
+        try:
+            vfs = os.statvfs(self.root)
+            disk_free: int | None = vfs.f_bavail * vfs.f_frsize
+        except (OSError, AttributeError):
+            disk_free = None
+        self._emit(
+            {
+                "ev": "pong",
+                "time": time.time(),
+                "running": sorted(self.runs),
+                "adopted": sorted(self.adopted),
+                "load": load,
+                "memory_available_bytes": _meminfo("MemAvailable")
+                or _sysconf_bytes("SC_AVPHYS_PAGES"),
+                "disk_free_bytes": disk_free,
+            }
+        )
+
+
+def _protect_inherited_fds() -> None:
+    """Make every inherited descriptor above 2 close-on-exec: posix_spawn closes nothing."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):
+        fds = list(range(3, 256))
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``agent.py --root DIR [--reaper auto|pidfd|sigchld] [--spawn ...]``."""
+    parser = argparse.ArgumentParser(prog="agent.py", description="prefect-batch node agent")
+    parser.add_argument("--root", required=True, help="node root directory")
+    parser.add_argument("--reaper", choices=("auto", "pidfd", "sigchld"), default="auto")
+    parser.add_argument("--spawn", choices=("auto", "posix_spawn", "popen"), default="auto")
+    args = parser.parse_args(argv)
+    _protect_inherited_fds()
+    agent = Agent(args.root, reaper=args.reaper, spawn=args.spawn)
+    return agent.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""The Python client: Azure-SDK-like ``verb_noun`` methods on pools, jobs, tasks, nodes, files.
+
+With no server URL the client runs the *embedded* service: state in SQLite under
+``PREFECT_BATCH_HOME`` (default ``~/.prefect-batch``), local nodes, and — unless ``engine=False``
+— an engine thread in this process that runs the pools' nodes and tasks. State lives in the
+database, so another process (the CLI, a flow) sees and changes the same pools and jobs.
+
+Methods accept our pydantic models (``BatchPoolCreateOptions``...), Azure wire dictionaries
+(camelCase) or snake_case dictionaries, and return models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect_batch.exceptions import PrefectBatchError
+from prefect_batch.models import (
+    BatchCreateTaskCollectionResult,
+    BatchJob,
+    BatchNode,
+    BatchNodeFile,
+    BatchPool,
+    BatchSupportedImage,
+    BatchTask,
+    BatchTaskCountsResult,
+)
+from prefect_batch.service import BatchService
+from prefect_batch.service.engine import Engine
+from prefect_batch.settings import BatchSettings, get_settings
+from prefect_batch.store import Store
+
+__all__ = ["BatchClient"]
+
+ProgressCallback = Callable[[BatchTaskCountsResult], None]
+
+
+class BatchClient:
+    """A client of the batch service.
+
+    Args:
+        account_name: The account to act as (embedded default: ``local``).
+        home: State directory of the embedded service (default ``PREFECT_BATCH_HOME``).
+        database_url: Store URL (default SQLite under ``home``).
+        engine: Run an engine in this process (embedded mode) so pools get nodes and tasks run.
+        settings: Settings to use instead of reading the environment.
+
+    Use as a context manager, or call :meth:`close`, to stop the engine cleanly.
+    """
+
+    def __init__(
+        self,
+        account_name: str | None = None,
+        *,
+        home: str | Path | None = None,
+        database_url: str | None = None,
+        engine: bool = True,
+        settings: BatchSettings | None = None,
+    ) -> None:
+        settings = settings or get_settings()
+        if home is not None:
+            settings = settings.model_copy(update={"home": Path(home)})
+        if database_url is not None:
+            settings = settings.model_copy(update={"database_url": database_url})
+        if settings.service_url:
+            raise PrefectBatchError(
+                "PREFECT_BATCH_SERVICE_URL is set, but this version has no HTTP client yet"
+            )
+        self.settings = settings
+        self.account_name = account_name or settings.account_name
+        self.store = Store(settings.effective_database_url)
+        self._engine: Engine | None = None
+        self.service = BatchService(self.store, self.account_name, wake=self._wake)
+        if engine:
+            self.start_engine()
+
+    # -- engine ----------------------------------------------------------------------------
+
+    def start_engine(self) -> None:
+        """Run pools' nodes and tasks from this process (embedded mode)."""
+        if self._engine is None:
+            from prefect_batch.providers.local import LocalNodeSource
+            from prefect_batch.service.pools import LOCAL_NODE_AGENT_SKU
+
+            self._engine = Engine(
+                self.store,
+                {LOCAL_NODE_AGENT_SKU: LocalNodeSource()},
+                self.settings.effective_node_root,
+                account_urls={self.account_name: self.service.base_url},
+                tick_seconds=self.settings.engine_tick_seconds,
+                lease_seconds=self.settings.lease_seconds,
+                heartbeat_seconds=self.settings.heartbeat_interval_seconds,
+            ).start()
+
+    def _wake(self) -> None:
+        if self._engine is not None:
+            self._engine.wake()
+
+    def close(self, *, kill_tasks: bool = False) -> None:
+        """Stop this process's engine; agents finish (or with ``kill_tasks`` kill) their tasks."""
+        if self._engine is not None:
+            self._engine.stop(kill_tasks=kill_tasks)
+            self._engine = None
+        self.store.dispose()
+
+    def __enter__(self) -> BatchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- pools -----------------------------------------------------------------------------
+
+    def create_pool(self, pool: Any) -> None:
+        """Create a pool (``BatchPoolCreateOptions`` or its dict)."""
+        self.service.create_pool(pool)
+
+    def get_pool(self, pool_id: str) -> BatchPool:
+        """One pool."""
+        return self.service.get_pool(pool_id)
+
+    def pool_exists(self, pool_id: str) -> bool:
+        """Whether a pool exists."""
+        return self.service.pool_exists(pool_id)
+
+    def list_pools(self) -> list[BatchPool]:
+        """All pools of the account."""
+        return self.service.list_pools()
+
+    def update_pool(self, pool_id: str, pool: Any) -> None:
+        """PATCH a pool (start task, metadata)."""
+        self.service.update_pool(pool_id, pool)
+
+    def resize_pool(self, pool_id: str, resize_options: Any) -> None:
+        """Change a pool's node count (``BatchPoolResizeOptions`` or its dict)."""
+        self.service.resize_pool(pool_id, resize_options)
+
+    def stop_pool_resize(self, pool_id: str) -> None:
+        """Stop a resize; the pool keeps its current nodes."""
+        self.service.stop_pool_resize(pool_id)
+
+    def delete_pool(self, pool_id: str) -> None:
+        """Delete a pool and its nodes."""
+        self.service.delete_pool(pool_id)
+
+    def list_supported_images(self) -> list[BatchSupportedImage]:
+        """The node sources a pool can use."""
+        return self.service.list_supported_images()
+
+    def list_nodes(self, pool_id: str) -> list[BatchNode]:
+        """The nodes of a pool."""
+        return self.service.list_nodes(pool_id)
+
+    def get_node(self, pool_id: str, node_id: str) -> BatchNode:
+        """One node."""
+        return self.service.get_node(pool_id, node_id)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def create_job(self, job: Any) -> None:
+        """Create a job (``BatchJobCreateOptions`` or its dict)."""
+        self.service.create_job(job)
+
+    def get_job(self, job_id: str) -> BatchJob:
+        """One job."""
+        return self.service.get_job(job_id)
+
+    def list_jobs(self) -> list[BatchJob]:
+        """All jobs of the account."""
+        return self.service.list_jobs()
+
+    def update_job(self, job_id: str, job: Any) -> None:
+        """PATCH a job (priority, constraints, onAllTasksComplete, ...)."""
+        self.service.update_job(job_id, job)
+
+    def replace_job(self, job_id: str, job: Any) -> None:
+        """PUT a job: omitted updatable properties return to defaults."""
+        self.service.replace_job(job_id, job)
+
+    def disable_job(self, job_id: str, disable_options: Any = "requeue") -> None:
+        """Disable a job: ``requeue``, ``terminate`` or ``wait`` for running tasks."""
+        self.service.disable_job(job_id, disable_options)
+
+    def enable_job(self, job_id: str) -> None:
+        """Enable a disabled job."""
+        self.service.enable_job(job_id)
+
+    def terminate_job(self, job_id: str, options: Any = None) -> None:
+        """Terminate a job (optionally with a ``terminateReason``)."""
+        self.service.terminate_job(job_id, options)
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a job with its tasks and their files."""
+        self.service.delete_job(job_id)
+
+    def get_job_task_counts(self, job_id: str) -> BatchTaskCountsResult:
+        """Task and slot counts of a job by state."""
+        return self.service.get_job_task_counts(job_id)
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def create_task(self, job_id: str, task: Any) -> None:
+        """Add one task."""
+        self.service.create_task(job_id, task)
+
+    def create_task_collection(self, job_id: str, task_collection: Any) -> (
+        BatchCreateTaskCollectionResult
+    ):
+        """Add up to 100 tasks; returns a result per task (Azure's addtaskcollection)."""
+        if hasattr(task_collection, "task_values"):
+            task_collection = task_collection.task_values
+        return self.service.create_task_collection(job_id, task_collection)
+
+    def create_tasks(self, job_id: str, task_collection: Sequence[Any]) -> (
+        BatchCreateTaskCollectionResult
+    ):
+        """Add any number of tasks; returns a result per task."""
+        return self.service.create_tasks(job_id, task_collection)
+
+    def get_task(self, job_id: str, task_id: str) -> BatchTask:
+        """One task."""
+        return self.service.get_task(job_id, task_id)
+
+    def list_tasks(self, job_id: str, *, state: str | None = None) -> list[BatchTask]:
+        """Tasks of a job, optionally in one state."""
+        return self.service.list_tasks(job_id, state=state)
+
+    def replace_task(self, job_id: str, task_id: str, task: Any) -> None:
+        """Update a task's constraints."""
+        self.service.update_task(job_id, task_id, task)
+
+    update_task = replace_task
+
+    def terminate_task(self, job_id: str, task_id: str) -> None:
+        """End a task."""
+        self.service.terminate_task(job_id, task_id)
+
+    def reactivate_task(self, job_id: str, task_id: str) -> None:
+        """Queue a failed task again."""
+        self.service.reactivate_task(job_id, task_id)
+
+    def delete_task(self, job_id: str, task_id: str) -> None:
+        """Delete a task and its files."""
+        self.service.delete_task(job_id, task_id)
+
+    # -- files -----------------------------------------------------------------------------
+
+    def list_task_files(self, job_id: str, task_id: str, *, recursive: bool = False) -> (
+        list[BatchNodeFile]
+    ):
+        """Files of a task on its node."""
+        return self.service.list_task_files(job_id, task_id, recursive=recursive)
+
+    def get_task_file(
+        self, job_id: str, task_id: str, file_path: str, *, offset: int = 0,
+        length: int | None = None,
+    ) -> bytes:
+        """Content of a task file (``stdout.txt``, ``stderr.txt``, ``wd/...``)."""
+        return self.service.get_task_file(job_id, task_id, file_path, offset=offset,
+                                          length=length)
+
+    download_task_file = get_task_file
+
+    def get_task_file_properties(self, job_id: str, task_id: str, file_path: str) -> (
+        BatchNodeFile
+    ):
+        """Size, times and mode of a task file."""
+        return self.service.get_task_file_properties(job_id, task_id, file_path)
+
+    def delete_task_file(self, job_id: str, task_id: str, file_path: str, *,
+                         recursive: bool = False) -> None:
+        """Delete a task file or directory."""
+        self.service.delete_task_file(job_id, task_id, file_path, recursive=recursive)
+
+    def list_node_files(self, pool_id: str, node_id: str, *, recursive: bool = False,
+                        path: str = "") -> list[BatchNodeFile]:
+        """Files under a node's root directory."""
+        return self.service.list_node_files(pool_id, node_id, recursive=recursive, path=path)
+
+    def get_node_file(self, pool_id: str, node_id: str, file_path: str, *, offset: int = 0,
+                      length: int | None = None) -> bytes:
+        """Content of a node file."""
+        return self.service.get_node_file(pool_id, node_id, file_path, offset=offset,
+                                          length=length)
+
+    download_node_file = get_node_file
+
+    def get_node_file_properties(self, pool_id: str, node_id: str, file_path: str) -> (
+        BatchNodeFile
+    ):
+        """Size, times and mode of a node file."""
+        return self.service.get_node_file_properties(pool_id, node_id, file_path)
+
+    def delete_node_file(self, pool_id: str, node_id: str, file_path: str, *,
+                         recursive: bool = False) -> None:
+        """Delete a node file or directory."""
+        self.service.delete_node_file(pool_id, node_id, file_path, recursive=recursive)
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_seconds: float = 0.2,
+        progress: ProgressCallback | None = None,
+    ) -> BatchTaskCountsResult:
+        """Block until every task of the job is completed (or the job is), then return counts.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            counts = self.get_job_task_counts(job_id)
+            if progress is not None:
+                progress(counts)
+            c = counts.task_counts
+            if c.active == 0 and c.running == 0:
+                return counts
+            if self.get_job(job_id).state == "completed" and c.running == 0:
+                return counts
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
+            time.sleep(poll_seconds)

@@ -1,0 +1,127 @@
+"""Task command lines and environment settings, checked before a task is accepted.
+
+Azure Batch runs a task's command line on Linux **without a shell**: the line is split into words
+the way a POSIX shell would split it (quotes and backslashes group and escape), and the first word
+is the program. Nothing else a shell does happens: no ``$VAR`` expansion, no globbing, no pipes or
+redirections, no ``#`` comments. A user who wants a shell writes ``/bin/sh -c "..."``.
+:func:`split_command_line` is that split, done once here so the service can reject a malformed
+line when the task is added, and the node agent receives the words, not a string to re-parse.
+
+:func:`validate_environment` checks a task's ``environmentSettings`` (or a job's
+``commonEnvironmentSettings``). The ``AZ_BATCH_*`` variables belong to the node, which sets them
+for every task; a task may not set or override one.
+
+This module does not look up programs, expand variables or build the environment a task finally
+runs with (the node agent merges node, job and task variables); it only validates and splits.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+from prefect_batch.exceptions import invalid_property
+
+__all__ = [
+    "RESERVED_ENV_PREFIX",
+    "split_command_line",
+    "validate_environment",
+]
+
+RESERVED_ENV_PREFIX = "AZ_BATCH_"
+"""Variables with this prefix are set by the node; a task cannot set or override them."""
+
+
+def split_command_line(command_line: str, prop: str = "commandLine") -> list[str]:
+    """Split a command line into program and arguments, as a POSIX shell splits words.
+
+    Single quotes, double quotes and backslashes work as in ``sh``; ``#`` is an ordinary
+    character; ``$``, ``*``, ``|``, ``>`` and friends are kept literally. ``''`` gives an empty
+    argument.
+
+    Args:
+        command_line: The task's ``commandLine``.
+        prop: The property name to report in the error.
+
+    Returns:
+        The words; the first is the program.
+
+    Raises:
+        BatchInvalidRequestError: ``InvalidPropertyValue`` naming ``prop`` when the line is not a
+            string, is empty or only whitespace, contains a NUL character, has an unbalanced
+            quote or ends in a lone backslash, or its program (first word) is empty.
+    """
+    if not isinstance(command_line, str):
+        raise invalid_property(prop, command_line, "the command line must be a string")
+    if "\x00" in command_line:
+        raise invalid_property(
+            prop, command_line, "the command line must not contain a NUL character"
+        )
+    if not command_line.strip():
+        raise invalid_property(prop, command_line, "the command line must not be empty")
+    lexer = shlex.shlex(command_line, posix=True)
+    lexer.whitespace_split = True  # split on whitespace only, as sh does, not on punctuation
+    lexer.commenters = ""  # no shell runs the line, so "#" starts no comment
+    try:
+        words = list(lexer)
+    except ValueError as exc:  # "No closing quotation" / "No escaped character"
+        reason = (
+            "the command line has an unbalanced quote"
+            if "quotation" in str(exc)
+            else "the command line ends with an unescaped backslash"
+        )
+        raise invalid_property(prop, command_line, reason) from exc
+    if not words or not words[0]:
+        raise invalid_property(prop, command_line, "the command line names no program")
+    return words
+
+
+def validate_environment(
+    settings: Sequence[tuple[str, str | None]], prop: str = "environmentSettings"
+) -> dict[str, str]:
+    """Check environment settings and return them as a mapping.
+
+    Args:
+        settings: ``(name, value)`` pairs in request order; a ``None`` value means empty.
+        prop: The property name to report in the error.
+
+    Returns:
+        ``{name: value}``. When a name repeats, the last value wins (it keeps the position of
+        its first occurrence).
+
+    Raises:
+        BatchInvalidRequestError: ``InvalidPropertyValue`` naming ``prop`` when a name is empty,
+            contains ``=`` or NUL, starts with ``AZ_BATCH_`` (those are set by the node and
+            cannot be overridden), or a value contains NUL. Names are case-sensitive, as on
+            Linux: ``az_batch_x`` is an ordinary variable.
+    """
+    env: dict[str, str] = {}
+    for name, value in settings:
+        if not isinstance(name, str) or not name:
+            raise invalid_property(prop, name, "an environment variable name must not be empty")
+        if "=" in name:
+            raise invalid_property(
+                prop, name, f"the environment variable name {name!r} must not contain '='"
+            )
+        if "\x00" in name:
+            raise invalid_property(
+                prop, name, f"the environment variable name {name!r} must not contain NUL"
+            )
+        if name.startswith(RESERVED_ENV_PREFIX):
+            raise invalid_property(
+                prop,
+                name,
+                f"the environment variable {name} is reserved: variables starting with "
+                f"{RESERVED_ENV_PREFIX} are set by the node and a task cannot set or override them",
+            )
+        text = "" if value is None else value
+        if not isinstance(text, str):
+            raise invalid_property(
+                prop, text, f"the value of the environment variable {name} must be a string"
+            )
+        if "\x00" in text:
+            raise invalid_property(
+                prop, name, f"the value of the environment variable {name} must not contain NUL"
+            )
+        env[name] = text
+    return env

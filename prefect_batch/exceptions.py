@@ -1,0 +1,121 @@
+"""Errors raised by prefect-batch.
+
+Every error a user can see derives from :class:`PrefectBatchError`. Errors that answer a request
+carry an Azure Batch error code, a message and the offending values, so the same object can be
+turned into Azure's OData error body by the REST layer (``api/errors.py``) and back into an
+exception by the HTTP client.
+
+```
+PrefectBatchError
+├── BatchServiceError                 an Azure-coded answer to a request (code, message, values)
+│   ├── BatchInvalidRequestError      400, also ValueError   (InvalidPropertyValue, ...)
+│   ├── BatchAuthenticationError      403                    (AuthenticationFailed, ...)
+│   ├── BatchNotFoundError            404, also LookupError  (PoolNotFound, JobNotFound, ...)
+│   └── BatchConflictError            409                    (JobExists, TaskCompleted, ...)
+├── IllegalTransitionError            a state change the transition table forbids (a bug)
+└── AgentError                        a node agent broke its protocol or could not be reached
+```
+
+This module does not map errors to HTTP responses; it only defines them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "AgentError",
+    "BatchAuthenticationError",
+    "BatchConflictError",
+    "BatchInvalidRequestError",
+    "BatchNotFoundError",
+    "BatchServiceError",
+    "IllegalTransitionError",
+    "PrefectBatchError",
+    "invalid_property",
+]
+
+
+class PrefectBatchError(Exception):
+    """Root of every prefect-batch error."""
+
+
+class BatchServiceError(PrefectBatchError):
+    """An error answer with an Azure Batch error code.
+
+    Attributes:
+        code: Azure's error code, e.g. ``PoolNotFound``.
+        message: A human-readable sentence.
+        values: Extra key/value details (e.g. ``PropertyName``), in Azure's ``values`` order.
+        status_code: The HTTP status Azure uses for this error.
+    """
+
+    status_code: int = 500
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        values: Mapping[str, Any] | None = None,
+        *,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.values: dict[str, str] = {k: str(v) for k, v in (values or {}).items()}
+        if status_code is not None:
+            self.status_code = status_code
+
+    def to_body(self) -> dict[str, Any]:
+        """Azure's OData error body for this error."""
+        body: dict[str, Any] = {
+            "code": self.code,
+            "message": {"lang": "en-US", "value": self.message},
+        }
+        if self.values:
+            body["values"] = [{"key": k, "value": v} for k, v in self.values.items()]
+        return body
+
+
+class BatchInvalidRequestError(BatchServiceError, ValueError):
+    """The request is malformed or a property value is invalid (HTTP 400)."""
+
+    status_code = 400
+
+
+class BatchAuthenticationError(BatchServiceError):
+    """The request could not be authenticated (HTTP 403)."""
+
+    status_code = 403
+
+
+class BatchNotFoundError(BatchServiceError, LookupError):
+    """The resource does not exist in this account (HTTP 404)."""
+
+    status_code = 404
+
+
+class BatchConflictError(BatchServiceError):
+    """The resource exists already or its state forbids the operation (HTTP 409)."""
+
+    status_code = 409
+
+
+class IllegalTransitionError(PrefectBatchError, RuntimeError):
+    """A state change that the resource's transition table does not allow."""
+
+
+class AgentError(PrefectBatchError):
+    """A node agent could not be started, reached, or broke the protocol."""
+
+
+def invalid_property(name: str, value: Any, reason: str) -> BatchInvalidRequestError:
+    """Build Azure's ``InvalidPropertyValue`` error naming the offending property."""
+    return BatchInvalidRequestError(
+        "InvalidPropertyValue",
+        f"The value provided for one of the properties in the request body is invalid: "
+        f"{name}: {reason}",
+        {"PropertyName": name, "PropertyValue": value, "Reason": reason},
+    )

@@ -1,0 +1,79 @@
+"""What every service operation shares: the store, the account it acts for, and the clock.
+
+An operation object is bound to one account: it sees and changes only that account's pools,
+jobs and tasks (every query filters by ``account``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection, select
+
+from prefect_batch.exceptions import BatchNotFoundError
+from prefect_batch.service import common
+from prefect_batch.store import Store
+from prefect_batch.store.schema import jobs, pools
+
+__all__ = ["ServiceBase"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ServiceBase:
+    """State and helpers shared by the operation mixins."""
+
+    def __init__(
+        self,
+        store: Store,
+        account: str,
+        *,
+        base_url: str = "embedded://local",
+        clock: common.Clock = common.now,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.account = account
+        self.base_url = base_url.rstrip("/")
+        self.clock = clock
+        self._wake = wake or (lambda: None)
+
+    def wake(self) -> None:
+        """Tell an engine in this process that there is new work."""
+        self._wake()
+
+    @staticmethod
+    def parse(model: type[M], value: Any) -> M:
+        """Validate a request (model instance, wire dict or snake_case dict)."""
+        if isinstance(value, model):
+            return value
+        if isinstance(value, BaseModel):
+            value = value.model_dump(by_alias=True, exclude_none=True)
+        try:
+            return model.model_validate(value)
+        except ValidationError as exc:
+            raise common.validation_error(exc) from exc
+
+    def _pool_row(self, conn: Connection, pool_id: str) -> Any:
+        row = conn.execute(
+            select(pools).where(
+                pools.c.account == self.account, pools.c.id_key == pool_id.casefold()
+            )
+        ).one_or_none()
+        if row is None:
+            raise BatchNotFoundError(
+                "PoolNotFound", f"The specified pool does not exist: {pool_id}", {"PoolId": pool_id}
+            )
+        return row
+
+    def _job_row(self, conn: Connection, job_id: str) -> Any:
+        row = conn.execute(
+            select(jobs).where(jobs.c.account == self.account, jobs.c.id_key == job_id.casefold())
+        ).one_or_none()
+        if row is None:
+            raise BatchNotFoundError(
+                "JobNotFound", f"The specified job does not exist: {job_id}", {"JobId": job_id}
+            )
+        return row

@@ -1,0 +1,362 @@
+"""Job operations: create, get, list, update (PATCH), replace (PUT), disable, enable, terminate,
+delete, and task counts.
+
+A job's priority orders its queued tasks against other jobs on the same pool; changing it
+re-sorts the queued ones. Stopping running tasks is recorded as ``kill_reason`` on the task rows
+and carried out by the engine that owns their nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+
+from prefect_batch.core.ids import validate_job_id
+from prefect_batch.core.states import JobState
+from prefect_batch.exceptions import BatchConflictError, BatchInvalidRequestError, invalid_property
+from prefect_batch.models import (
+    BatchJob,
+    BatchJobCreateOptions,
+    BatchJobDisableOptions,
+    BatchJobTerminateOptions,
+    BatchJobUpdateOptions,
+    BatchTaskCountsResult,
+)
+from prefect_batch.service import lifecycle
+from prefect_batch.service.base import ServiceBase
+from prefect_batch.service.common import seconds
+from prefect_batch.service.views import job_view
+from prefect_batch.store.schema import jobs, queue, tasks
+
+__all__ = ["JobOperations", "disable_job_rows"]
+
+IN_FLIGHT = lifecycle.IN_FLIGHT
+_UNSUPPORTED_JOB_PROPERTIES = ("jobManagerTask", "jobPreparationTask", "jobReleaseTask")
+
+
+def disable_job_rows(conn: Any, job: Any, option: str, now: float) -> None:
+    """Disable a job: dequeue its tasks; requeue or stop running ones per ``option``."""
+    conn.execute(delete(queue).where(queue.c.job_pk == job.pk))
+    if option in ("requeue", "terminate"):
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.job_pk == job.pk, tasks.c.state.in_(IN_FLIGHT))
+            .values(kill_reason=option)
+        )
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.pk == job.pk)
+        .values(
+            state=JobState.DISABLING.value,
+            previous_state=job.state,
+            previous_state_transition_time=job.state_transition_time,
+            state_transition_time=now,
+            last_modified=now,
+            version=jobs.c.version + 1,
+            disable_option=option,
+        )
+    )
+    lifecycle.finish_job_if_done(conn, job.pk, now)
+
+
+class JobOperations(ServiceBase):
+    """Job operations of one account."""
+
+    def create_job(self, job: BatchJobCreateOptions | dict[str, Any]) -> None:
+        """Create a job. Its tasks are added afterwards (``create_task(s)``)."""
+        opts = self.parse(BatchJobCreateOptions, job)
+        validate_job_id(opts.id)
+        spec = opts.to_wire()
+        for name in _UNSUPPORTED_JOB_PROPERTIES:
+            if spec.get(name):
+                raise BatchInvalidRequestError(
+                    "UnsupportedProperty",
+                    f"{name} is not supported by this version of the service",
+                    {"PropertyName": name},
+                )
+        pool_info = spec.get("poolInfo") or {}
+        if pool_info.get("autoPoolSpecification"):
+            raise BatchInvalidRequestError(
+                "UnsupportedProperty",
+                "poolInfo.autoPoolSpecification is not supported; create a pool and name it",
+                {"PropertyName": "poolInfo.autoPoolSpecification"},
+            )
+        pool_id = pool_info.get("poolId")
+        if not pool_id:
+            raise BatchInvalidRequestError(
+                "MissingRequiredProperty",
+                "A required property was not specified in the request body: poolInfo.poolId",
+                {"PropertyName": "poolInfo.poolId"},
+            )
+        constraints = spec.get("constraints") or {}
+        wall = seconds(constraints.get("maxWallClockTime"))
+        now = self.clock()
+        with self.store.begin() as conn:
+            exists = conn.execute(
+                select(jobs.c.pk).where(
+                    jobs.c.account == self.account, jobs.c.id_key == opts.id.casefold()
+                )
+            ).first()
+            if exists:
+                raise BatchConflictError(
+                    "JobExists", f"The specified job already exists: {opts.id}", {"JobId": opts.id}
+                )
+            conn.execute(
+                insert(jobs).values(
+                    account=self.account,
+                    id=opts.id,
+                    id_key=opts.id.casefold(),
+                    state=JobState.ACTIVE.value,
+                    state_transition_time=now,
+                    creation_time=now,
+                    last_modified=now,
+                    version=1,
+                    priority=opts.priority or 0,
+                    pool_id=pool_id,
+                    pool_key=lifecycle.pool_key(self.account, pool_id),
+                    max_parallel_tasks=(
+                        opts.max_parallel_tasks if opts.max_parallel_tasks is not None else -1
+                    ),
+                    max_task_retry_count=constraints.get("maxTaskRetryCount", 0),
+                    deadline=(now + wall) if wall is not None else None,
+                    on_all_tasks_complete=spec.get("onAllTasksComplete", "noaction"),
+                    on_task_failure=spec.get("onTaskFailure", "noaction"),
+                    uses_task_dependencies=bool(spec.get("usesTaskDependencies", False)),
+                    start_time=now,
+                    spec=spec,
+                )
+            )
+        self.wake()
+
+    def get_job(self, job_id: str) -> BatchJob:
+        """One job."""
+        with self.store.read() as conn:
+            return BatchJob.model_validate(job_view(self._job_row(conn, job_id), self.base_url))
+
+    def list_jobs(self) -> list[BatchJob]:
+        """Every job of the account, in creation order."""
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(jobs).where(jobs.c.account == self.account).order_by(jobs.c.pk)
+            ).all()
+            return [BatchJob.model_validate(job_view(r, self.base_url)) for r in rows]
+
+    def update_job(self, job_id: str, job: BatchJobUpdateOptions | dict[str, Any]) -> None:
+        """PATCH a job: properties given replace, omitted ones stay."""
+        opts = self.parse(BatchJobUpdateOptions, job)
+        self._apply_job_update(job_id, opts.to_wire(), replace=False)
+
+    def replace_job(self, job_id: str, job: BatchJobUpdateOptions | dict[str, Any]) -> None:
+        """PUT a job: updatable properties not given return to their defaults."""
+        opts = self.parse(BatchJobUpdateOptions, job)
+        patch = opts.to_wire()
+        patch.setdefault("priority", 0)
+        patch.setdefault("maxParallelTasks", -1)
+        patch.setdefault("constraints", {})
+        patch.setdefault("metadata", [])
+        patch.setdefault("onAllTasksComplete", "noaction")
+        self._apply_job_update(job_id, patch, replace=True)
+
+    def _apply_job_update(self, job_id: str, patch: dict[str, Any], *, replace: bool) -> None:
+        now = self.clock()
+        with self.store.begin() as conn:
+            row = self._job_row(conn, job_id)
+            if row.state in (
+                JobState.COMPLETED.value,
+                JobState.TERMINATING.value,
+                JobState.DELETING.value,
+            ):
+                raise BatchConflictError(
+                    "JobCompleted" if row.state == JobState.COMPLETED.value else "JobBeingTerminated",
+                    f"The job is {row.state}: {row.id}",
+                    {"JobId": row.id},
+                )
+            spec = dict(row.spec)
+            values: dict[str, Any] = {
+                "last_modified": now,
+                "version": jobs.c.version + 1,
+            }
+            if "priority" in patch:
+                values["priority"] = patch["priority"]
+                conn.execute(
+                    update(queue)
+                    .where(queue.c.job_pk == row.pk)
+                    .values(neg_priority=-int(patch["priority"]))
+                )
+            if "maxParallelTasks" in patch:
+                values["max_parallel_tasks"] = patch["maxParallelTasks"]
+            if "constraints" in patch:
+                c = patch["constraints"] or {}
+                wall = seconds(c.get("maxWallClockTime"))
+                values["deadline"] = (row.creation_time + wall) if wall is not None else None
+                values["max_task_retry_count"] = c.get("maxTaskRetryCount", 0)
+            if "onAllTasksComplete" in patch:
+                new = patch["onAllTasksComplete"]
+                if row.on_all_tasks_complete == "terminatejob" and new == "noaction":
+                    raise invalid_property(
+                        "onAllTasksComplete", new, "cannot change from terminatejob to noaction"
+                    )
+                values["on_all_tasks_complete"] = new
+            if "poolInfo" in patch:
+                pool_id = (patch["poolInfo"] or {}).get("poolId")
+                if pool_id != row.pool_id:
+                    if row.state != JobState.DISABLED.value:
+                        raise BatchConflictError(
+                            "OperationInvalidForCurrentState",
+                            "poolInfo can be changed only while the job is disabled",
+                            {"JobId": row.id, "PropertyName": "poolInfo"},
+                        )
+                    values["pool_id"] = pool_id
+                    values["pool_key"] = lifecycle.pool_key(self.account, pool_id)
+            for key, value in patch.items():
+                spec[key] = value
+            if replace and "metadata" in patch and not patch["metadata"]:
+                spec.pop("metadata", None)
+            values["spec"] = spec
+            conn.execute(update(jobs).where(jobs.c.pk == row.pk).values(**values))
+            lifecycle.finish_job_if_done(conn, row.pk, now)
+        self.wake()
+
+    def disable_job(self, job_id: str, options: BatchJobDisableOptions | dict | str) -> None:
+        """Disable a job: no new task starts; running ones are requeued, ended or awaited."""
+        if isinstance(options, str):
+            options = {"disableTasks": options}
+        opts = self.parse(BatchJobDisableOptions, options)
+        option = str(getattr(opts.disable_tasks, "value", opts.disable_tasks))
+        now = self.clock()
+        with self.store.begin() as conn:
+            row = self._job_row(conn, job_id)
+            if row.state != JobState.ACTIVE.value:
+                raise BatchConflictError(
+                    "OperationInvalidForCurrentState" if row.state != "disabled" else "JobDisabled",
+                    f"The job cannot be disabled while it is {row.state}: {row.id}",
+                    {"JobId": row.id, "JobState": row.state},
+                )
+            disable_job_rows(conn, row, option, now)
+        self.wake()
+
+    def enable_job(self, job_id: str) -> None:
+        """Enable a disabled job: its queued tasks are scheduled again."""
+        now = self.clock()
+        with self.store.begin() as conn:
+            row = self._job_row(conn, job_id)
+            if row.state not in (JobState.DISABLED.value, JobState.DISABLING.value):
+                raise BatchConflictError(
+                    "OperationInvalidForCurrentState",
+                    f"The job cannot be enabled while it is {row.state}: {row.id}",
+                    {"JobId": row.id, "JobState": row.state},
+                )
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.pk == row.pk)
+                .values(
+                    state=JobState.ACTIVE.value,
+                    previous_state=row.state,
+                    previous_state_transition_time=row.state_transition_time,
+                    state_transition_time=now,
+                    last_modified=now,
+                    version=jobs.c.version + 1,
+                    disable_option=None,
+                )
+            )
+            fresh = conn.execute(select(jobs).where(jobs.c.pk == row.pk)).one()
+            lifecycle.enqueue_job_tasks(conn, fresh._mapping)
+        self.wake()
+
+    def terminate_job(
+        self, job_id: str, options: BatchJobTerminateOptions | dict | str | None = None
+    ) -> None:
+        """Terminate a job: running tasks are ended, queued tasks never run."""
+        if isinstance(options, str):
+            options = {"terminateReason": options}
+        opts = self.parse(BatchJobTerminateOptions, options or {})
+        reason = opts.termination_reason or "UserTerminate"
+        now = self.clock()
+        with self.store.begin() as conn:
+            row = self._job_row(conn, job_id)
+            if row.state in (JobState.COMPLETED.value,):
+                raise BatchConflictError(
+                    "JobCompleted", f"The job is already completed: {row.id}", {"JobId": row.id}
+                )
+            if row.state in (JobState.TERMINATING.value, JobState.DELETING.value):
+                raise BatchConflictError(
+                    "JobBeingTerminated" if row.state == "terminating" else "JobBeingDeleted",
+                    f"The job is {row.state}: {row.id}",
+                    {"JobId": row.id},
+                )
+            lifecycle.terminate_job(conn, row, reason, now)
+        self.wake()
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a job, its tasks and (on the nodes) their files."""
+        from prefect_batch.service.files import queue_dir_deletion
+
+        now = self.clock()
+        with self.store.begin() as conn:
+            row = self._job_row(conn, job_id)
+            if row.state == JobState.DELETING.value:
+                raise BatchConflictError(
+                    "JobBeingDeleted", f"The job is being deleted: {row.id}", {"JobId": row.id}
+                )
+            conn.execute(delete(queue).where(queue.c.job_pk == row.pk))
+            in_flight = conn.execute(
+                select(tasks.c.pk).where(tasks.c.job_pk == row.pk, tasks.c.state.in_(IN_FLIGHT))
+            ).all()
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.job_pk == row.pk, tasks.c.state.in_(IN_FLIGHT))
+                .values(kill_reason="job_delete")
+            )
+            file_nodes = conn.execute(
+                select(tasks.c.files_node_pk, tasks.c.node_pk)
+                .where(tasks.c.job_pk == row.pk)
+                .distinct()
+            ).all()
+            node_pks = {p for r in file_nodes for p in r if p is not None}
+            for node_pk in node_pks:
+                queue_dir_deletion(conn, node_pk, row.id, now)
+            if in_flight:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.pk == row.pk)
+                    .values(
+                        state=JobState.DELETING.value,
+                        previous_state=row.state,
+                        state_transition_time=now,
+                        version=jobs.c.version + 1,
+                    )
+                )
+                # Rows of tasks still running go when their ends are reported; the rest now.
+                conn.execute(
+                    delete(tasks).where(
+                        tasks.c.job_pk == row.pk, tasks.c.state.not_in(IN_FLIGHT)
+                    )
+                )
+            else:
+                conn.execute(delete(tasks).where(tasks.c.job_pk == row.pk))
+                conn.execute(delete(jobs).where(jobs.c.pk == row.pk))
+        self.wake()
+
+    def get_job_task_counts(self, job_id: str) -> BatchTaskCountsResult:
+        """Counts of the job's tasks (and their slots) by state, kept exact per transaction."""
+        with self.store.read() as conn:
+            r = self._job_row(conn, job_id)
+        return BatchTaskCountsResult.model_validate(
+            {
+                "taskCounts": {
+                    "active": r.n_active,
+                    "running": r.n_running,
+                    "completed": r.n_succeeded + r.n_failed,
+                    "succeeded": r.n_succeeded,
+                    "failed": r.n_failed,
+                },
+                "taskSlotCounts": {
+                    "active": r.s_active,
+                    "running": r.s_running,
+                    "completed": r.s_succeeded + r.s_failed,
+                    "succeeded": r.s_succeeded,
+                    "failed": r.s_failed,
+                },
+            }
+        )

@@ -1,0 +1,543 @@
+"""Task and job lifecycle in the store: queueing, completion, requeue, dependencies, job end.
+
+These functions run inside a write transaction (``conn``) and work on batches, because the
+engine applies many task results per transaction. The decisions themselves (retry or not, which
+exit options apply, legal state edges) come from the pure ``core``; this module turns them into
+rows. It does not talk to nodes: where a running process must be stopped it sets
+``tasks.kill_reason`` and the engine that owns the node carries it out.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+
+from prefect_batch.core.completion import AttemptOutcome, CompletionDecision, decide
+from prefect_batch.core.states import (
+    DependencyAction,
+    JobAction,
+    JobState,
+    TaskExecutionResult,
+    TaskState,
+)
+from prefect_batch.store.schema import deps, jobs, nodes, queue, tasks
+
+__all__ = [
+    "JobDelta",
+    "Attempt",
+    "complete_attempts",
+    "enqueue_job_tasks",
+    "enqueue_tasks",
+    "finish_job_if_done",
+    "pool_key",
+    "requeue_tasks",
+    "terminate_job",
+]
+
+ACTIVE = TaskState.ACTIVE.value
+PREPARING = TaskState.PREPARING.value
+RUNNING = TaskState.RUNNING.value
+COMPLETED = TaskState.COMPLETED.value
+IN_FLIGHT = (PREPARING, RUNNING)
+
+
+def pool_key(account: str, pool_id: str | None) -> str | None:
+    """The queue's pool column: account and case-folded pool id."""
+    if pool_id is None:
+        return None
+    return f"{account}/{pool_id.casefold()}"
+
+
+@dataclass
+class JobDelta:
+    """Changes to a job's task counters, gathered over a batch and written once."""
+
+    active: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    s_active: int = 0
+    s_running: int = 0
+    s_succeeded: int = 0
+    s_failed: int = 0
+    retries: int = 0
+
+    def move(self, src: str | None, dst: str | None, slots: int) -> None:
+        """Count one task moving from bucket ``src`` to ``dst``."""
+        for name, sign in ((src, -1), (dst, +1)):
+            if name is None:
+                continue
+            setattr(self, name, getattr(self, name) + sign)
+            setattr(self, "s_" + name, getattr(self, "s_" + name) + sign * slots)
+
+
+def write_job_deltas(conn: Connection, deltas: Mapping[int, JobDelta], now: float) -> None:
+    """Apply gathered counter changes, one UPDATE per job."""
+    for job_pk, d in deltas.items():
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.pk == job_pk)
+            .values(
+                n_active=jobs.c.n_active + d.active,
+                n_running=jobs.c.n_running + d.running,
+                n_succeeded=jobs.c.n_succeeded + d.succeeded,
+                n_failed=jobs.c.n_failed + d.failed,
+                s_active=jobs.c.s_active + d.s_active,
+                s_running=jobs.c.s_running + d.s_running,
+                s_succeeded=jobs.c.s_succeeded + d.s_succeeded,
+                s_failed=jobs.c.s_failed + d.s_failed,
+                n_retries=jobs.c.n_retries + d.retries,
+            )
+        )
+
+
+def enqueue_tasks(
+    conn: Connection, job: Mapping[str, Any], items: Sequence[tuple[int, int]]
+) -> None:
+    """Put ``(task_pk, slots)`` of an active job into the dispatch queue."""
+    if not items or job["pool_key"] is None:
+        return
+    conn.execute(
+        insert(queue),
+        [
+            {
+                "task_pk": pk,
+                "pool_key": job["pool_key"],
+                "neg_priority": -int(job["priority"]),
+                "job_pk": job["pk"],
+                "slots": slots,
+            }
+            for pk, slots in items
+        ],
+    )
+
+
+def enqueue_job_tasks(conn: Connection, job: Mapping[str, Any]) -> int:
+    """Queue every runnable active task of ``job`` (after enable or a pool change)."""
+    conn.execute(delete(queue).where(queue.c.job_pk == job["pk"]))
+    rows = conn.execute(
+        select(tasks.c.pk, tasks.c.required_slots).where(
+            tasks.c.job_pk == job["pk"],
+            tasks.c.state == ACTIVE,
+            tasks.c.pending_parents == 0,
+            tasks.c.blocked.is_(False),
+        )
+    ).all()
+    enqueue_tasks(conn, job, [(r.pk, r.required_slots) for r in rows])
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What a node reported about one attempt of a task."""
+
+    task_pk: int
+    attempt: int
+    outcome: AttemptOutcome
+    start_time: float | None
+    end_time: float
+
+
+@dataclass
+class BatchEffects:
+    """What the engine must do after the transaction commits."""
+
+    forget: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    node_slots_freed: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    touched_jobs: set[int] = field(default_factory=set)
+
+
+def _job_rows(conn: Connection, job_pks: Iterable[int]) -> dict[int, Any]:
+    pks = list(set(job_pks))
+    if not pks:
+        return {}
+    return {r.pk: r for r in conn.execute(select(jobs).where(jobs.c.pk.in_(pks))).all()}
+
+
+def complete_attempts(
+    conn: Connection,
+    attempts: Sequence[Attempt],
+    now: float,
+    effects: BatchEffects | None = None,
+) -> BatchEffects:
+    """Record finished attempts: retry, requeue or complete each task, and follow the effects.
+
+    Attempts that no longer match the task (an old attempt, a task already completed or deleted)
+    are ignored, so a result reported twice is counted once.
+    """
+    effects = effects or BatchEffects()
+    if not attempts:
+        return effects
+    by_pk = {a.task_pk: a for a in attempts}
+    rows = conn.execute(
+        select(
+            tasks.c.pk,
+            tasks.c.job_pk,
+            tasks.c.state,
+            tasks.c.attempt,
+            tasks.c.node_pk,
+            tasks.c.required_slots,
+            tasks.c.retry_count,
+            tasks.c.max_retries,
+            tasks.c.retention_seconds,
+            tasks.c.kill_reason,
+            tasks.c.spec,
+            tasks.c.state_transition_time,
+            tasks.c.start_time,
+        ).where(tasks.c.pk.in_(list(by_pk)))
+    ).all()
+    job_rows = _job_rows(conn, (r.job_pk for r in rows))
+    deltas: dict[int, JobDelta] = defaultdict(JobDelta)
+    node_counts: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    completed_updates: list[dict[str, Any]] = []
+    retry_updates: list[dict[str, Any]] = []
+    requeue_pks: list[int] = []
+    satisfied: list[int] = []
+    blocked: list[int] = []
+    job_actions: list[tuple[int, JobAction]] = []
+    to_enqueue: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for r in rows:
+        a = by_pk[r.pk]
+        if r.state not in IN_FLIGHT or r.attempt != a.attempt:
+            continue
+        job = job_rows[r.job_pk]
+        slots = r.required_slots
+        if r.node_pk is not None:
+            nc = node_counts[r.node_pk]
+            nc[0] -= 1
+            nc[1] -= slots
+            effects.node_slots_freed[r.node_pk] += slots
+        effects.touched_jobs.add(r.job_pk)
+        if r.node_pk is not None:
+            effects.forget[r.node_pk].append(f"t{r.pk}-{r.attempt}")
+        if r.kill_reason in ("requeue", "job_delete"):
+            if r.kill_reason == "requeue":
+                requeue_pks.append(r.pk)
+                deltas[r.job_pk].move("running", "active", slots)
+                if job.state == JobState.ACTIVE.value and job.pool_key is not None:
+                    to_enqueue[r.job_pk].append((r.pk, slots))
+            continue
+        outcome = a.outcome
+        decision: CompletionDecision = decide(
+            outcome,
+            retry_count=r.retry_count,
+            max_task_retry_count=r.max_retries,
+            exit_conditions=(r.spec or {}).get("exitConditions"),
+            task_failure_mode=job.on_task_failure,
+        )
+        start = a.start_time if a.start_time is not None else r.start_time
+        if decision.retry:
+            retry_updates.append(
+                {
+                    "b_pk": r.pk,
+                    "b_exit": decision.exit_code,
+                    "b_start": start,
+                    "b_end": a.end_time,
+                    "b_prev_time": r.state_transition_time,
+                }
+            )
+            deltas[r.job_pk].move("running", "active", slots)
+            deltas[r.job_pk].retries += 1
+            if job.state == JobState.ACTIVE.value and job.pool_key is not None:
+                to_enqueue[r.job_pk].append((r.pk, slots))
+            continue
+        success = decision.result == TaskExecutionResult.SUCCESS
+        if r.node_pk is not None:
+            node_counts[r.node_pk][2] += 1
+            node_counts[r.node_pk][3] += 1 if success else 0
+        deltas[r.job_pk].move("running", "succeeded" if success else "failed", slots)
+        completed_updates.append(
+            {
+                "b_pk": r.pk,
+                "b_prev_state": r.state,
+                "b_prev_time": r.state_transition_time,
+                "b_start": start,
+                "b_end": a.end_time,
+                "b_exit": decision.exit_code,
+                "b_result": decision.result.value if decision.result else None,
+                "b_failure": decision.failure_info,
+                "b_files_node": r.node_pk,
+                "b_retention": a.end_time + r.retention_seconds,
+                "b_dep": decision.dependency_action.value,
+            }
+        )
+        if decision.dependency_action == DependencyAction.SATISFY:
+            satisfied.append(r.pk)
+        else:
+            blocked.append(r.pk)
+        if decision.job_action != JobAction.NONE:
+            job_actions.append((r.job_pk, decision.job_action))
+
+    if completed_updates:
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.pk == bindparam("b_pk"))
+            .values(
+                state=COMPLETED,
+                previous_state=bindparam("b_prev_state"),
+                previous_state_transition_time=bindparam("b_prev_time"),
+                state_transition_time=now,
+                last_modified=now,
+                version=tasks.c.version + 1,
+                start_time=bindparam("b_start"),
+                end_time=bindparam("b_end"),
+                exit_code=bindparam("b_exit"),
+                result=bindparam("b_result"),
+                failure_info=bindparam("b_failure"),
+                node_pk=None,
+                kill_reason=None,
+                files_node_pk=bindparam("b_files_node"),
+                retention_deadline=bindparam("b_retention"),
+                dependency_action=bindparam("b_dep"),
+            ),
+            completed_updates,
+        )
+    if retry_updates:
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.pk == bindparam("b_pk"))
+            .values(
+                state=ACTIVE,
+                previous_state=RUNNING,
+                previous_state_transition_time=bindparam("b_prev_time"),
+                state_transition_time=now,
+                last_modified=now,
+                version=tasks.c.version + 1,
+                start_time=bindparam("b_start"),
+                end_time=bindparam("b_end"),
+                exit_code=bindparam("b_exit"),
+                retry_count=tasks.c.retry_count + 1,
+                last_retry_time=now,
+                node_pk=None,
+                kill_reason=None,
+            ),
+            retry_updates,
+        )
+    if requeue_pks:
+        _mark_requeued(conn, requeue_pks, now)
+    conn.execute(
+        delete(tasks).where(tasks.c.pk.in_(list(by_pk)), tasks.c.kill_reason == "job_delete")
+    )
+    for job_pk, items in to_enqueue.items():
+        enqueue_tasks(conn, job_rows[job_pk]._mapping, items)
+    _write_node_counts(conn, node_counts)
+    write_job_deltas(conn, deltas, now)
+    if satisfied:
+        _release_dependents(conn, satisfied, job_rows)
+    if blocked:
+        _block_dependents(conn, blocked)
+    for job_pk, action in job_actions:
+        job = conn.execute(select(jobs).where(jobs.c.pk == job_pk)).one()
+        if job.state != JobState.ACTIVE.value:
+            continue
+        if action == JobAction.TERMINATE:
+            terminate_job(conn, job, "TaskFailed", now)
+        elif action == JobAction.DISABLE:
+            from prefect_batch.service.jobs import disable_job_rows
+
+            disable_job_rows(conn, job, "requeue", now)
+    for job_pk in effects.touched_jobs:
+        finish_job_if_done(conn, job_pk, now)
+    return effects
+
+
+def _mark_requeued(conn: Connection, pks: Sequence[int], now: float) -> None:
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.pk.in_(list(pks)))
+        .values(
+            state=ACTIVE,
+            previous_state=tasks.c.state,
+            previous_state_transition_time=tasks.c.state_transition_time,
+            state_transition_time=now,
+            last_modified=now,
+            version=tasks.c.version + 1,
+            requeue_count=tasks.c.requeue_count + 1,
+            last_requeue_time=now,
+            node_pk=None,
+            kill_reason=None,
+        )
+    )
+
+
+def _write_node_counts(conn: Connection, node_counts: Mapping[int, list[int]]) -> None:
+    for node_pk, (d_tasks, d_slots, d_run, d_ok) in node_counts.items():
+        conn.execute(
+            update(nodes)
+            .where(nodes.c.pk == node_pk)
+            .values(
+                running_tasks=func.max(nodes.c.running_tasks + d_tasks, 0),
+                running_slots=func.max(nodes.c.running_slots + d_slots, 0),
+                total_tasks_run=nodes.c.total_tasks_run + d_run,
+                total_tasks_succeeded=nodes.c.total_tasks_succeeded + d_ok,
+            )
+            if conn.dialect.name == "sqlite"
+            else update(nodes)
+            .where(nodes.c.pk == node_pk)
+            .values(
+                running_tasks=func.greatest(nodes.c.running_tasks + d_tasks, 0),
+                running_slots=func.greatest(nodes.c.running_slots + d_slots, 0),
+                total_tasks_run=nodes.c.total_tasks_run + d_run,
+                total_tasks_succeeded=nodes.c.total_tasks_succeeded + d_ok,
+            )
+        )
+
+
+def _release_dependents(
+    conn: Connection, parent_pks: Sequence[int], job_rows: Mapping[int, Any]
+) -> None:
+    children = conn.execute(
+        select(deps.c.child_pk, func.count()).where(deps.c.parent_pk.in_(list(parent_pks)))
+        .group_by(deps.c.child_pk)
+    ).all()
+    if not children:
+        return
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.pk == bindparam("b_pk"))
+        .values(pending_parents=tasks.c.pending_parents - bindparam("b_n")),
+        [{"b_pk": c[0], "b_n": c[1]} for c in children],
+    )
+    ready = conn.execute(
+        select(tasks.c.pk, tasks.c.job_pk, tasks.c.required_slots).where(
+            tasks.c.pk.in_([c[0] for c in children]),
+            tasks.c.pending_parents == 0,
+            tasks.c.state == ACTIVE,
+            tasks.c.blocked.is_(False),
+        )
+    ).all()
+    by_job: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for r in ready:
+        by_job[r.job_pk].append((r.pk, r.required_slots))
+    if not by_job:
+        return
+    all_jobs = dict(job_rows)
+    all_jobs.update(_job_rows(conn, [j for j in by_job if j not in all_jobs]))
+    for job_pk, items in by_job.items():
+        job = all_jobs[job_pk]
+        if job.state == JobState.ACTIVE.value:
+            enqueue_tasks(conn, job._mapping, items)
+
+
+def _block_dependents(conn: Connection, parent_pks: Sequence[int]) -> None:
+    child = select(deps.c.child_pk).where(deps.c.parent_pk.in_(list(parent_pks)))
+    conn.execute(update(tasks).where(tasks.c.pk.in_(child)).values(blocked=True))
+
+
+def requeue_tasks(conn: Connection, task_rows: Sequence[Any], now: float) -> None:
+    """Put in-flight tasks back in the queue (node lost or removed): requeueCount + 1.
+
+    Their retry count does not change. The node's own counters are the caller's business.
+    """
+    if not task_rows:
+        return
+    _mark_requeued(conn, [r.pk for r in task_rows], now)
+    job_rows = _job_rows(conn, (r.job_pk for r in task_rows))
+    deltas: dict[int, JobDelta] = defaultdict(JobDelta)
+    to_enqueue: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for r in task_rows:
+        deltas[r.job_pk].move("running", "active", r.required_slots)
+        job = job_rows[r.job_pk]
+        if job.state == JobState.ACTIVE.value:
+            to_enqueue[r.job_pk].append((r.pk, r.required_slots))
+    for job_pk, items in to_enqueue.items():
+        enqueue_tasks(conn, job_rows[job_pk]._mapping, items)
+    write_job_deltas(conn, deltas, now)
+
+
+def terminate_job(conn: Connection, job: Any, reason: str, now: float) -> None:
+    """Terminate a job: nothing more is scheduled and its running tasks are stopped.
+
+    The job is ``terminating`` while stopped tasks are still being reported, then
+    ``completed`` (see :func:`finish_job_if_done`).
+    """
+    conn.execute(delete(queue).where(queue.c.job_pk == job.pk))
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.job_pk == job.pk, tasks.c.state.in_(IN_FLIGHT))
+        .values(kill_reason="job_terminate")
+    )
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.pk == job.pk)
+        .values(
+            state=JobState.TERMINATING.value,
+            previous_state=job.state,
+            previous_state_transition_time=job.state_transition_time,
+            state_transition_time=now,
+            last_modified=now,
+            version=jobs.c.version + 1,
+            terminate_reason=reason,
+        )
+    )
+    finish_job_if_done(conn, job.pk, now)
+
+
+def finish_job_if_done(conn: Connection, job_pk: int, now: float) -> None:
+    """Move a job to its next state once nothing of it is in flight.
+
+    ``terminating`` -> ``completed``; ``disabling`` -> ``disabled``; an ``active`` job with
+    ``onAllTasksComplete=terminatejob`` whose tasks are all complete is terminated.
+    """
+    job = conn.execute(select(jobs).where(jobs.c.pk == job_pk)).one_or_none()
+    if job is None:
+        return
+    if job.state == JobState.ACTIVE.value:
+        if (
+            job.on_all_tasks_complete == "terminatejob"
+            and job.n_active == 0
+            and job.n_running == 0
+            and (job.n_succeeded + job.n_failed) > 0
+        ):
+            terminate_job(conn, job, "AllTasksComplete", now)
+        return
+    if job.state == JobState.DELETING.value:
+        left = conn.execute(
+            select(func.count()).select_from(tasks).where(tasks.c.job_pk == job_pk)
+        ).scalar_one()
+        if not left:
+            conn.execute(delete(jobs).where(jobs.c.pk == job_pk))
+        return
+    if job.state not in (JobState.TERMINATING.value, JobState.DISABLING.value):
+        return
+    if job.state == JobState.DISABLING.value and job.disable_option == "wait":
+        in_flight = 0  # a "wait" disable ends at once; running tasks simply finish
+    else:
+        in_flight = conn.execute(
+            select(func.count())
+            .select_from(tasks)
+            .where(tasks.c.job_pk == job_pk, tasks.c.state.in_(IN_FLIGHT))
+        ).scalar_one()
+    if in_flight:
+        return
+    target = (
+        JobState.COMPLETED.value
+        if job.state == JobState.TERMINATING.value
+        else JobState.DISABLED.value
+    )
+    values: dict[str, Any] = {
+        "state": target,
+        "previous_state": job.state,
+        "previous_state_transition_time": job.state_transition_time,
+        "state_transition_time": now,
+        "last_modified": now,
+        "version": jobs.c.version + 1,
+    }
+    if target == JobState.COMPLETED.value:
+        values["end_time"] = now
+    conn.execute(update(jobs).where(jobs.c.pk == job_pk).values(**values))
+
+
+def running_task_rows(conn: Connection, node_pk: int) -> list[Any]:
+    """In-flight tasks on a node."""
+    return list(
+        conn.execute(
+            select(tasks.c.pk, tasks.c.job_pk, tasks.c.required_slots, tasks.c.attempt).where(
+                tasks.c.node_pk == node_pk, tasks.c.state.in_(IN_FLIGHT)
+            )
+        ).all()
+    )

@@ -1,0 +1,328 @@
+"""Pool operations: create, get, list, update, resize, stop resize, delete; nodes; images.
+
+A pool row holds what was asked (target size, slots, fill type, start task); nodes are made and
+removed by the engine that holds the pool's lease, which compares target and actual.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+
+from prefect_batch.core.ids import validate_id
+from prefect_batch.core.states import AllocationState, NodeState, PoolState
+from prefect_batch.exceptions import (
+    BatchConflictError,
+    BatchInvalidRequestError,
+    BatchNotFoundError,
+    invalid_property,
+)
+from prefect_batch.models import (
+    BatchNode,
+    BatchPool,
+    BatchPoolCreateOptions,
+    BatchPoolResizeOptions,
+    BatchPoolUpdateOptions,
+    BatchSupportedImage,
+)
+from prefect_batch.service.base import ServiceBase
+from prefect_batch.service.common import parse_duration
+from prefect_batch.service.views import node_view, pool_view
+from prefect_batch.store.schema import nodes, pools
+
+__all__ = ["LOCAL_NODE_AGENT_SKU", "PoolOperations", "SUPPORTED_IMAGES"]
+
+LOCAL_NODE_AGENT_SKU = "batch.node.local"
+"""The node source of pools whose nodes are agent processes on the service's machine."""
+
+SUPPORTED_IMAGES: list[dict[str, Any]] = [
+    {
+        "nodeAgentSKUId": LOCAL_NODE_AGENT_SKU,
+        "imageReference": {
+            "publisher": "prefect-batch",
+            "offer": "local",
+            "sku": "process",
+            "version": "latest",
+        },
+        "osType": "linux",
+        "capabilities": ["LocalProcess"],
+        "verificationType": "verified",
+    }
+]
+
+MAX_SLOTS_PER_NODE = 256
+MIN_RESIZE_TIMEOUT_SECONDS = 0.0  # Azure's floor is 5 minutes; local nodes need none.
+
+
+def node_source_of(spec: dict[str, Any]) -> str:
+    """The node source (``nodeAgentSKUId``) a pool spec names; local by default."""
+    vmc = spec.get("virtualMachineConfiguration") or {}
+    return vmc.get("nodeAgentSKUId") or LOCAL_NODE_AGENT_SKU
+
+
+class PoolOperations(ServiceBase):
+    """Pool and node operations of one account."""
+
+    def list_supported_images(self) -> list[BatchSupportedImage]:
+        """The node sources pools can use (Azure's "supported images")."""
+        return [BatchSupportedImage.model_validate(i) for i in SUPPORTED_IMAGES]
+
+    def create_pool(self, pool: BatchPoolCreateOptions | dict[str, Any]) -> None:
+        """Create a pool; the engine then brings its nodes up."""
+        opts = self.parse(BatchPoolCreateOptions, pool)
+        validate_id(opts.id, "id")
+        spec = opts.to_wire()
+        if spec.get("enableAutoScale"):
+            raise BatchInvalidRequestError(
+                "InvalidAutoScalingSettings",
+                "Autoscale formulas are not available in this version; set targetDedicatedNodes.",
+                {"PropertyName": "enableAutoScale"},
+            )
+        if node_source_of(spec) not in {i["nodeAgentSKUId"] for i in SUPPORTED_IMAGES}:
+            raise invalid_property(
+                "virtualMachineConfiguration.nodeAgentSKUId",
+                node_source_of(spec),
+                "unknown node source; see list_supported_images",
+            )
+        if opts.target_low_priority_nodes:
+            raise invalid_property(
+                "targetLowPriorityNodes", opts.target_low_priority_nodes, "local nodes have no spot"
+            )
+        slots = opts.task_slots_per_node or 1
+        if slots > MAX_SLOTS_PER_NODE:
+            raise invalid_property("taskSlotsPerNode", slots, f"at most {MAX_SLOTS_PER_NODE}")
+        fill = "spread"
+        if opts.task_scheduling_policy is not None:
+            fill = str(getattr(opts.task_scheduling_policy.node_fill_type, "value",
+                               opts.task_scheduling_policy.node_fill_type))
+        timeout = parse_duration(spec.get("resizeTimeout"))
+        target = opts.target_dedicated_nodes or 0
+        now = self.clock()
+        with self.store.begin() as conn:
+            exists = conn.execute(
+                select(pools.c.pk).where(
+                    pools.c.account == self.account, pools.c.id_key == opts.id.casefold()
+                )
+            ).first()
+            if exists:
+                raise BatchConflictError(
+                    "PoolExists", f"The specified pool already exists: {opts.id}", {"PoolId": opts.id}
+                )
+            conn.execute(
+                insert(pools).values(
+                    account=self.account,
+                    id=opts.id,
+                    id_key=opts.id.casefold(),
+                    state=PoolState.ACTIVE.value,
+                    state_transition_time=now,
+                    allocation_state=(
+                        AllocationState.RESIZING.value if target else AllocationState.STEADY.value
+                    ),
+                    allocation_state_transition_time=now,
+                    creation_time=now,
+                    last_modified=now,
+                    version=1,
+                    vm_size=opts.vm_size,
+                    target_dedicated=target,
+                    target_low_priority=0,
+                    task_slots_per_node=slots,
+                    fill_type=fill,
+                    deallocation_option="requeue",
+                    resize_timeout_seconds=timeout if timeout is not None else 900.0,
+                    spec=spec,
+                )
+            )
+        self.wake()
+
+    def get_pool(self, pool_id: str) -> BatchPool:
+        """One pool."""
+        with self.store.read() as conn:
+            row = self._pool_row(conn, pool_id)
+            return BatchPool.model_validate(pool_view(row, self.base_url, self._count(conn, row)))
+
+    def pool_exists(self, pool_id: str) -> bool:
+        """Whether the pool exists in this account."""
+        try:
+            self.get_pool(pool_id)
+        except BatchNotFoundError:
+            return False
+        return True
+
+    def list_pools(self) -> list[BatchPool]:
+        """Every pool of the account, in creation order."""
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(pools).where(pools.c.account == self.account).order_by(pools.c.pk)
+            ).all()
+            return [
+                BatchPool.model_validate(pool_view(r, self.base_url, self._count(conn, r)))
+                for r in rows
+            ]
+
+    @staticmethod
+    def _count(conn: Any, row: Any) -> int:
+        return conn.execute(
+            select(func.count())
+            .select_from(nodes)
+            .where(nodes.c.pool_pk == row.pk, nodes.c.leaving.is_(False))
+        ).scalar_one()
+
+    def update_pool(self, pool_id: str, update_options: BatchPoolUpdateOptions | dict) -> None:
+        """PATCH a pool: given properties replace, omitted ones stay (start task, metadata)."""
+        opts = self.parse(BatchPoolUpdateOptions, update_options)
+        patch = opts.to_wire()
+        now = self.clock()
+        with self.store.begin() as conn:
+            row = self._pool_row(conn, pool_id)
+            spec = dict(row.spec)
+            for key in ("startTask", "metadata", "applicationPackageReferences"):
+                if key in patch:
+                    if key == "startTask" and not patch[key]:
+                        spec.pop(key, None)
+                    else:
+                        spec[key] = patch[key]
+            conn.execute(
+                update(pools)
+                .where(pools.c.pk == row.pk)
+                .values(spec=spec, last_modified=now, version=pools.c.version + 1)
+            )
+
+    def resize_pool(self, pool_id: str, resize: BatchPoolResizeOptions | dict) -> None:
+        """Ask for a new node count; nodes come and go as the engine gets to it."""
+        opts = self.parse(BatchPoolResizeOptions, resize)
+        if opts.target_low_priority_nodes:
+            raise invalid_property(
+                "targetLowPriorityNodes", opts.target_low_priority_nodes, "local nodes have no spot"
+            )
+        now = self.clock()
+        with self.store.begin() as conn:
+            row = self._pool_row(conn, pool_id)
+            self._check_mutable(row)
+            if row.spec.get("enableAutoScale"):
+                raise BatchConflictError(
+                    "OperationInvalidForCurrentState", "Disable autoscale before resizing."
+                )
+            if row.allocation_state != AllocationState.STEADY.value:
+                raise BatchConflictError(
+                    "PoolBeingResized",
+                    f"The pool is being resized: {row.id}; stop the resize first.",
+                    {"PoolId": row.id},
+                )
+            values: dict[str, Any] = {
+                "target_dedicated": opts.target_dedicated_nodes or 0,
+                "allocation_state": AllocationState.RESIZING.value,
+                "allocation_state_transition_time": now,
+                "last_modified": now,
+                "version": pools.c.version + 1,
+                "resize_errors": None,
+            }
+            if opts.node_deallocation_option is not None:
+                values["deallocation_option"] = str(
+                    getattr(opts.node_deallocation_option, "value", opts.node_deallocation_option)
+                )
+            if opts.resize_timeout is not None:
+                values["resize_timeout_seconds"] = opts.resize_timeout.total_seconds()
+            conn.execute(update(pools).where(pools.c.pk == row.pk).values(**values))
+        self.wake()
+
+    def stop_pool_resize(self, pool_id: str) -> None:
+        """Stop a resize: the pool keeps the nodes it has now."""
+        now = self.clock()
+        with self.store.begin() as conn:
+            row = self._pool_row(conn, pool_id)
+            self._check_mutable(row)
+            current = self._count(conn, row)
+            conn.execute(
+                update(pools)
+                .where(pools.c.pk == row.pk)
+                .values(
+                    target_dedicated=current,
+                    allocation_state=AllocationState.STEADY.value,
+                    allocation_state_transition_time=now,
+                    last_modified=now,
+                    version=pools.c.version + 1,
+                )
+            )
+        self.wake()
+
+    def delete_pool(self, pool_id: str) -> None:
+        """Delete a pool: its nodes leave and their directories are removed.
+
+        Tasks of jobs on this pool that have not run stay queued (a new pool of the same id
+        would run them); tasks running on its nodes are requeued.
+        """
+        now = self.clock()
+        with self.store.begin() as conn:
+            row = self._pool_row(conn, pool_id)
+            if row.state == PoolState.DELETING.value:
+                raise BatchConflictError(
+                    "PoolBeingDeleted", f"The pool is being deleted: {row.id}", {"PoolId": row.id}
+                )
+            conn.execute(
+                update(pools)
+                .where(pools.c.pk == row.pk)
+                .values(
+                    state=PoolState.DELETING.value,
+                    state_transition_time=now,
+                    target_dedicated=0,
+                    last_modified=now,
+                    version=pools.c.version + 1,
+                )
+            )
+            leased = row.lease_owner is not None and (row.lease_expires or 0) > now
+        if not leased:
+            self.finish_pool_delete(row.pk)
+        self.wake()
+
+    def finish_pool_delete(self, pool_pk: int) -> None:
+        """Remove a deleting pool's nodes (rows, queued work, directories) and the pool."""
+        from prefect_batch.service.lifecycle import requeue_tasks, running_task_rows
+
+        now = self.clock()
+        with self.store.begin() as conn:
+            node_rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool_pk)).all()
+            for n in node_rows:
+                requeue_tasks(conn, running_task_rows(conn, n.pk), now)
+            conn.execute(delete(nodes).where(nodes.c.pool_pk == pool_pk))
+            conn.execute(delete(pools).where(pools.c.pk == pool_pk))
+        for n in node_rows:
+            shutil.rmtree(n.root_dir, ignore_errors=True)
+
+    def _check_mutable(self, row: Any) -> None:
+        if row.state == PoolState.DELETING.value:
+            raise BatchConflictError(
+                "PoolBeingDeleted", f"The pool is being deleted: {row.id}", {"PoolId": row.id}
+            )
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def list_nodes(self, pool_id: str) -> list[BatchNode]:
+        """The nodes of a pool (leaving ones included until they are gone)."""
+        with self.store.read() as conn:
+            pool = self._pool_row(conn, pool_id)
+            rows = conn.execute(
+                select(nodes).where(nodes.c.pool_pk == pool.pk).order_by(nodes.c.pk)
+            ).all()
+            return [BatchNode.model_validate(node_view(r, pool.id, self.base_url)) for r in rows]
+
+    def get_node(self, pool_id: str, node_id: str) -> BatchNode:
+        """One node of a pool."""
+        with self.store.read() as conn:
+            pool = self._pool_row(conn, pool_id)
+            row = self._node_row(conn, pool, node_id)
+            return BatchNode.model_validate(node_view(row, pool.id, self.base_url))
+
+    def _node_row(self, conn: Any, pool: Any, node_id: str) -> Any:
+        row = conn.execute(
+            select(nodes).where(nodes.c.pool_pk == pool.pk, nodes.c.node_id == node_id)
+        ).one_or_none()
+        if row is None:
+            raise BatchNotFoundError(
+                "NodeNotFound", f"The specified node does not exist: {node_id}", {"NodeId": node_id}
+            )
+        return row
+
+
+_ = NodeState  # node states are written by the engine

@@ -1,0 +1,85 @@
+"""The database connection: engine creation, SQLite tuning, and transactions.
+
+SQLite (the embedded default) runs in WAL mode with ``synchronous=NORMAL`` — a commit survives a
+crash of the process (the failure the service promises to survive); and every write transaction
+starts with ``BEGIN IMMEDIATE`` so that two processes never deadlock upgrading a read lock.
+PostgreSQL is used as is, through the same Core statements.
+
+This module knows nothing of pools or jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from prefect_batch.store.schema import metadata
+
+__all__ = ["Store"]
+
+
+class Store:
+    """A handle on the batch database.
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``sqlite:////home/me/.prefect-batch/batch.db`` or
+            ``postgresql+psycopg://user@127.0.0.1/batch``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 60}
+            )
+            _tune_sqlite(self.engine)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        metadata.create_all(self.engine)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction: committed on success, rolled back on error."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction (no write lock taken on SQLite)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(batch_readonly=True)
+            with conn.begin():
+                yield conn
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy's begin event issue BEGIN itself (pysqlite's own is too late).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        if conn.get_execution_options().get("batch_readonly"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,226 @@
+"""Tables of the batch store (SQLAlchemy Core).
+
+Hot columns (state, counters, sort keys) are real columns with indexes; the rest of a resource's
+specification is kept as its Azure wire JSON in ``spec``. The ``queue`` table holds exactly the
+tasks that may be dispatched now, ordered by ``(neg_priority, job_pk, task_pk)`` — the ordering
+key ``(-job.priority, job.creation_time, task.creation_time)`` with insertion order standing in
+for creation time — so the scheduler reads the head of the queue through an index instead of
+scanning every task.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = [
+    "accounts",
+    "deps",
+    "jobs",
+    "metadata",
+    "node_commands",
+    "nodes",
+    "pools",
+    "queue",
+    "tasks",
+]
+
+metadata = MetaData()
+
+# Ids of our own rows use BigInteger on PostgreSQL and INTEGER (rowid alias) on SQLite.
+PK = BigInteger().with_variant(Integer(), "sqlite")
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("key1", Text, nullable=False),
+    Column("key2", Text, nullable=False),
+    Column("creation_time", Float, nullable=False),
+)
+
+pools = Table(
+    "pools",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("account", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("id_key", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("state_transition_time", Float, nullable=False),
+    Column("allocation_state", String(16), nullable=False),
+    Column("allocation_state_transition_time", Float, nullable=False),
+    Column("creation_time", Float, nullable=False),
+    Column("last_modified", Float, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("vm_size", String(64), nullable=False),
+    Column("target_dedicated", Integer, nullable=False, default=0),
+    Column("target_low_priority", Integer, nullable=False, default=0),
+    Column("task_slots_per_node", Integer, nullable=False, default=1),
+    Column("fill_type", String(16), nullable=False, default="spread"),
+    Column("deallocation_option", String(16), nullable=False, default="requeue"),
+    Column("resize_timeout_seconds", Float, nullable=False, default=900.0),
+    Column("resize_errors", JSON, nullable=True),
+    Column("spec", JSON, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+    UniqueConstraint("account", "id_key", name="uq_pools_account_id"),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("node_id", String(64), nullable=False, unique=True),
+    Column("pool_pk", PK, ForeignKey("pools.pk", ondelete="CASCADE"), nullable=False),
+    Column("account", String(64), nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("state_transition_time", Float, nullable=False),
+    Column("scheduling_state", String(16), nullable=False, default="enabled"),
+    Column("allocation_time", Float, nullable=False),
+    Column("last_boot_time", Float, nullable=True),
+    Column("ip_address", String(64), nullable=True),
+    Column("vm_size", String(64), nullable=False),
+    Column("root_dir", Text, nullable=False),
+    Column("total_slots", Integer, nullable=False),
+    Column("running_tasks", Integer, nullable=False, default=0),
+    Column("running_slots", Integer, nullable=False, default=0),
+    Column("total_tasks_run", Integer, nullable=False, default=0),
+    Column("total_tasks_succeeded", Integer, nullable=False, default=0),
+    Column("errors", JSON, nullable=True),
+    Column("agent_info", JSON, nullable=True),
+    Column("last_heartbeat", Float, nullable=True),
+    Column("leaving", Boolean, nullable=False, default=False),
+    Index("ix_nodes_pool", "pool_pk"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("account", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("id_key", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("state_transition_time", Float, nullable=False),
+    Column("previous_state", String(16), nullable=True),
+    Column("previous_state_transition_time", Float, nullable=True),
+    Column("creation_time", Float, nullable=False),
+    Column("last_modified", Float, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("pool_id", String(64), nullable=True),
+    Column("pool_key", String(140), nullable=True),
+    Column("max_parallel_tasks", Integer, nullable=False, default=-1),
+    Column("max_task_retry_count", Integer, nullable=False, default=0),
+    Column("deadline", Float, nullable=True),
+    Column("on_all_tasks_complete", String(16), nullable=False, default="noaction"),
+    Column("on_task_failure", String(32), nullable=False, default="noaction"),
+    Column("uses_task_dependencies", Boolean, nullable=False, default=False),
+    Column("disable_option", String(16), nullable=True),
+    Column("terminate_reason", Text, nullable=True),
+    Column("start_time", Float, nullable=False),
+    Column("end_time", Float, nullable=True),
+    Column("spec", JSON, nullable=False),
+    Column("n_active", Integer, nullable=False, default=0),
+    Column("n_running", Integer, nullable=False, default=0),
+    Column("n_succeeded", Integer, nullable=False, default=0),
+    Column("n_failed", Integer, nullable=False, default=0),
+    Column("s_active", Integer, nullable=False, default=0),
+    Column("s_running", Integer, nullable=False, default=0),
+    Column("s_succeeded", Integer, nullable=False, default=0),
+    Column("s_failed", Integer, nullable=False, default=0),
+    Column("n_retries", Integer, nullable=False, default=0),
+    UniqueConstraint("account", "id_key", name="uq_jobs_account_id"),
+    Index("ix_jobs_state_deadline", "state", "deadline"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("job_pk", PK, ForeignKey("jobs.pk", ondelete="CASCADE"), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("id_key", String(64), nullable=False),
+    Column("int_id", BigInteger, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("state_transition_time", Float, nullable=False),
+    Column("previous_state", String(16), nullable=True),
+    Column("previous_state_transition_time", Float, nullable=True),
+    Column("creation_time", Float, nullable=False),
+    Column("last_modified", Float, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("spec", JSON, nullable=False),
+    Column("required_slots", Integer, nullable=False, default=1),
+    Column("max_retries", Integer, nullable=False, default=0),
+    Column("wall_clock_seconds", Float, nullable=True),
+    Column("retention_seconds", Float, nullable=False),
+    Column("pending_parents", Integer, nullable=False, default=0),
+    Column("blocked", Boolean, nullable=False, default=False),
+    Column("node_pk", PK, nullable=True),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("start_time", Float, nullable=True),
+    Column("end_time", Float, nullable=True),
+    Column("exit_code", BigInteger, nullable=True),
+    Column("result", String(16), nullable=True),
+    Column("failure_info", JSON, nullable=True),
+    Column("retry_count", Integer, nullable=False, default=0),
+    Column("requeue_count", Integer, nullable=False, default=0),
+    Column("last_retry_time", Float, nullable=True),
+    Column("last_requeue_time", Float, nullable=True),
+    Column("node_info", JSON, nullable=True),
+    Column("dependency_action", String(16), nullable=True),
+    Column("kill_reason", String(32), nullable=True),
+    Column("files_node_pk", PK, nullable=True),
+    Column("retention_deadline", Float, nullable=True),
+    UniqueConstraint("job_pk", "id_key", name="uq_tasks_job_id"),
+    Index("ix_tasks_job_state", "job_pk", "state"),
+    Index("ix_tasks_job_int", "job_pk", "int_id"),
+    Index("ix_tasks_node", "node_pk"),
+    Index("ix_tasks_kill", "kill_reason"),
+    Index("ix_tasks_retention", "retention_deadline"),
+)
+
+queue = Table(
+    "queue",
+    metadata,
+    Column("task_pk", PK, ForeignKey("tasks.pk", ondelete="CASCADE"), primary_key=True),
+    Column("pool_key", String(140), nullable=False),
+    Column("neg_priority", Integer, nullable=False),
+    Column("job_pk", PK, nullable=False),
+    Column("slots", Integer, nullable=False, default=1),
+    Index("ix_queue_order", "pool_key", "neg_priority", "job_pk", "task_pk"),
+    Index("ix_queue_job", "job_pk"),
+)
+
+deps = Table(
+    "deps",
+    metadata,
+    Column("child_pk", PK, ForeignKey("tasks.pk", ondelete="CASCADE"), nullable=False),
+    Column("parent_pk", PK, nullable=False),
+    Index("ix_deps_parent", "parent_pk"),
+    Index("ix_deps_child", "child_pk"),
+)
+
+node_commands = Table(
+    "node_commands",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("node_pk", PK, nullable=False),
+    Column("op", JSON, nullable=False),
+    Column("creation_time", Float, nullable=False),
+    Index("ix_node_commands_node", "node_pk"),
+)
