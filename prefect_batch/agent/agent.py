@@ -49,9 +49,12 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     to their defaults in the task.
 
     -> ``{"ev":"started","key":K,"pid":..,"time":..}`` and a run record
-    ``{"key","pid","dir","start_time","proc_start","deadline","agent_pid","agent_start"}`` is
-    written atomically (tmp file + rename). When the process ends, the record is rewritten with
-    the result and then ``{"ev":"exited","key":K,"exit_code":int|null,"start_time":..,
+    ``{"key","pid","dir","start_time","deadline","agent_pid","agent_start"}``. A record is a
+    JSON-lines file whose lines are merged in order, each line written with one ``write`` (a
+    reader never sees half a line; a torn line is skipped): the start line, after one second
+    ``{"proc_start"}`` (the /proc start time that tells a reused pid apart), and, when the
+    process ends, the result line ``{"end_time","exit_code","timed_out","killed","error"}``,
+    written before ``{"ev":"exited","key":K,"exit_code":int|null,"start_time":..,
     "end_time":..,"timed_out":bool,"killed":bool,"error":null|{"code":..,"message":..}}`` is
     emitted. ``exit_code`` is the exit status, or 128+N if signal N ended it (the agent's own
     SIGKILL gives 137; the service sets its own code for timed-out and killed tasks). If the
@@ -65,11 +68,13 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     ``exited`` event says ``"timed_out": true``.
 
 ``kill`` ``{"op":"kill","key":K}`` -> SIGKILL the task's process group; its ``exited`` event
-    says ``"killed": true``. Unknown or finished keys: nothing happens, nothing is emitted.
+    says ``"killed": true`` (a run killed before its process started: ``exit_code`` null, no
+    error). Unknown or finished keys: nothing happens, nothing is emitted.
 
 ``recover`` ``{"op":"recover","keys":[..]}`` -> per key, one of:
     * the record has a result: the ``exited`` event again, with ``"recovered": true``;
-    * the process is alive (same pid and same /proc start time) or the agent that started it is
+    * the process is alive (same pid and same /proc start time, or a wall-clock start within 2 s
+      of the record's for a task younger than a second) or the agent that started it is
       still alive: ``{"ev":"adopted","key":K}`` now, and later either the ``exited`` event with
       ``"recovered": true`` (when the record gets a result: the old agent is still supervising,
       e.g. it is draining after its session dropped) or ``{"ev":"lost","key":K,"reason":..}``
@@ -90,15 +95,17 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
 File access (paths relative to the root; ``""`` is the root itself; after resolving symlinks a
 path must stay inside the root, else ``OperationInvalid``):
     ``{"op":"list_files","req":R,"path":P,"recursive":bool}`` -> ``{"ev":"files","req":R,
-    "files":[{"name","is_directory","content_length","creation_time","last_modified",
+    "path":P,"files":[{"name","is_directory","content_length","creation_time","last_modified",
     "file_mode"}]}`` with names relative to ``P`` (``/``-separated) and ``file_mode`` like
-    ``"0o644"``; symlinked directories are listed, not descended into.
-    ``{"op":"read_file","req":R,"path":P,"offset":int,"length":int|null}`` -> ``{"ev":"file",
-    "req":R,"data_b64":..,"size":total,"last_modified":..,"offset":..}``; at most 4 MiB per
-    request (the caller pages); ``length`` 0 reads properties only.
+    ``"0o644"``; symlinked directories are listed, not descended into; the root's ``.agent``
+    is not listed. ``{"op":"read_file","req":R,"path":P,"offset":int,"length":int|null}`` ->
+    ``{"ev":"file","req":R,"path":P,"data_b64":..,"size":total,"last_modified":..,
+    "offset":..}``; regular files only; at most 4 MiB per request (the caller pages);
+    ``length`` 0 reads properties only.
     ``{"op":"delete_file","req":R,"path":P,"recursive":bool}`` -> ``{"ev":"file_deleted",
-    "req":R}``; a directory needs ``recursive`` unless empty; a symlink is removed itself (only
-    its parent directory is resolved), never its target.
+    "req":R,"path":P}``; a directory needs ``recursive`` unless empty; a symlink is removed
+    itself (only its parent directory is resolved), never its target. ``run``, ``delete`` and
+    ``delete_file`` refuse paths under ``.agent`` (the agent's own state).
     Errors: ``{"ev":"error","op":..,"req":R,"code":"FileNotFound"|"OperationInvalid",
     "message":..}``.
 
@@ -109,6 +116,10 @@ path must stay inside the root, else ``OperationInvalid``):
     once its own running tasks have ended and been recorded; kill SIGKILLs every task process
     group (recorded as killed) and exits. Before exiting the agent emits
     ``{"ev":"bye","reason":"drain"|"kill"|"eof"|"signal"}``.
+
+Command line: ``agent.py --root DIR [--reaper auto|pidfd|sigchld] [--spawn auto|posix_spawn|popen]
+[--prep-threads N] [--prep-mode auto|threads|inline]``; the defaults pick the fastest mechanism
+available (pidfd needs Linux >= 5.3 and Python >= 3.9; posix_spawn needs POSIX_SPAWN_SETSID).
 
 Stdin EOF is a drain: tasks run in their own sessions, so they keep running when the session
 drops; the agent supervises them to the end, records their results and exits (events it cannot
@@ -125,11 +136,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import errno
 import heapq
 import itertools
 import json
 import os
+import queue
 import re
 import select
 import selectors
@@ -138,6 +151,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -154,6 +168,9 @@ _NOT_FOUND = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG)
 _NOT_EXECUTABLE = (errno.EACCES, errno.ENOEXEC, errno.EPERM, errno.EISDIR, errno.ETXTBSY)
 _OPEN_W = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 _OPEN_R = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_OPEN_APPEND = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+STAMP_AFTER_SECONDS = 1.0
+PREP_INLINE_SECONDS = 0.0002
 # Signals the agent ignores or handles: a task starts with their default dispositions.
 _SIGDEF = tuple(
     s
@@ -199,8 +216,30 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
     return rest[0].decode("ascii", "replace"), rest[19].decode("ascii", "replace")
 
 
-def _alive(pid: Any, start: Any) -> bool:
-    """Whether ``pid`` is a live (not zombie) process that started at ``start`` (if known)."""
+_BOOT: list[float] = []
+
+
+def _ticks_to_wall(ticks: str) -> float | None:
+    """Wall-clock time of a /proc start time (clock ticks since boot), None where unknown."""
+    try:
+        if not _BOOT:
+            with open("/proc/stat", "rb") as f:
+                for line in f:
+                    if line.startswith(b"btime "):
+                        _BOOT.append(float(line.split()[1]))
+                        _BOOT.append(float(os.sysconf("SC_CLK_TCK")))
+                        break
+        return _BOOT[0] + int(ticks) / _BOOT[1]
+    except (OSError, ValueError, IndexError, ZeroDivisionError):
+        return None
+
+
+def _alive(pid: Any, start: Any, wall: Any = None) -> bool:
+    """Whether ``pid`` is a live (not zombie) process that is the one a record names.
+
+    ``start`` is its /proc start time (exact); without it, ``wall`` (the recorded wall-clock
+    start) must match the process's start within two seconds.
+    """
     if not isinstance(pid, int) or pid <= 0:
         return False
     info = _proc_stat(pid)
@@ -217,7 +256,12 @@ def _alive(pid: Any, start: Any) -> bool:
     state, started = info
     if state in ("Z", "X"):
         return False
-    return start is None or str(start) == started
+    if start is not None:
+        return str(start) == started
+    if isinstance(wall, (int, float)):
+        began = _ticks_to_wall(started)
+        return began is None or abs(began - wall) < 2.0
+    return True
 
 
 def _exit_code(status: int) -> int:
@@ -293,14 +337,77 @@ class _Run:
         self.done = False
 
 
+class _Prep:
+    """A validated run request on its way to being started."""
+
+    __slots__ = (
+        "key",
+        "argv",
+        "rel",
+        "task_dir",
+        "env_req",
+        "wall",
+        "prep_dir",
+        "out",
+        "err",
+        "rec",
+        "error",
+        "ready",
+        "cancelled",
+        "seconds",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        argv: list[str],
+        rel: str,
+        task_dir: str,
+        env_req: dict[str, Any],
+        wall: float | None,
+        prep_dir: str | None,
+    ) -> None:
+        self.key = key
+        self.argv = argv
+        self.rel = rel
+        self.task_dir = task_dir
+        self.env_req = env_req
+        self.wall = wall
+        self.prep_dir = prep_dir
+        self.out = -1
+        self.err = -1
+        self.rec = -1
+        self.error: str | None = None
+        self.ready = False
+        self.cancelled = False
+        self.seconds = 0.0
+
+    def close(self) -> None:
+        for name in ("out", "err", "rec"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
 class Agent:
     """The event loop: requests from ``in_fd``, events to ``out_fd``, children by pidfd/SIGCHLD.
 
-    Single-threaded: the loop reads requests in large chunks, starts processes with
-    ``os.posix_spawn`` (after ``os.chdir`` into the working directory, safe because nothing else
-    runs), learns of exits through pidfds (Linux >= 5.3, Python >= 3.9) or SIGCHLD + ``waitpid``,
-    keeps wall-clock deadlines in a heap that bounds the select timeout, and writes the events of
-    one iteration with one ``write``.
+    One thread owns everything: it reads requests in large chunks, starts processes with
+    ``os.posix_spawn`` (after ``os.chdir`` into the working directory: only this thread uses the
+    working directory, every other path is absolute), learns of exits through pidfds (Linux >=
+    5.3, Python >= 3.9) or SIGCHLD + ``waitpid(-1)``, keeps wall-clock deadlines in a heap that
+    bounds the select timeout, and writes the events of one iteration with one ``write``.
+
+    File-system metadata work (``mkdir`` of the task directories, creating stdout.txt,
+    stderr.txt and the run record, unlinking forgotten records) takes microseconds on a quiet
+    disk and up to a millisecond per operation on a busy one. While a moving average says it is
+    slow, runs are prepared by ``prep_threads`` worker threads so that those waits overlap; the
+    loop still starts them in arrival order. On a fast file system the handoff would cost more
+    than it saves, so preparation then happens inline.
     """
 
     def __init__(
@@ -309,6 +416,8 @@ class Agent:
         *,
         reaper: str = "auto",
         spawn: str = "auto",
+        prep_threads: int = 8,
+        prep_mode: str = "auto",
         in_fd: int = 0,
         out_fd: int = 1,
     ) -> None:
@@ -350,6 +459,20 @@ class Agent:
             "shutdown": self._op_shutdown,
         }
         self._setup_signals()
+        self.pending: collections.deque[_Prep] = collections.deque()
+        self.pending_keys: dict[str, _Prep] = {}
+        self.prep_threads = 0 if prep_mode == "inline" else max(0, prep_threads)
+        self.prep_always = prep_mode == "threads"
+        self.prep_ewma = 0.0  # moving average of the seconds _prepare takes
+        self.forgetting: set[str] = set()  # keys whose records are being deleted
+        self.prep_q: queue.SimpleQueue[_Prep | list[str] | None] = queue.SimpleQueue()
+        if self.prep_threads:
+            self.wake_r, self.wake_w = os.pipe()
+            os.set_blocking(self.wake_r, False)
+            os.set_blocking(self.wake_w, False)
+            self.sel.register(self.wake_r, selectors.EVENT_READ, "prepared")
+            for i in range(self.prep_threads):
+                threading.Thread(target=self._prep_worker, name=f"prep-{i}", daemon=True).start()
 
     # ------------------------------------------------------------------ setup
 
@@ -416,7 +539,7 @@ class Agent:
         """Run until drained; returns the process exit status."""
         self._register_stdin()
         self._flush()
-        while not (self.draining and not self.runs):
+        while not (self.draining and not self.runs and not self.pending):
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
@@ -427,6 +550,8 @@ class Agent:
                     self._on_stdin()
                 elif data == "signal":
                     self._on_signal()
+                elif data == "prepared":
+                    self._on_prepared()
                 else:
                     self._on_pidfd(data)
             if self.timers:
@@ -434,6 +559,8 @@ class Agent:
             self._flush()
         self._emit({"ev": "bye", "reason": self.stop_reason or "drain"})
         self._flush()
+        for _ in range(self.prep_threads):
+            self.prep_q.put(None)
         return 0
 
     def _on_stdin(self) -> None:
@@ -585,37 +712,66 @@ class Agent:
         return real == self.root or real.startswith(self.root + os.sep)
 
     def _resolve(self, rel: str, what: str) -> str:
-        """Absolute path of ``rel`` with symlinks resolved; it must stay inside the root."""
-        real = os.path.realpath(os.path.join(self.root, rel)) if rel else self.root
-        if not self._inside(real):
-            raise _Invalid("OperationInvalid", f"{what} escapes the node root: {rel!r}")
-        return real
+        """Absolute path of ``rel`` with symlinks resolved; it must stay inside the root.
+
+        The root is resolved once at start, so only the components below it are checked; when
+        none is a symlink (the usual case) that costs one ``lstat`` per existing component.
+        """
+        if not rel:
+            return self.root
+        path = self.root
+        for part in rel.split("/"):
+            path = path + "/" + part
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                break  # the rest does not exist yet: nothing below can be a symlink
+            if stat.S_ISLNK(mode):
+                real = os.path.realpath(os.path.join(self.root, rel))
+                if not self._inside(real):
+                    raise _Invalid("OperationInvalid", f"{what} escapes the node root: {rel!r}")
+                return real
+        return self.root + "/" + rel
 
     # ------------------------------------------------------------------ records
 
     def _record_path(self, key: str) -> str:
         return os.path.join(self.runs_dir, key + ".json")
 
-    def _write_record(self, key: str, record: dict[str, Any]) -> None:
+    def _write_record(self, key: str, record: dict[str, Any], new: bool = True) -> None:
+        """Start a run record (``new``) or append a line of fields to it.
+
+        A record is a JSON-lines file whose lines are merged in order: the start line when the
+        process is spawned, later the result line. Each line is one ``write`` of a small buffer
+        with O_APPEND, so a reader sees whole lines; this costs one file creation per task
+        instead of a create + rename per update (metadata operations dominate on busy disks).
+        """
         path = self._record_path(key)
-        tmp = f"{path}.{self.pid}.tmp"
+        flags = _OPEN_APPEND | (os.O_CREAT | os.O_TRUNC if new else 0)
         try:
-            fd = os.open(tmp, _OPEN_W, 0o644)
+            fd = os.open(path, flags, 0o644)
             try:
-                os.write(fd, json.dumps(record, separators=(",", ":")).encode())
+                os.write(fd, json.dumps(record, separators=(",", ":")).encode() + b"\n")
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
         except OSError as exc:
             self._diag(f"cannot write run record {path}: {exc}")
 
     def _read_record(self, key: str) -> dict[str, Any] | None:
         try:
             with open(self._record_path(key), "rb") as f:
-                rec = json.loads(f.read())
-        except (OSError, ValueError):
+                data = f.read()
+        except OSError:
             return None
-        return rec if isinstance(rec, dict) else None
+        rec: dict[str, Any] = {}
+        for line in data.split(b"\n"):
+            try:
+                fields = json.loads(line)
+            except ValueError:
+                continue  # an empty or torn line: the rest of the record still counts
+            if isinstance(fields, dict):
+                rec.update(fields)
+        return rec or None
 
     @staticmethod
     def _exited_event(rec: dict[str, Any]) -> dict[str, Any]:
@@ -630,8 +786,13 @@ class Agent:
             "error": rec.get("error"),
         }
 
-    def _fail_run(self, key: Any, code: str, message: str, rel_dir: Any = None) -> None:
-        """Answer a run that never started: an ``exited`` event (recorded if the key is valid)."""
+    def _fail_run(
+        self, key: Any, code: str, message: str, rel_dir: Any = None, killed: bool = False
+    ) -> None:
+        """Answer a run that never started: an ``exited`` event (recorded if the key is valid).
+
+        ``killed``: it was killed (kill op, shutdown kill) before it could start; no error.
+        """
         now = time.time()
         rec: dict[str, Any] = {
             "key": key,
@@ -641,8 +802,8 @@ class Agent:
             "end_time": now,
             "exit_code": None,
             "timed_out": False,
-            "killed": False,
-            "error": {"code": code, "message": message},
+            "killed": killed,
+            "error": None if killed else {"code": code, "message": message},
         }
         if isinstance(key, str) and KEY_RE.match(key):
             self._write_record(key, rec)
@@ -673,7 +834,7 @@ class Agent:
         if not isinstance(key, str) or not KEY_RE.match(key):
             self._fail_run(key, "OperationInvalid", "key must match [A-Za-z0-9_.-]{1,128}")
             return
-        if key in self.runs or key in self.adopted:
+        if key in self.runs or key in self.adopted or key in self.pending_keys:
             self._error(msg, "TaskKeyInUse", f"a task with key {key!r} is running")
             return
         if self.draining:
@@ -689,6 +850,7 @@ class Agent:
             ):
                 raise _Invalid("OperationInvalid", "argv must be a non-empty list of strings")
             rel = self._rel(msg.get("dir"), "dir")
+            self._own_state(rel, "dir")
             task_dir = self._resolve(rel, "dir")
             prep_rel = msg.get("job_prep_dir")
             prep_dir = None
@@ -705,7 +867,20 @@ class Agent:
         except _Invalid as exc:
             self._fail_run(key, exc.code, exc.message, msg.get("dir"))
             return
-        self._spawn(key, argv, rel, task_dir, env_req, wall, prep_dir)
+        self.forgetting.discard(key)
+        p = _Prep(key, argv, rel, task_dir, env_req, wall, prep_dir)
+        # Hand the file-system work to the prep threads when it is slow (a busy disk), or when
+        # earlier runs are still there (to keep the order); on a fast file system the handoff
+        # costs more than it saves.
+        if self.prep_threads and (
+            self.pending or self.prep_ewma > PREP_INLINE_SECONDS or self.prep_always
+        ):
+            self.pending.append(p)
+            self.pending_keys[key] = p
+            self.prep_q.put(p)
+        else:
+            self._prepare(p)
+            self._launch(p)
 
     def _task_env(
         self, env_req: dict[str, Any], task_dir: str, prep_dir: str | None
@@ -761,40 +936,81 @@ class Agent:
             f"{name}: No such file or directory (searched PATH={path_value})",
         )
 
-    def _spawn(
-        self,
-        key: str,
-        argv: list[str],
-        rel: str,
-        task_dir: str,
-        env_req: dict[str, Any],
-        wall: float | None,
-        prep_dir: str | None,
-    ) -> None:
-        wd = task_dir + "/wd"
+    def _prepare(self, p: _Prep) -> None:
+        """Make the task's directories and open its output files and run record.
+
+        Thread-safe (it only touches ``p``): with ``--prep-threads`` it runs on worker threads,
+        so that slow file-system metadata operations of several tasks overlap instead of
+        stalling the event loop one after the other.
+        """
+        wd = p.task_dir + "/wd"
+        began = time.perf_counter()
         try:
-            env = self._task_env(env_req, task_dir, prep_dir)
-            os.makedirs(wd, exist_ok=True)
-            out = os.open(task_dir + "/stdout.txt", _OPEN_W, 0o644)
-            try:
-                err = os.open(task_dir + "/stderr.txt", _OPEN_W, 0o644)
+            try:  # the usual case: a new task directory in an existing job directory
+                os.mkdir(p.task_dir)
+                os.mkdir(wd)
             except OSError:
-                os.close(out)
-                raise
+                os.makedirs(wd, exist_ok=True)
+            p.out = os.open(p.task_dir + "/stdout.txt", _OPEN_W, 0o644)
+            p.err = os.open(p.task_dir + "/stderr.txt", _OPEN_W, 0o644)
+            p.rec = os.open(self._record_path(p.key), _OPEN_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
         except (OSError, ValueError) as exc:
-            self._fail_run(key, "TaskStartFailed", f"cannot prepare {rel}: {exc}", rel)
+            p.error = f"cannot prepare {p.rel}: {exc}"
+            p.close()
+        p.seconds = time.perf_counter() - began
+
+    def _prep_worker(self) -> None:
+        while True:
+            p = self.prep_q.get()
+            if p is None:
+                return
+            if isinstance(p, list):
+                self._unlink_records(p)
+                continue
+            self._prepare(p)
+            p.ready = True
+            try:
+                os.write(self.wake_w, b"\0")
+            except OSError:  # the pipe is full: the loop is awake already
+                pass
+
+    def _on_prepared(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except OSError:
+            pass
+        while self.pending and self.pending[0].ready:
+            p = self.pending.popleft()
+            del self.pending_keys[p.key]
+            self._launch(p)
+
+    def _launch(self, p: _Prep, retry: bool = True) -> None:
+        """Start a prepared task (on the loop's thread: it changes the working directory)."""
+        key, argv, rel = p.key, p.argv, p.rel
+        self.prep_ewma += 0.1 * (p.seconds - self.prep_ewma)
+        if p.error is not None:
+            self._fail_run(key, "TaskStartFailed", p.error, rel)
             return
+        if p.cancelled:
+            p.close()
+            self._fail_run(key, "", "", rel, killed=True)
+            return
+        wd = p.task_dir + "/wd"
         prog = argv[0]
         popen = None
+        search = ""
+        cached = False
+        retry_spawn = False
         try:
-            if "/" not in prog:
-                path = self._which(prog, env.get("PATH") or os.defpath, wd)
-            else:
-                path = prog
+            env = self._task_env(p.env_req, p.task_dir, p.prep_dir)
+            search = env.get("PATH") or os.defpath
+            cached = "/" not in prog and (search, prog) in self.which_cache
+            path = self._which(prog, search, wd) if "/" not in prog else prog
             start = time.time()
             if self.spawn_mode == "posix_spawn":
                 try:
-                    pid = self._posix_spawn(path, argv, env, wd, out, err)
+                    pid = self._posix_spawn(path, argv, env, wd, p.out, p.err)
                 except NotImplementedError:  # no POSIX_SPAWN_SETSID here
                     self.spawn_mode = "popen"
             if self.spawn_mode == "popen":
@@ -802,8 +1018,8 @@ class Agent:
                     argv,
                     executable=path,
                     stdin=self.devnull,
-                    stdout=out,
-                    stderr=err,
+                    stdout=p.out,
+                    stderr=p.err,
                     cwd=wd,
                     env=env,
                     close_fds=True,
@@ -812,27 +1028,31 @@ class Agent:
                 )
                 pid = popen.pid
         except _Invalid as exc:
+            p.close()
             self._fail_run(key, exc.code, exc.message, rel)
             return
         except OSError as exc:
+            p.close()
             code = "TaskStartFailed"
             if exc.errno in _NOT_FOUND:
                 code = "CommandProgramNotFound"
-                if "/" not in prog:  # a cached path vanished: look it up afresh next time
-                    self.which_cache.pop((env.get("PATH") or os.defpath, prog), None)
+                if cached:  # the program moved since it was looked up: look it up afresh
+                    self.which_cache.pop((search, prog), None)
+                    retry_spawn = retry
             elif exc.errno in _NOT_EXECUTABLE:
                 code = "CommandProgramNotExecutable"
-            self._fail_run(key, code, f"{prog}: {exc.strerror or exc}", rel)
+            if retry_spawn:
+                self._prepare(p)
+                self._launch(p, retry=False)
+            else:
+                self._fail_run(key, code, f"{prog}: {exc.strerror or exc}", rel)
             return
         except (ValueError, TypeError) as exc:  # NUL bytes, '=' in an env name, ...
+            p.close()
             self._fail_run(key, "OperationInvalid", str(exc), rel)
             return
-        finally:
-            os.close(out)
-            os.close(err)
         run = _Run(key, pid, rel, start)
         run.popen = popen
-        run.proc_start = _proc_start(pid)
         self.runs[key] = run
         self.by_pid[pid] = run
         if self.reaper == "pidfd":
@@ -842,23 +1062,29 @@ class Agent:
             except OSError:
                 self._diag(f"pidfd_open({pid}) failed; switching to SIGCHLD")
                 self._switch_to_sigchld()
+        now = time.monotonic()
         deadline = None
-        if wall is not None:
-            deadline = start + wall
-            self._push_timer(time.monotonic() + wall, "wall", run)
-        self._write_record(
-            key,
-            {
-                "key": key,
-                "pid": pid,
-                "dir": rel,
-                "start_time": start,
-                "proc_start": run.proc_start,
-                "deadline": deadline,
-                "agent_pid": self.pid,
-                "agent_start": self.proc_start,
-            },
-        )
+        if p.wall is not None:
+            deadline = start + p.wall
+            self._push_timer(now + p.wall, "wall", run)
+        # Reading /proc/<pid>/stat right after the spawn waits for the exec to settle and costs
+        # as much as a third of a spawn, so the exact start time is recorded only for tasks
+        # that live long enough to matter; before that, recovery compares wall-clock starts.
+        self._push_timer(now + STAMP_AFTER_SECONDS, "stamp", run)
+        line = {
+            "key": key,
+            "pid": pid,
+            "dir": rel,
+            "start_time": start,
+            "deadline": deadline,
+            "agent_pid": self.pid,
+            "agent_start": self.proc_start,
+        }
+        try:
+            os.write(p.rec, json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        except OSError as exc:
+            self._diag(f"cannot write run record of {key}: {exc}")
+        p.close()
         self._emit({"ev": "started", "key": key, "pid": pid, "time": start})
 
     def _posix_spawn(
@@ -889,13 +1115,17 @@ class Agent:
         key = msg.get("key")
         if not isinstance(key, str):
             return
+        pending = self.pending_keys.get(key)
+        if pending is not None:
+            pending.cancelled = True
+            return
         run = self.runs.get(key) or self.adopted.get(key)
         if run is not None and not run.done:
             run.killed = True
             self._kill_group(run)
 
     def _kill_group(self, run: _Run) -> None:
-        if run.adopted and not _alive(run.pid, run.proc_start):
+        if run.adopted and not _alive(run.pid, run.proc_start, run.start_time):
             return  # not ours: never signal a pid that may have been reused
         try:
             os.killpg(run.pid, signal.SIGKILL)
@@ -911,6 +1141,8 @@ class Agent:
             raise _Invalid("OperationInvalid", "mode must be 'drain' or 'kill'")
         if mode == "kill":
             self.stop_reason = "kill"
+            for p in self.pending:
+                p.cancelled = True
             for run in list(self.runs.values()) + list(self.adopted.values()):
                 run.killed = True
                 self._kill_group(run)
@@ -966,20 +1198,17 @@ class Agent:
         code = _exit_code(status) if status >= 0 else None
         if run.popen is not None:
             run.popen.returncode = code if code is not None else -1  # keep Popen from reaping
-        rec = {
-            "key": run.key,
-            "pid": run.pid,
-            "dir": run.dir,
-            "start_time": run.start_time,
-            "proc_start": run.proc_start,
+        result: dict[str, Any] = {
             "end_time": end,
             "exit_code": code,
             "timed_out": run.timed_out,
             "killed": run.killed,
             "error": None,
         }
-        self._write_record(run.key, rec)
-        self._emit(self._exited_event(rec))
+        self._write_record(run.key, result, new=False)
+        result["key"] = run.key
+        result["start_time"] = run.start_time
+        self._emit(self._exited_event(result))
 
     # ------------------------------------------------------------------ timers
 
@@ -992,13 +1221,20 @@ class Agent:
             _, _, kind, run = heapq.heappop(self.timers)
             if run.done:
                 continue
-            if kind == "wall":
+            if kind == "stamp":
+                run.proc_start = _proc_start(run.pid)
+                if run.proc_start is not None:
+                    self._write_record(run.key, {"proc_start": run.proc_start}, new=False)
+            elif kind == "wall":
                 if run.adopted and _alive(run.owner_pid, run.owner_start):
-                    continue  # the agent that started it is alive and enforces its deadline
+                    # The agent that started it is alive and enforces its deadline; look again
+                    # later in case it dies first.
+                    self._push_timer(now + 1.0, "wall", run)
+                    continue
                 run.timed_out = True
                 self._kill_group(run)
             elif kind == "poll":
-                if _alive(run.pid, run.proc_start):
+                if _alive(run.pid, run.proc_start, run.start_time):
                     self._push_timer(now + ADOPT_POLL_SECONDS, "poll", run)
                 else:
                     self._adopted_gone(run)
@@ -1015,10 +1251,10 @@ class Agent:
             if not isinstance(key, str) or not KEY_RE.match(key):
                 self._emit({"ev": "lost", "key": key, "reason": "invalid key"})
                 continue
-            if key in self.runs or key in self.adopted:
+            if key in self.runs or key in self.adopted or key in self.pending_keys:
                 self._emit({"ev": "adopted", "key": key})
                 continue
-            rec = self._read_record(key)
+            rec = None if key in self.forgetting else self._read_record(key)
             if rec is None:
                 self._emit({"ev": "lost", "key": key, "reason": "no run record"})
             elif "end_time" in rec:
@@ -1026,8 +1262,9 @@ class Agent:
                 event["key"] = key
                 event["recovered"] = True
                 self._emit(event)
-            elif _alive(rec.get("pid"), rec.get("proc_start")) or _alive(
-                rec.get("agent_pid"), rec.get("agent_start")
+            elif isinstance(rec.get("pid"), int) and (
+                _alive(rec["pid"], rec.get("proc_start"), rec.get("start_time"))
+                or _alive(rec.get("agent_pid"), rec.get("agent_start"))
             ):
                 self._adopt(key, rec)
             else:
@@ -1053,7 +1290,7 @@ class Agent:
         run.owner_start = rec.get("agent_start")
         self.adopted[key] = run
         self._emit({"ev": "adopted", "key": key})
-        if not _alive(run.pid, run.proc_start):
+        if not _alive(run.pid, run.proc_start, run.start_time):
             self._adopted_gone(run)  # its agent is alive and about to record the result
         else:
             watching = False
@@ -1101,7 +1338,7 @@ class Agent:
                 "killed": run.killed,
                 "error": None,
             }
-            self._write_record(run.key, rec)
+            self._write_record(run.key, rec, new=False)
             event = self._exited_event(rec)
             event["recovered"] = True
         else:
@@ -1119,17 +1356,32 @@ class Agent:
         keys = msg.get("keys")
         if not isinstance(keys, list):
             raise _Invalid("OperationInvalid", "keys must be a list")
+        keys = [k for k in keys if isinstance(k, str) and KEY_RE.match(k)]
+        self.forgetting.update(keys)
+        if self.prep_threads:
+            self.prep_q.put(keys)  # unlinking is slow on a busy disk: off the loop
+        else:
+            self._unlink_records(keys)
+
+    def _unlink_records(self, keys: list[str]) -> None:
         for key in keys:
-            if isinstance(key, str) and KEY_RE.match(key):
-                try:
-                    os.unlink(self._record_path(key))
-                except OSError:
-                    pass
+            if key in self.pending_keys or key in self.runs:
+                continue  # the key runs again (keys are not reused in practice): keep it
+            try:
+                os.unlink(self._record_path(key))
+            except OSError:
+                pass
+        self.forgetting.difference_update(keys)
 
     # ------------------------------------------------------------------ files
 
+    def _own_state(self, rel: str, what: str) -> None:
+        if rel == ".agent" or rel.startswith(".agent/"):
+            raise _Invalid("OperationInvalid", f"{what} is the agent's own state: {rel!r}")
+
     def _op_delete(self, msg: dict[str, Any]) -> None:
         rel = self._rel(msg.get("dir"), "dir")
+        self._own_state(rel, "dir")
         parent = self._resolve(os.path.dirname(rel), "dir")
         target = os.path.join(parent, os.path.basename(rel))
         try:
@@ -1175,6 +1427,8 @@ class Agent:
                 except OSError:
                     continue
                 for entry in sorted(entries, key=lambda e: e.name):
+                    if path == self.root and entry.name == ".agent":
+                        continue  # the agent's own state is not a node file
                     name = prefix + entry.name
                     try:
                         if entry.is_symlink():
@@ -1202,16 +1456,16 @@ class Agent:
         if length is not None and (not isinstance(length, int) or length < 0):
             raise _Invalid("OperationInvalid", "length must be an integer >= 0 or null")
         want = MAX_READ_BYTES if length is None else min(length, MAX_READ_BYTES)
-        try:
-            fd = os.open(path, _OPEN_R)
+        try:  # O_NONBLOCK: opening a FIFO a task left behind must not block the agent
+            fd = os.open(path, _OPEN_R | os.O_NONBLOCK)
         except FileNotFoundError as exc:
             raise _Invalid("FileNotFound", f"{rel}: {exc.strerror}") from exc
         except OSError as exc:
             raise _Invalid("OperationInvalid", f"{rel}: {exc.strerror}") from exc
         try:
             st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise _Invalid("OperationInvalid", f"{rel} is a directory")
+            if not stat.S_ISREG(st.st_mode):
+                raise _Invalid("OperationInvalid", f"{rel} is not a regular file")
             chunks = []
             pos = offset
             while want > 0:
@@ -1237,6 +1491,7 @@ class Agent:
 
     def _op_delete_file(self, msg: dict[str, Any]) -> None:
         rel = self._rel(msg.get("path"), "path")
+        self._own_state(rel, "path")
         parent = self._resolve(os.path.dirname(rel), "path")
         target = os.path.join(parent, os.path.basename(rel))
         try:
@@ -1301,9 +1556,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="node root directory")
     parser.add_argument("--reaper", choices=("auto", "pidfd", "sigchld"), default="auto")
     parser.add_argument("--spawn", choices=("auto", "posix_spawn", "popen"), default="auto")
+    parser.add_argument(
+        "--prep-threads",
+        type=int,
+        default=8,
+        help="threads that make task directories and files when the disk is slow (0: none)",
+    )
+    parser.add_argument(
+        "--prep-mode",
+        choices=("auto", "threads", "inline"),
+        default="auto",
+        help="auto: prep threads only while preparing a task is slow",
+    )
     args = parser.parse_args(argv)
     _protect_inherited_fds()
-    agent = Agent(args.root, reaper=args.reaper, spawn=args.spawn)
+    agent = Agent(
+        args.root,
+        reaper=args.reaper,
+        spawn=args.spawn,
+        prep_threads=args.prep_threads,
+        prep_mode=args.prep_mode,
+    )
     return agent.serve()
 
 

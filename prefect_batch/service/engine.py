@@ -37,7 +37,8 @@ from prefect_batch.core.completion import AttemptOutcome
 from prefect_batch.core.scheduler import NodeSlots, QueuedTask, assign
 from prefect_batch.core.states import AllocationState, NodeFillType, NodeState, PoolState
 from prefect_batch.service import lifecycle
-from prefect_batch.service.common import Clock, new_node_id, now as wall_now
+from prefect_batch.service.common import Clock, new_node_id
+from prefect_batch.service.common import now as wall_now
 from prefect_batch.service.pools import node_source_of
 from prefect_batch.store import Store
 from prefect_batch.store.schema import jobs, node_commands, nodes, pools, queue, tasks
@@ -50,6 +51,77 @@ PREPARING = lifecycle.PREPARING
 RUNNING = lifecycle.RUNNING
 IN_FLIGHT = lifecycle.IN_FLIGHT
 RESTART_DELAYS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
+REQUEUE_AFTER_FAILURES = 3
+"""Agent starts that may fail in a row before a node's tasks are requeued elsewhere."""
+SPREAD_GRACE_SECONDS = 2.0
+"""How long a spread pool waits for nodes that are still starting before it fills the others."""
+POLL_OTHERS_SECONDS = 0.1
+"""How often the engine looks for kill requests and node commands written by other processes."""
+
+# Hot statements, built once (building SQLAlchemy expressions costs more than running them).
+_MARK_STARTED = (
+    update(tasks)
+    .where(
+        tasks.c.pk == bindparam("b_pk"),
+        tasks.c.attempt == bindparam("b_attempt"),
+        tasks.c.state == PREPARING,
+    )
+    .values(
+        state=RUNNING,
+        previous_state=PREPARING,
+        previous_state_transition_time=tasks.c.state_transition_time,
+        state_transition_time=bindparam("b_start"),
+        start_time=bindparam("b_start"),
+        version=tasks.c.version + 1,
+    )
+)
+_QUEUE_HEAD = (
+    select(queue.c.task_pk, queue.c.job_pk, queue.c.slots)
+    .where(queue.c.pool_key == bindparam("b_pool"))
+    .order_by(queue.c.neg_priority, queue.c.job_pk, queue.c.task_pk)
+    .limit(bindparam("b_limit"))
+)
+_JOB_LIMITS = select(jobs.c.pk, jobs.c.max_parallel_tasks, jobs.c.n_running).where(
+    jobs.c.pk.in_(bindparam("pks", expanding=True)), jobs.c.max_parallel_tasks > 0
+)
+_DEQUEUE = delete(queue).where(queue.c.task_pk.in_(bindparam("pks", expanding=True)))
+_MARK_PREPARING = (
+    update(tasks)
+    .where(tasks.c.pk == bindparam("b_pk"))
+    .values(
+        state=PREPARING,
+        previous_state=tasks.c.state,
+        previous_state_transition_time=tasks.c.state_transition_time,
+        state_transition_time=bindparam("b_now"),
+        last_modified=bindparam("b_now"),
+        version=tasks.c.version + 1,
+        node_pk=bindparam("b_node"),
+        attempt=tasks.c.attempt + 1,
+        node_info=None,
+    )
+)
+_RUN_ROWS = (
+    select(
+        tasks.c.pk,
+        tasks.c.id,
+        tasks.c.attempt,
+        tasks.c.spec,
+        tasks.c.wall_clock_seconds,
+        tasks.c.node_pk,
+        jobs.c.id.label("job_id"),
+        jobs.c.spec.label("job_spec"),
+    )
+    .join(jobs, jobs.c.pk == tasks.c.job_pk)
+    .where(tasks.c.pk.in_(bindparam("pks", expanding=True)))
+)
+_NODE_RUNNING = (
+    update(nodes)
+    .where(nodes.c.pk == bindparam("b_pk"))
+    .values(
+        running_tasks=nodes.c.running_tasks + bindparam("b_tasks"),
+        running_slots=nodes.c.running_slots + bindparam("b_slots"),
+    )
+)
 
 
 @dataclass
@@ -69,6 +141,7 @@ class NodeRuntime:
     busy: bool = False
     failures: int = 0
     restart_at: float | None = None
+    connect_time: float = 0.0
     kills_sent: set[str] = field(default_factory=set)
 
 
@@ -114,6 +187,9 @@ class Engine:
         self._next_lease = 0.0
         self._next_slow = 0.0
         self._next_ping = 0.0
+        self._next_poll = 0.0
+        self._poked = False
+        self._reconcile_soon = False
         self.error: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -134,6 +210,16 @@ class Engine:
         self._wake.set()
         self._thread.join(timeout)
         self._thread = None
+        if kill_tasks and self._nodes:
+            # Killed because this process stops, not because anyone asked: the next engine
+            # reads the agents' "killed" records and requeues these tasks (requeueCount + 1).
+            with self.store.begin() as conn:
+                conn.execute(
+                    update(tasks)
+                    .where(tasks.c.node_pk.in_(list(self._nodes)), tasks.c.state.in_(IN_FLIGHT),
+                           tasks.c.kill_reason.is_(None))
+                    .values(kill_reason="requeue")
+                )
         for rt in list(self._nodes.values()):
             self._disconnect(rt, kill=kill_tasks)
         try:
@@ -156,7 +242,9 @@ class Engine:
         self._pools.clear()
 
     def wake(self) -> None:
-        """Look for new work now rather than at the next tick."""
+        """Look for new work now rather than at the next tick (a request changed something)."""
+        self._poked = True
+        self._reconcile_soon = True
         self._wake.set()
 
     @property
@@ -181,7 +269,8 @@ class Engine:
     def step(self) -> None:
         """Do one round of work (public for tests that drive the engine by hand)."""
         now = self.clock()
-        if now >= self._next_lease:
+        if now >= self._next_lease or self._reconcile_soon:
+            self._reconcile_soon = False
             self._refresh_leases(now)
             self._next_lease = now + self.lease_seconds / 3
         events = self._drain()
@@ -192,8 +281,11 @@ class Engine:
                 self._check_deadlines(conn, now)
                 self._retention(conn, now, sends)
                 self._next_slow = now + 1.0
-            self._node_commands(conn, sends)
-            self._kills(conn, sends)
+            if self._poked or now >= self._next_poll:
+                self._poked = False
+                self._next_poll = now + POLL_OTHERS_SECONDS
+                self._node_commands(conn, sends)
+                self._kills(conn, sends)
             self._dispatch(conn, now, sends)
         for node_pk, keys in effects.forget.items():
             sends[node_pk].append({"op": "forget", "keys": keys})
@@ -209,6 +301,11 @@ class Engine:
                     rt.connection.send_many(msgs)
                 except Exception:  # noqa: BLE001 - a broken pipe shows up as a "closed" event
                     log.warning("could not send to node %s", rt.node_id)
+
+    def _on_event(self, node_pk: int, msg: dict[str, Any]) -> None:
+        # Called from the channel's reader thread.
+        self._events.put((node_pk, msg))
+        self._wake.set()
 
     def _drain(self) -> list[tuple[int, dict[str, Any]]]:
         out = []
@@ -360,9 +457,10 @@ class Engine:
         if source is None:
             self._node_failed(rt, "NodeSourceNotFound", "no such node source in this engine")
             return
+        rt.connect_time = now
         try:
             rt.connection = source.start_agent(
-                rt.node_id, rt.root, lambda msg, pk=rt.pk: self._events.put((pk, msg))
+                rt.node_id, rt.root, lambda msg, pk=rt.pk: self._on_event(pk, msg)
             )
             rt.connection.send({"op": "hello", "v": 1, "node_id": rt.node_id,
                                 "pool_id": pool.id})
@@ -377,18 +475,16 @@ class Engine:
         rt.restart_at = self.clock() + delay
         now = self.clock()
         with self.store.begin() as conn:
-            lifecycle.requeue_tasks(conn, lifecycle.running_task_rows(conn, rt.pk), now)
-            conn.execute(
-                update(nodes)
-                .where(nodes.c.pk == rt.pk)
-                .values(
-                    state=NodeState.UNUSABLE.value,
-                    state_transition_time=now,
-                    running_tasks=0,
-                    running_slots=0,
-                    errors=[{"code": code, "message": message}],
-                )
-            )
+            values: dict[str, Any] = {
+                "state": NodeState.UNUSABLE.value,
+                "state_transition_time": now,
+                "errors": [{"code": code, "message": message}],
+            }
+            if rt.failures >= REQUEUE_AFTER_FAILURES:
+                # The node cannot be reached again: its tasks run elsewhere (at least once).
+                lifecycle.requeue_tasks(conn, lifecycle.running_task_rows(conn, rt.pk), now)
+                values.update(running_tasks=0, running_slots=0)
+            conn.execute(update(nodes).where(nodes.c.pk == rt.pk).values(**values))
 
     def _disconnect(self, rt: NodeRuntime, *, kill: bool) -> None:
         conn, rt.connection = rt.connection, None
@@ -452,17 +548,18 @@ class Engine:
                              .values(last_heartbeat=now))
             elif ev == "closed":
                 if rt.connection is not None:
+                    # The agent is gone but its tasks run on in their own sessions: restart the
+                    # agent and let it recover them (adopted, finished, or lost -> requeued),
+                    # rather than requeueing now and running a task twice at once.
                     rt.connection = None
                     rt.ready = False
                     rt.failures += 1
                     delay = RESTART_DELAYS_SECONDS[
                         min(rt.failures - 1, len(RESTART_DELAYS_SECONDS) - 1)]
                     rt.restart_at = now + delay
-                    lifecycle.requeue_tasks(conn, lifecycle.running_task_rows(conn, rt.pk), now)
                     conn.execute(
                         update(nodes).where(nodes.c.pk == rt.pk).values(
                             state=NodeState.UNUSABLE.value, state_transition_time=now,
-                            running_tasks=0, running_slots=0,
                             errors=[{"code": "NodeAgentLost",
                                      "message": str(msg.get("reason", "agent connection closed"))}],
                         )
@@ -471,16 +568,7 @@ class Engine:
             elif ev == "error":
                 log.warning("agent on %s: %s", rt.node_id, msg.get("message"))
         if started:
-            conn.execute(
-                update(tasks)
-                .where(tasks.c.pk == bindparam("b_pk"), tasks.c.attempt == bindparam("b_attempt"),
-                       tasks.c.state == PREPARING)
-                .values(state=RUNNING, previous_state=PREPARING,
-                        previous_state_transition_time=tasks.c.state_transition_time,
-                        state_transition_time=now, start_time=bindparam("b_start"),
-                        version=tasks.c.version + 1),
-                started,
-            )
+            conn.execute(_MARK_STARTED, started)
         effects = lifecycle.complete_attempts(conn, attempts, now)
         for node_pk, freed in effects.node_slots_freed.items():
             rt = self._nodes.get(node_pk)
@@ -610,13 +698,22 @@ class Engine:
 
     def _dispatch(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
         by_pool: dict[int, list[NodeRuntime]] = defaultdict(list)
+        starting: set[int] = set()
         for rt in self._nodes.values():
             if rt.ready and rt.schedulable and not rt.leaving and rt.free_slots > 0:
                 by_pool[rt.pool_pk].append(rt)
+            elif (
+                not rt.ready
+                and rt.connection is not None
+                and now - rt.connect_time < SPREAD_GRACE_SECONDS
+            ):
+                starting.add(rt.pool_pk)
         for pool_pk, rts in by_pool.items():
             pool = self._pools.get(pool_pk)
             if pool is None or pool.state != PoolState.ACTIVE.value:
                 continue
+            if pool_pk in starting and pool.fill_type == NodeFillType.SPREAD.value:
+                continue  # let the other nodes join first, or "spread" would pack the first one
             self._dispatch_pool(conn, pool, rts, now, sends)
 
     def _dispatch_pool(
@@ -625,21 +722,12 @@ class Engine:
     ) -> None:
         free = sum(rt.free_slots for rt in rts)
         key = lifecycle.pool_key(pool.account, pool.id)
-        head = conn.execute(
-            select(queue.c.task_pk, queue.c.job_pk, queue.c.slots)
-            .where(queue.c.pool_key == key)
-            .order_by(queue.c.neg_priority, queue.c.job_pk, queue.c.task_pk)
-            .limit(max(free * 2, 8))
-        ).all()
+        head = conn.execute(_QUEUE_HEAD, {"b_pool": key, "b_limit": max(free * 2, 8)}).all()
         if not head:
             return
-        job_pks = {r.job_pk for r in head}
         limits = {
             r.pk: (r.max_parallel_tasks, r.n_running)
-            for r in conn.execute(
-                select(jobs.c.pk, jobs.c.max_parallel_tasks, jobs.c.n_running)
-                .where(jobs.c.pk.in_(job_pks), jobs.c.max_parallel_tasks > 0)
-            ).all()
+            for r in conn.execute(_JOB_LIMITS, {"pks": list({r.job_pk for r in head})}).all()
         }
         by_key = {str(rt.pk): rt for rt in rts}
         placed = assign(
@@ -655,22 +743,10 @@ class Engine:
         slots_of = {r.task_pk: r.slots for r in head}
         job_of = {r.task_pk: r.job_pk for r in head}
         pks = [pk for pk, _ in placed]
-        conn.execute(delete(queue).where(queue.c.task_pk.in_(pks)))
+        conn.execute(_DEQUEUE, {"pks": pks})
         conn.execute(
-            update(tasks)
-            .where(tasks.c.pk == bindparam("b_pk"))
-            .values(
-                state=PREPARING,
-                previous_state=tasks.c.state,
-                previous_state_transition_time=tasks.c.state_transition_time,
-                state_transition_time=now,
-                last_modified=now,
-                version=tasks.c.version + 1,
-                node_pk=bindparam("b_node"),
-                attempt=tasks.c.attempt + 1,
-                node_info=None,
-            ),
-            [{"b_pk": pk, "b_node": int(node)} for pk, node in placed],
+            _MARK_PREPARING,
+            [{"b_pk": pk, "b_node": int(node), "b_now": now} for pk, node in placed],
         )
         deltas: dict[int, lifecycle.JobDelta] = defaultdict(lifecycle.JobDelta)
         per_node: dict[int, list[int]] = defaultdict(lambda: [0, 0])
@@ -681,15 +757,11 @@ class Engine:
             per_node[rt.pk][0] += 1
             per_node[rt.pk][1] += slots_of[pk]
         lifecycle.write_job_deltas(conn, deltas, now)
-        for node_pk, (n, s) in per_node.items():
-            self._node_counts(conn, node_pk, n, s)
-        rows = conn.execute(
-            select(tasks.c.pk, tasks.c.id, tasks.c.attempt, tasks.c.spec,
-                   tasks.c.wall_clock_seconds, tasks.c.node_pk, jobs.c.id.label("job_id"),
-                   jobs.c.spec.label("job_spec"))
-            .join(jobs, jobs.c.pk == tasks.c.job_pk)
-            .where(tasks.c.pk.in_(pks))
-        ).all()
+        conn.execute(
+            _NODE_RUNNING,
+            [{"b_pk": pk, "b_tasks": n, "b_slots": sl} for pk, (n, sl) in per_node.items()],
+        )
+        rows = conn.execute(_RUN_ROWS, {"pks": pks}).all()
         base_url = self.account_urls.get(pool.account, "embedded://local")
         for r in rows:
             rt = self._nodes[r.node_pk]

@@ -16,18 +16,43 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from prefect_batch.exceptions import BatchConflictError, BatchNotFoundError, invalid_property
+from prefect_batch.exceptions import (
+    BatchConflictError,
+    BatchNotFoundError,
+    BatchServiceError,
+    invalid_property,
+)
 from prefect_batch.models import BatchNodeFile
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import iso
-from prefect_batch.store.schema import node_commands, nodes, tasks
+from prefect_batch.service.pools import LOCAL_NODE_AGENT_SKU, node_source_of
+from prefect_batch.store.schema import node_commands, nodes, pools
 
 __all__ = ["FileOperations", "queue_dir_deletion", "safe_path"]
 
 
 def queue_dir_deletion(conn: Any, node_pk: int | None, rel_dir: str, now: float) -> None:
-    """Ask the engine holding ``node_pk`` to remove ``rel_dir`` under the node's root."""
+    """Remove ``rel_dir`` under a node's root: at once for a local node, else through its agent.
+
+    Local nodes live on this machine, so their directories go now — a job deleted and created
+    again under the same id must not lose its new files to a deletion that ran late.
+    """
     if node_pk is None:
+        return
+    row = conn.execute(
+        select(nodes.c.root_dir, pools.c.spec)
+        .join(pools, pools.c.pk == nodes.c.pool_pk)
+        .where(nodes.c.pk == node_pk)
+    ).one_or_none()
+    if row is None:
+        return
+    if node_source_of(row.spec) == LOCAL_NODE_AGENT_SKU:
+        try:
+            target = safe_path(Path(row.root_dir), rel_dir, "dir")
+        except BatchServiceError:
+            return
+        if target != Path(row.root_dir).resolve():
+            shutil.rmtree(target, ignore_errors=True)
         return
     conn.execute(
         insert(node_commands).values(
@@ -237,5 +262,3 @@ def _delete(path: Path, name: str, recursive: bool, root: Path) -> None:
     else:
         path.unlink()
 
-
-_ = tasks

@@ -75,24 +75,45 @@ class JobDelta:
             setattr(self, "s_" + name, getattr(self, "s_" + name) + sign * slots)
 
 
+_UPDATE_JOB_COUNTERS = (
+    update(jobs)
+    .where(jobs.c.pk == bindparam("b_pk"))
+    .values(
+        n_active=jobs.c.n_active + bindparam("b_active"),
+        n_running=jobs.c.n_running + bindparam("b_running"),
+        n_succeeded=jobs.c.n_succeeded + bindparam("b_succeeded"),
+        n_failed=jobs.c.n_failed + bindparam("b_failed"),
+        s_active=jobs.c.s_active + bindparam("b_s_active"),
+        s_running=jobs.c.s_running + bindparam("b_s_running"),
+        s_succeeded=jobs.c.s_succeeded + bindparam("b_s_succeeded"),
+        s_failed=jobs.c.s_failed + bindparam("b_s_failed"),
+        n_retries=jobs.c.n_retries + bindparam("b_retries"),
+    )
+)
+
+
 def write_job_deltas(conn: Connection, deltas: Mapping[int, JobDelta], now: float) -> None:
-    """Apply gathered counter changes, one UPDATE per job."""
-    for job_pk, d in deltas.items():
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.pk == job_pk)
-            .values(
-                n_active=jobs.c.n_active + d.active,
-                n_running=jobs.c.n_running + d.running,
-                n_succeeded=jobs.c.n_succeeded + d.succeeded,
-                n_failed=jobs.c.n_failed + d.failed,
-                s_active=jobs.c.s_active + d.s_active,
-                s_running=jobs.c.s_running + d.s_running,
-                s_succeeded=jobs.c.s_succeeded + d.s_succeeded,
-                s_failed=jobs.c.s_failed + d.s_failed,
-                n_retries=jobs.c.n_retries + d.retries,
-            )
-        )
+    """Apply gathered counter changes in one executemany."""
+    if not deltas:
+        return
+    conn.execute(
+        _UPDATE_JOB_COUNTERS,
+        [
+            {
+                "b_pk": job_pk,
+                "b_active": d.active,
+                "b_running": d.running,
+                "b_succeeded": d.succeeded,
+                "b_failed": d.failed,
+                "b_s_active": d.s_active,
+                "b_s_running": d.s_running,
+                "b_s_succeeded": d.s_succeeded,
+                "b_s_failed": d.s_failed,
+                "b_retries": d.retries,
+            }
+            for job_pk, d in deltas.items()
+        ],
+    )
 
 
 def enqueue_tasks(
@@ -151,11 +172,80 @@ class BatchEffects:
     touched_jobs: set[int] = field(default_factory=set)
 
 
+_SELECT_JOBS = select(jobs).where(jobs.c.pk.in_(bindparam("pks", expanding=True)))
+_SELECT_ATTEMPTS = select(
+    tasks.c.pk,
+    tasks.c.job_pk,
+    tasks.c.state,
+    tasks.c.attempt,
+    tasks.c.node_pk,
+    tasks.c.required_slots,
+    tasks.c.retry_count,
+    tasks.c.max_retries,
+    tasks.c.retention_seconds,
+    tasks.c.kill_reason,
+    tasks.c.spec,
+    tasks.c.state_transition_time,
+    tasks.c.start_time,
+).where(tasks.c.pk.in_(bindparam("pks", expanding=True)))
+_COMPLETE = (
+    update(tasks)
+    .where(tasks.c.pk == bindparam("b_pk"))
+    .values(
+        state=COMPLETED,
+        previous_state=bindparam("b_prev_state"),
+        previous_state_transition_time=bindparam("b_prev_time"),
+        state_transition_time=bindparam("b_now"),
+        last_modified=bindparam("b_now"),
+        version=tasks.c.version + 1,
+        start_time=bindparam("b_start"),
+        end_time=bindparam("b_end"),
+        exit_code=bindparam("b_exit"),
+        result=bindparam("b_result"),
+        failure_info=bindparam("b_failure"),
+        node_pk=None,
+        kill_reason=None,
+        files_node_pk=bindparam("b_files_node"),
+        retention_deadline=bindparam("b_retention"),
+        dependency_action=bindparam("b_dep"),
+    )
+)
+_RETRY = (
+    update(tasks)
+    .where(tasks.c.pk == bindparam("b_pk"))
+    .values(
+        state=ACTIVE,
+        previous_state=RUNNING,
+        previous_state_transition_time=bindparam("b_prev_time"),
+        state_transition_time=bindparam("b_now"),
+        last_modified=bindparam("b_now"),
+        version=tasks.c.version + 1,
+        start_time=bindparam("b_start"),
+        end_time=bindparam("b_end"),
+        exit_code=bindparam("b_exit"),
+        retry_count=tasks.c.retry_count + 1,
+        last_retry_time=bindparam("b_now"),
+        node_pk=None,
+        kill_reason=None,
+    )
+)
+_NODE_COUNTS = (
+    update(nodes)
+    .where(nodes.c.pk == bindparam("b_pk"))
+    .values(
+        running_tasks=nodes.c.running_tasks + bindparam("b_tasks"),
+        running_slots=nodes.c.running_slots + bindparam("b_slots"),
+        total_tasks_run=nodes.c.total_tasks_run + bindparam("b_run"),
+        total_tasks_succeeded=nodes.c.total_tasks_succeeded + bindparam("b_ok"),
+    )
+)
+
+
 def _job_rows(conn: Connection, job_pks: Iterable[int]) -> dict[int, Any]:
     pks = list(set(job_pks))
     if not pks:
         return {}
-    return {r.pk: r for r in conn.execute(select(jobs).where(jobs.c.pk.in_(pks))).all()}
+    return {r.pk: r for r in conn.execute(_SELECT_JOBS, {"pks": pks}).all()}
 
 
 def complete_attempts(
@@ -173,29 +263,14 @@ def complete_attempts(
     if not attempts:
         return effects
     by_pk = {a.task_pk: a for a in attempts}
-    rows = conn.execute(
-        select(
-            tasks.c.pk,
-            tasks.c.job_pk,
-            tasks.c.state,
-            tasks.c.attempt,
-            tasks.c.node_pk,
-            tasks.c.required_slots,
-            tasks.c.retry_count,
-            tasks.c.max_retries,
-            tasks.c.retention_seconds,
-            tasks.c.kill_reason,
-            tasks.c.spec,
-            tasks.c.state_transition_time,
-            tasks.c.start_time,
-        ).where(tasks.c.pk.in_(list(by_pk)))
-    ).all()
+    rows = conn.execute(_SELECT_ATTEMPTS, {"pks": list(by_pk)}).all()
     job_rows = _job_rows(conn, (r.job_pk for r in rows))
     deltas: dict[int, JobDelta] = defaultdict(JobDelta)
     node_counts: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     completed_updates: list[dict[str, Any]] = []
     retry_updates: list[dict[str, Any]] = []
     requeue_pks: list[int] = []
+    deleted: list[int] = []
     satisfied: list[int] = []
     blocked: list[int] = []
     job_actions: list[tuple[int, JobAction]] = []
@@ -215,7 +290,13 @@ def complete_attempts(
         if r.node_pk is not None:
             effects.forget[r.node_pk].append(f"t{r.pk}-{r.attempt}")
         if r.kill_reason in ("requeue", "job_delete"):
-            if r.kill_reason == "requeue":
+            if r.kill_reason == "job_delete":
+                deleted.append(r.pk)
+                # The row goes, so its "running" count must go too (delete_task of a running
+                # task left the job's running counters one too high for ever). Harmless for
+                # delete_job: the job row is removed with its last task.
+                deltas[r.job_pk].move("running", None, slots)
+            else:
                 requeue_pks.append(r.pk)
                 deltas[r.job_pk].move("running", "active", slots)
                 if job.state == JobState.ACTIVE.value and job.pool_key is not None:
@@ -265,63 +346,26 @@ def complete_attempts(
                 "b_dep": decision.dependency_action.value,
             }
         )
-        if decision.dependency_action == DependencyAction.SATISFY:
-            satisfied.append(r.pk)
-        else:
-            blocked.append(r.pk)
+        if job.uses_task_dependencies:
+            if decision.dependency_action == DependencyAction.SATISFY:
+                satisfied.append(r.pk)
+            else:
+                blocked.append(r.pk)
         if decision.job_action != JobAction.NONE:
             job_actions.append((r.job_pk, decision.job_action))
 
     if completed_updates:
-        conn.execute(
-            update(tasks)
-            .where(tasks.c.pk == bindparam("b_pk"))
-            .values(
-                state=COMPLETED,
-                previous_state=bindparam("b_prev_state"),
-                previous_state_transition_time=bindparam("b_prev_time"),
-                state_transition_time=now,
-                last_modified=now,
-                version=tasks.c.version + 1,
-                start_time=bindparam("b_start"),
-                end_time=bindparam("b_end"),
-                exit_code=bindparam("b_exit"),
-                result=bindparam("b_result"),
-                failure_info=bindparam("b_failure"),
-                node_pk=None,
-                kill_reason=None,
-                files_node_pk=bindparam("b_files_node"),
-                retention_deadline=bindparam("b_retention"),
-                dependency_action=bindparam("b_dep"),
-            ),
-            completed_updates,
-        )
+        for u in completed_updates:
+            u["b_now"] = now
+        conn.execute(_COMPLETE, completed_updates)
     if retry_updates:
-        conn.execute(
-            update(tasks)
-            .where(tasks.c.pk == bindparam("b_pk"))
-            .values(
-                state=ACTIVE,
-                previous_state=RUNNING,
-                previous_state_transition_time=bindparam("b_prev_time"),
-                state_transition_time=now,
-                last_modified=now,
-                version=tasks.c.version + 1,
-                start_time=bindparam("b_start"),
-                end_time=bindparam("b_end"),
-                exit_code=bindparam("b_exit"),
-                retry_count=tasks.c.retry_count + 1,
-                last_retry_time=now,
-                node_pk=None,
-                kill_reason=None,
-            ),
-            retry_updates,
-        )
+        for u in retry_updates:
+            u["b_now"] = now
+        conn.execute(_RETRY, retry_updates)
     if requeue_pks:
         _mark_requeued(conn, requeue_pks, now)
-    conn.execute(
-        delete(tasks).where(tasks.c.pk.in_(list(by_pk)), tasks.c.kill_reason == "job_delete")
-    )
+    if deleted:
+        conn.execute(delete(tasks).where(tasks.c.pk.in_(deleted)))
     for job_pk, items in to_enqueue.items():
         enqueue_tasks(conn, job_rows[job_pk]._mapping, items)
     _write_node_counts(conn, node_counts)
@@ -341,7 +385,14 @@ def complete_attempts(
 
             disable_job_rows(conn, job, "requeue", now)
     for job_pk in effects.touched_jobs:
-        finish_job_if_done(conn, job_pk, now)
+        job = job_rows.get(job_pk)
+        if (
+            job is None
+            or job.state != JobState.ACTIVE.value
+            or job.on_all_tasks_complete != "noaction"
+            or job_actions
+        ):
+            finish_job_if_done(conn, job_pk, now)
     return effects
 
 
@@ -365,25 +416,13 @@ def _mark_requeued(conn: Connection, pks: Sequence[int], now: float) -> None:
 
 
 def _write_node_counts(conn: Connection, node_counts: Mapping[int, list[int]]) -> None:
-    for node_pk, (d_tasks, d_slots, d_run, d_ok) in node_counts.items():
+    if node_counts:
         conn.execute(
-            update(nodes)
-            .where(nodes.c.pk == node_pk)
-            .values(
-                running_tasks=func.max(nodes.c.running_tasks + d_tasks, 0),
-                running_slots=func.max(nodes.c.running_slots + d_slots, 0),
-                total_tasks_run=nodes.c.total_tasks_run + d_run,
-                total_tasks_succeeded=nodes.c.total_tasks_succeeded + d_ok,
-            )
-            if conn.dialect.name == "sqlite"
-            else update(nodes)
-            .where(nodes.c.pk == node_pk)
-            .values(
-                running_tasks=func.greatest(nodes.c.running_tasks + d_tasks, 0),
-                running_slots=func.greatest(nodes.c.running_slots + d_slots, 0),
-                total_tasks_run=nodes.c.total_tasks_run + d_run,
-                total_tasks_succeeded=nodes.c.total_tasks_succeeded + d_ok,
-            )
+            _NODE_COUNTS,
+            [
+                {"b_pk": pk, "b_tasks": t, "b_slots": sl, "b_run": run, "b_ok": ok}
+                for pk, (t, sl, run, ok) in node_counts.items()
+            ],
         )
 
 
@@ -504,14 +543,15 @@ def finish_job_if_done(conn: Connection, job_pk: int, now: float) -> None:
         return
     if job.state not in (JobState.TERMINATING.value, JobState.DISABLING.value):
         return
-    if job.state == JobState.DISABLING.value and job.disable_option == "wait":
-        in_flight = 0  # a "wait" disable ends at once; running tasks simply finish
-    else:
-        in_flight = conn.execute(
-            select(func.count())
-            .select_from(tasks)
-            .where(tasks.c.job_pk == job_pk, tasks.c.state.in_(IN_FLIGHT))
-        ).scalar_one()
+    # Every disable option, "wait" included, keeps the job "disabling" until its running tasks
+    # are dealt with (Azure: "the Job remains in the disabling state until ... all Tasks have
+    # been dealt with according to the disableTasks option"); for "wait" that is when they end.
+    # (Fix: "wait" used to move to "disabled" at once while its tasks still ran.)
+    in_flight = conn.execute(
+        select(func.count())
+        .select_from(tasks)
+        .where(tasks.c.job_pk == job_pk, tasks.c.state.in_(IN_FLIGHT))
+    ).scalar_one()
     if in_flight:
         return
     target = (

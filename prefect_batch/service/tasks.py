@@ -217,9 +217,29 @@ class TaskOperations(ServiceBase):
         staged: list[tuple[int, dict[str, Any], dict[str, Any]]],
         results: list[BatchTaskCreateResult | None],
     ) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
-        """Check that every parent exists (in the job or this batch); drop tasks that fail."""
-        batch_ids = {s[1]["id"].casefold() for s in staged if s[1].get("dependsOn") is None}
-        batch_ids |= {s[1]["id"].casefold() for s in staged}
+        """Check that every parent exists (in the job or this batch); drop tasks that fail.
+
+        A parent in the batch counts only if it is itself added: dropping a task can leave a
+        task of the batch that depends on it without its parent, so this repeats until nothing
+        more is dropped. (Fix: a parent refused in the same batch used to count as present; a
+        child naming it by id then broke the whole request with a raw database error, and a
+        child naming it by range was added without any parent and ran at once.)
+        """
+        while True:
+            kept = self._drop_missing_parents(conn, job, staged, results)
+            if len(kept) == len(staged):
+                return kept
+            staged = kept
+
+    def _drop_missing_parents(
+        self,
+        conn: Any,
+        job: Any,
+        staged: list[tuple[int, dict[str, Any], dict[str, Any]]],
+        results: list[BatchTaskCreateResult | None],
+    ) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
+        """One pass of :meth:`_resolve_dependencies` over ``staged``."""
+        batch_ids = {s[1]["id"].casefold() for s in staged}
         batch_ints = {s[2]["int_id"] for s in staged if s[2]["int_id"] is not None}
         kept = []
         for i, spec, row in staged:
@@ -315,9 +335,12 @@ class TaskOperations(ServiceBase):
             n_pending = 0
             for ppk, (state, action) in parents.items():
                 if state == COMPLETED:
-                    if action == "block":
-                        blocked.add(pk)
-                    continue
+                    if action != "block":
+                        continue  # satisfied already
+                    # Blocked, but recorded as a pending parent like any other, so that
+                    # reactivating that parent can unblock this task (Fix: no dependency row
+                    # was kept for it, so the task stayed blocked after the parent succeeded).
+                    blocked.add(pk)
                 n_pending += 1
                 dep_rows.append({"child_pk": pk, "parent_pk": ppk})
             if n_pending:
@@ -425,14 +448,21 @@ class TaskOperations(ServiceBase):
                 )
             spec = dict(row.spec)
             spec["constraints"] = c
-            values: dict[str, Any] = {"spec": spec, "last_modified": now,
-                                      "version": tasks.c.version + 1}
-            if "maxWallClockTime" in c:
-                values["wall_clock_seconds"] = seconds(c["maxWallClockTime"])
-            if "retentionTime" in c:
-                values["retention_seconds"] = seconds(c["retentionTime"]) or 0.0
-            if "maxTaskRetryCount" in c:
-                values["max_retries"] = c["maxTaskRetryCount"]
+            # Replace, as Azure's task update (PUT) does: a constraint not given returns to its
+            # default. (Fix: the columns the engine enforces used to keep the old values of
+            # omitted constraints while the stored spec had dropped them.)
+            retries = c.get("maxTaskRetryCount")
+            retention = seconds(c.get("retentionTime"))
+            values: dict[str, Any] = {
+                "spec": spec,
+                "last_modified": now,
+                "version": tasks.c.version + 1,
+                "wall_clock_seconds": seconds(c.get("maxWallClockTime")),
+                "retention_seconds": (
+                    retention if retention is not None else DEFAULT_RETENTION_SECONDS
+                ),
+                "max_retries": retries if retries is not None else job.max_task_retry_count,
+            }
             conn.execute(update(tasks).where(tasks.c.pk == row.pk).values(**values))
 
     def terminate_task(self, job_id: str, task_id: str) -> None:
@@ -523,6 +553,10 @@ class TaskOperations(ServiceBase):
             lifecycle.write_job_deltas(conn, {job.pk: delta}, now)
             if job.state == JobState.ACTIVE.value and row.pending_parents == 0 and not row.blocked:
                 lifecycle.enqueue_tasks(conn, job._mapping, [(row.pk, row.required_slots)])
+            # Its dependents were blocked by its failure; now that it may run again they wait
+            # for it instead (it still counts in their pending_parents), unless another parent
+            # blocks them. (Fix: they used to stay blocked even after it succeeded.)
+            _unblock_children_of(conn, row.pk)
         self.wake()
 
     def delete_task(self, job_id: str, task_id: str) -> None:
@@ -538,19 +572,49 @@ class TaskOperations(ServiceBase):
                     update(tasks).where(tasks.c.pk == row.pk).values(kill_reason="job_delete")
                 )
                 queue_dir_deletion(conn, row.node_pk, f"{job.id}/{row.id}", now)
-                return
-            conn.execute(delete(queue).where(queue.c.task_pk == row.pk))
-            conn.execute(delete(tasks).where(tasks.c.pk == row.pk))
-            delta = lifecycle.JobDelta()
-            bucket = "active" if row.state == ACTIVE else (
-                "succeeded" if row.result == "success" else "failed"
-            )
-            delta.move(bucket, None, row.required_slots)
-            lifecycle.write_job_deltas(conn, {job.pk: delta}, now)
-            if row.files_node_pk is not None:
-                queue_dir_deletion(conn, row.files_node_pk, f"{job.id}/{row.id}", now)
-            lifecycle.finish_job_if_done(conn, job.pk, now)
+            else:
+                # (Fix: the running case used to ``return`` here, skipping ``wake()``, so the
+                # kill waited for the engine's next tick.)
+                conn.execute(delete(queue).where(queue.c.task_pk == row.pk))
+                conn.execute(delete(tasks).where(tasks.c.pk == row.pk))
+                delta = lifecycle.JobDelta()
+                bucket = "active" if row.state == ACTIVE else (
+                    "succeeded" if row.result == "success" else "failed"
+                )
+                delta.move(bucket, None, row.required_slots)
+                lifecycle.write_job_deltas(conn, {job.pk: delta}, now)
+                if row.files_node_pk is not None:
+                    queue_dir_deletion(conn, row.files_node_pk, f"{job.id}/{row.id}", now)
+                lifecycle.finish_job_if_done(conn, job.pk, now)
         self.wake()
+
+
+def _unblock_children_of(conn: Any, parent_pk: int) -> None:
+    """Recompute ``blocked`` of the dependents of a task that is active again.
+
+    A dependent stays blocked only while some *other* parent has completed with ``block``.
+    """
+    children = [
+        r[0]
+        for r in conn.execute(select(deps.c.child_pk).where(deps.c.parent_pk == parent_pk)).all()
+    ]
+    if not children:
+        return
+    still_blocked = {
+        r[0]
+        for r in conn.execute(
+            select(deps.c.child_pk)
+            .join(tasks, tasks.c.pk == deps.c.parent_pk)
+            .where(
+                deps.c.child_pk.in_(children),
+                tasks.c.state == COMPLETED,
+                tasks.c.dependency_action == "block",
+            )
+        ).all()
+    }
+    free = [c for c in children if c not in still_blocked]
+    if free:
+        conn.execute(update(tasks).where(tasks.c.pk.in_(free)).values(blocked=False))
 
 
 def _task_id_of(item: Any) -> str:

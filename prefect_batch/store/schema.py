@@ -78,6 +78,7 @@ pools = Table(
     Column("lease_owner", String(64), nullable=True),
     Column("lease_expires", Float, nullable=True),
     UniqueConstraint("account", "id_key", name="uq_pools_account_id"),
+    sqlite_autoincrement=True,  # never reuse the id of a deleted row
 )
 
 nodes = Table(
@@ -105,6 +106,7 @@ nodes = Table(
     Column("last_heartbeat", Float, nullable=True),
     Column("leaving", Boolean, nullable=False, default=False),
     Index("ix_nodes_pool", "pool_pk"),
+    sqlite_autoincrement=True,  # never reuse the id of a deleted row
 )
 
 jobs = Table(
@@ -146,6 +148,7 @@ jobs = Table(
     Column("n_retries", Integer, nullable=False, default=0),
     UniqueConstraint("account", "id_key", name="uq_jobs_account_id"),
     Index("ix_jobs_state_deadline", "state", "deadline"),
+    sqlite_autoincrement=True,  # never reuse the id of a deleted row
 )
 
 tasks = Table(
@@ -192,6 +195,7 @@ tasks = Table(
     Index("ix_tasks_node", "node_pk"),
     Index("ix_tasks_kill", "kill_reason"),
     Index("ix_tasks_retention", "retention_deadline"),
+    sqlite_autoincrement=True,  # never reuse the id of a deleted row
 )
 
 queue = Table(
@@ -223,4 +227,5 @@ node_commands = Table(
     Column("op", JSON, nullable=False),
     Column("creation_time", Float, nullable=False),
     Index("ix_node_commands_node", "node_pk"),
+    sqlite_autoincrement=True,  # never reuse the id of a deleted row
 )

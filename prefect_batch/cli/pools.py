@@ -1,0 +1,245 @@
+"""``prefect-batch pool ...``: create, list, show, resize, stop-resize, delete; nodes; images.
+
+Pool commands only change the database: nodes come up (or go) when an engine runs — in
+``prefect-batch engine run``, ``prefect-batch job wait`` or any process with a ``BatchClient``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from prefect_batch.cli import nodes as node_commands
+from prefect_batch.cli._common import (
+    JsonOption,
+    batch_client,
+    command_prefix,
+    list_table,
+    parse_pairs,
+    print_json,
+    read_json,
+    resource_table,
+    stdout_console,
+)
+from prefect_batch.core.states import NodeDeallocationOption, NodeFillType
+from prefect_batch.models import BatchPool
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Pools of compute nodes.", no_args_is_help=True)
+
+PoolId = Annotated[str, typer.Argument(metavar="POOL", help="The pool id.", show_default=False)]
+
+
+def pool_row(pool: BatchPool) -> list[Any]:
+    """The columns of ``pool list``."""
+    policy = pool.task_scheduling_policy
+    return [
+        pool.id,
+        pool.state,
+        pool.allocation_state,
+        pool.vm_size,
+        f"{pool.current_dedicated_nodes or 0}/{pool.target_dedicated_nodes or 0}",
+        pool.task_slots_per_node,
+        policy.node_fill_type if policy else None,
+        pool.creation_time,
+    ]
+
+
+POOL_COLUMNS = ["ID", "State", "Allocation", "VM size", "Nodes", "Slots/node", "Fill", "Created"]
+
+
+def _show(pool: BatchPool, json_out: bool) -> None:
+    if json_out:
+        print_json(pool.to_wire())
+    else:
+        stdout_console().print(resource_table(f"Pool {pool.id}", pool.to_wire()))
+
+
+@app.command("create")
+def create_pool(
+    ctx: typer.Context,
+    pool_id: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="POOL", help="The pool id (overrides the id in --file).", show_default=False
+        ),
+    ] = None,
+    vm_size: Annotated[
+        str | None, typer.Option("--vm-size", help="Node size; 'local' nodes are processes here.")
+    ] = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option("--nodes", min=0, help="Dedicated nodes wanted (default 1 without --file)."),
+    ] = None,
+    slots_per_node: Annotated[
+        int | None, typer.Option("--slots-per-node", min=1, help="Tasks one node runs at once.")
+    ] = None,
+    fill: Annotated[
+        NodeFillType | None,
+        typer.Option("--fill", help="Spread tasks over nodes, or pack a node first."),
+    ] = None,
+    metadata: Annotated[
+        list[str] | None, typer.Option("--metadata", help="NAME=VALUE; repeat for more.")
+    ] = None,
+    display_name: Annotated[str | None, typer.Option("--display-name")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            exists=True,
+            dir_okay=False,
+            help="A pool body in Azure's wire JSON; options given on the line override it.",
+        ),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Create a pool (from options, or from Azure wire JSON with --file)."""
+    body: dict[str, Any] = {}
+    if file is not None:
+        doc = read_json(file)
+        if not isinstance(doc, dict):
+            raise typer.BadParameter("the file must hold a JSON object", param_hint="--file")
+        body = doc
+    if pool_id is not None:
+        body["id"] = pool_id
+    if not body.get("id"):
+        raise typer.BadParameter("give a pool ID, or --file with an id", param_hint="POOL")
+    if vm_size is not None or "vmSize" not in body:
+        body["vmSize"] = vm_size or "local"
+    if nodes is not None:
+        body["targetDedicatedNodes"] = nodes
+    elif file is None:
+        body["targetDedicatedNodes"] = 1
+    if slots_per_node is not None:
+        body["taskSlotsPerNode"] = slots_per_node
+    if fill is not None:
+        body["taskSchedulingPolicy"] = {
+            **(body.get("taskSchedulingPolicy") or {}),
+            "nodeFillType": fill.value,
+        }
+    if metadata:
+        body["metadata"] = list(body.get("metadata") or []) + [
+            {"name": k, "value": v} for k, v in parse_pairs(metadata, "--metadata")
+        ]
+    if display_name is not None:
+        body["displayName"] = display_name
+    with batch_client(ctx) as client:
+        client.create_pool(body)
+        pool = client.get_pool(body["id"])
+    if json_out:
+        print_json(pool.to_wire())
+        return
+    console = stdout_console()
+    console.print(f"Created pool [bold]{pool.id}[/bold].", highlight=False)
+    console.print(list_table("", POOL_COLUMNS, [pool_row(pool)]))
+    if pool.target_dedicated_nodes:
+        console.print(
+            f"Nodes start when an engine runs: [bold]{command_prefix(ctx)} engine run[/bold] "
+            f"(or [bold]job wait[/bold]).",
+            highlight=False,
+        )
+
+
+@app.command("list")
+def list_pools(ctx: typer.Context, json_out: JsonOption = False) -> None:
+    """List the pools of the account."""
+    with batch_client(ctx) as client:
+        pools = client.list_pools()
+    if json_out:
+        print_json([p.to_wire() for p in pools])
+    else:
+        stdout_console().print(list_table("Pools", POOL_COLUMNS, [pool_row(p) for p in pools]))
+
+
+@app.command("show")
+def show_pool(ctx: typer.Context, pool_id: PoolId, json_out: JsonOption = False) -> None:
+    """Show one pool."""
+    with batch_client(ctx) as client:
+        pool = client.get_pool(pool_id)
+    _show(pool, json_out)
+
+
+@app.command("resize")
+def resize_pool(
+    ctx: typer.Context,
+    pool_id: PoolId,
+    nodes: Annotated[int, typer.Option("--nodes", min=0, help="Dedicated nodes wanted.")],
+    deallocation: Annotated[
+        NodeDeallocationOption | None,
+        typer.Option(
+            "--deallocation",
+            help="What happens to running tasks of removed nodes (default requeue).",
+        ),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Change the number of nodes of a pool."""
+    body: dict[str, Any] = {"targetDedicatedNodes": nodes}
+    if deallocation is not None:
+        body["nodeDeallocationOption"] = deallocation.value
+    with batch_client(ctx) as client:
+        client.resize_pool(pool_id, body)
+        pool = client.get_pool(pool_id)
+    _show(pool, json_out)
+
+
+@app.command("stop-resize")
+def stop_resize(ctx: typer.Context, pool_id: PoolId, json_out: JsonOption = False) -> None:
+    """Stop a resize; the pool keeps the nodes it has now."""
+    with batch_client(ctx) as client:
+        client.stop_pool_resize(pool_id)
+        pool = client.get_pool(pool_id)
+    _show(pool, json_out)
+
+
+@app.command("delete")
+def delete_pool(ctx: typer.Context, pool_id: PoolId, json_out: JsonOption = False) -> None:
+    """Delete a pool and its nodes (--json prints {"id": ..., "deleted": true})."""
+    with batch_client(ctx) as client:
+        client.delete_pool(pool_id)
+    if json_out:
+        print_json({"id": pool_id, "deleted": True})
+    else:
+        stdout_console().print(f"Deleted pool [bold]{pool_id}[/bold].", highlight=False)
+
+
+app.command("nodes", help="List the nodes of a pool (same as 'node list').")(
+    node_commands.list_nodes
+)
+
+
+@app.command("images")
+def list_images(ctx: typer.Context, json_out: JsonOption = False) -> None:
+    """List the node sources ("supported images") pools can use."""
+    with batch_client(ctx) as client:
+        images = client.list_supported_images()
+    if json_out:
+        print_json([i.to_wire() for i in images])
+        return
+    rows = []
+    for image in images:
+        ref = image.image_reference
+        ref_text = (
+            "/".join(str(x) for x in (ref.publisher, ref.offer, ref.sku, ref.version) if x)
+            if ref is not None
+            else ""
+        )
+        rows.append(
+            [
+                image.node_agent_sku_id,
+                ref_text,
+                image.os_type,
+                image.verification_type,
+                ", ".join(image.capabilities or []),
+            ]
+        )
+    stdout_console().print(
+        list_table(
+            "Supported images",
+            ["Node agent SKU", "Image", "OS", "Verification", "Capabilities"],
+            rows,
+        )
+    )
