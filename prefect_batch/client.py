@@ -205,17 +205,17 @@ class BatchClient:
         """Add one task."""
         self.service.create_task(job_id, task)
 
-    def create_task_collection(self, job_id: str, task_collection: Any) -> (
-        BatchCreateTaskCollectionResult
-    ):
+    def create_task_collection(
+        self, job_id: str, task_collection: Any
+    ) -> BatchCreateTaskCollectionResult:
         """Add up to 100 tasks; returns a result per task (Azure's addtaskcollection)."""
         if hasattr(task_collection, "task_values"):
             task_collection = task_collection.task_values
         return self.service.create_task_collection(job_id, task_collection)
 
-    def create_tasks(self, job_id: str, task_collection: Sequence[Any]) -> (
-        BatchCreateTaskCollectionResult
-    ):
+    def create_tasks(
+        self, job_id: str, task_collection: Sequence[Any]
+    ) -> BatchCreateTaskCollectionResult:
         """Add any number of tasks; returns a result per task."""
         return self.service.create_tasks(job_id, task_collection)
 
@@ -247,54 +247,63 @@ class BatchClient:
 
     # -- files -----------------------------------------------------------------------------
 
-    def list_task_files(self, job_id: str, task_id: str, *, recursive: bool = False) -> (
-        list[BatchNodeFile]
-    ):
+    def list_task_files(
+        self, job_id: str, task_id: str, *, recursive: bool = False
+    ) -> list[BatchNodeFile]:
         """Files of a task on its node."""
         return self.service.list_task_files(job_id, task_id, recursive=recursive)
 
     def get_task_file(
-        self, job_id: str, task_id: str, file_path: str, *, offset: int = 0,
+        self,
+        job_id: str,
+        task_id: str,
+        file_path: str,
+        *,
+        offset: int = 0,
         length: int | None = None,
     ) -> bytes:
         """Content of a task file (``stdout.txt``, ``stderr.txt``, ``wd/...``)."""
-        return self.service.get_task_file(job_id, task_id, file_path, offset=offset,
-                                          length=length)
+        return self.service.get_task_file(job_id, task_id, file_path, offset=offset, length=length)
 
     download_task_file = get_task_file
 
-    def get_task_file_properties(self, job_id: str, task_id: str, file_path: str) -> (
-        BatchNodeFile
-    ):
+    def get_task_file_properties(self, job_id: str, task_id: str, file_path: str) -> BatchNodeFile:
         """Size, times and mode of a task file."""
         return self.service.get_task_file_properties(job_id, task_id, file_path)
 
-    def delete_task_file(self, job_id: str, task_id: str, file_path: str, *,
-                         recursive: bool = False) -> None:
+    def delete_task_file(
+        self, job_id: str, task_id: str, file_path: str, *, recursive: bool = False
+    ) -> None:
         """Delete a task file or directory."""
         self.service.delete_task_file(job_id, task_id, file_path, recursive=recursive)
 
-    def list_node_files(self, pool_id: str, node_id: str, *, recursive: bool = False,
-                        path: str = "") -> list[BatchNodeFile]:
+    def list_node_files(
+        self, pool_id: str, node_id: str, *, recursive: bool = False, path: str = ""
+    ) -> list[BatchNodeFile]:
         """Files under a node's root directory."""
         return self.service.list_node_files(pool_id, node_id, recursive=recursive, path=path)
 
-    def get_node_file(self, pool_id: str, node_id: str, file_path: str, *, offset: int = 0,
-                      length: int | None = None) -> bytes:
+    def get_node_file(
+        self,
+        pool_id: str,
+        node_id: str,
+        file_path: str,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> bytes:
         """Content of a node file."""
-        return self.service.get_node_file(pool_id, node_id, file_path, offset=offset,
-                                          length=length)
+        return self.service.get_node_file(pool_id, node_id, file_path, offset=offset, length=length)
 
     download_node_file = get_node_file
 
-    def get_node_file_properties(self, pool_id: str, node_id: str, file_path: str) -> (
-        BatchNodeFile
-    ):
+    def get_node_file_properties(self, pool_id: str, node_id: str, file_path: str) -> BatchNodeFile:
         """Size, times and mode of a node file."""
         return self.service.get_node_file_properties(pool_id, node_id, file_path)
 
-    def delete_node_file(self, pool_id: str, node_id: str, file_path: str, *,
-                         recursive: bool = False) -> None:
+    def delete_node_file(
+        self, pool_id: str, node_id: str, file_path: str, *, recursive: bool = False
+    ) -> None:
         """Delete a node file or directory."""
         self.service.delete_node_file(pool_id, node_id, file_path, recursive=recursive)
 

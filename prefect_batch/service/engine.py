@@ -25,7 +25,7 @@ import socket
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,8 +197,9 @@ class Engine:
     def start(self) -> Engine:
         """Start the engine thread (idempotent)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="prefect-batch-engine",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="prefect-batch-engine", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -216,8 +217,11 @@ class Engine:
             with self.store.begin() as conn:
                 conn.execute(
                     update(tasks)
-                    .where(tasks.c.node_pk.in_(list(self._nodes)), tasks.c.state.in_(IN_FLIGHT),
-                           tasks.c.kill_reason.is_(None))
+                    .where(
+                        tasks.c.node_pk.in_(list(self._nodes)),
+                        tasks.c.state.in_(IN_FLIGHT),
+                        tasks.c.kill_reason.is_(None),
+                    )
                     .values(kill_reason="requeue")
                 )
         for rt in list(self._nodes.values()):
@@ -228,8 +232,7 @@ class Engine:
                     conn.execute(
                         update(nodes)
                         .where(nodes.c.pk.in_(list(self._nodes)))
-                        .values(state=NodeState.UNKNOWN.value,
-                                state_transition_time=self.clock())
+                        .values(state=NodeState.UNKNOWN.value, state_transition_time=self.clock())
                     )
                 conn.execute(
                     update(pools)
@@ -330,8 +333,10 @@ class Engine:
                 )
                 .values(lease_owner=self.owner, lease_expires=now + self.lease_seconds)
             )
-            mine = {r.pk: r for r in conn.execute(
-                select(pools).where(pools.c.lease_owner == self.owner)).all()}
+            mine = {
+                r.pk: r
+                for r in conn.execute(select(pools).where(pools.c.lease_owner == self.owner)).all()
+            }
         for pool_pk in list(self._pools):
             if pool_pk not in mine:
                 self._detach_pool(pool_pk)
@@ -405,8 +410,10 @@ class Engine:
                 conn.execute(
                     update(pools)
                     .where(pools.c.pk == pool.pk)
-                    .values(allocation_state=AllocationState.STEADY.value,
-                            allocation_state_transition_time=now)
+                    .values(
+                        allocation_state=AllocationState.STEADY.value,
+                        allocation_state_transition_time=now,
+                    )
                 )
             attach = [r for r in rows if not r.leaving and r.pk not in self._nodes]
         for r in attach:
@@ -433,8 +440,7 @@ class Engine:
             conn.execute(
                 update(nodes)
                 .where(nodes.c.pk == r.pk)
-                .values(leaving=True, state=NodeState.LEAVING_POOL.value,
-                        state_transition_time=now)
+                .values(leaving=True, state=NodeState.LEAVING_POOL.value, state_transition_time=now)
             )
             rt = self._nodes.get(r.pk)
             if rt is not None:
@@ -462,8 +468,7 @@ class Engine:
             rt.connection = source.start_agent(
                 rt.node_id, rt.root, lambda msg, pk=rt.pk: self._on_event(pk, msg)
             )
-            rt.connection.send({"op": "hello", "v": 1, "node_id": rt.node_id,
-                                "pool_id": pool.id})
+            rt.connection.send({"op": "hello", "v": 1, "node_id": rt.node_id, "pool_id": pool.id})
         except Exception as exc:  # noqa: BLE001 - any failure makes the node unusable
             rt.connection = None
             self._node_failed(rt, "NodeAgentStartFailed", str(exc))
@@ -518,24 +523,34 @@ class Engine:
             if ev == "started":
                 pk, attempt = _parse_key(msg.get("key", ""))
                 if pk is not None:
-                    started.append({"b_pk": pk, "b_attempt": attempt,
-                                    "b_start": msg.get("time", now)})
+                    started.append(
+                        {"b_pk": pk, "b_attempt": attempt, "b_start": msg.get("time", now)}
+                    )
             elif ev == "exited":
                 pk, attempt = _parse_key(msg.get("key", ""))
                 if pk is None:
                     continue
                 attempts.append(
-                    lifecycle.Attempt(pk, attempt, _outcome(msg), msg.get("start_time"),
-                                      msg.get("end_time") or now)
+                    lifecycle.Attempt(
+                        pk,
+                        attempt,
+                        _outcome(msg),
+                        msg.get("start_time"),
+                        msg.get("end_time") or now,
+                    )
                 )
             elif ev == "lost":
                 pk, attempt = _parse_key(msg.get("key", ""))
                 if pk is not None:
                     row = conn.execute(
-                        select(tasks.c.pk, tasks.c.job_pk, tasks.c.required_slots,
-                               tasks.c.attempt)
-                        .where(tasks.c.pk == pk, tasks.c.attempt == attempt,
-                               tasks.c.node_pk == node_pk, tasks.c.state.in_(IN_FLIGHT))
+                        select(
+                            tasks.c.pk, tasks.c.job_pk, tasks.c.required_slots, tasks.c.attempt
+                        ).where(
+                            tasks.c.pk == pk,
+                            tasks.c.attempt == attempt,
+                            tasks.c.node_pk == node_pk,
+                            tasks.c.state.in_(IN_FLIGHT),
+                        )
                     ).all()
                     if row:
                         lifecycle.requeue_tasks(conn, row, now)
@@ -544,8 +559,7 @@ class Engine:
             elif ev == "hello":
                 self._on_hello(conn, rt, msg, now, sends)
             elif ev == "pong":
-                conn.execute(update(nodes).where(nodes.c.pk == node_pk)
-                             .values(last_heartbeat=now))
+                conn.execute(update(nodes).where(nodes.c.pk == node_pk).values(last_heartbeat=now))
             elif ev == "closed":
                 if rt.connection is not None:
                     # The agent is gone but its tasks run on in their own sessions: restart the
@@ -555,13 +569,21 @@ class Engine:
                     rt.ready = False
                     rt.failures += 1
                     delay = RESTART_DELAYS_SECONDS[
-                        min(rt.failures - 1, len(RESTART_DELAYS_SECONDS) - 1)]
+                        min(rt.failures - 1, len(RESTART_DELAYS_SECONDS) - 1)
+                    ]
                     rt.restart_at = now + delay
                     conn.execute(
-                        update(nodes).where(nodes.c.pk == rt.pk).values(
-                            state=NodeState.UNUSABLE.value, state_transition_time=now,
-                            errors=[{"code": "NodeAgentLost",
-                                     "message": str(msg.get("reason", "agent connection closed"))}],
+                        update(nodes)
+                        .where(nodes.c.pk == rt.pk)
+                        .values(
+                            state=NodeState.UNUSABLE.value,
+                            state_transition_time=now,
+                            errors=[
+                                {
+                                    "code": "NodeAgentLost",
+                                    "message": str(msg.get("reason", "agent connection closed")),
+                                }
+                            ],
                         )
                     )
                     self._next_lease = 0.0  # reconnect soon
@@ -578,7 +600,11 @@ class Engine:
         return effects
 
     def _on_hello(
-        self, conn: Any, rt: NodeRuntime, msg: dict[str, Any], now: float,
+        self,
+        conn: Any,
+        rt: NodeRuntime,
+        msg: dict[str, Any],
+        now: float,
         sends: dict[int, list[dict[str, Any]]],
     ) -> None:
         in_flight = lifecycle.running_task_rows(conn, rt.pk)
@@ -588,12 +614,16 @@ class Engine:
         rt.failures = 0
         rt.restart_at = None
         rt.busy = bool(in_flight)
-        info = {k: msg.get(k) for k in ("agent_version", "hostname", "cpu_count",
-                                         "memory_bytes", "pid")}
+        info = {
+            k: msg.get(k) for k in ("agent_version", "hostname", "cpu_count", "memory_bytes", "pid")
+        }
         conn.execute(
-            update(nodes).where(nodes.c.pk == rt.pk).values(
+            update(nodes)
+            .where(nodes.c.pk == rt.pk)
+            .values(
                 state=(NodeState.RUNNING if in_flight else NodeState.IDLE).value
-                if rt.schedulable else NodeState.OFFLINE.value,
+                if rt.schedulable
+                else NodeState.OFFLINE.value,
                 state_transition_time=now,
                 last_boot_time=now,
                 ip_address="127.0.0.1",
@@ -605,12 +635,15 @@ class Engine:
             )
         )
         if in_flight:
-            sends[rt.pk].append({"op": "recover",
-                                 "keys": [f"t{r.pk}-{r.attempt}" for r in in_flight]})
+            sends[rt.pk].append(
+                {"op": "recover", "keys": [f"t{r.pk}-{r.attempt}" for r in in_flight]}
+            )
 
     def _node_counts(self, conn: Any, node_pk: int, d_tasks: int, d_slots: int) -> None:
         conn.execute(
-            update(nodes).where(nodes.c.pk == node_pk).values(
+            update(nodes)
+            .where(nodes.c.pk == node_pk)
+            .values(
                 running_tasks=nodes.c.running_tasks + d_tasks,
                 running_slots=nodes.c.running_slots + d_slots,
             )
@@ -630,7 +663,8 @@ class Engine:
                 changes.append({"b_pk": rt.pk, "b_state": state.value})
         if changes:
             conn.execute(
-                update(nodes).where(nodes.c.pk == bindparam("b_pk"))
+                update(nodes)
+                .where(nodes.c.pk == bindparam("b_pk"))
                 .values(state=bindparam("b_state"), state_transition_time=now),
                 changes,
             )
@@ -639,8 +673,9 @@ class Engine:
 
     def _check_deadlines(self, conn: Any, now: float) -> None:
         expired = conn.execute(
-            select(jobs).where(jobs.c.state == "active", jobs.c.deadline.is_not(None),
-                               jobs.c.deadline < now)
+            select(jobs).where(
+                jobs.c.state == "active", jobs.c.deadline.is_not(None), jobs.c.deadline < now
+            )
         ).all()
         for job in expired:
             lifecycle.terminate_job(conn, job, "MaxWallClockTimeExpiry", now)
@@ -660,7 +695,8 @@ class Engine:
         for r in rows:
             sends[r.files_node_pk].append({"op": "delete", "dir": f"{r.job_id}/{r.id}"})
         conn.execute(
-            update(tasks).where(tasks.c.pk.in_([r.pk for r in rows]))
+            update(tasks)
+            .where(tasks.c.pk.in_([r.pk for r in rows]))
             .values(retention_deadline=None, files_node_pk=None)
         )
 
@@ -669,8 +705,10 @@ class Engine:
         if not mine:
             return
         rows = conn.execute(
-            select(node_commands).where(node_commands.c.node_pk.in_(mine))
-            .order_by(node_commands.c.pk).limit(500)
+            select(node_commands)
+            .where(node_commands.c.node_pk.in_(mine))
+            .order_by(node_commands.c.pk)
+            .limit(500)
         ).all()
         if not rows:
             return
@@ -683,9 +721,11 @@ class Engine:
         if not mine:
             return
         rows = conn.execute(
-            select(tasks.c.pk, tasks.c.attempt, tasks.c.node_pk)
-            .where(tasks.c.kill_reason.is_not(None), tasks.c.node_pk.in_(mine),
-                   tasks.c.state.in_(IN_FLIGHT))
+            select(tasks.c.pk, tasks.c.attempt, tasks.c.node_pk).where(
+                tasks.c.kill_reason.is_not(None),
+                tasks.c.node_pk.in_(mine),
+                tasks.c.state.in_(IN_FLIGHT),
+            )
         ).all()
         for r in rows:
             rt = self._nodes[r.node_pk]
@@ -717,7 +757,11 @@ class Engine:
             self._dispatch_pool(conn, pool, rts, now, sends)
 
     def _dispatch_pool(
-        self, conn: Any, pool: Any, rts: list[NodeRuntime], now: float,
+        self,
+        conn: Any,
+        pool: Any,
+        rts: list[NodeRuntime],
+        now: float,
         sends: dict[int, list[dict[str, Any]]],
     ) -> None:
         free = sum(rt.free_slots for rt in rts)
@@ -732,8 +776,10 @@ class Engine:
         by_key = {str(rt.pk): rt for rt in rts}
         placed = assign(
             [QueuedTask(key=r.task_pk, job_key=r.job_pk, required_slots=r.slots) for r in head],
-            [NodeSlots(node_key=str(rt.pk), free_slots=rt.free_slots,
-                       total_slots=rt.total_slots) for rt in rts],
+            [
+                NodeSlots(node_key=str(rt.pk), free_slots=rt.free_slots, total_slots=rt.total_slots)
+                for rt in rts
+            ],
             NodeFillType(pool.fill_type),
             job_running={j: v[1] for j, v in limits.items()},
             job_max_parallel={j: v[0] for j, v in limits.items()},
@@ -822,5 +868,3 @@ def _outcome(msg: dict[str, Any]) -> AttemptOutcome:
         return AttemptOutcome(kind="terminated", exit_code=msg.get("exit_code"))
     return AttemptOutcome(kind="exited", exit_code=msg.get("exit_code"))
 
-
-_ = Callable

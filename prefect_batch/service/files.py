@@ -153,7 +153,12 @@ class FileOperations(ServiceBase):
         return [_file_entry(p, n, f"{url}/{n}") for p, n in _walk(task_dir, recursive)]
 
     def get_task_file(
-        self, job_id: str, task_id: str, file_path: str, *, offset: int = 0,
+        self,
+        job_id: str,
+        task_id: str,
+        file_path: str,
+        *,
+        offset: int = 0,
         length: int | None = None,
     ) -> bytes:
         """Content of a task file, optionally a byte range."""
@@ -165,8 +170,9 @@ class FileOperations(ServiceBase):
         task_dir, jid, tid = self._task_dir(job_id, task_id)
         path = safe_path(task_dir, file_path)
         _exists(path, file_path)
-        return _file_entry(path, file_path, f"{self.base_url}/jobs/{jid}/tasks/{tid}/files/"
-                           f"{file_path}")
+        return _file_entry(
+            path, file_path, f"{self.base_url}/jobs/{jid}/tasks/{tid}/files/{file_path}"
+        )
 
     def delete_task_file(
         self, job_id: str, task_id: str, file_path: str, *, recursive: bool = False
@@ -181,8 +187,9 @@ class FileOperations(ServiceBase):
         with self.store.read() as conn:
             pool = self._pool_row(conn, pool_id)
             row = conn.execute(
-                select(nodes.c.root_dir).where(nodes.c.pool_pk == pool.pk,
-                                               nodes.c.node_id == node_id)
+                select(nodes.c.root_dir).where(
+                    nodes.c.pool_pk == pool.pk, nodes.c.node_id == node_id
+                )
             ).one_or_none()
         if row is None:
             raise BatchNotFoundError(
@@ -205,7 +212,12 @@ class FileOperations(ServiceBase):
         ]
 
     def get_node_file(
-        self, pool_id: str, node_id: str, file_path: str, *, offset: int = 0,
+        self,
+        pool_id: str,
+        node_id: str,
+        file_path: str,
+        *,
+        offset: int = 0,
         length: int | None = None,
     ) -> bytes:
         """Content of a file under the node's root, optionally a byte range."""
@@ -261,4 +273,3 @@ def _delete(path: Path, name: str, recursive: bool, root: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
-

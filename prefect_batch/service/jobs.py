@@ -168,7 +168,9 @@ class JobOperations(ServiceBase):
                 JobState.DELETING.value,
             ):
                 raise BatchConflictError(
-                    "JobCompleted" if row.state == JobState.COMPLETED.value else "JobBeingTerminated",
+                    "JobCompleted"
+                    if row.state == JobState.COMPLETED.value
+                    else "JobBeingTerminated",
                     f"The job is {row.state}: {row.id}",
                     {"JobId": row.id},
                 )
@@ -329,9 +331,7 @@ class JobOperations(ServiceBase):
                 )
                 # Rows of tasks still running go when their ends are reported; the rest now.
                 conn.execute(
-                    delete(tasks).where(
-                        tasks.c.job_pk == row.pk, tasks.c.state.not_in(IN_FLIGHT)
-                    )
+                    delete(tasks).where(tasks.c.job_pk == row.pk, tasks.c.state.not_in(IN_FLIGHT))
                 )
             else:
                 conn.execute(delete(tasks).where(tasks.c.job_pk == row.pk))

@@ -430,7 +430,8 @@ def _release_dependents(
     conn: Connection, parent_pks: Sequence[int], job_rows: Mapping[int, Any]
 ) -> None:
     children = conn.execute(
-        select(deps.c.child_pk, func.count()).where(deps.c.parent_pk.in_(list(parent_pks)))
+        select(deps.c.child_pk, func.count())
+        .where(deps.c.parent_pk.in_(list(parent_pks)))
         .group_by(deps.c.child_pk)
     ).all()
     if not children:

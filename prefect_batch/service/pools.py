@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 
 from prefect_batch.core.ids import validate_id
-from prefect_batch.core.states import AllocationState, NodeState, PoolState
+from prefect_batch.core.states import AllocationState, PoolState
 from prefect_batch.exceptions import (
     BatchConflictError,
     BatchInvalidRequestError,
@@ -95,8 +95,13 @@ class PoolOperations(ServiceBase):
             raise invalid_property("taskSlotsPerNode", slots, f"at most {MAX_SLOTS_PER_NODE}")
         fill = "spread"
         if opts.task_scheduling_policy is not None:
-            fill = str(getattr(opts.task_scheduling_policy.node_fill_type, "value",
-                               opts.task_scheduling_policy.node_fill_type))
+            fill = str(
+                getattr(
+                    opts.task_scheduling_policy.node_fill_type,
+                    "value",
+                    opts.task_scheduling_policy.node_fill_type,
+                )
+            )
         timeout = parse_duration(spec.get("resizeTimeout"))
         target = opts.target_dedicated_nodes or 0
         now = self.clock()
@@ -108,7 +113,9 @@ class PoolOperations(ServiceBase):
             ).first()
             if exists:
                 raise BatchConflictError(
-                    "PoolExists", f"The specified pool already exists: {opts.id}", {"PoolId": opts.id}
+                    "PoolExists",
+                    f"The specified pool already exists: {opts.id}",
+                    {"PoolId": opts.id},
                 )
             conn.execute(
                 insert(pools).values(
@@ -324,5 +331,3 @@ class PoolOperations(ServiceBase):
             )
         return row
 
-
-_ = NodeState  # node states are written by the engine

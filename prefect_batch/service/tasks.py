@@ -36,10 +36,9 @@ from prefect_batch.service.common import (
     DEFAULT_RETENTION_SECONDS,
     chunked,
     seconds,
-    validation_error,
 )
 from prefect_batch.service.views import task_view
-from prefect_batch.store.schema import deps, jobs, nodes, pools, queue, tasks
+from prefect_batch.store.schema import deps, nodes, pools, queue, tasks
 
 __all__ = ["MAX_TASKS_PER_COLLECTION", "TaskOperations"]
 
@@ -75,8 +74,9 @@ class TaskOperations(ServiceBase):
             err = result.error
             values = {d.key: d.value for d in (err.error_values or []) if d.key}
             cls = BatchConflictError if err.code == "TaskExists" else BatchInvalidRequestError
-            raise cls(err.code or "InvalidPropertyValue", err.message.value if err.message else "",
-                      values)
+            raise cls(
+                err.code or "InvalidPropertyValue", err.message.value if err.message else "", values
+            )
 
     def create_task_collection(
         self, job_id: str, task_collection: Sequence[BatchTaskCreateOptions | dict[str, Any]]
@@ -252,19 +252,25 @@ class TaskOperations(ServiceBase):
                 key = pid.casefold()
                 if key in batch_ids:
                     continue
-                if conn.execute(
-                    select(tasks.c.pk).where(tasks.c.job_pk == job.pk, tasks.c.id_key == key)
-                ).first() is None:
+                if (
+                    conn.execute(
+                        select(tasks.c.pk).where(tasks.c.job_pk == job.pk, tasks.c.id_key == key)
+                    ).first()
+                    is None
+                ):
                     missing.append(pid)
             for rng in dep.get("taskIdRanges") or []:
                 lo, hi = rng["start"], rng["end"]
                 if any(lo <= n <= hi for n in batch_ints):
                     continue
-                if conn.execute(
-                    select(tasks.c.pk).where(
-                        tasks.c.job_pk == job.pk, tasks.c.int_id.between(lo, hi)
-                    )
-                ).first() is None:
+                if (
+                    conn.execute(
+                        select(tasks.c.pk).where(
+                            tasks.c.job_pk == job.pk, tasks.c.int_id.between(lo, hi)
+                        )
+                    ).first()
+                    is None
+                ):
                     missing.append(f"{lo}-{hi}")
             if missing:
                 results[i] = _error_result(
@@ -413,8 +419,9 @@ class TaskOperations(ServiceBase):
             node_names = {
                 r.pk: (r.pool_id, r.node_id, r.root_dir)
                 for r in conn.execute(
-                    select(nodes.c.pk, pools.c.id.label("pool_id"), nodes.c.node_id,
-                           nodes.c.root_dir).join(pools, pools.c.pk == nodes.c.pool_pk)
+                    select(
+                        nodes.c.pk, pools.c.id.label("pool_id"), nodes.c.node_id, nodes.c.root_dir
+                    ).join(pools, pools.c.pk == nodes.c.pool_pk)
                 ).all()
             }
             out = []
@@ -504,7 +511,9 @@ class TaskOperations(ServiceBase):
                 lifecycle.write_job_deltas(conn, {job.pk: delta}, now)
                 conn.execute(
                     update(tasks)
-                    .where(tasks.c.pk.in_(select(deps.c.child_pk).where(deps.c.parent_pk == row.pk)))
+                    .where(
+                        tasks.c.pk.in_(select(deps.c.child_pk).where(deps.c.parent_pk == row.pk))
+                    )
                     .values(blocked=True)
                 )
                 lifecycle.finish_job_if_done(conn, job.pk, now)
@@ -517,7 +526,9 @@ class TaskOperations(ServiceBase):
             job = self._job_row(conn, job_id)
             if job.state not in (JobState.ACTIVE.value, JobState.DISABLED.value):
                 raise BatchConflictError(
-                    "JobCompleted" if job.state == "completed" else "OperationInvalidForCurrentState",
+                    "JobCompleted"
+                    if job.state == "completed"
+                    else "OperationInvalidForCurrentState",
                     f"The job is {job.state}: {job.id}",
                     {"JobId": job.id},
                 )
@@ -578,8 +589,10 @@ class TaskOperations(ServiceBase):
                 conn.execute(delete(queue).where(queue.c.task_pk == row.pk))
                 conn.execute(delete(tasks).where(tasks.c.pk == row.pk))
                 delta = lifecycle.JobDelta()
-                bucket = "active" if row.state == ACTIVE else (
-                    "succeeded" if row.result == "success" else "failed"
+                bucket = (
+                    "active"
+                    if row.state == ACTIVE
+                    else ("succeeded" if row.result == "success" else "failed")
                 )
                 delta.move(bucket, None, row.required_slots)
                 lifecycle.write_job_deltas(conn, {job.pk: delta}, now)
@@ -638,5 +651,3 @@ def _error_result(task_id: str, err: BatchServiceError) -> BatchTaskCreateResult
         }
     )
 
-
-_ = (jobs, validation_error)

@@ -127,8 +127,11 @@ def task_view(
     if row.wall_clock_seconds is not None:
         constraints["maxWallClockTime"] = iso_duration(row.wall_clock_seconds)
     execution: dict[str, Any] | None = None
-    if row.start_time is not None or row.end_time is not None or row.retry_count or (
-        row.requeue_count
+    if (
+        row.start_time is not None
+        or row.end_time is not None
+        or row.retry_count
+        or (row.requeue_count)
     ):
         execution = _clean(
             {

@@ -695,3 +695,11 @@ def test_sigterm_drains_and_sighup_is_ignored(agent: AgentDriver, root: Path) ->
     assert agent.event("bye")["reason"] == "signal"
     assert agent.conn.wait(10) == 0
     assert (root / "job" / "term" / "stdout.txt").read_text() == "finished\n"
+
+
+def test_package_constants_match_the_shipped_script() -> None:
+    from prefect_batch.agent import agent as script
+
+    assert script.AGENT_VERSION == AGENT_VERSION
+    assert script.PROTOCOL_VERSION == PROTOCOL_VERSION
+    assert Path(script.__file__).resolve() == AGENT_PATH
