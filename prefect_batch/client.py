@@ -44,7 +44,8 @@ class BatchClient:
         account_name: The account to act as (embedded default: ``local``).
         home: State directory of the embedded service (default ``PREFECT_BATCH_HOME``).
         database_url: Store URL (default SQLite under ``home``).
-        engine: Run an engine in this process (embedded mode) so pools get nodes and tasks run.
+        engine: Run an engine in this process (embedded mode) so pools get nodes and tasks run;
+            default ``PREFECT_BATCH_ENGINE`` (true).
         settings: Settings to use instead of reading the environment.
 
     Use as a context manager, or call :meth:`close`, to stop the engine cleanly.
@@ -56,7 +57,7 @@ class BatchClient:
         *,
         home: str | Path | None = None,
         database_url: str | None = None,
-        engine: bool = True,
+        engine: bool | None = None,
         settings: BatchSettings | None = None,
     ) -> None:
         settings = settings or get_settings()
@@ -73,7 +74,7 @@ class BatchClient:
         self.store = Store(settings.effective_database_url)
         self._engine: Engine | None = None
         self.service = BatchService(self.store, self.account_name, wake=self._wake)
-        if engine:
+        if settings.engine if engine is None else engine:
             self.start_engine()
 
     # -- engine ----------------------------------------------------------------------------
@@ -92,6 +93,12 @@ class BatchClient:
                 tick_seconds=self.settings.engine_tick_seconds,
                 lease_seconds=self.settings.lease_seconds,
                 heartbeat_seconds=self.settings.heartbeat_interval_seconds,
+                job_manager_env={
+                    # A job manager reaches this store with the client, without an engine.
+                    "PREFECT_BATCH_DATABASE_URL": self.store.url,
+                    "PREFECT_BATCH_HOME": str(self.settings.home),
+                    "PREFECT_BATCH_ENGINE": "false",
+                },
             ).start()
 
     def _wake(self) -> None:
@@ -157,6 +164,26 @@ class BatchClient:
         """One node."""
         return self.service.get_node(pool_id, node_id)
 
+    def reboot_node(self, pool_id: str, node_id: str, options: Any = None) -> None:
+        """Reboot a node (``requeue`` | ``terminate`` | ``taskcompletion`` | ``retaineddata``)."""
+        self.service.reboot_node(pool_id, node_id, options)
+
+    def reimage_node(self, pool_id: str, node_id: str, options: Any = None) -> None:
+        """Reimage a node: its batch directories are wiped and its start task runs again."""
+        self.service.reimage_node(pool_id, node_id, options)
+
+    def remove_nodes(self, pool_id: str, options: Any) -> None:
+        """Remove nodes (``nodeList``, ``nodeDeallocationOption``) from a pool."""
+        self.service.remove_nodes(pool_id, options)
+
+    def disable_node_scheduling(self, pool_id: str, node_id: str, options: Any = None) -> None:
+        """Stop scheduling tasks on a node (``requeue`` | ``terminate`` | ``taskcompletion``)."""
+        self.service.disable_node_scheduling(pool_id, node_id, options)
+
+    def enable_node_scheduling(self, pool_id: str, node_id: str) -> None:
+        """Schedule tasks on a node again."""
+        self.service.enable_node_scheduling(pool_id, node_id)
+
     # -- jobs ------------------------------------------------------------------------------
 
     def create_job(self, job: Any) -> None:
@@ -194,6 +221,10 @@ class BatchClient:
     def delete_job(self, job_id: str) -> None:
         """Delete a job with its tasks and their files."""
         self.service.delete_job(job_id)
+
+    def list_job_preparation_and_release_task_status(self, job_id: str) -> list[Any]:
+        """Job preparation and release task status on each node that ran them."""
+        return self.service.list_job_preparation_and_release_task_status(job_id)
 
     def get_job_task_counts(self, job_id: str) -> BatchTaskCountsResult:
         """Task and slot counts of a job by state."""

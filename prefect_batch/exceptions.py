@@ -14,6 +14,7 @@ PrefectBatchError
 │   └── BatchConflictError            409                    (JobExists, TaskCompleted, ...)
 ├── IllegalTransitionError            a state change the transition table forbids (a bug)
 └── AgentError                        a node agent broke its protocol or could not be reached
+    └── HostKeyError                  an SSH host's key is unknown or changed (host, fingerprint)
 ```
 
 This module does not map errors to HTTP responses; it only defines them.
@@ -31,6 +32,7 @@ __all__ = [
     "BatchInvalidRequestError",
     "BatchNotFoundError",
     "BatchServiceError",
+    "HostKeyError",
     "IllegalTransitionError",
     "PrefectBatchError",
     "invalid_property",
@@ -109,6 +111,32 @@ class IllegalTransitionError(PrefectBatchError, RuntimeError):
 
 class AgentError(PrefectBatchError):
     """A node agent could not be started, reached, or broke the protocol."""
+
+
+class HostKeyError(AgentError):
+    """An SSH host showed a key that is not pinned or known (or differs from the known one).
+
+    Attributes:
+        host: The host as known_hosts names it (``address`` or ``[address]:port``).
+        fingerprint: The SHA256 fingerprint of the key it offered (``SHA256:...``).
+        reason: ``"unknown"`` (no key on record) or ``"changed"`` (a different key on record).
+        expected: Fingerprints on record for the host (empty when unknown).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str,
+        fingerprint: str,
+        reason: str = "unknown",
+        expected: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.host = host
+        self.fingerprint = fingerprint
+        self.reason = reason
+        self.expected = list(expected or [])
 
 
 def invalid_property(name: str, value: Any, reason: str) -> BatchInvalidRequestError:

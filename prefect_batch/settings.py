@@ -32,6 +32,11 @@ class BatchSettings(BaseSettings):
     service_url: str | None = Field(
         None, description="URL of a prefect-batch server; empty means the embedded service."
     )
+    engine: bool = Field(
+        True,
+        description="Whether an embedded client runs an engine (nodes and tasks) in its process; "
+        "job manager tasks get PREFECT_BATCH_ENGINE=false so they only talk to the store.",
+    )
     engine_tick_seconds: float = Field(
         0.25, gt=0, description="How often an idle engine looks for work added by other processes."
     )

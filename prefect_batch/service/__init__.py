@@ -6,11 +6,14 @@ client call); :class:`~prefect_batch.service.engine.Engine` is the loop that run
 
 from prefect_batch.service.files import FileOperations
 from prefect_batch.service.jobs import JobOperations
+from prefect_batch.service.nodes import NodeOperations
 from prefect_batch.service.pools import PoolOperations
 from prefect_batch.service.tasks import TaskOperations
 
 __all__ = ["BatchService"]
 
 
-class BatchService(PoolOperations, JobOperations, TaskOperations, FileOperations):
+class BatchService(
+    PoolOperations, NodeOperations, JobOperations, TaskOperations, FileOperations
+):
     """Every Azure Batch operation of one account, on one store."""

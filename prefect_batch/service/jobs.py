@@ -12,13 +12,15 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
-from prefect_batch.core.ids import validate_job_id
+from prefect_batch.core.commandline import split_command_line, validate_environment
+from prefect_batch.core.ids import validate_id, validate_job_id
 from prefect_batch.core.states import JobState
 from prefect_batch.exceptions import BatchConflictError, BatchInvalidRequestError, invalid_property
 from prefect_batch.models import (
     BatchJob,
     BatchJobCreateOptions,
     BatchJobDisableOptions,
+    BatchJobPreparationAndReleaseTaskStatus,
     BatchJobTerminateOptions,
     BatchJobUpdateOptions,
     BatchTaskCountsResult,
@@ -27,12 +29,13 @@ from prefect_batch.service import lifecycle
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import seconds
 from prefect_batch.service.views import job_view
-from prefect_batch.store.schema import jobs, queue, tasks
+from prefect_batch.store.schema import job_nodes, jobs, pools, queue, tasks
 
 __all__ = ["JobOperations", "disable_job_rows"]
 
 IN_FLIGHT = lifecycle.IN_FLIGHT
-_UNSUPPORTED_JOB_PROPERTIES = ("jobManagerTask", "jobPreparationTask", "jobReleaseTask")
+_UNSUPPORTED_SUB_PROPERTIES = ("resourceFiles", "outputFiles", "containerSettings",
+                               "applicationPackageReferences")
 
 
 def disable_job_rows(conn: Any, job: Any, option: str, now: float) -> None:
@@ -68,13 +71,7 @@ class JobOperations(ServiceBase):
         opts = self.parse(BatchJobCreateOptions, job)
         validate_job_id(opts.id)
         spec = opts.to_wire()
-        for name in _UNSUPPORTED_JOB_PROPERTIES:
-            if spec.get(name):
-                raise BatchInvalidRequestError(
-                    "UnsupportedProperty",
-                    f"{name} is not supported by this version of the service",
-                    {"PropertyName": name},
-                )
+        _validate_job_tasks(spec)
         pool_info = spec.get("poolInfo") or {}
         if pool_info.get("autoPoolSpecification"):
             raise BatchInvalidRequestError(
@@ -127,7 +124,63 @@ class JobOperations(ServiceBase):
                     spec=spec,
                 )
             )
+            if spec.get("jobManagerTask"):
+                self._add_job_manager(conn, opts.id, spec, now)
         self.wake()
+
+    def _add_job_manager(self, conn: Any, job_id: str, spec: dict[str, Any], now: float) -> None:
+        """The job manager is the job's first task: queued at once, before the others."""
+        from prefect_batch.service.tasks import TaskOperations
+
+        jm = dict(spec["jobManagerTask"])
+        job = self._job_row(conn, job_id)
+        if jm.get("runExclusive", True):
+            # The node alone: as many slots as the pool's nodes have (if the pool exists).
+            slots = conn.execute(
+                select(pools.c.task_slots_per_node).where(
+                    pools.c.account == self.account, pools.c.id_key == job.pool_id.casefold()
+                )
+            ).scalar()
+            jm["requiredSlots"] = max(slots or 1, jm.get("requiredSlots") or 1)
+        row = TaskOperations._row_values(jm, job, now)
+        row["kind"] = "jobmanager"
+        pk = conn.execute(insert(tasks).returning(tasks.c.pk), [row]).scalar_one()
+        lifecycle.enqueue_tasks(conn, job._mapping, [(pk, row["required_slots"])])
+        delta = lifecycle.JobDelta()
+        delta.move(None, "active", row["required_slots"])
+        lifecycle.write_job_deltas(conn, {job.pk: delta}, now)
+
+    def list_job_preparation_and_release_task_status(
+        self, job_id: str
+    ) -> list[BatchJobPreparationAndReleaseTaskStatus]:
+        """Per node that ran it: the job preparation and release tasks' execution info."""
+        with self.store.read() as conn:
+            job = self._job_row(conn, job_id)
+            if not (job.spec or {}).get("jobPreparationTask"):
+                raise BatchConflictError(
+                    "JobPreparationTaskNotSpecified",
+                    f"The job has no job preparation task: {job.id}",
+                    {"JobId": job.id},
+                )
+            rows = conn.execute(
+                select(job_nodes).where(job_nodes.c.job_pk == job.pk)
+                .order_by(job_nodes.c.node_pk)
+            ).all()
+        out = []
+        for r in rows:
+            item: dict[str, Any] = {
+                "poolId": r.pool_id,
+                "nodeId": r.node_id,
+                "nodeUrl": f"{self.base_url}/pools/{r.pool_id}/nodes/{r.node_id}",
+            }
+            if r.prep_info:
+                item["jobPreparationTaskExecutionInfo"] = _exec_info(r.prep_info, self.base_url,
+                                                                     r)
+            if r.release_info:
+                item["jobReleaseTaskExecutionInfo"] = _exec_info(r.release_info, self.base_url,
+                                                                 r)
+            out.append(BatchJobPreparationAndReleaseTaskStatus.model_validate(item))
+        return out
 
     def get_job(self, job_id: str) -> BatchJob:
         """One job."""
@@ -360,3 +413,50 @@ class JobOperations(ServiceBase):
                 },
             }
         )
+
+
+def _exec_info(info: dict[str, Any], base_url: str, row: Any) -> dict[str, Any]:
+    out = {k: v for k, v in info.items() if k != "bootId" and v is not None}
+    if "taskRootDirectory" in out:
+        out["taskRootDirectoryUrl"] = (
+            f"{base_url}/pools/{row.pool_id}/nodes/{row.node_id}/files/{out['taskRootDirectory']}"
+        )
+    return out
+
+
+def _validate_job_tasks(spec: dict[str, Any]) -> None:
+    """Job manager, preparation and release tasks: what this service can run."""
+    for name in ("jobManagerTask", "jobPreparationTask", "jobReleaseTask"):
+        sub = spec.get(name)
+        if not sub:
+            continue
+        for prop in _UNSUPPORTED_SUB_PROPERTIES:
+            if sub.get(prop):
+                raise BatchInvalidRequestError(
+                    "UnsupportedProperty",
+                    f"{name}.{prop} is not supported by this version of the service",
+                    {"PropertyName": f"{name}.{prop}"},
+                )
+        split_command_line(sub["commandLine"], f"{name}.commandLine")
+        env = sub.get("environmentSettings") or []
+        validate_environment([(e["name"], e.get("value")) for e in env],
+                             f"{name}.environmentSettings")
+    if spec.get("jobReleaseTask") and not spec.get("jobPreparationTask"):
+        raise BatchInvalidRequestError(
+            "InvalidPropertyValue",
+            "A job release task needs a job preparation task",
+            {"PropertyName": "jobReleaseTask"},
+        )
+    if spec.get("jobManagerTask"):
+        validate_id(spec["jobManagerTask"]["id"], "jobManagerTask.id")
+    ids = [
+        (spec.get(name) or {}).get("id") or default
+        for name, default in (("jobPreparationTask", "jobpreparation"),
+                              ("jobReleaseTask", "jobrelease"))
+        if spec.get(name)
+    ]
+    if spec.get("jobManagerTask"):
+        ids.append(spec["jobManagerTask"]["id"])
+    if len({i.casefold() for i in ids}) != len(ids):
+        raise invalid_property("jobManagerTask.id", ids, "job manager, preparation and release "
+                               "tasks need distinct ids")

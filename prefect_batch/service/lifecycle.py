@@ -24,7 +24,7 @@ from prefect_batch.core.states import (
     TaskExecutionResult,
     TaskState,
 )
-from prefect_batch.store.schema import deps, jobs, nodes, queue, tasks
+from prefect_batch.store.schema import deps, job_nodes, jobs, nodes, queue, tasks
 
 __all__ = [
     "JobDelta",
@@ -116,8 +116,16 @@ def write_job_deltas(conn: Connection, deltas: Mapping[int, JobDelta], now: floa
     )
 
 
+JOB_MANAGER_RESTART_PRIORITY = 1001
+"""A failed job manager is queued again above every job's priority (Azure: "highest")."""
+
+
 def enqueue_tasks(
-    conn: Connection, job: Mapping[str, Any], items: Sequence[tuple[int, int]]
+    conn: Connection,
+    job: Mapping[str, Any],
+    items: Sequence[tuple[int, int]],
+    *,
+    priority: int | None = None,
 ) -> None:
     """Put ``(task_pk, slots)`` of an active job into the dispatch queue."""
     if not items or job["pool_key"] is None:
@@ -128,7 +136,7 @@ def enqueue_tasks(
             {
                 "task_pk": pk,
                 "pool_key": job["pool_key"],
-                "neg_priority": -int(job["priority"]),
+                "neg_priority": -int(job["priority"] if priority is None else priority),
                 "job_pk": job["pk"],
                 "slots": slots,
             }
@@ -187,6 +195,7 @@ _SELECT_ATTEMPTS = select(
     tasks.c.spec,
     tasks.c.state_transition_time,
     tasks.c.start_time,
+    tasks.c.kind,
 ).where(tasks.c.pk.in_(bindparam("pks", expanding=True)))
 _COMPLETE = (
     update(tasks)
@@ -271,6 +280,7 @@ def complete_attempts(
     retry_updates: list[dict[str, Any]] = []
     requeue_pks: list[int] = []
     deleted: list[int] = []
+    job_manager_done: list[int] = []
     satisfied: list[int] = []
     blocked: list[int] = []
     job_actions: list[tuple[int, JobAction]] = []
@@ -324,7 +334,11 @@ def complete_attempts(
             deltas[r.job_pk].move("running", "active", slots)
             deltas[r.job_pk].retries += 1
             if job.state == JobState.ACTIVE.value and job.pool_key is not None:
-                to_enqueue[r.job_pk].append((r.pk, slots))
+                if r.kind == "jobmanager":
+                    enqueue_tasks(conn, job._mapping, [(r.pk, slots)],
+                                  priority=JOB_MANAGER_RESTART_PRIORITY)
+                else:
+                    to_enqueue[r.job_pk].append((r.pk, slots))
             continue
         success = decision.result == TaskExecutionResult.SUCCESS
         if r.node_pk is not None:
@@ -353,6 +367,8 @@ def complete_attempts(
                 blocked.append(r.pk)
         if decision.job_action != JobAction.NONE:
             job_actions.append((r.job_pk, decision.job_action))
+        if r.kind == "jobmanager" and (r.spec or {}).get("killJobOnCompletion", True):
+            job_manager_done.append(r.job_pk)
 
     if completed_updates:
         for u in completed_updates:
@@ -384,6 +400,11 @@ def complete_attempts(
             from prefect_batch.service.jobs import disable_job_rows
 
             disable_job_rows(conn, job, "requeue", now)
+    for job_pk in job_manager_done:
+        job = conn.execute(select(jobs).where(jobs.c.pk == job_pk)).one()
+        if job.state in (JobState.ACTIVE.value, JobState.DISABLING.value,
+                         JobState.DISABLED.value):
+            terminate_job(conn, job, "JMComplete", now)
     for job_pk in effects.touched_jobs:
         job = job_rows.get(job_pk)
         if (
@@ -501,6 +522,14 @@ def terminate_job(conn: Connection, job: Any, reason: str, now: float) -> None:
         .where(tasks.c.job_pk == job.pk, tasks.c.state.in_(IN_FLIGHT))
         .values(kill_reason="job_terminate")
     )
+    if (job.spec or {}).get("jobReleaseTask"):
+        # The release task runs on every node that ran the preparation task.
+        conn.execute(
+            update(job_nodes)
+            .where(job_nodes.c.job_pk == job.pk, job_nodes.c.prep_state.is_not(None),
+                   job_nodes.c.release_state.is_(None))
+            .values(release_state="pending")
+        )
     conn.execute(
         update(jobs)
         .where(jobs.c.pk == job.pk)
@@ -553,6 +582,13 @@ def finish_job_if_done(conn: Connection, job_pk: int, now: float) -> None:
         .select_from(tasks)
         .where(tasks.c.job_pk == job_pk, tasks.c.state.in_(IN_FLIGHT))
     ).scalar_one()
+    if not in_flight and job.state == JobState.TERMINATING.value:
+        in_flight = conn.execute(
+            select(func.count())
+            .select_from(job_nodes)
+            .where(job_nodes.c.job_pk == job_pk,
+                   job_nodes.c.release_state.in_(("pending", "running")))
+        ).scalar_one()
     if in_flight:
         return
     target = (

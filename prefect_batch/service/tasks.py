@@ -73,7 +73,9 @@ class TaskOperations(ServiceBase):
         if result.error is not None:
             err = result.error
             values = {d.key: d.value for d in (err.error_values or []) if d.key}
-            cls = BatchConflictError if err.code == "TaskExists" else BatchInvalidRequestError
+            conflicts = {"TaskExists", "TaskIdSameAsJobPreparationTask",
+                         "TaskIdSameAsJobReleaseTask"}
+            cls = BatchConflictError if err.code in conflicts else BatchInvalidRequestError
             raise cls(
                 err.code or "InvalidPropertyValue", err.message.value if err.message else "", values
             )
@@ -169,6 +171,16 @@ class TaskOperations(ServiceBase):
                         "UnsupportedProperty",
                         f"{name} is not supported by this version of the service",
                         {"PropertyName": name},
+                    )
+            for name, default, code in (
+                ("jobPreparationTask", "jobpreparation", "TaskIdSameAsJobPreparationTask"),
+                ("jobReleaseTask", "jobrelease", "TaskIdSameAsJobReleaseTask"),
+            ):
+                sub = (job.spec or {}).get(name)
+                if sub and (sub.get("id") or default).casefold() == opts.id.casefold():
+                    raise BatchConflictError(
+                        code, f"The task id is the job's {name} id: {opts.id}",
+                        {"TaskId": opts.id},
                     )
             split_command_line(opts.command_line)
             env = spec.get("environmentSettings") or []

@@ -73,7 +73,11 @@ def node_view(row: Any, pool_id: str, base_url: str) -> dict[str, Any]:
                 if info
                 else None
             ),
-            "startTaskInfo": info.get("start_task_info"),
+            "startTaskInfo": (
+                {k: v for k, v in row.start_task_info.items() if k != "bootId"}
+                if row.start_task_info
+                else None
+            ),
         }
     )
 

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select
 from sqlalchemy.engine import make_url
 
-from prefect_batch.store.schema import metadata
+from prefect_batch.exceptions import PrefectBatchError
+from prefect_batch.store.schema import SCHEMA_VERSION, metadata, schema_info
 
 __all__ = ["Store"]
 
@@ -45,6 +46,19 @@ class Store:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         metadata.create_all(self.engine)
+        self._check_version()
+
+    def _check_version(self) -> None:
+        with self.engine.begin() as conn:
+            found = conn.execute(select(schema_info.c.version)).scalars().all()
+            if not found:
+                conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
+            elif found != [SCHEMA_VERSION]:
+                raise PrefectBatchError(
+                    f"the store at {self.engine.url.render_as_string(hide_password=True)} was "
+                    f"written by schema version {found[0]}, this version uses {SCHEMA_VERSION}; "
+                    "use a fresh PREFECT_BATCH_HOME (or database)"
+                )
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:

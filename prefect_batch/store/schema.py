@@ -27,16 +27,22 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "SCHEMA_VERSION",
     "accounts",
     "deps",
+    "job_nodes",
     "jobs",
     "metadata",
     "node_commands",
     "nodes",
     "pools",
     "queue",
+    "schema_info",
     "tasks",
 ]
+
+SCHEMA_VERSION = 2
+"""Bumped whenever a table changes; a store written by another version is refused."""
 
 metadata = MetaData()
 
@@ -105,6 +111,12 @@ nodes = Table(
     Column("agent_info", JSON, nullable=True),
     Column("last_heartbeat", Float, nullable=True),
     Column("leaving", Boolean, nullable=False, default=False),
+    # A requested node operation (reboot, reimage, remove) and its deallocation option; the
+    # engine carries it out once the option's condition holds.
+    Column("pending_op", String(16), nullable=True),
+    Column("pending_option", String(16), nullable=True),
+    Column("boot_id", Integer, nullable=False, default=0),
+    Column("start_task_info", JSON, nullable=True),
     Index("ix_nodes_pool", "pool_pk"),
     sqlite_autoincrement=True,  # never reuse the id of a deleted row
 )
@@ -189,6 +201,8 @@ tasks = Table(
     Column("kill_reason", String(32), nullable=True),
     Column("files_node_pk", PK, nullable=True),
     Column("retention_deadline", Float, nullable=True),
+    Column("kind", String(16), nullable=False, default="task"),
+    Column("node_history", JSON, nullable=True),
     UniqueConstraint("job_pk", "id_key", name="uq_tasks_job_id"),
     Index("ix_tasks_job_state", "job_pk", "state"),
     Index("ix_tasks_job_int", "job_pk", "int_id"),
@@ -228,4 +242,26 @@ node_commands = Table(
     Column("creation_time", Float, nullable=False),
     Index("ix_node_commands_node", "node_pk"),
     sqlite_autoincrement=True,  # never reuse the id of a deleted row
+)
+
+job_nodes = Table(
+    "job_nodes",
+    metadata,
+    # Per (job, node): the job preparation and release tasks on that node.
+    Column("job_pk", PK, ForeignKey("jobs.pk", ondelete="CASCADE"), primary_key=True),
+    Column("node_pk", PK, primary_key=True),
+    Column("node_id", String(64), nullable=False),
+    Column("pool_id", String(64), nullable=False),
+    Column("prep_state", String(16), nullable=True),
+    Column("prep_info", JSON, nullable=True),
+    Column("prep_boot", Integer, nullable=True),
+    Column("release_state", String(16), nullable=True),
+    Column("release_info", JSON, nullable=True),
+    Index("ix_job_nodes_node", "node_pk"),
+)
+
+schema_info = Table(
+    "schema_info",
+    metadata,
+    Column("version", Integer, primary_key=True),
 )

@@ -1,0 +1,210 @@
+"""Dispatch: fill a pool's free slots from the head of its queue and build the run requests.
+
+Part of the engine (a mixin of :class:`~prefect_batch.service.engine.Engine`). The queue's head
+is read through its ordering index; placement is the pure ``core.scheduler.assign``. A task of a
+job with a preparation task waits on its node until that node's preparation succeeded (see
+``jobtasks.py``). Statements on this path are built once at import: building SQLAlchemy
+expressions costs more than running them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import bindparam, delete, select, update
+
+from prefect_batch.core.commandline import split_command_line
+from prefect_batch.core.scheduler import NodeSlots, QueuedTask, assign
+from prefect_batch.core.states import NodeFillType, PoolState
+from prefect_batch.service import lifecycle
+from prefect_batch.store.schema import jobs, nodes, queue, tasks
+
+__all__ = ["DispatchMixin", "SPREAD_GRACE_SECONDS", "base_environment"]
+
+SPREAD_GRACE_SECONDS = 2.0
+"""How long a spread pool waits for nodes that are still starting before it fills the others."""
+
+PREPARING = lifecycle.PREPARING
+
+_QUEUE_HEAD = (
+    select(queue.c.task_pk, queue.c.job_pk, queue.c.slots)
+    .where(queue.c.pool_key == bindparam("b_pool"))
+    .order_by(queue.c.neg_priority, queue.c.job_pk, queue.c.task_pk)
+    .limit(bindparam("b_limit"))
+)
+_JOBS_OF_HEAD = select(
+    jobs.c.pk, jobs.c.max_parallel_tasks, jobs.c.n_running, jobs.c.spec
+).where(jobs.c.pk.in_(bindparam("pks", expanding=True)))
+_DEQUEUE = delete(queue).where(queue.c.task_pk.in_(bindparam("pks", expanding=True)))
+_MARK_PREPARING = (
+    update(tasks)
+    .where(tasks.c.pk == bindparam("b_pk"))
+    .values(
+        state=PREPARING,
+        previous_state=tasks.c.state,
+        previous_state_transition_time=tasks.c.state_transition_time,
+        state_transition_time=bindparam("b_now"),
+        last_modified=bindparam("b_now"),
+        version=tasks.c.version + 1,
+        node_pk=bindparam("b_node"),
+        attempt=tasks.c.attempt + 1,
+        node_info=None,
+    )
+)
+_RUN_ROWS = (
+    select(
+        tasks.c.pk,
+        tasks.c.id,
+        tasks.c.attempt,
+        tasks.c.spec,
+        tasks.c.kind,
+        tasks.c.wall_clock_seconds,
+        tasks.c.node_pk,
+        jobs.c.pk.label("job_pk"),
+        jobs.c.id.label("job_id"),
+        jobs.c.spec.label("job_spec"),
+    )
+    .join(jobs, jobs.c.pk == tasks.c.job_pk)
+    .where(tasks.c.pk.in_(bindparam("pks", expanding=True)))
+)
+_NODE_RUNNING = (
+    update(nodes)
+    .where(nodes.c.pk == bindparam("b_pk"))
+    .values(
+        running_tasks=nodes.c.running_tasks + bindparam("b_tasks"),
+        running_slots=nodes.c.running_slots + bindparam("b_slots"),
+    )
+)
+
+
+def base_environment(account: str, base_url: str, pool_id: str, node_id: str) -> dict[str, str]:
+    """The ``AZ_BATCH_*`` variables every task on a node gets (the agent adds the paths)."""
+    return {
+        "AZ_BATCH_ACCOUNT_NAME": account,
+        "AZ_BATCH_ACCOUNT_URL": base_url,
+        "AZ_BATCH_POOL_ID": pool_id,
+        "AZ_BATCH_NODE_ID": node_id,
+        "AZ_BATCH_NODE_IS_DEDICATED": "true",
+    }
+
+
+def settings_env(*lists: Any) -> dict[str, str]:
+    """Merge ``environmentSettings`` lists (later lists win)."""
+    env: dict[str, str] = {}
+    for items in lists:
+        for e in items or []:
+            env[e["name"]] = e.get("value") or ""
+    return env
+
+
+class DispatchMixin:
+    """Fills free slots; needs the engine's ``_nodes``, ``_pools`` and node helpers."""
+
+    _nodes: dict[int, Any]
+    _pools: dict[int, Any]
+    account_urls: dict[str, str]
+    job_manager_env: dict[str, str]
+
+    def _dispatch(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
+        by_pool: dict[int, list[Any]] = defaultdict(list)
+        starting: set[int] = set()
+        for rt in self._nodes.values():
+            if rt.accepting and rt.free_slots > 0:
+                by_pool[rt.pool_pk].append(rt)
+            elif (
+                not rt.ready
+                and rt.connection is not None
+                and now - rt.connect_time < SPREAD_GRACE_SECONDS
+            ):
+                starting.add(rt.pool_pk)
+        for pool_pk, rts in by_pool.items():
+            pool = self._pools.get(pool_pk)
+            if pool is None or pool.state != PoolState.ACTIVE.value:
+                continue
+            if pool_pk in starting and pool.fill_type == NodeFillType.SPREAD.value:
+                continue  # let the other nodes join first, or "spread" would pack the first one
+            self._dispatch_pool(conn, pool, rts, now, sends)
+
+    def _dispatch_pool(
+        self,
+        conn: Any,
+        pool: Any,
+        rts: list[Any],
+        now: float,
+        sends: dict[int, list[dict[str, Any]]],
+    ) -> None:
+        free = sum(rt.free_slots for rt in rts)
+        key = lifecycle.pool_key(pool.account, pool.id)
+        head = conn.execute(_QUEUE_HEAD, {"b_pool": key, "b_limit": max(free * 2, 8)}).all()
+        if not head:
+            return
+        job_rows = {
+            r.pk: r
+            for r in conn.execute(_JOBS_OF_HEAD, {"pks": list({r.job_pk for r in head})}).all()
+        }
+        limits = {pk: r for pk, r in job_rows.items() if r.max_parallel_tasks > 0}
+        by_key = {str(rt.pk): rt for rt in rts}
+        placed = assign(
+            [QueuedTask(key=r.task_pk, job_key=r.job_pk, required_slots=r.slots) for r in head],
+            [
+                NodeSlots(node_key=str(rt.pk), free_slots=rt.free_slots, total_slots=rt.total_slots)
+                for rt in rts
+            ],
+            NodeFillType(pool.fill_type),
+            job_running={j: r.n_running for j, r in limits.items()},
+            job_max_parallel={j: r.max_parallel_tasks for j, r in limits.items()},
+        )
+        job_of = {r.task_pk: r.job_pk for r in head}
+        placed = self._filter_prep_failed(conn, placed, job_of, job_rows)  # type: ignore[attr-defined]
+        if not placed:
+            return
+        slots_of = {r.task_pk: r.slots for r in head}
+        pks = [pk for pk, _ in placed]
+        conn.execute(_DEQUEUE, {"pks": pks})
+        conn.execute(
+            _MARK_PREPARING,
+            [{"b_pk": pk, "b_node": int(node), "b_now": now} for pk, node in placed],
+        )
+        deltas: dict[int, lifecycle.JobDelta] = defaultdict(lifecycle.JobDelta)
+        per_node: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        for pk, node in placed:
+            deltas[job_of[pk]].move("active", "running", slots_of[pk])
+            rt = by_key[node]
+            rt.free_slots -= slots_of[pk]
+            per_node[rt.pk][0] += 1
+            per_node[rt.pk][1] += slots_of[pk]
+        lifecycle.write_job_deltas(conn, deltas, now)
+        conn.execute(
+            _NODE_RUNNING,
+            [{"b_pk": pk, "b_tasks": n, "b_slots": sl} for pk, (n, sl) in per_node.items()],
+        )
+        rows = conn.execute(_RUN_ROWS, {"pks": pks}).all()
+        base_url = self.account_urls.get(pool.account, "embedded://local")
+        for r in rows:
+            rt = self._nodes[r.node_pk]
+            message = self._run_message(r, pool, rt, base_url)
+            self._send_after_prep(conn, r, pool, rt, message, now, sends)  # type: ignore[attr-defined]
+        self._update_busy(conn, now)  # type: ignore[attr-defined]
+
+    def _run_message(self, r: Any, pool: Any, rt: Any, base_url: str) -> dict[str, Any]:
+        job_spec = r.job_spec or {}
+        env = settings_env(job_spec.get("commonEnvironmentSettings"),
+                           r.spec.get("environmentSettings"))
+        if r.kind == "jobmanager":
+            # The job manager may add tasks through the Python client from its node.
+            env.update(self.job_manager_env)
+            env["PREFECT_BATCH_ACCOUNT_NAME"] = pool.account
+        env.update(base_environment(pool.account, base_url, pool.id, rt.node_id))
+        env["AZ_BATCH_JOB_ID"] = r.job_id
+        env["AZ_BATCH_TASK_ID"] = r.id
+        prep = job_spec.get("jobPreparationTask")
+        return {
+            "op": "run",
+            "key": f"t{r.pk}-{r.attempt}",
+            "argv": split_command_line(r.spec["commandLine"]),
+            "dir": f"{r.job_id}/{r.id}",
+            "env": env,
+            "wall_clock_seconds": r.wall_clock_seconds,
+            "job_prep_dir": f"{r.job_id}/{prep.get('id') or 'jobpreparation'}" if prep else None,
+        }

@@ -1,0 +1,464 @@
+"""Nodes as the engine runs them: agents, start tasks, node operations, pool size (a mixin).
+
+A node's life: ``creating`` (row made) -> ``starting`` (agent starting) -> with a start task and
+``waitForSuccess`` ``waitingforstarttask`` -> ``idle``/``running``/``offline``; a start task that
+fails after its retries leaves it ``starttaskfailed`` (it takes no task). Every change goes
+through ``NODE_TRANSITIONS``. Requested operations (reboot, reimage, remove; also pool shrink) wait
+for their deallocation option's condition — running tasks requeued or ended (``requeue``,
+``terminate``), finished (``taskcompletion``), or finished and their retention passed
+(``retaineddata``) — then run. A node whose agent died is restarted and asked to ``recover`` its
+tasks; only a node that cannot be restarted has its tasks requeued elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, insert, select, update
+
+from prefect_batch.core.commandline import split_command_line
+from prefect_batch.core.completion import AttemptOutcome, decide
+from prefect_batch.core.states import (
+    NODE_TRANSITIONS,
+    AllocationState,
+    NodeState,
+    TaskExecutionResult,
+)
+from prefect_batch.service import lifecycle
+from prefect_batch.service.common import iso, new_node_id
+from prefect_batch.service.dispatcher import base_environment, settings_env
+from prefect_batch.service.nodes import mark_in_flight
+from prefect_batch.service.pools import node_source_of
+from prefect_batch.store.schema import nodes, pools, tasks
+
+__all__ = ["NodeMixin", "NodeRuntime", "REQUEUE_AFTER_FAILURES", "RESTART_DELAYS_SECONDS"]
+
+log = logging.getLogger("prefect_batch.engine")
+
+RESTART_DELAYS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
+REQUEUE_AFTER_FAILURES = 3
+"""Agent starts that may fail in a row before a node's tasks are requeued elsewhere."""
+
+_BUSY_STATE = bindparam("b_state")
+
+
+@dataclass
+class NodeRuntime:
+    """What the engine knows about one node it drives (the database has the rest)."""
+
+    pk: int
+    node_id: str
+    pool_pk: int
+    root: Path
+    total_slots: int
+    state: str = NodeState.CREATING.value
+    boot_id: int = 0
+    free_slots: int = 0
+    connection: Any = None
+    ready: bool = False
+    schedulable: bool = True
+    leaving: bool = False
+    pending_op: str | None = None
+    start_task_ok: bool = True
+    busy: bool = False
+    failures: int = 0
+    restart_at: float | None = None
+    connect_time: float = 0.0
+    kills_sent: set[str] = field(default_factory=set)
+    generation: int = 0
+    """Counts agent connections; events of an older connection are dropped."""
+    held: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the scheduler may place tasks here now."""
+        return (
+            self.ready
+            and self.schedulable
+            and not self.leaving
+            and self.pending_op is None
+            and self.start_task_ok
+        )
+
+
+class NodeMixin:
+    """Node lifecycle for the engine."""
+
+    store: Any
+    clock: Any
+    node_sources: dict[str, Any]
+    node_root: Path
+    account_urls: dict[str, str]
+    _nodes: dict[int, NodeRuntime]
+    _pools: dict[int, Any]
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _set_state(self, conn: Any, rt: NodeRuntime, target: NodeState, now: float,
+                   **values: Any) -> None:
+        """Move a node along a legal edge of ``NODE_TRANSITIONS`` (illegal ones are logged)."""
+        current = NodeState(rt.state)
+        if target != current and target not in NODE_TRANSITIONS[current]:
+            log.error("node %s: illegal transition %s -> %s", rt.node_id, current.value,
+                      target.value)
+            return
+        if target != current:
+            values.update(state=target.value, state_transition_time=now)
+        rt.state = target.value
+        if values:
+            conn.execute(update(nodes).where(nodes.c.pk == rt.pk).values(**values))
+
+    def _idle_state(self, rt: NodeRuntime) -> NodeState:
+        busy = rt.free_slots < rt.total_slots
+        if busy:
+            return NodeState.RUNNING
+        return NodeState.IDLE if rt.schedulable else NodeState.OFFLINE
+
+    def _update_busy(self, conn: Any, now: float) -> None:
+        changes = []
+        for rt in self._nodes.values():
+            if not rt.ready or rt.leaving or not rt.start_task_ok:
+                continue
+            if rt.state not in (NodeState.IDLE.value, NodeState.RUNNING.value,
+                                NodeState.OFFLINE.value):
+                continue
+            target = self._idle_state(rt).value
+            if target != rt.state:
+                rt.state = target
+                changes.append({"b_pk": rt.pk, "b_state": target})
+        if changes:
+            conn.execute(
+                update(nodes)
+                .where(nodes.c.pk == bindparam("b_pk"))
+                .values(state=_BUSY_STATE, state_transition_time=now),
+                changes,
+            )
+
+    def _node_counts(self, conn: Any, node_pk: int, d_tasks: int, d_slots: int) -> None:
+        conn.execute(
+            update(nodes)
+            .where(nodes.c.pk == node_pk)
+            .values(
+                running_tasks=nodes.c.running_tasks + d_tasks,
+                running_slots=nodes.c.running_slots + d_slots,
+            )
+        )
+
+    # -- pool size -------------------------------------------------------------------------
+
+    def _reconcile(self, pool: Any, now: float) -> None:
+        """Bring the pool's nodes to its target: attach, create, or mark nodes for removal."""
+        if pool.state == "deleting":
+            self._detach_pool(pool.pk)  # type: ignore[attr-defined]
+            from prefect_batch.service.pools import PoolOperations
+
+            PoolOperations(self.store, pool.account, clock=self.clock).finish_pool_delete(pool.pk)
+            return
+        with self.store.begin() as conn:
+            rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool.pk)).all()
+            live = [r for r in rows if not r.leaving]
+            missing = pool.target_dedicated - len(live)
+            for _ in range(max(missing, 0)):
+                node_id = new_node_id()
+                conn.execute(
+                    insert(nodes).values(
+                        node_id=node_id, pool_pk=pool.pk, account=pool.account,
+                        state=NodeState.CREATING.value, state_transition_time=now,
+                        scheduling_state="enabled", allocation_time=now, vm_size=pool.vm_size,
+                        root_dir=str(self.node_root / node_id),
+                        total_slots=pool.task_slots_per_node, running_tasks=0, running_slots=0,
+                        total_tasks_run=0, total_tasks_succeeded=0, leaving=False, boot_id=0,
+                    )
+                )
+            if missing < 0:
+                self._shrink(conn, pool, live, -missing)
+            rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool.pk)).all()
+            live_count = sum(1 for r in rows if not r.leaving)
+            if pool.allocation_state == AllocationState.RESIZING.value:
+                done = live_count == pool.target_dedicated and not any(r.leaving for r in rows)
+                timed_out = now - pool.allocation_state_transition_time > (
+                    pool.resize_timeout_seconds or 900.0)
+                if done or timed_out:
+                    values: dict[str, Any] = {
+                        "allocation_state": AllocationState.STEADY.value,
+                        "allocation_state_transition_time": now,
+                    }
+                    if timed_out and not done:
+                        values["resize_errors"] = [{
+                            "code": "AllocationTimedOut",
+                            "message": "The pool did not reach its target size within its "
+                                       "resize timeout",
+                        }]
+                    conn.execute(update(pools).where(pools.c.pk == pool.pk).values(**values))
+            attach = [r for r in rows if r.pk not in self._nodes]
+        for r in attach:
+            rt = NodeRuntime(
+                pk=r.pk, node_id=r.node_id, pool_pk=pool.pk, root=Path(r.root_dir),
+                total_slots=r.total_slots, state=r.state, boot_id=r.boot_id,
+                schedulable=r.scheduling_state == "enabled", leaving=bool(r.leaving),
+                pending_op=r.pending_op,
+            )
+            self._nodes[r.pk] = rt
+            self._connect(rt, pool, now)
+        for rt in list(self._nodes.values()):
+            if (rt.pool_pk == pool.pk and rt.connection is None and rt.restart_at is not None
+                    and now >= rt.restart_at):
+                self._connect(rt, pool, now)
+
+    def _shrink(self, conn: Any, pool: Any, live: list[Any], count: int) -> None:
+        """Mark ``count`` nodes for removal: idle ones first, a job manager's node last."""
+        managers = {
+            r[0] for r in conn.execute(
+                select(tasks.c.node_pk).where(
+                    tasks.c.kind == "jobmanager", tasks.c.state.in_(lifecycle.IN_FLIGHT))
+            ).all()
+        }
+        victims = sorted(live, key=lambda r: (r.pk in managers, r.running_tasks, -r.pk))[:count]
+        for r in victims:
+            mark_in_flight(conn, r.pk, pool.deallocation_option)
+            conn.execute(
+                update(nodes).where(nodes.c.pk == r.pk).values(
+                    leaving=True, pending_op="remove", pending_option=pool.deallocation_option)
+            )
+            rt = self._nodes.get(r.pk)
+            if rt is not None:
+                rt.leaving = True
+                rt.pending_op = "remove"
+
+    # -- agents ----------------------------------------------------------------------------
+
+    def _connect(self, rt: NodeRuntime, pool: Any, now: float) -> None:
+        source = self.node_sources.get(node_source_of(pool.spec))
+        with self.store.begin() as conn:
+            self._set_state(conn, rt, NodeState.STARTING, now)
+        rt.connect_time = now
+        rt.restart_at = None
+        if source is None:
+            self._node_failed(rt, "NodeSourceNotFound", "no such node source in this engine")
+            return
+        rt.generation += 1
+        generation = rt.generation
+        try:
+            rt.connection = source.start_agent(
+                rt.node_id,
+                rt.root,
+                lambda msg: self._on_event(rt.pk, msg, generation),  # type: ignore[attr-defined]
+            )
+            rt.connection.send({"op": "hello", "v": 1, "node_id": rt.node_id,
+                                "pool_id": pool.id})
+        except Exception as exc:  # noqa: BLE001 - any failure makes the node unusable
+            rt.connection = None
+            self._node_failed(rt, "NodeAgentStartFailed", str(exc))
+
+    def _node_failed(self, rt: NodeRuntime, code: str, message: str) -> None:
+        rt.ready = False
+        rt.failures += 1
+        now = self.clock()
+        delay = RESTART_DELAYS_SECONDS[min(rt.failures - 1, len(RESTART_DELAYS_SECONDS) - 1)]
+        rt.restart_at = now + delay
+        with self.store.begin() as conn:
+            values: dict[str, Any] = {"errors": [{"code": code, "message": message}]}
+            if rt.failures >= REQUEUE_AFTER_FAILURES:
+                # The node cannot be reached again: its tasks run elsewhere (at least once).
+                lifecycle.requeue_tasks(conn, lifecycle.running_task_rows(conn, rt.pk), now)
+                values.update(running_tasks=0, running_slots=0)
+                conn.execute(
+                    update(pools).where(pools.c.pk == rt.pool_pk).values(
+                        resize_errors=[{"code": code, "message": f"{rt.node_id}: {message}"}])
+                )
+            self._set_state(conn, rt, NodeState.UNUSABLE, now, **values)
+
+    def _disconnect(self, rt: NodeRuntime, *, kill: bool) -> None:
+        conn, rt.connection = rt.connection, None
+        rt.ready = False
+        if conn is None:
+            return
+        try:
+            if kill:
+                conn.kill(tasks=True)
+            else:
+                conn.close()
+        except Exception:  # noqa: BLE001
+            log.debug("disconnect of %s failed", rt.node_id, exc_info=True)
+
+    def _on_closed(self, conn: Any, rt: NodeRuntime, msg: dict[str, Any], now: float) -> None:
+        if rt.connection is None:
+            return
+        # The agent is gone but its tasks run on in their own sessions: restart the agent and
+        # let it recover them (adopted, finished, or lost -> requeued) rather than requeueing
+        # now and running a task twice at once.
+        rt.connection = None
+        rt.ready = False
+        rt.failures += 1
+        delay = RESTART_DELAYS_SECONDS[min(rt.failures - 1, len(RESTART_DELAYS_SECONDS) - 1)]
+        rt.restart_at = now + delay
+        self._set_state(
+            conn, rt, NodeState.UNUSABLE, now,
+            errors=[{"code": "NodeAgentLost",
+                     "message": str(msg.get("reason", "agent connection closed"))}],
+        )
+        self._next_lease = 0.0  # type: ignore[attr-defined]  # reconnect soon
+
+    def _on_hello(self, conn: Any, rt: NodeRuntime, msg: dict[str, Any], now: float,
+                  sends: dict[int, list[dict[str, Any]]]) -> None:
+        row = conn.execute(select(nodes).where(nodes.c.pk == rt.pk)).one()
+        in_flight = lifecycle.running_task_rows(conn, rt.pk)
+        used = sum(r.required_slots for r in in_flight)
+        rt.free_slots = max(rt.total_slots - used, 0)
+        rt.ready = True
+        rt.failures = 0
+        rt.boot_id = row.boot_id
+        rt.schedulable = row.scheduling_state == "enabled"
+        rt.held.clear()
+        self._forget_node_jobs(conn, rt.pk, reimage=False, now=now)  # type: ignore[attr-defined]
+        info = {k: msg.get(k) for k in ("agent_version", "hostname", "cpu_count",
+                                         "memory_bytes", "pid")}
+        values = dict(last_boot_time=now, ip_address="127.0.0.1", agent_info=info,
+                      last_heartbeat=now, errors=None, running_tasks=len(in_flight),
+                      running_slots=used)
+        pool = self._pools.get(rt.pool_pk)
+        start = (pool.spec or {}).get("startTask") if pool is not None else None
+        st = row.start_task_info or {}
+        if start and not (st.get("bootId") == rt.boot_id and st.get("state") == "completed"):
+            rt.start_task_ok = not start.get("waitForSuccess", True)
+            self._run_start_task(conn, rt, pool, start, 0, now, sends)
+            target = (NodeState.WAITING_FOR_START_TASK if not rt.start_task_ok
+                      else self._idle_state(rt))
+        elif start and st.get("result") == "failure" and start.get("waitForSuccess", True):
+            rt.start_task_ok = False
+            target = NodeState.START_TASK_FAILED
+        else:
+            rt.start_task_ok = True
+            target = self._idle_state(rt)
+        self._set_state(conn, rt, target, now, **values)
+        if in_flight:
+            sends[rt.pk].append({"op": "recover",
+                                 "keys": [f"t{r.pk}-{r.attempt}" for r in in_flight]})
+
+    # -- start task ------------------------------------------------------------------------
+
+    def _run_start_task(self, conn: Any, rt: NodeRuntime, pool: Any, start: dict[str, Any],
+                        retry: int, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
+        info = {"state": "running", "startTime": iso(now), "retryCount": retry,
+                "bootId": rt.boot_id}
+        conn.execute(update(nodes).where(nodes.c.pk == rt.pk).values(start_task_info=info))
+        env = settings_env(start.get("environmentSettings"))
+        base_url = self.account_urls.get(pool.account, "embedded://local")
+        env.update(base_environment(pool.account, base_url, pool.id, rt.node_id))
+        sends[rt.pk].append({
+            "op": "run",
+            "key": f"s{rt.pk}-{rt.boot_id}-{retry}",
+            "argv": split_command_line(start["commandLine"]),
+            "dir": "startup",
+            "env": env,
+            "wall_clock_seconds": None,
+            "job_prep_dir": None,
+        })
+
+    def _on_start_task_exit(self, conn: Any, rt: NodeRuntime, key: str,
+                            outcome: AttemptOutcome, msg: dict[str, Any], now: float,
+                            sends: dict[int, list[dict[str, Any]]]) -> None:
+        try:
+            _pk, boot_s, retry_s = key[1:].split("-")
+            boot, retry = int(boot_s), int(retry_s)
+        except ValueError:
+            return
+        pool = self._pools.get(rt.pool_pk)
+        start = (pool.spec or {}).get("startTask") if pool is not None else None
+        if boot != rt.boot_id or not start:
+            return
+        decision = decide(outcome, retry_count=retry,
+                          max_task_retry_count=start.get("maxTaskRetryCount", 0),
+                          exit_conditions=None, task_failure_mode="noaction")
+        if decision.retry:
+            self._run_start_task(conn, rt, pool, start, retry + 1, now, sends)
+            return
+        success = decision.result == TaskExecutionResult.SUCCESS
+        info = {
+            "state": "completed",
+            "startTime": iso(msg.get("start_time") or now),
+            "endTime": iso(msg.get("end_time") or now),
+            "exitCode": decision.exit_code,
+            "retryCount": retry,
+            "result": decision.result.value if decision.result else None,
+            "failureInfo": decision.failure_info,
+            "bootId": rt.boot_id,
+        }
+        if retry:
+            info["lastRetryTime"] = iso(now)
+        values: dict[str, Any] = {"start_task_info": info}
+        wait = start.get("waitForSuccess", True)
+        if success or not wait:
+            rt.start_task_ok = True
+            target = self._idle_state(rt) if rt.state == NodeState.WAITING_FOR_START_TASK.value \
+                else NodeState(rt.state)
+        else:
+            rt.start_task_ok = False
+            target = NodeState.START_TASK_FAILED
+        self._set_state(conn, rt, target, now, **values)
+
+    # -- requested operations --------------------------------------------------------------
+
+    def _node_ops(self, conn: Any, now: float) -> None:
+        """Pick up scheduling changes and carry out node operations whose time has come."""
+        mine = list(self._nodes)
+        if not mine:
+            return
+        rows = conn.execute(
+            select(nodes.c.pk, nodes.c.pending_op, nodes.c.pending_option,
+                   nodes.c.scheduling_state, nodes.c.leaving)
+            .where(nodes.c.pk.in_(mine))
+        ).all()
+        for r in rows:
+            rt = self._nodes[r.pk]
+            rt.schedulable = r.scheduling_state == "enabled"
+            rt.pending_op = r.pending_op
+            rt.leaving = bool(r.leaving)
+            if r.pending_op is None:
+                continue
+            in_flight = lifecycle.running_task_rows(conn, r.pk)
+            if r.pending_option == "requeue" and in_flight:
+                # Requeue now; the agent is stopped with its tasks below.
+                lifecycle.requeue_tasks(conn, in_flight, now)
+                in_flight = []
+            if in_flight:
+                continue  # terminate: kills are on their way; taskcompletion: let them finish
+            if r.pending_option == "retaineddata":
+                kept = conn.execute(
+                    select(func.count()).select_from(tasks).where(
+                        tasks.c.files_node_pk == r.pk, tasks.c.retention_deadline > now)
+                ).scalar_one()
+                if kept:
+                    continue
+            self._carry_out(conn, rt, r.pending_op, now)
+
+    def _carry_out(self, conn: Any, rt: NodeRuntime, op: str, now: float) -> None:
+        self._disconnect(rt, kill=True)
+        rt.held.clear()
+        if op == "remove":
+            self._set_state(conn, rt, NodeState.LEAVING_POOL, now)
+            self._forget_node_jobs(conn, rt.pk, reimage=True, now=now)  # type: ignore[attr-defined]
+            conn.execute(update(tasks).where(tasks.c.files_node_pk == rt.pk)
+                         .values(files_node_pk=None, retention_deadline=None))
+            conn.execute(delete(nodes).where(nodes.c.pk == rt.pk))
+            self._nodes.pop(rt.pk, None)
+            shutil.rmtree(rt.root, ignore_errors=True)
+            self._next_lease = 0.0  # type: ignore[attr-defined]  # settle the pool's size
+            return
+        target = NodeState.REIMAGING if op == "reimage" else NodeState.REBOOTING
+        self._set_state(conn, rt, target, now, pending_op=None, pending_option=None,
+                        boot_id=rt.boot_id + 1, running_tasks=0, running_slots=0)
+        rt.boot_id += 1
+        rt.pending_op = None
+        if op == "reimage":
+            self._forget_node_jobs(conn, rt.pk, reimage=True, now=now)  # type: ignore[attr-defined]
+            conn.execute(update(tasks).where(tasks.c.files_node_pk == rt.pk)
+                         .values(files_node_pk=None, retention_deadline=None))
+            shutil.rmtree(rt.root, ignore_errors=True)
+        rt.restart_at = now  # the agent comes back at the next reconcile, start task and all
+        self._next_lease = 0.0  # type: ignore[attr-defined]
