@@ -254,6 +254,10 @@ class BatchClient:
         """One task."""
         return self.service.get_task(job_id, task_id)
 
+    def list_task_attempts(self, job_id: str, task_id: str) -> list[dict[str, Any]]:
+        """Which node each attempt of a task ran on (requeues and retries included)."""
+        return self.service.list_task_attempts(job_id, task_id)
+
     def list_tasks(self, job_id: str, *, state: str | None = None) -> list[BatchTask]:
         """Tasks of a job, optionally in one state."""
         return self.service.list_tasks(job_id, state=state)

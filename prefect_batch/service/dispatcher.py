@@ -26,6 +26,8 @@ SPREAD_GRACE_SECONDS = 2.0
 """How long a spread pool waits for nodes that are still starting before it fills the others."""
 
 PREPARING = lifecycle.PREPARING
+MAX_ATTEMPTS_KEPT = 100
+"""Per task, how many attempts' nodes are remembered (the most recent)."""
 
 _QUEUE_HEAD = (
     select(queue.c.task_pk, queue.c.job_pk, queue.c.slots)
@@ -61,12 +63,16 @@ _RUN_ROWS = (
         tasks.c.kind,
         tasks.c.wall_clock_seconds,
         tasks.c.node_pk,
+        tasks.c.node_history,
         jobs.c.pk.label("job_pk"),
         jobs.c.id.label("job_id"),
         jobs.c.spec.label("job_spec"),
     )
     .join(jobs, jobs.c.pk == tasks.c.job_pk)
     .where(tasks.c.pk.in_(bindparam("pks", expanding=True)))
+)
+_RECORD_ATTEMPT = (
+    update(tasks).where(tasks.c.pk == bindparam("b_pk")).values(node_history=bindparam("b_hist"))
 )
 _NODE_RUNNING = (
     update(nodes)
@@ -181,6 +187,22 @@ class DispatchMixin:
         )
         rows = conn.execute(_RUN_ROWS, {"pks": pks}).all()
         base_url = self.account_urls.get(pool.account, "embedded://local")
+        # Which node ran which attempt, so a client can spot a bad node.
+        conn.execute(
+            _RECORD_ATTEMPT,
+            [
+                {
+                    "b_pk": r.pk,
+                    "b_hist": (list(r.node_history or []) + [{
+                        "attempt": r.attempt,
+                        "poolId": pool.id,
+                        "nodeId": self._nodes[r.node_pk].node_id,
+                        "dispatchTime": now,
+                    }])[-MAX_ATTEMPTS_KEPT:],
+                }
+                for r in rows
+            ],
+        )
         for r in rows:
             rt = self._nodes[r.node_pk]
             message = self._run_message(r, pool, rt, base_url)

@@ -35,6 +35,7 @@ from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import (
     DEFAULT_RETENTION_SECONDS,
     chunked,
+    iso,
     seconds,
 )
 from prefect_batch.service.views import task_view
@@ -445,6 +446,19 @@ class TaskOperations(ServiceBase):
                     )
                 )
             return out
+
+    def list_task_attempts(self, job_id: str, task_id: str) -> list[dict[str, Any]]:
+        """The node each attempt of a task was sent to, oldest first (an extension of Azure).
+
+        Each item: ``attempt`` (1, 2, ...), ``poolId``, ``nodeId``, ``dispatchTime`` (ISO).
+        """
+        with self.store.read() as conn:
+            job = self._job_row(conn, job_id)
+            row = self._task_row(conn, job, task_id)
+        return [
+            {**item, "dispatchTime": iso(item.get("dispatchTime"))}
+            for item in (row.node_history or [])
+        ]
 
     # -- changing --------------------------------------------------------------------------
 
