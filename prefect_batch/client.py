@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect_batch.exceptions import PrefectBatchError
 from prefect_batch.models import (
@@ -23,6 +23,7 @@ from prefect_batch.models import (
     BatchNode,
     BatchNodeFile,
     BatchPool,
+    BatchPoolNodeCounts,
     BatchSupportedImage,
     BatchTask,
     BatchTaskCountsResult,
@@ -32,9 +33,38 @@ from prefect_batch.service.engine import Engine
 from prefect_batch.settings import BatchSettings, get_settings
 from prefect_batch.store import Store
 
-__all__ = ["BatchClient"]
+if TYPE_CHECKING:
+    from prefect_batch.remote import RemoteBatchService
+
+__all__ = ["BatchClient", "build_engine"]
 
 ProgressCallback = Callable[[BatchTaskCountsResult], None]
+
+
+def build_engine(store: Store, settings: BatchSettings, account_urls: dict[str, str]) -> Engine:
+    """The engine of an embedded client or of a server (not started): node sources, node root,
+    and what a job manager task needs to reach the store.
+
+    (Shared by ``BatchClient.start_engine`` and ``prefect-batch server start``, issue 5.)
+    """
+    from prefect_batch.providers.local import LocalNodeSource
+    from prefect_batch.service.pools import LOCAL_NODE_AGENT_SKU
+
+    return Engine(
+        store,
+        {LOCAL_NODE_AGENT_SKU: LocalNodeSource()},
+        settings.effective_node_root,
+        account_urls=account_urls,
+        tick_seconds=settings.engine_tick_seconds,
+        lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_interval_seconds,
+        job_manager_env={
+            # A job manager reaches this store with the client, without an engine.
+            "PREFECT_BATCH_DATABASE_URL": store.url,
+            "PREFECT_BATCH_HOME": str(settings.home),
+            "PREFECT_BATCH_ENGINE": "false",
+        },
+    )
 
 
 class BatchClient:
@@ -42,6 +72,11 @@ class BatchClient:
 
     Args:
         account_name: The account to act as (embedded default: ``local``).
+        url: A prefect-batch server (default ``PREFECT_BATCH_SERVICE_URL``): with one, every
+            call is a request to that server, signed with ``account_key``, and the server runs
+            the engine; without one, the embedded service.
+        account_key: The account's key (base64) for a server (default
+            ``PREFECT_BATCH_ACCOUNT_KEY``).
         home: State directory of the embedded service (default ``PREFECT_BATCH_HOME``).
         database_url: Store URL (default SQLite under ``home``).
         engine: Run an engine in this process (embedded mode) so pools get nodes and tasks run;
@@ -55,6 +90,8 @@ class BatchClient:
         self,
         account_name: str | None = None,
         *,
+        url: str | None = None,
+        account_key: str | None = None,
         home: str | Path | None = None,
         database_url: str | None = None,
         engine: bool | None = None,
@@ -65,14 +102,29 @@ class BatchClient:
             settings = settings.model_copy(update={"home": Path(home)})
         if database_url is not None:
             settings = settings.model_copy(update={"database_url": database_url})
-        if settings.service_url:
-            raise PrefectBatchError(
-                "PREFECT_BATCH_SERVICE_URL is set, but this version has no HTTP client yet"
-            )
         self.settings = settings
         self.account_name = account_name or settings.account_name
-        self.store = Store(settings.effective_database_url)
         self._engine: Engine | None = None
+        url = url or settings.service_url
+        if url:
+            # Remote mode (issue 5): the same methods over HTTP to a server, which runs the
+            # engine; no store and no engine in this process.
+            from prefect_batch.remote import RemoteBatchService
+
+            key = account_key or (
+                settings.account_key.get_secret_value() if settings.account_key else None
+            )
+            if not key:
+                raise PrefectBatchError(
+                    f"a server URL ({url}) needs the account's key: account_key= or "
+                    "PREFECT_BATCH_ACCOUNT_KEY"
+                )
+            self.store: Store | None = None
+            self.service: BatchService | RemoteBatchService = RemoteBatchService(
+                url, self.account_name, key
+            )
+            return
+        self.store = Store(settings.effective_database_url)
         self.service = BatchService(self.store, self.account_name, wake=self._wake)
         if settings.engine if engine is None else engine:
             self.start_engine()
@@ -80,25 +132,10 @@ class BatchClient:
     # -- engine ----------------------------------------------------------------------------
 
     def start_engine(self) -> None:
-        """Run pools' nodes and tasks from this process (embedded mode)."""
-        if self._engine is None:
-            from prefect_batch.providers.local import LocalNodeSource
-            from prefect_batch.service.pools import LOCAL_NODE_AGENT_SKU
-
-            self._engine = Engine(
-                self.store,
-                {LOCAL_NODE_AGENT_SKU: LocalNodeSource()},
-                self.settings.effective_node_root,
-                account_urls={self.account_name: self.service.base_url},
-                tick_seconds=self.settings.engine_tick_seconds,
-                lease_seconds=self.settings.lease_seconds,
-                heartbeat_seconds=self.settings.heartbeat_interval_seconds,
-                job_manager_env={
-                    # A job manager reaches this store with the client, without an engine.
-                    "PREFECT_BATCH_DATABASE_URL": self.store.url,
-                    "PREFECT_BATCH_HOME": str(self.settings.home),
-                    "PREFECT_BATCH_ENGINE": "false",
-                },
+        """Run pools' nodes and tasks from this process (embedded mode; a server runs its own)."""
+        if self._engine is None and self.store is not None:
+            self._engine = build_engine(
+                self.store, self.settings, {self.account_name: self.service.base_url}
             ).start()
 
     def _wake(self) -> None:
@@ -110,7 +147,10 @@ class BatchClient:
         if self._engine is not None:
             self._engine.stop(kill_tasks=kill_tasks)
             self._engine = None
-        self.store.dispose()
+        if self.store is not None:
+            self.store.dispose()
+        else:
+            self.service.close()  # type: ignore[union-attr]
 
     def __enter__(self) -> BatchClient:
         return self
@@ -155,6 +195,10 @@ class BatchClient:
     def list_supported_images(self) -> list[BatchSupportedImage]:
         """The node sources a pool can use."""
         return self.service.list_supported_images()
+
+    def list_pool_node_counts(self) -> list[BatchPoolNodeCounts]:
+        """Nodes per state of every pool (Azure's ``nodecounts``; added with issue 5)."""
+        return self.service.list_pool_node_counts()
 
     def list_nodes(self, pool_id: str) -> list[BatchNode]:
         """The nodes of a pool."""

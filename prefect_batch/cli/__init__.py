@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from prefect_batch.cli import engine, files, jobs, nodes, pools, tasks
+from prefect_batch.cli import accounts, engine, files, jobs, nodes, pools, server, tasks
 from prefect_batch.cli._common import (
     CliState,
     JsonOption,
@@ -67,6 +67,8 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(nodes.app, name="node")
 app.add_typer(files.app, name="file")
 app.add_typer(engine.app, name="engine")
+app.add_typer(server.app, name="server")  # issue 5: the batch server
+app.add_typer(accounts.app, name="account")  # issue 5: its accounts and keys
 
 
 @app.command("quickstart")

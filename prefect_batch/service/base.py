@@ -39,6 +39,10 @@ class ServiceBase:
         self.base_url = base_url.rstrip("/")
         self.clock = clock
         self._wake = wake or (lambda: None)
+        # Checks run on the row a request addresses ("pool", "job", "task"), inside the
+        # operation's transaction: the REST layer's If-Match / If-None-Match / If-(Un)Modified-
+        # Since (api/context.py). A check raises to refuse the operation; empty in embedded use.
+        self.preconditions: dict[str, Callable[[Any], None]] = {}
 
     def wake(self) -> None:
         """Tell an engine in this process that there is new work."""
@@ -66,6 +70,8 @@ class ServiceBase:
             raise BatchNotFoundError(
                 "PoolNotFound", f"The specified pool does not exist: {pool_id}", {"PoolId": pool_id}
             )
+        if "pool" in self.preconditions:  # conditional request (see __init__)
+            self.preconditions["pool"](row)
         return row
 
     def _job_row(self, conn: Connection, job_id: str) -> Any:
@@ -76,4 +82,6 @@ class ServiceBase:
             raise BatchNotFoundError(
                 "JobNotFound", f"The specified job does not exist: {job_id}", {"JobId": job_id}
             )
+        if "job" in self.preconditions:  # conditional request (see __init__)
+            self.preconditions["job"](row)
         return row

@@ -21,8 +21,10 @@ from prefect_batch.exceptions import (
 )
 from prefect_batch.models import (
     BatchNode,
+    BatchNodeCounts,
     BatchPool,
     BatchPoolCreateOptions,
+    BatchPoolNodeCounts,
     BatchPoolResizeOptions,
     BatchPoolUpdateOptions,
     BatchSupportedImage,
@@ -68,6 +70,45 @@ class PoolOperations(ServiceBase):
     def list_supported_images(self) -> list[BatchSupportedImage]:
         """The node sources pools can use (Azure's "supported images")."""
         return [BatchSupportedImage.model_validate(i) for i in SUPPORTED_IMAGES]
+
+    def list_pool_node_counts(self) -> list[BatchPoolNodeCounts]:
+        """Nodes per state of every pool of the account (Azure's ``nodecounts``)."""
+        from collections import defaultdict
+
+        with self.store.read() as conn:
+            pool_ids = (
+                conn.execute(
+                    select(pools.c.id).where(pools.c.account == self.account).order_by(pools.c.pk)
+                )
+                .scalars()
+                .all()
+            )
+            counts: dict[str, dict[str, int]] = defaultdict(dict)
+            for pool_id, state, n in conn.execute(
+                select(pools.c.id, nodes.c.state, func.count())
+                .join(pools, pools.c.pk == nodes.c.pool_pk)
+                .where(pools.c.account == self.account)
+                .group_by(pools.c.id, nodes.c.state)
+            ).all():
+                counts[pool_id][state] = n
+        # Node states are lower-case on the wire ("waitingforstarttask"); the counts' names are
+        # camelCase ("waitingForStartTask").
+        names = {
+            (f.alias or n).lower(): f.alias or n for n, f in BatchNodeCounts.model_fields.items()
+        }
+        return [
+            BatchPoolNodeCounts.model_validate(
+                {
+                    "poolId": pid,
+                    "dedicated": {
+                        **{names.get(st, st): n for st, n in counts[pid].items()},
+                        "total": sum(counts[pid].values()),
+                    },
+                    "lowPriority": {"total": 0},
+                }
+            )
+            for pid in pool_ids
+        ]
 
     def create_pool(self, pool: BatchPoolCreateOptions | dict[str, Any]) -> None:
         """Create a pool; the engine then brings its nodes up."""

@@ -1,0 +1,273 @@
+"""What a route gets per request, and how it answers.
+
+* :func:`service` — the authenticated account's ``BatchService`` (URLs in answers use the
+  address the client called), waking the server's engine on writes;
+* :func:`json_body` — the request's JSON (at most 4 MiB), validated later by the service, so a
+  server rejects exactly what the embedded service rejects, with the same Azure error;
+* :func:`conditions` — ``If-Match``, ``If-None-Match``, ``If-Modified-Since``,
+  ``If-Unmodified-Since`` turned into a check the service runs on the resource's row inside its
+  own transaction (so the check and the change see the same version);
+* ``*_response`` — Azure's answers: JSON with ``ETag``/``Last-Modified`` for a resource, lists
+  with ``odata.nextLink``, and the empty 201/202/204/200 answers of writes.
+
+No Batch rules here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+from fastapi import Depends, Query, Request
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from prefect_batch.api.auth import authenticated
+from prefect_batch.api.errors import (
+    ODATA_JSON,
+    condition_not_met,
+    invalid_header,
+    invalid_query,
+    invalid_request_body,
+)
+from prefect_batch.api.odata import encode_token, select
+from prefect_batch.exceptions import BatchInvalidRequestError
+from prefect_batch.service import BatchService
+from prefect_batch.service.common import etag
+
+__all__ = [
+    "API_VERSIONS",
+    "MAX_BODY_BYTES",
+    "accepted",
+    "conditions",
+    "created",
+    "json_body",
+    "json_response",
+    "list_response",
+    "no_content",
+    "ok",
+    "resource_response",
+    "service",
+]
+
+API_VERSIONS = ("2025-06-01",)
+"""The api-version values answered (what azure-batch 15.x sends)."""
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Largest request body accepted (Azure's addtaskcollection limit is about 1 MB of JSON)."""
+
+
+def base_url(request: Request) -> str:
+    """The address the client called (scheme, host, port), for URLs in answers."""
+    return str(request.base_url).rstrip("/")
+
+
+async def api_version(
+    value: str | None = Query(
+        None,
+        alias="api-version",
+        description=f"The REST API version; this service speaks {', '.join(API_VERSIONS)}.",
+    ),
+) -> str:
+    """The required ``api-version`` query parameter (Azure's error when missing or unknown)."""
+    if not value:
+        raise BatchInvalidRequestError(
+            "MissingRequiredQueryParameter",
+            "A query parameter that's mandatory for this request is not specified: api-version",
+            {"QueryParameterName": "api-version"},
+        )
+    if value not in API_VERSIONS:
+        raise invalid_query("api-version", value, f"supported: {', '.join(API_VERSIONS)}")
+    return value
+
+
+async def service(
+    request: Request,
+    account: str = Depends(authenticated),
+    _version: str = Depends(api_version),
+) -> BatchService:
+    """The request's ``BatchService``, bound to its authenticated account.
+
+    (This and the other dependencies that do no I/O are ``async``: they run on the event loop
+    instead of costing a thread hop each; the routes, which do I/O, run in the thread pool.)
+    """
+    state = request.app.state
+    engine = state.engine
+    return BatchService(
+        state.store,
+        account,
+        base_url=base_url(request),
+        wake=engine.wake if engine is not None else None,
+    )
+
+
+ServiceDep = Depends(service)
+
+
+async def json_body(request: Request) -> Any:
+    """The parsed JSON body (``None`` when there is none)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise invalid_request_body(f"more than {MAX_BODY_BYTES} bytes", status_code=413)
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise invalid_request_body(f"more than {MAX_BODY_BYTES} bytes", status_code=413)
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid_request_body(f"not JSON: {exc}") from exc
+
+
+def object_body(body: Any, *, required: bool = True) -> dict[str, Any]:
+    """The body as a JSON object (``{}`` when optional and absent)."""
+    if body is None and not required:
+        return {}
+    if not isinstance(body, dict):
+        raise invalid_request_body("the body must be a JSON object")
+    return body
+
+
+# -- conditional requests ---------------------------------------------------------------------
+
+
+def _http_time(request: Request, name: str) -> float | None:
+    value = request.headers.get(name)
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError) as exc:
+        raise invalid_header(name, value, "not an RFC 1123 date") from exc
+
+
+def _tags(value: str) -> set[str]:
+    return {t.strip() for t in value.split(",") if t.strip()}
+
+
+def conditions(request: Request, *, read: bool) -> Callable[[Any], None] | None:
+    """The check of the request's conditional headers on a resource row (``None``: none).
+
+    The row has ``pk``, ``version`` and ``last_modified`` (UNIX seconds); its ETag is the one
+    the service shows. A failed ``If-Match``/``If-Unmodified-Since`` is 412; a matched
+    ``If-None-Match`` or an unmodified ``If-Modified-Since`` is 304 on a read, 412 on a write.
+    """
+    if_match = request.headers.get("if-match")
+    if_none_match = request.headers.get("if-none-match")
+    since = _http_time(request, "if-modified-since")
+    unmodified_since = _http_time(request, "if-unmodified-since")
+    if not (if_match or if_none_match or since is not None or unmodified_since is not None):
+        return None
+
+    def check(row: Any) -> None:
+        tag = etag(row.pk, row.version)
+        # HTTP dates have whole seconds: compare the resource's time at that precision.
+        modified = int(row.last_modified)
+        if if_match and "*" not in _tags(if_match) and tag not in _tags(if_match):
+            raise condition_not_met(read=False)
+        if unmodified_since is not None and modified > unmodified_since:
+            raise condition_not_met(read=False)
+        if if_none_match and ("*" in _tags(if_none_match) or tag in _tags(if_none_match)):
+            raise condition_not_met(read=read)
+        if since is not None and modified <= since:
+            raise condition_not_met(read=read)
+
+    return check
+
+
+def guard(svc: BatchService, request: Request, kind: str, *, read: bool = False) -> BatchService:
+    """Make ``svc`` check the request's conditional headers on the ``kind`` row it touches."""
+    check = conditions(request, read=read)
+    if check is not None:
+        svc.preconditions[kind] = check
+    return svc
+
+
+# -- answers ------------------------------------------------------------------------------------
+
+
+def json_response(
+    data: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """JSON in Azure's content type."""
+    return Response(
+        content=json.dumps(data, separators=(",", ":")).encode(),
+        status_code=status_code,
+        media_type=ODATA_JSON,
+        headers=headers,
+    )
+
+
+def _wire(item: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    return item if isinstance(item, dict) else item.to_wire()  # type: ignore[attr-defined]
+
+
+def resource_response(
+    model: BaseModel, names: frozenset[str] | None, request: Request, kind: str
+) -> Response:
+    """A single resource, with ``ETag``/``Last-Modified`` headers when it has them."""
+    wire = _wire(model)
+    headers: dict[str, str] = {}
+    tag = getattr(model, "etag", None)
+    if tag:
+        headers["ETag"] = tag
+    modified = getattr(model, "last_modified", None)
+    if modified is not None:
+        headers["Last-Modified"] = format_datetime(modified, usegmt=True)
+    wire = select(wire, names)
+    body = {"odata.metadata": f"{base_url(request)}/$metadata#{kind}/@Element", **wire}
+    return json_response(body, headers=headers)
+
+
+def list_response(
+    items: list[Any],
+    names: frozenset[str] | None,
+    request: Request,
+    kind: str,
+    next_marker: Any = None,
+) -> Response:
+    """A page of a list, with ``odata.nextLink`` when more follow."""
+    body: dict[str, Any] = {
+        "odata.metadata": f"{base_url(request)}/$metadata#{kind}",
+        "value": [select(_wire(i), names) for i in items],
+    }
+    if next_marker is not None:
+        params = [
+            (k, v)
+            for k, v in parse_qsl(request.url.query, keep_blank_values=True)
+            if k != "$skiptoken"
+        ]
+        params.append(("$skiptoken", encode_token(next_marker)))
+        query = urlencode(params, quote_via=quote, safe="$,'()")
+        body["odata.nextLink"] = f"{base_url(request)}{request.url.path}?{query}"
+    return json_response(body)
+
+
+def _data_headers(url: str | None) -> dict[str, str]:
+    return {"DataServiceId": url, "Location": url} if url else {}
+
+
+def created(url: str | None = None) -> Response:
+    """201 Created (``Location``/``DataServiceId`` of the new resource)."""
+    return Response(status_code=201, headers=_data_headers(url))
+
+
+def accepted(url: str | None = None) -> Response:
+    """202 Accepted: the change is recorded; the engine carries it out."""
+    return Response(status_code=202, headers=_data_headers(url))
+
+
+def ok(url: str | None = None) -> Response:
+    """200 with no body (Azure's answer to a PATCH/PUT, or a file or task deletion)."""
+    return Response(status_code=200, headers=_data_headers(url))
+
+
+def no_content() -> Response:
+    """204 No Content."""
+    return Response(status_code=204)

@@ -1,0 +1,127 @@
+"""``prefect-batch server start``: serve the Azure Batch REST API, with the engine, in one process.
+
+The server holds no state of its own: everything is in the store (``--home`` /
+``PREFECT_BATCH_HOME`` for SQLite, or ``PREFECT_BATCH_DATABASE_URL`` for PostgreSQL), and its
+engine runs every account's pools. Stop it (Ctrl-C, SIGTERM) and start it again: accepted
+requests and results are kept, and tasks left running are recovered or rerun (README).
+
+One line for a script::
+
+    PREFECT_BATCH_ACCOUNT_NAME=acct PREFECT_BATCH_ACCOUNT_KEY=<base64> \\
+        prefect-batch server start --host 127.0.0.1 --port 8765
+
+makes sure account ``acct`` exists with that primary key before serving. The server binds to
+loopback by default; it speaks plain HTTP, so put a TLS-terminating proxy in front of it before
+binding it to any other address (README, "The batch server").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Annotated
+
+import typer
+
+from prefect_batch.cli._common import fail
+from prefect_batch.exceptions import PrefectBatchError
+from prefect_batch.settings import BatchSettings, get_settings
+
+__all__ = ["app"]
+
+app = typer.Typer(help="The batch server (Azure Batch REST API).", no_args_is_help=True)
+
+DEFAULT_PORT = 8765
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    settings: BatchSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    public_url: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the server until it is stopped (what ``server start`` does, callable from Python)."""
+    import uvicorn
+
+    from prefect_batch.api import create_app
+    from prefect_batch.client import build_engine
+    from prefect_batch.service.accounts import AccountOperations
+    from prefect_batch.store import Store
+
+    url = (public_url or f"http://{host}:{port}").rstrip("/")
+    store = Store(settings.effective_database_url)
+    ops = AccountOperations(store)
+    if settings.account_key is not None:
+        ops.ensure(settings.account_name, settings.account_key.get_secret_value())
+        typer.echo(
+            f"Account {settings.account_name}: primary key from PREFECT_BATCH_ACCOUNT_KEY.",
+            err=True,
+        )
+    names = [a.name for a in ops.list()]
+    if not names:
+        typer.echo(
+            "No accounts yet: create one with `prefect-batch account create NAME` "
+            "(the server sees it at once).",
+            err=True,
+        )
+    if not _is_loopback(host):
+        typer.echo(
+            f"Warning: serving plain HTTP on {host}; put a TLS-terminating proxy in front.",
+            err=True,
+        )
+    engine = build_engine(store, settings, {name: url for name in names})
+    app_ = create_app(store, engine, account_url=url)
+    where = store.engine.url.render_as_string(hide_password=True)
+    typer.echo(
+        f"Serving the Azure Batch REST API (2025-06-01) at {url} for {len(names)} account(s); "
+        f"state in {where}",
+        err=True,
+    )
+    logging.getLogger("prefect_batch").setLevel(log_level.upper())
+    try:
+        uvicorn.run(app_, host=host, port=port, log_level=log_level, proxy_headers=True)
+    finally:
+        store.dispose()
+
+
+@app.command("start")
+def start(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to bind.")] = (
+        DEFAULT_PORT
+    ),
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            help="The URL clients and tasks use (AZ_BATCH_ACCOUNT_URL), e.g. behind a proxy; "
+            "default http://HOST:PORT.",
+        ),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="critical|error|warning|info|debug.")
+    ] = "info",
+) -> None:
+    """Serve the Azure Batch REST API and run every account's pools until stopped."""
+    settings = get_settings()
+    root = ctx.find_root().obj
+    if root is not None and root.home is not None:
+        settings = settings.model_copy(update={"home": root.home})
+    try:
+        serve(settings, host=host, port=port, public_url=public_url, log_level=log_level)
+    except PrefectBatchError as exc:
+        fail(exc)

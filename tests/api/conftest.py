@@ -1,0 +1,160 @@
+"""Fixtures: a real batch server (uvicorn on 127.0.0.1, a free port) over SQLite or PostgreSQL.
+
+``store_url`` is parametrized: every module that uses ``server`` runs on SQLite and — when
+``PREFECT_BATCH_TEST_POSTGRES_URL`` names a PostgreSQL database whose user may create databases
+(``.ci/run`` sets one up) — again on a fresh PostgreSQL database of its own.
+
+``server`` is one server per module: the app and an engine (local nodes) in this process, uvicorn
+in a thread. ``sdk`` is the official ``azure.batch.BatchClient`` signed with the account's key.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from azure.batch import BatchClient as SdkClient
+from azure.core.credentials import AzureNamedKeyCredential
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from prefect_batch.api import create_app
+from prefect_batch.client import build_engine
+from prefect_batch.service.accounts import Account, AccountOperations
+from prefect_batch.service.engine import Engine
+from prefect_batch.store import Store
+from prefect_batch.testing import fast_settings
+
+POSTGRES_ENV = "PREFECT_BATCH_TEST_POSTGRES_URL"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A fresh database on the server of ``admin_url``, dropped afterwards."""
+    name = f"pb_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def database(kind: str, directory: Path) -> Iterator[str]:
+    """A database URL: SQLite in ``directory``, or a fresh PostgreSQL database (else skip)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'batch.db'}"
+        return
+    admin_url = os.environ.get(POSTGRES_ENV)
+    if not admin_url:
+        pytest.skip(f"{POSTGRES_ENV} is not set (see .ci/run)")
+    with postgres_database(admin_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A database for one module: SQLite in a temp dir, or a fresh PostgreSQL database."""
+    with database(request.param, tmp_path_factory.mktemp("db")) as url:
+        yield url
+
+
+@dataclass
+class Server:
+    """A running batch server and what tests need to talk to it."""
+
+    url: str
+    store: Store
+    engine: Engine
+    home: Path
+    account: Account
+
+    def add_account(self, name: str) -> Account:
+        """Create another account in the server's store."""
+        return AccountOperations(self.store).create(name)
+
+    def sdk(self, account: Account | None = None, key: str | None = None) -> SdkClient:
+        """The official SDK client for an account (default: the main one)."""
+        account = account or self.account
+        credential = AzureNamedKeyCredential(account.name, key or account.primary)
+        return SdkClient(self.url, credential, connection_timeout=10, read_timeout=60)
+
+
+@contextmanager
+def running_server(store_url: str, home: Path, **app_options: Any) -> Iterator[Server]:
+    """Start the app and an engine on a free loopback port; stop both (tasks killed) after."""
+    store = Store(store_url)
+    settings = fast_settings(home)
+    account = AccountOperations(store).create("acct")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    engine = build_engine(store, settings, {account.name: url})
+    app = create_app(store, engine, account_url=url, manage_engine=False, **app_options)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="test-batch-server", daemon=True)
+    engine.start()
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield Server(url=url, store=store, engine=engine, home=home, account=account)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        engine.stop(kill_tasks=True)
+        store.dispose()
+
+
+@pytest.fixture(scope="module")
+def server(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One running server per module (and per store)."""
+    with running_server(store_url, tmp_path_factory.mktemp("home")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def sdk(server: Server) -> Iterator[SdkClient]:
+    """The official azure-batch client of the server's main account."""
+    client = server.sdk()
+    yield client
+    client.close()
+
+
+def wait_for(predicate: Any, *, timeout: float = 60.0, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not reached within {timeout} s (last: {value!r})")
+        time.sleep(interval)
