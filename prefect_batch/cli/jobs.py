@@ -1,5 +1,5 @@
 """``prefect-batch job ...``: create, list, show, update, disable, enable, terminate, delete,
-counts, wait.
+counts, prep-status, wait.
 
 Only ``job wait`` runs an engine (so the job's tasks progress while it waits); the others
 change or read the database and return at once.
@@ -272,6 +272,49 @@ def job_counts(ctx: typer.Context, job_id: JobId, json_out: JsonOption = False) 
         print_json(counts.to_wire())
     else:
         stdout_console().print(counts_table(job_id, counts))
+
+
+PREP_COLUMNS = [
+    "Node",
+    "Pool",
+    "Prep state",
+    "Prep result",
+    "Prep exit",
+    "Prep retries",
+    "Release state",
+    "Release result",
+    "Release exit",
+]
+
+
+@app.command("prep-status")
+def prep_status(ctx: typer.Context, job_id: JobId, json_out: JsonOption = False) -> None:
+    """Job preparation and release task status on each node that ran them."""
+    with batch_client(ctx) as client:
+        found = client.list_job_preparation_and_release_task_status(job_id)
+    if json_out:
+        print_json([s.to_wire() for s in found])
+        return
+    rows = []
+    for s in found:
+        prep = s.job_preparation_task_execution_info
+        release = s.job_release_task_execution_info
+        rows.append(
+            [
+                s.node_id,
+                s.pool_id,
+                prep.state if prep else None,
+                prep.result if prep else None,
+                prep.exit_code if prep else None,
+                prep.retry_count if prep else None,
+                release.state if release else None,
+                release.result if release else None,
+                release.exit_code if release else None,
+            ]
+        )
+    stdout_console().print(
+        list_table(f"Preparation and release tasks of job {job_id}", PREP_COLUMNS, rows)
+    )
 
 
 @app.command("wait")

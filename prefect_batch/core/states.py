@@ -308,11 +308,16 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
 
 _ANY_NODE = frozenset(NodeState)
 NODE_TRANSITIONS: Mapping[NodeState, frozenset[NodeState]] = {
-    NodeState.CREATING: frozenset({NodeState.STARTING, NodeState.UNUSABLE, NodeState.LEAVING_POOL}),
+    # X -> UNKNOWN: the engine that ran the node stopped.
+    NodeState.CREATING: frozenset(
+        {NodeState.STARTING, NodeState.UNUSABLE, NodeState.LEAVING_POOL, NodeState.UNKNOWN}
+    ),
     # STARTING -> WAITING_FOR_START_TASK / IDLE: agent up; start task runs or there is none.
+    # STARTING -> START_TASK_FAILED: an agent reconnects to a node whose start task had failed.
     NodeState.STARTING: frozenset(
         {
             NodeState.WAITING_FOR_START_TASK,
+            NodeState.START_TASK_FAILED,
             NodeState.IDLE,
             NodeState.RUNNING,
             NodeState.OFFLINE,
@@ -378,10 +383,10 @@ NODE_TRANSITIONS: Mapping[NodeState, frozenset[NodeState]] = {
         {NodeState.STARTING, NodeState.UNUSABLE, NodeState.LEAVING_POOL, NodeState.REBOOTING}
     ),
     NodeState.REBOOTING: frozenset(
-        {NodeState.STARTING, NodeState.UNUSABLE, NodeState.LEAVING_POOL}
+        {NodeState.STARTING, NodeState.UNUSABLE, NodeState.LEAVING_POOL, NodeState.UNKNOWN}
     ),
     NodeState.REIMAGING: frozenset(
-        {NodeState.STARTING, NodeState.UNUSABLE, NodeState.LEAVING_POOL}
+        {NodeState.STARTING, NodeState.UNUSABLE, NodeState.LEAVING_POOL, NodeState.UNKNOWN}
     ),
     NodeState.LEAVING_POOL: frozenset(),
     NodeState.PREEMPTED: frozenset({NodeState.STARTING, NodeState.LEAVING_POOL}),

@@ -35,6 +35,15 @@ _QUEUE_HEAD = (
     .order_by(queue.c.neg_priority, queue.c.job_pk, queue.c.task_pk)
     .limit(bindparam("b_limit"))
 )
+_QUEUE_HEAD_EXCLUDING = (
+    select(queue.c.task_pk, queue.c.job_pk, queue.c.slots)
+    .where(
+        queue.c.pool_key == bindparam("b_pool"),
+        queue.c.job_pk.not_in(bindparam("b_excluded", expanding=True)),
+    )
+    .order_by(queue.c.neg_priority, queue.c.job_pk, queue.c.task_pk)
+    .limit(bindparam("b_limit"))
+)
 _JOBS_OF_HEAD = select(
     jobs.c.pk, jobs.c.max_parallel_tasks, jobs.c.n_running, jobs.c.spec
 ).where(jobs.c.pk.in_(bindparam("pks", expanding=True)))
@@ -142,7 +151,20 @@ class DispatchMixin:
     ) -> None:
         free = sum(rt.free_slots for rt in rts)
         key = lifecycle.pool_key(pool.account, pool.id)
-        head = conn.execute(_QUEUE_HEAD, {"b_pool": key, "b_limit": max(free * 2, 8)}).all()
+        limit = max(free * 2, 8)
+        # Jobs whose preparation failed on every node that has room now are skipped, or their
+        # queued tasks would hold the head of the queue while other jobs' tasks wait.
+        free_nodes = {rt.pk for rt in rts}
+        excluded = [
+            job_pk for job_pk, failed in self._prep_failures.items()  # type: ignore[attr-defined]
+            if free_nodes <= failed
+        ]
+        if excluded:
+            head = conn.execute(
+                _QUEUE_HEAD_EXCLUDING, {"b_pool": key, "b_limit": limit, "b_excluded": excluded}
+            ).all()
+        else:
+            head = conn.execute(_QUEUE_HEAD, {"b_pool": key, "b_limit": limit}).all()
         if not head:
             return
         job_rows = {
@@ -162,10 +184,11 @@ class DispatchMixin:
             job_max_parallel={j: r.max_parallel_tasks for j, r in limits.items()},
         )
         job_of = {r.task_pk: r.job_pk for r in head}
-        placed = self._filter_prep_failed(conn, placed, job_of, job_rows)  # type: ignore[attr-defined]
+        slots_of = {r.task_pk: r.slots for r in head}
+        placed = self._filter_prep_failed(  # type: ignore[attr-defined]
+            conn, placed, job_of, job_rows, slots_of=slots_of, rts=rts, fill=pool.fill_type)
         if not placed:
             return
-        slots_of = {r.task_pk: r.slots for r in head}
         pks = [pk for pk, _ in placed]
         conn.execute(_DEQUEUE, {"pks": pks})
         conn.execute(

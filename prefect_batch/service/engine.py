@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, or_, select, update
 
 from prefect_batch.core.completion import AttemptOutcome
-from prefect_batch.core.states import NodeState
+from prefect_batch.core.states import NODE_TRANSITIONS, NodeState
 from prefect_batch.service import lifecycle
 from prefect_batch.service.common import Clock
 from prefect_batch.service.common import now as wall_now
@@ -117,6 +117,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._nodes: dict[int, NodeRuntime] = {}
+        self._prep_failures: dict[int, set[int]] = {}
         self._pools: dict[int, Any] = {}
         self._next_lease = 0.0
         self._next_slow = 0.0
@@ -162,10 +163,15 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
             self._disconnect(rt, kill=kill_tasks)
         try:
             with self.store.begin() as conn:
-                if self._nodes:
+                # Only nodes that may go to "unknown" (never one that is leaving the pool).
+                to_unknown = [
+                    pk for pk, rt in self._nodes.items()
+                    if NodeState.UNKNOWN in NODE_TRANSITIONS[NodeState(rt.state)]
+                ]
+                if to_unknown:
                     conn.execute(
                         update(nodes)
-                        .where(nodes.c.pk.in_(list(self._nodes)))
+                        .where(nodes.c.pk.in_(to_unknown))
                         .values(state=NodeState.UNKNOWN.value, state_transition_time=self.clock())
                     )
                 conn.execute(
@@ -223,7 +229,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
                 self._next_poll = now + POLL_OTHERS_SECONDS
                 self._node_commands(conn, sends)
                 self._kills(conn, sends)
-                self._node_ops(conn, now)
+                self._node_ops(conn, now, sends)
                 self._release_poll(conn, now, sends)
             self._dispatch(conn, now, sends)
         for node_pk, keys in effects.forget.items():

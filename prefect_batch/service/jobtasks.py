@@ -45,6 +45,23 @@ class JobTasksMixin:
 
     _nodes: dict[int, Any]
     account_urls: dict[str, str]
+    _prep_failures: dict[int, set[int]]
+    """Per job, the nodes (this boot) where its preparation failed with waitForSuccess."""
+
+    def _load_prep_failures(self, conn: Any, rt: Any) -> None:
+        """Remember the node's failed preparations of this boot (after an engine restart)."""
+        for job_set in self._prep_failures.values():
+            job_set.discard(rt.pk)
+        rows = conn.execute(
+            select(job_nodes.c.job_pk, job_nodes.c.prep_info, jobs.c.spec)
+            .join(jobs, jobs.c.pk == job_nodes.c.job_pk)
+            .where(job_nodes.c.node_pk == rt.pk, job_nodes.c.prep_state == "completed",
+                   job_nodes.c.prep_boot == rt.boot_id)
+        ).all()
+        for r in rows:
+            prep = (r.spec or {}).get("jobPreparationTask") or {}
+            if (r.prep_info or {}).get("result") == "failure" and prep.get("waitForSuccess", True):
+                self._prep_failures.setdefault(r.job_pk, set()).add(rt.pk)
 
     # -- preparation -----------------------------------------------------------------------
 
@@ -76,21 +93,43 @@ class JobTasksMixin:
 
     def _filter_prep_failed(
         self, conn: Any, placed: list[tuple[int, str]], job_of: dict[int, int],
-        job_rows: dict[int, Any],
+        job_rows: dict[int, Any], *, slots_of: dict[int, int] | None = None,
+        rts: list[Any] | None = None, fill: str = "spread",
     ) -> list[tuple[int, str]]:
         with_prep = {pk for pk, r in job_rows.items() if (r.spec or {}).get("jobPreparationTask")}
         if not with_prep:
             return placed
-        pairs = self._prep_rows(conn, with_prep, {int(n) for _, n in placed})
-        kept = []
-        for pk, node in placed:
+        node_pks = {int(n) for _, n in placed} | {rt.pk for rt in rts or []}
+        pairs = self._prep_rows(conn, with_prep, node_pks)
+
+        def failed_on(pk: int, node: str) -> bool:
             job_pk = job_of[pk]
-            if job_pk in with_prep:
-                prep = job_rows[job_pk].spec["jobPreparationTask"]
-                rt = self._nodes[int(node)]
-                if self._prep_done(pairs.get((job_pk, int(node))), prep, rt) == "failed":
-                    continue
-            kept.append((pk, node))
+            if job_pk not in with_prep:
+                return False
+            prep = job_rows[job_pk].spec["jobPreparationTask"]
+            rt = self._nodes[int(node)]
+            return self._prep_done(pairs.get((job_pk, int(node))), prep, rt) == "failed"
+
+        kept: list[tuple[int, str]] = []
+        dropped: list[tuple[int, str]] = []
+        for pk, node in placed:
+            (dropped if failed_on(pk, node) else kept).append((pk, node))
+        if dropped and rts and slots_of:
+            # Place a task dropped here on another node with room where its job's preparation
+            # did not fail. (Fix: it stayed queued and, being at the head of the queue with the
+            # same free slots, was given the same node again on every pass: the job's last
+            # task never ran although the pool's other nodes were idle.)
+            free = {str(rt.pk): rt.free_slots for rt in rts}
+            for pk, node in kept:
+                free[node] -= slots_of[pk]
+            for pk, _ in dropped:
+                need = slots_of[pk]
+                fits = [n for n, f in free.items() if f >= need and not failed_on(pk, n)]
+                if not fits:
+                    continue  # stays queued: no node can run it now
+                pick = (max if fill == "spread" else min)(fits, key=lambda n: free[n])
+                free[pick] -= need
+                kept.append((pk, pick))
         return kept
 
     def _send_after_prep(
@@ -195,6 +234,7 @@ class JobTasksMixin:
         if decision.result == TaskExecutionResult.SUCCESS or not prep.get("waitForSuccess", True):
             sends[rt.pk].extend(held)
             return
+        self._prep_failures.setdefault(job_pk, set()).add(rt.pk)
         # Failed with waitForSuccess: the held tasks go back to the queue for other nodes.
         keys = [m["key"] for m in held]
         pks = [int(k[1:].split("-")[0]) for k in keys]

@@ -316,6 +316,7 @@ class NodeMixin:
         rt.schedulable = row.scheduling_state == "enabled"
         rt.held.clear()
         self._forget_node_jobs(conn, rt.pk, reimage=False, now=now)  # type: ignore[attr-defined]
+        self._load_prep_failures(conn, rt)  # type: ignore[attr-defined]
         info = {k: msg.get(k) for k in ("agent_version", "hostname", "cpu_count",
                                          "memory_bytes", "pid")}
         values = dict(last_boot_time=now, ip_address="127.0.0.1", agent_info=info,
@@ -404,7 +405,8 @@ class NodeMixin:
 
     # -- requested operations --------------------------------------------------------------
 
-    def _node_ops(self, conn: Any, now: float) -> None:
+    def _node_ops(self, conn: Any, now: float,
+                  sends: dict[int, list[dict[str, Any]]] | None = None) -> None:
         """Pick up scheduling changes and carry out node operations whose time has come."""
         mine = list(self._nodes)
         if not mine:
@@ -429,15 +431,29 @@ class NodeMixin:
             if in_flight:
                 continue  # terminate: kills are on their way; taskcompletion: let them finish
             if r.pending_option == "retaineddata":
+                # Wait until the retained files are actually deleted, not just until their
+                # deadline passed: ``_retention`` clears ``retention_deadline`` when it sends the
+                # deletion. (Fix: with ``> now`` the node could be rebooted between the deadline
+                # and the deletion, and the deletion, sent to a dead agent, was lost for good.)
                 kept = conn.execute(
                     select(func.count()).select_from(tasks).where(
-                        tasks.c.files_node_pk == r.pk, tasks.c.retention_deadline > now)
+                        tasks.c.files_node_pk == r.pk, tasks.c.retention_deadline.is_not(None))
                 ).scalar_one()
                 if kept:
                     continue
-            self._carry_out(conn, rt, r.pending_op, now)
+            self._carry_out(conn, rt, r.pending_op, now, sends)
 
-    def _carry_out(self, conn: Any, rt: NodeRuntime, op: str, now: float) -> None:
+    def _carry_out(self, conn: Any, rt: NodeRuntime, op: str, now: float,
+                   sends: dict[int, list[dict[str, Any]]] | None = None) -> None:
+        # Deliver what this step queued for the node (a retention deletion, ...) before its agent
+        # is killed. (Fix: sends go out after the transaction, when the connection is already
+        # gone, so they were dropped - a retaineddata reboot left the task files behind.)
+        pending = sends.pop(rt.pk, None) if sends is not None else None
+        if pending and rt.connection is not None:
+            try:
+                rt.connection.send_many(pending)
+            except Exception:  # noqa: BLE001 - the node is going down anyway
+                log.debug("could not send to %s before %s", rt.node_id, op, exc_info=True)
         self._disconnect(rt, kill=True)
         rt.held.clear()
         if op == "remove":

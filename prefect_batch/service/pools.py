@@ -219,8 +219,17 @@ class PoolOperations(ServiceBase):
 
     def update_pool(self, pool_id: str, update_options: BatchPoolUpdateOptions | dict) -> None:
         """PATCH a pool: given properties replace, omitted ones stay (start task, metadata)."""
+        remove_start_task = False
+        if isinstance(update_options, dict):
+            # Azure: an empty startTask in a PATCH removes the start task.
+            for key in ("startTask", "start_task"):
+                if key in update_options and not update_options[key]:
+                    update_options = {k: v for k, v in update_options.items() if k != key}
+                    remove_start_task = True
         opts = self.parse(BatchPoolUpdateOptions, update_options)
         patch = opts.to_wire()
+        if remove_start_task:
+            patch["startTask"] = None
         now = self.clock()
         with self.store.begin() as conn:
             row = self._pool_row(conn, pool_id)
@@ -236,6 +245,7 @@ class PoolOperations(ServiceBase):
                 .where(pools.c.pk == row.pk)
                 .values(spec=spec, last_modified=now, version=pools.c.version + 1)
             )
+        self.wake()
 
     def resize_pool(self, pool_id: str, resize: BatchPoolResizeOptions | dict) -> None:
         """Ask for a new node count; nodes come and go as the engine gets to it."""

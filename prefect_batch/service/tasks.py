@@ -405,14 +405,16 @@ class TaskOperations(ServiceBase):
 
     def _node_of(self, conn: Any, row: Any) -> tuple[str, str, str] | None:
         node_pk = row.node_pk if row.node_pk is not None else row.files_node_pk
-        if node_pk is None:
-            return None
-        r = conn.execute(
-            select(pools.c.id, nodes.c.node_id, nodes.c.root_dir)
-            .join(pools, pools.c.pk == nodes.c.pool_pk)
-            .where(nodes.c.pk == node_pk)
-        ).one_or_none()
-        return (r[0], r[1], r[2]) if r else None
+        r = None
+        if node_pk is not None:
+            r = conn.execute(
+                select(pools.c.id, nodes.c.node_id, nodes.c.root_dir)
+                .join(pools, pools.c.pk == nodes.c.pool_pk)
+                .where(nodes.c.pk == node_pk)
+            ).one_or_none()
+        if r is None:
+            return _last_node(row)
+        return (r[0], r[1], r[2])
 
     def get_task(self, job_id: str, task_id: str) -> BatchTask:
         """One task, with its execution and node information."""
@@ -442,9 +444,10 @@ class TaskOperations(ServiceBase):
             out = []
             for r in rows:
                 node_pk = r.node_pk if r.node_pk is not None else r.files_node_pk
+                node = node_names.get(node_pk) if node_pk is not None else None
                 out.append(
                     BatchTask.model_validate(
-                        task_view(r, job.id, self.base_url, node_names.get(node_pk))
+                        task_view(r, job.id, self.base_url, node or _last_node(r))
                     )
                 )
             return out
@@ -493,7 +496,8 @@ class TaskOperations(ServiceBase):
                         r,
                         job.id,
                         self.base_url,
-                        node_names.get(r.node_pk if r.node_pk is not None else r.files_node_pk),
+                        node_names.get(r.node_pk if r.node_pk is not None else r.files_node_pk)
+                        or _last_node(r),
                     )
                 )
                 for r in rows
@@ -730,3 +734,12 @@ def _error_result(task_id: str, err: BatchServiceError) -> BatchTaskCreateResult
         }
     )
 
+
+
+def _last_node(row: Any) -> tuple[str, str, str] | None:
+    """Where the task last ran, from its attempt history (its node may be gone)."""
+    history = row.node_history or []
+    if not history:
+        return None
+    last = history[-1]
+    return (last["poolId"], last["nodeId"], "")
