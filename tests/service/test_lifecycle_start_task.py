@@ -14,8 +14,6 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from prefect_batch import BatchClient
 from prefect_batch.testing import gate_command, wait_for_nodes, wait_for_task, wait_until
 
