@@ -41,7 +41,13 @@ __all__ = ["BatchClient", "build_engine"]
 ProgressCallback = Callable[[BatchTaskCountsResult], None]
 
 
-def build_engine(store: Store, settings: BatchSettings, account_urls: dict[str, str]) -> Engine:
+def build_engine(
+    store: Store,
+    settings: BatchSettings,
+    account_urls: dict[str, str],
+    *,
+    server: bool = False,
+) -> Engine:
     """The engine of an embedded client or of a server (not started): node sources, node root,
     and what a job manager task needs to reach the store.
 
@@ -64,6 +70,8 @@ def build_engine(store: Store, settings: BatchSettings, account_urls: dict[str, 
             "PREFECT_BATCH_HOME": str(settings.home),
             "PREFECT_BATCH_ENGINE": "false",
         },
+        # Behind a server a job manager gets the server's URL and a key for its job only.
+        scoped_job_credentials=server,
     )
 
 

@@ -36,7 +36,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 
 from prefect_batch.api.errors import authentication_failed, invalid_header, missing_header
-from prefect_batch.api.sharedkey import decode_key, parse_authorization, sign, string_to_sign
+from prefect_batch.api.sharedkey import (
+    decode_key,
+    derive_job_key,
+    in_job_scope,
+    parse_authorization,
+    sign,
+    split_scoped_name,
+    string_to_sign,
+)
 from prefect_batch.service.accounts import AccountOperations
 from prefect_batch.store import Store
 
@@ -147,9 +155,11 @@ class Authenticator:
         if not authorization:
             raise missing_header("Authorization")
         try:
-            account, signature = parse_authorization(authorization)
+            signer, signature = parse_authorization(authorization)
         except ValueError as exc:
             raise authentication_failed(str(exc)) from exc
+        # A job manager signs as "<account>/jobs/<job>" with that job's derived key.
+        account, job_id = split_scoped_name(signer)
         self._check_date(pairs)
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
         text = string_to_sign(
@@ -157,18 +167,27 @@ class Authenticator:
             raw_path.decode("latin-1").split("?", 1)[0],
             request.scope.get("query_string", b"").decode("latin-1"),
             pairs,
-            account,
+            signer,
         )
         keys = self.keyring.cached(account)
         if keys is None:
             keys = await run_in_threadpool(self.keyring.keys, account)
-        if self._matches(keys, text, signature):
-            return account
-        # No key matched: the account's keys may have changed since they were cached.
-        keys = await run_in_threadpool(self.keyring.keys, account, reread=True)
-        if self._matches(keys, text, signature):
-            return account
-        raise authentication_failed(_BAD_SIGNATURE)
+        if not self._matches(self._scoped(keys, job_id), text, signature):
+            # No key matched: the account's keys may have changed since they were cached.
+            keys = await run_in_threadpool(self.keyring.keys, account, reread=True)
+            if not self._matches(self._scoped(keys, job_id), text, signature):
+                raise authentication_failed(_BAD_SIGNATURE)
+        if job_id is not None and not in_job_scope(request.url.path, job_id):
+            raise authentication_failed(
+                f"The key is scoped to job {job_id}; this request is outside it."
+            )
+        return account
+
+    @staticmethod
+    def _scoped(keys: tuple[bytes, ...], job_id: str | None) -> tuple[bytes, ...]:
+        if job_id is None:
+            return keys
+        return tuple(derive_job_key(k, job_id) for k in keys)
 
     @staticmethod
     def _matches(keys: tuple[bytes, ...], text: str, signature: str) -> bool:

@@ -157,3 +157,35 @@ def parse_authorization(value: str) -> tuple[str, str]:
     if not sep or not account or not signature:
         raise ValueError("the Authorization header must be 'SharedKey <account>:<signature>'")
     return account, signature
+
+
+JOB_SCOPE = "/jobs/"
+"""An account name ``<account>/jobs/<job id>`` signs with a key good for that job only."""
+
+
+def job_scoped_name(account: str, job_id: str) -> str:
+    """The account name a job manager signs with: ``<account>/jobs/<job id>``."""
+    return f"{account}{JOB_SCOPE}{job_id}"
+
+
+def split_scoped_name(name: str) -> tuple[str, str | None]:
+    """``acct/jobs/j1`` -> (``acct``, ``j1``); a plain account name -> (name, None)."""
+    account, sep, job_id = name.partition(JOB_SCOPE)
+    return (account, job_id) if sep and job_id else (name, None)
+
+
+def derive_job_key(account_key: bytes, job_id: str) -> bytes:
+    """The key of one job, derived from an account key (HMAC-SHA256; ids are case-insensitive).
+
+    Whoever holds it can act on that job and its tasks and nothing else; rotating the account
+    key revokes it.
+    """
+    return hmac.new(
+        account_key, b"prefect-batch job " + job_id.casefold().encode("utf-8"), hashlib.sha256
+    ).digest()
+
+
+def in_job_scope(path: str, job_id: str) -> bool:
+    """Whether a request path is the job's own (``/jobs/<id>`` or below it)."""
+    path, scope = path.casefold().rstrip("/"), f"/jobs/{job_id}".casefold()
+    return path == scope or path.startswith(scope + "/")

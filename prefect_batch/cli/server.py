@@ -80,7 +80,7 @@ def serve(
             f"Warning: serving plain HTTP on {host}; put a TLS-terminating proxy in front.",
             err=True,
         )
-    engine = build_engine(store, settings, {name: url for name in names})
+    engine = build_engine(store, settings, {name: url for name in names}, server=True)
     app_ = create_app(store, engine, account_url=url)
     where = store.engine.url.render_as_string(hide_password=True)
     typer.echo(

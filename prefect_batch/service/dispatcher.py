@@ -18,7 +18,7 @@ from prefect_batch.core.commandline import split_command_line
 from prefect_batch.core.scheduler import NodeSlots, QueuedTask, assign
 from prefect_batch.core.states import NodeFillType, PoolState
 from prefect_batch.service import lifecycle
-from prefect_batch.store.schema import jobs, nodes, queue, tasks
+from prefect_batch.store.schema import accounts, jobs, nodes, queue, tasks
 
 __all__ = ["DispatchMixin", "SPREAD_GRACE_SECONDS", "base_environment"]
 
@@ -120,6 +120,7 @@ class DispatchMixin:
     _pools: dict[int, Any]
     account_urls: dict[str, str]
     job_manager_env: dict[str, str]
+    scoped_job_credentials: bool
 
     def _dispatch(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
         by_pool: dict[int, list[Any]] = defaultdict(list)
@@ -228,18 +229,48 @@ class DispatchMixin:
         )
         for r in rows:
             rt = self._nodes[r.node_pk]
-            message = self._run_message(r, pool, rt, base_url)
+            message = self._run_message(r, pool, rt, base_url, conn)
             self._send_after_prep(conn, r, pool, rt, message, now, sends)  # type: ignore[attr-defined]
         self._update_busy(conn, now)  # type: ignore[attr-defined]
 
-    def _run_message(self, r: Any, pool: Any, rt: Any, base_url: str) -> dict[str, Any]:
+    def _job_manager_credentials(
+        self, conn: Any, account: str, job_id: str, base_url: str
+    ) -> dict[str, str]:
+        """What a job manager needs to reach the service with the Python client.
+
+        Behind a server: the server's URL and a key good for this job only (derived from the
+        account's primary key; see ``api/sharedkey.py``). Embedded: the store itself (there is no
+        authentication boundary on one machine's SQLite file).
+        """
+        env = {"PREFECT_BATCH_ENGINE": "false"}
+        if not self.scoped_job_credentials:
+            env.update(self.job_manager_env)
+            env["PREFECT_BATCH_ACCOUNT_NAME"] = account
+            return env
+        import base64
+
+        from prefect_batch.api.sharedkey import decode_key, derive_job_key, job_scoped_name
+
+        primary = conn.execute(select(accounts.c.key1).where(accounts.c.name == account)).scalar()
+        if primary is None:
+            return env
+        key = derive_job_key(decode_key(primary), job_id)
+        env.update(
+            PREFECT_BATCH_SERVICE_URL=base_url,
+            PREFECT_BATCH_ACCOUNT_NAME=job_scoped_name(account, job_id),
+            PREFECT_BATCH_ACCOUNT_KEY=base64.b64encode(key).decode("ascii"),
+        )
+        return env
+
+    def _run_message(
+        self, r: Any, pool: Any, rt: Any, base_url: str, conn: Any = None
+    ) -> dict[str, Any]:
         job_spec = r.job_spec or {}
         env = settings_env(job_spec.get("commonEnvironmentSettings"),
                            r.spec.get("environmentSettings"))
         if r.kind == "jobmanager":
             # The job manager may add tasks through the Python client from its node.
-            env.update(self.job_manager_env)
-            env["PREFECT_BATCH_ACCOUNT_NAME"] = pool.account
+            env.update(self._job_manager_credentials(conn, pool.account, r.job_id, base_url))
         env.update(base_environment(pool.account, base_url, pool.id, rt.node_id))
         env["AZ_BATCH_JOB_ID"] = r.job_id
         env["AZ_BATCH_TASK_ID"] = r.id

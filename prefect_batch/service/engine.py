@@ -97,6 +97,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
         lease_seconds: float = 15.0,
         heartbeat_seconds: float = 30.0,
         job_manager_env: Mapping[str, str] | None = None,
+        scoped_job_credentials: bool = False,
         clock: Clock = wall_now,
     ) -> None:
         self.store = store
@@ -108,6 +109,8 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
         self.heartbeat_seconds = heartbeat_seconds
         # What a job manager task needs to reach this service with the Python client.
         self.job_manager_env = dict(job_manager_env or {})
+        # Behind a server, a job manager gets a key for its job only, not the store.
+        self.scoped_job_credentials = scoped_job_credentials
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._events: queue_mod.SimpleQueue[tuple[int, int, dict[str, Any]]] = (

@@ -111,7 +111,7 @@ def running_server(store_url: str, home: Path, **app_options: Any) -> Iterator[S
     account = AccountOperations(store).create("acct")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    engine = build_engine(store, settings, {account.name: url})
+    engine = build_engine(store, settings, {account.name: url}, server=True)
     app = create_app(store, engine, account_url=url, manage_engine=False, **app_options)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
