@@ -1,0 +1,192 @@
+"""``flows/prefect.yaml`` against a real ``prefect server start`` on loopback.
+
+One test, end to end, as a user would do it: start a Prefect server (random port, its own
+PREFECT_HOME), create the process work pool, register the blocks of ``blocks/``, ``prefect
+deploy --prefect-file flows/prefect.yaml --all``, check that the server's scheduler put the daily
+cleanup on its cron, then run all three deployments through a process worker — one triggered by
+hand, one scheduled run of the cron moved to now (as if it were 03:00), one with parameters —
+and check the batch jobs they made. Heavy (~40 s: a server, a worker and three flow-run
+processes), so it lives in its own module; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flowtest_helpers import wait_for
+
+from prefect_batch import BatchClient
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = [sys.executable, "-m", "prefect"]
+WORK_POOL = "batch-local"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ``prefect server start`` process and the environment to talk to it."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.batch_home = root / "batch"
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(root / "prefect-home"),
+            "PREFECT_API_URL": self.url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+            "PREFECT_BATCH_HOME": str(self.batch_home),
+            "PREFECT_BATCH_LEASE_SECONDS": "1.5",
+            "PREFECT_BATCH_ENGINE_TICK_SECONDS": "0.05",
+        }
+        self.log = (root / "server.log").open("wb")
+        self.process = subprocess.Popen(
+            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def healthy(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def cli(self, *args: str, timeout: float = 120) -> str:
+        done = subprocess.run(
+            list(args), env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
+        assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def client(self) -> Any:
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(self.url)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)  # the server and its own children
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("prefect-server")
+    srv = Server(root)
+    try:
+        wait_for(srv.healthy, timeout=90, interval=0.5, what="prefect server health")
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _scheduled_runs(client: Any, deployment_id: Any) -> list[Any]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    return [
+        r
+        for r in client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            limit=50,
+            offset=0,
+        )
+        if r.state_name == "Scheduled"
+    ]
+
+
+def test_deploy_the_three_scenarios_and_run_them(server: Server, tmp_path: Path) -> None:
+    from prefect.states import Scheduled
+
+    server.cli(*PREFECT, "work-pool", "create", WORK_POOL, "--type", "process")
+    server.cli(sys.executable, str(REPO / "blocks" / "register.py"))
+    out = server.cli(
+        *PREFECT, "--no-prompt", "deploy", "--prefect-file", "flows/prefect.yaml", "--all"
+    )
+    assert out.count("successfully created") == 3, out
+
+    with server.client() as client:
+        deployments = {d.name: d for d in client.read_deployments(limit=50, offset=0)}
+        assert set(deployments) == {"parallel-compute", "daily-node-cleanup", "batch-processing"}
+        cleanup = deployments["daily-node-cleanup"]
+        assert [s.schedule.cron for s in cleanup.schedules] == ["0 3 * * *"]
+        assert all(d.work_pool_name == WORK_POOL for d in deployments.values())
+
+        # The scheduler plans the cron's next runs, each at 03:00 UTC.
+        planned = wait_for(
+            lambda: _scheduled_runs(client, cleanup.id), timeout=60, what="scheduled runs"
+        )
+        assert all(r.expected_start_time.astimezone(timezone.utc).hour == 3 for r in planned)
+        # As if it were 03:00: the first planned run is due now.
+        due = min(planned, key=lambda r: r.expected_start_time)
+        client.set_flow_run_state(
+            due.id, Scheduled(scheduled_time=datetime.now(timezone.utc)), force=True
+        )
+
+    server.cli(
+        *PREFECT,
+        "deployment",
+        "run",
+        "batch-parallel-compute/parallel-compute",
+        "--param",
+        "tasks=4",
+    )
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    for i, text in enumerate(["one two", "three four five", "six"]):
+        (inbox / f"doc{i}.txt").write_text(text)
+    server.cli(
+        *PREFECT,
+        "deployment",
+        "run",
+        "batch-processing/batch-processing",
+        "--params",
+        json.dumps({"input_dir": str(inbox), "output_dir": str(outbox)}),
+    )
+
+    # One poll of the worker takes all three due runs and waits for them to finish.
+    server.cli(*PREFECT, "worker", "start", "--pool", WORK_POOL, "--run-once", timeout=240)
+
+    with server.client() as client:
+        runs = client.read_flow_runs(limit=50, offset=0)
+        finished = {r.name: r.state_name for r in runs if r.state_name != "Scheduled"}
+        assert sorted(finished.values()) == ["Completed"] * 3, finished
+
+    with BatchClient(home=server.batch_home, engine=False) as batch:
+        jobs = {j.id.rsplit("-", 1)[0]: j for j in batch.list_jobs()}
+        assert set(jobs) == {"batch-parallel-compute", "batch-node-cleanup", "batch-processing"}
+        assert all(j.state == "completed" for j in jobs.values())
+        counts = {k: batch.get_job_task_counts(j.id).task_counts for k, j in jobs.items()}
+        assert counts["batch-parallel-compute"].succeeded == 4
+        assert counts["batch-node-cleanup"].succeeded == 2  # one per node of local-pool
+        assert counts["batch-processing"].succeeded == 3
+    outputs = {p.name: p.read_text().split()[0] for p in outbox.iterdir()}
+    assert outputs == {"doc0.txt.out": "2", "doc1.txt.out": "3", "doc2.txt.out": "1"}
