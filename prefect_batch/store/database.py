@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select
 from sqlalchemy.engine import make_url
 
 from prefect_batch.exceptions import PrefectBatchError
@@ -45,12 +45,16 @@ class Store:
             _tune_sqlite(self.engine)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
+        existing = set(inspect(self.engine).get_table_names())
         metadata.create_all(self.engine)
-        self._check_version()
+        # A store made before versioning has tables but no schema_info: refuse it too.
+        self._check_version(fresh=not existing)
 
-    def _check_version(self) -> None:
+    def _check_version(self, *, fresh: bool) -> None:
         with self.engine.begin() as conn:
             found = conn.execute(select(schema_info.c.version)).scalars().all()
+            if not found and not fresh:
+                found = [1]
             if not found:
                 conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
             elif found != [SCHEMA_VERSION]:
