@@ -13,7 +13,5 @@ from prefect_batch.service.tasks import TaskOperations
 __all__ = ["BatchService"]
 
 
-class BatchService(
-    PoolOperations, NodeOperations, JobOperations, TaskOperations, FileOperations
-):
+class BatchService(PoolOperations, NodeOperations, JobOperations, TaskOperations, FileOperations):
     """Every Azure Batch operation of one account, on one store."""

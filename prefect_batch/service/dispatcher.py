@@ -44,9 +44,9 @@ _QUEUE_HEAD_EXCLUDING = (
     .order_by(queue.c.neg_priority, queue.c.job_pk, queue.c.task_pk)
     .limit(bindparam("b_limit"))
 )
-_JOBS_OF_HEAD = select(
-    jobs.c.pk, jobs.c.max_parallel_tasks, jobs.c.n_running, jobs.c.spec
-).where(jobs.c.pk.in_(bindparam("pks", expanding=True)))
+_JOBS_OF_HEAD = select(jobs.c.pk, jobs.c.max_parallel_tasks, jobs.c.n_running, jobs.c.spec).where(
+    jobs.c.pk.in_(bindparam("pks", expanding=True))
+)
 _DEQUEUE = delete(queue).where(queue.c.task_pk.in_(bindparam("pks", expanding=True)))
 _MARK_PREPARING = (
     update(tasks)
@@ -157,7 +157,8 @@ class DispatchMixin:
         # queued tasks would hold the head of the queue while other jobs' tasks wait.
         free_nodes = {rt.pk for rt in rts}
         excluded = [
-            job_pk for job_pk, failed in self._prep_failures.items()  # type: ignore[attr-defined]
+            job_pk
+            for job_pk, failed in self._prep_failures.items()  # type: ignore[attr-defined]
             if free_nodes <= failed
         ]
         if excluded:
@@ -187,7 +188,8 @@ class DispatchMixin:
         job_of = {r.task_pk: r.job_pk for r in head}
         slots_of = {r.task_pk: r.slots for r in head}
         placed = self._filter_prep_failed(  # type: ignore[attr-defined]
-            conn, placed, job_of, job_rows, slots_of=slots_of, rts=rts, fill=pool.fill_type)
+            conn, placed, job_of, job_rows, slots_of=slots_of, rts=rts, fill=pool.fill_type
+        )
         if not placed:
             return
         pks = [pk for pk, _ in placed]
@@ -217,12 +219,17 @@ class DispatchMixin:
             [
                 {
                     "b_pk": r.pk,
-                    "b_hist": (list(r.node_history or []) + [{
-                        "attempt": r.attempt,
-                        "poolId": pool.id,
-                        "nodeId": self._nodes[r.node_pk].node_id,
-                        "dispatchTime": now,
-                    }])[-MAX_ATTEMPTS_KEPT:],
+                    "b_hist": (
+                        list(r.node_history or [])
+                        + [
+                            {
+                                "attempt": r.attempt,
+                                "poolId": pool.id,
+                                "nodeId": self._nodes[r.node_pk].node_id,
+                                "dispatchTime": now,
+                            }
+                        ]
+                    )[-MAX_ATTEMPTS_KEPT:],
                 }
                 for r in rows
             ],
@@ -266,8 +273,9 @@ class DispatchMixin:
         self, r: Any, pool: Any, rt: Any, base_url: str, conn: Any = None
     ) -> dict[str, Any]:
         job_spec = r.job_spec or {}
-        env = settings_env(job_spec.get("commonEnvironmentSettings"),
-                           r.spec.get("environmentSettings"))
+        env = settings_env(
+            job_spec.get("commonEnvironmentSettings"), r.spec.get("environmentSettings")
+        )
         if r.kind == "jobmanager":
             # The job manager may add tasks through the Python client from its node.
             env.update(self._job_manager_credentials(conn, pool.account, r.job_id, base_url))

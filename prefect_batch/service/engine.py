@@ -74,6 +74,7 @@ _MARK_STARTED = (
     )
 )
 
+
 class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
     """Drives every pool it can lease, from one background thread.
 
@@ -168,7 +169,8 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
             with self.store.begin() as conn:
                 # Only nodes that may go to "unknown" (never one that is leaving the pool).
                 to_unknown = [
-                    pk for pk, rt in self._nodes.items()
+                    pk
+                    for pk, rt in self._nodes.items()
                     if NodeState.UNKNOWN in NODE_TRANSITIONS[NodeState(rt.state)]
                 ]
                 if to_unknown:
@@ -322,7 +324,10 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
                 if pk is not None:
                     attempts.append(
                         lifecycle.Attempt(
-                            pk, attempt, _outcome(msg), msg.get("start_time"),
+                            pk,
+                            attempt,
+                            _outcome(msg),
+                            msg.get("start_time"),
                             msg.get("end_time") or now,
                         )
                     )
@@ -435,6 +440,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
 
     # -- dispatch --------------------------------------------------------------------------
 
+
 def _parse_key(key: str) -> tuple[int | None, int]:
     """``t<task_pk>-<attempt>`` -> (task_pk, attempt)."""
     if not key.startswith("t") or "-" not in key:
@@ -460,4 +466,3 @@ def _outcome(msg: dict[str, Any]) -> AttemptOutcome:
     if msg.get("killed"):
         return AttemptOutcome(kind="terminated", exit_code=msg.get("exit_code"))
     return AttemptOutcome(kind="exited", exit_code=msg.get("exit_code"))
-

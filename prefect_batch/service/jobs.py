@@ -34,8 +34,12 @@ from prefect_batch.store.schema import job_nodes, jobs, pools, queue, tasks
 __all__ = ["JobOperations", "disable_job_rows"]
 
 IN_FLIGHT = lifecycle.IN_FLIGHT
-_UNSUPPORTED_SUB_PROPERTIES = ("resourceFiles", "outputFiles", "containerSettings",
-                               "applicationPackageReferences")
+_UNSUPPORTED_SUB_PROPERTIES = (
+    "resourceFiles",
+    "outputFiles",
+    "containerSettings",
+    "applicationPackageReferences",
+)
 
 
 def disable_job_rows(conn: Any, job: Any, option: str, now: float) -> None:
@@ -163,8 +167,7 @@ class JobOperations(ServiceBase):
                     {"JobId": job.id},
                 )
             rows = conn.execute(
-                select(job_nodes).where(job_nodes.c.job_pk == job.pk)
-                .order_by(job_nodes.c.node_pk)
+                select(job_nodes).where(job_nodes.c.job_pk == job.pk).order_by(job_nodes.c.node_pk)
             ).all()
         out = []
         for r in rows:
@@ -174,11 +177,9 @@ class JobOperations(ServiceBase):
                 "nodeUrl": f"{self.base_url}/pools/{r.pool_id}/nodes/{r.node_id}",
             }
             if r.prep_info:
-                item["jobPreparationTaskExecutionInfo"] = _exec_info(r.prep_info, self.base_url,
-                                                                     r)
+                item["jobPreparationTaskExecutionInfo"] = _exec_info(r.prep_info, self.base_url, r)
             if r.release_info:
-                item["jobReleaseTaskExecutionInfo"] = _exec_info(r.release_info, self.base_url,
-                                                                 r)
+                item["jobReleaseTaskExecutionInfo"] = _exec_info(r.release_info, self.base_url, r)
             out.append(BatchJobPreparationAndReleaseTaskStatus.model_validate(item))
         return out
 
@@ -439,8 +440,9 @@ def _validate_job_tasks(spec: dict[str, Any]) -> None:
                 )
         split_command_line(sub["commandLine"], f"{name}.commandLine")
         env = sub.get("environmentSettings") or []
-        validate_environment([(e["name"], e.get("value")) for e in env],
-                             f"{name}.environmentSettings")
+        validate_environment(
+            [(e["name"], e.get("value")) for e in env], f"{name}.environmentSettings"
+        )
     if spec.get("jobReleaseTask") and not spec.get("jobPreparationTask"):
         raise BatchInvalidRequestError(
             "InvalidPropertyValue",
@@ -451,12 +453,15 @@ def _validate_job_tasks(spec: dict[str, Any]) -> None:
         validate_id(spec["jobManagerTask"]["id"], "jobManagerTask.id")
     ids = [
         (spec.get(name) or {}).get("id") or default
-        for name, default in (("jobPreparationTask", "jobpreparation"),
-                              ("jobReleaseTask", "jobrelease"))
+        for name, default in (
+            ("jobPreparationTask", "jobpreparation"),
+            ("jobReleaseTask", "jobrelease"),
+        )
         if spec.get(name)
     ]
     if spec.get("jobManagerTask"):
         ids.append(spec["jobManagerTask"]["id"])
     if len({i.casefold() for i in ids}) != len(ids):
-        raise invalid_property("jobManagerTask.id", ids, "job manager, preparation and release "
-                               "tasks need distinct ids")
+        raise invalid_property(
+            "jobManagerTask.id", ids, "job manager, preparation and release tasks need distinct ids"
+        )

@@ -55,8 +55,11 @@ class JobTasksMixin:
         rows = conn.execute(
             select(job_nodes.c.job_pk, job_nodes.c.prep_info, jobs.c.spec)
             .join(jobs, jobs.c.pk == job_nodes.c.job_pk)
-            .where(job_nodes.c.node_pk == rt.pk, job_nodes.c.prep_state == "completed",
-                   job_nodes.c.prep_boot == rt.boot_id)
+            .where(
+                job_nodes.c.node_pk == rt.pk,
+                job_nodes.c.prep_state == "completed",
+                job_nodes.c.prep_boot == rt.boot_id,
+            )
         ).all()
         for r in rows:
             prep = (r.spec or {}).get("jobPreparationTask") or {}
@@ -92,9 +95,15 @@ class JobTasksMixin:
         return "failed" if prep.get("waitForSuccess", True) else "ok"
 
     def _filter_prep_failed(
-        self, conn: Any, placed: list[tuple[int, str]], job_of: dict[int, int],
-        job_rows: dict[int, Any], *, slots_of: dict[int, int] | None = None,
-        rts: list[Any] | None = None, fill: str = "spread",
+        self,
+        conn: Any,
+        placed: list[tuple[int, str]],
+        job_of: dict[int, int],
+        job_rows: dict[int, Any],
+        *,
+        slots_of: dict[int, int] | None = None,
+        rts: list[Any] | None = None,
+        fill: str = "spread",
     ) -> list[tuple[int, str]]:
         with_prep = {pk for pk, r in job_rows.items() if (r.spec or {}).get("jobPreparationTask")}
         if not with_prep:
@@ -133,7 +142,13 @@ class JobTasksMixin:
         return kept
 
     def _send_after_prep(
-        self, conn: Any, r: Any, pool: Any, rt: Any, message: dict[str, Any], now: float,
+        self,
+        conn: Any,
+        r: Any,
+        pool: Any,
+        rt: Any,
+        message: dict[str, Any],
+        now: float,
         sends: dict[int, list[dict[str, Any]]],
     ) -> None:
         prep = (r.job_spec or {}).get("jobPreparationTask")
@@ -151,8 +166,17 @@ class JobTasksMixin:
             sends[rt.pk].append(message)
 
     def _start_prep(
-        self, conn: Any, job_pk: int, job_id: str, job_spec: dict[str, Any], pool: Any, rt: Any,
-        row: Any, retry: int, now: float, sends: dict[int, list[dict[str, Any]]],
+        self,
+        conn: Any,
+        job_pk: int,
+        job_id: str,
+        job_spec: dict[str, Any],
+        pool: Any,
+        rt: Any,
+        row: Any,
+        retry: int,
+        now: float,
+        sends: dict[int, list[dict[str, Any]]],
     ) -> None:
         prep = job_spec["jobPreparationTask"]
         pid = prep_id(job_spec)
@@ -175,8 +199,9 @@ class JobTasksMixin:
                 .where(job_nodes.c.job_pk == job_pk, job_nodes.c.node_pk == rt.pk)
                 .values(**values)
             )
-        env = settings_env(job_spec.get("commonEnvironmentSettings"),
-                           prep.get("environmentSettings"))
+        env = settings_env(
+            job_spec.get("commonEnvironmentSettings"), prep.get("environmentSettings")
+        )
         base_url = self.account_urls.get(pool.account, "embedded://local")
         env.update(base_environment(pool.account, base_url, pool.id, rt.node_id))
         env.update(AZ_BATCH_JOB_ID=job_id, AZ_BATCH_TASK_ID=pid)
@@ -187,15 +212,22 @@ class JobTasksMixin:
                 "argv": split_command_line(prep["commandLine"]),
                 "dir": f"{job_id}/{pid}",
                 "env": env,
-                "wall_clock_seconds": seconds((prep.get("constraints") or {}).get(
-                    "maxWallClockTime")),
+                "wall_clock_seconds": seconds(
+                    (prep.get("constraints") or {}).get("maxWallClockTime")
+                ),
                 "job_prep_dir": None,
             }
         )
 
     def _on_prep_exit(
-        self, conn: Any, rt: Any, key: str, outcome: AttemptOutcome, msg: dict[str, Any],
-        now: float, sends: dict[int, list[dict[str, Any]]],
+        self,
+        conn: Any,
+        rt: Any,
+        key: str,
+        outcome: AttemptOutcome,
+        msg: dict[str, Any],
+        now: float,
+        sends: dict[int, list[dict[str, Any]]],
     ) -> None:
         try:
             job_pk_s, node_pk_s, retry_s = key[1:].split("-")
@@ -209,8 +241,13 @@ class JobTasksMixin:
             return
         prep = job.spec.get("jobPreparationTask") or {}
         max_retries = (prep.get("constraints") or {}).get("maxTaskRetryCount", 0)
-        decision = decide(outcome, retry_count=retry, max_task_retry_count=max_retries,
-                          exit_conditions=None, task_failure_mode="noaction")
+        decision = decide(
+            outcome,
+            retry_count=retry,
+            max_task_retry_count=max_retries,
+            exit_conditions=None,
+            task_failure_mode="noaction",
+        )
         pool = self._pools.get(rt.pool_pk)  # type: ignore[attr-defined]
         if decision.retry and pool is not None:
             self._start_prep(conn, job_pk, job.id, job.spec, pool, rt, row, retry + 1, now, sends)
@@ -241,7 +278,8 @@ class JobTasksMixin:
         if pks:
             in_flight = conn.execute(
                 select(tasks.c.pk, tasks.c.job_pk, tasks.c.required_slots, tasks.c.attempt).where(
-                    tasks.c.pk.in_(pks), tasks.c.node_pk == rt.pk,
+                    tasks.c.pk.in_(pks),
+                    tasks.c.node_pk == rt.pk,
                     tasks.c.state.in_(lifecycle.IN_FLIGHT),
                 )
             ).all()
@@ -257,8 +295,9 @@ class JobTasksMixin:
         if not mine:
             return
         rows = conn.execute(
-            select(job_nodes, jobs.c.id.label("job_id"), jobs.c.spec.label("job_spec"),
-                   jobs.c.account)
+            select(
+                job_nodes, jobs.c.id.label("job_id"), jobs.c.spec.label("job_spec"), jobs.c.account
+            )
             .join(jobs, jobs.c.pk == job_nodes.c.job_pk)
             .where(job_nodes.c.release_state == "pending", job_nodes.c.node_pk.in_(mine))
         ).all()
@@ -266,8 +305,10 @@ class JobTasksMixin:
             rt = self._nodes[r.node_pk]
             release = (r.job_spec or {}).get("jobReleaseTask") or {}
             rid = release_id(r.job_spec)
-            env = settings_env((r.job_spec or {}).get("commonEnvironmentSettings"),
-                               release.get("environmentSettings"))
+            env = settings_env(
+                (r.job_spec or {}).get("commonEnvironmentSettings"),
+                release.get("environmentSettings"),
+            )
             base_url = self.account_urls.get(r.account, "embedded://local")
             env.update(base_environment(r.account, base_url, r.pool_id, rt.node_id))
             env.update(AZ_BATCH_JOB_ID=r.job_id, AZ_BATCH_TASK_ID=rid)
@@ -288,13 +329,21 @@ class JobTasksMixin:
                 .where(job_nodes.c.job_pk == r.job_pk, job_nodes.c.node_pk == rt.pk)
                 .values(
                     release_state="running",
-                    release_info={"state": "running", "startTime": iso(now),
-                                  "taskRootDirectory": f"{r.job_id}/{rid}"},
+                    release_info={
+                        "state": "running",
+                        "startTime": iso(now),
+                        "taskRootDirectory": f"{r.job_id}/{rid}",
+                    },
                 )
             )
 
     def _on_release_exit(
-        self, conn: Any, rt: Any, key: str, outcome: AttemptOutcome, msg: dict[str, Any],
+        self,
+        conn: Any,
+        rt: Any,
+        key: str,
+        outcome: AttemptOutcome,
+        msg: dict[str, Any],
         now: float,
     ) -> None:
         try:
@@ -304,8 +353,13 @@ class JobTasksMixin:
         row = self._prep_rows(conn, {job_pk}, {rt.pk}).get((job_pk, rt.pk))
         if row is None or row.release_state != "running":
             return
-        decision = decide(outcome, retry_count=0, max_task_retry_count=0, exit_conditions=None,
-                          task_failure_mode="noaction")
+        decision = decide(
+            outcome,
+            retry_count=0,
+            max_task_retry_count=0,
+            exit_conditions=None,
+            task_failure_mode="noaction",
+        )
         info = dict(row.release_info or {})
         info.update(
             state="completed",
@@ -326,8 +380,12 @@ class JobTasksMixin:
     def _forget_node_jobs(self, conn: Any, node_pk: int, *, reimage: bool, now: float) -> None:
         """A node rebooted, was reimaged or left: forget (or rerun) its per-job state."""
         if reimage:
-            affected = [r[0] for r in conn.execute(
-                select(job_nodes.c.job_pk).where(job_nodes.c.node_pk == node_pk)).all()]
+            affected = [
+                r[0]
+                for r in conn.execute(
+                    select(job_nodes.c.job_pk).where(job_nodes.c.node_pk == node_pk)
+                ).all()
+            ]
             conn.execute(delete(job_nodes).where(job_nodes.c.node_pk == node_pk))
             for job_pk in affected:
                 lifecycle.finish_job_if_done(conn, job_pk, now)
@@ -337,4 +395,3 @@ class JobTasksMixin:
                 .where(and_(job_nodes.c.node_pk == node_pk, job_nodes.c.prep_state == "running"))
                 .values(prep_state=None)
             )
-

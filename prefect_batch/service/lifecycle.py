@@ -335,8 +335,9 @@ def complete_attempts(
             deltas[r.job_pk].retries += 1
             if job.state == JobState.ACTIVE.value and job.pool_key is not None:
                 if r.kind == "jobmanager":
-                    enqueue_tasks(conn, job._mapping, [(r.pk, slots)],
-                                  priority=JOB_MANAGER_RESTART_PRIORITY)
+                    enqueue_tasks(
+                        conn, job._mapping, [(r.pk, slots)], priority=JOB_MANAGER_RESTART_PRIORITY
+                    )
                 else:
                     to_enqueue[r.job_pk].append((r.pk, slots))
             continue
@@ -402,8 +403,7 @@ def complete_attempts(
             disable_job_rows(conn, job, "requeue", now)
     for job_pk in job_manager_done:
         job = conn.execute(select(jobs).where(jobs.c.pk == job_pk)).one()
-        if job.state in (JobState.ACTIVE.value, JobState.DISABLING.value,
-                         JobState.DISABLED.value):
+        if job.state in (JobState.ACTIVE.value, JobState.DISABLING.value, JobState.DISABLED.value):
             terminate_job(conn, job, "JMComplete", now)
     for job_pk in effects.touched_jobs:
         job = job_rows.get(job_pk)
@@ -526,8 +526,11 @@ def terminate_job(conn: Connection, job: Any, reason: str, now: float) -> None:
         # The release task runs on every node that ran the preparation task.
         conn.execute(
             update(job_nodes)
-            .where(job_nodes.c.job_pk == job.pk, job_nodes.c.prep_state.is_not(None),
-                   job_nodes.c.release_state.is_(None))
+            .where(
+                job_nodes.c.job_pk == job.pk,
+                job_nodes.c.prep_state.is_not(None),
+                job_nodes.c.release_state.is_(None),
+            )
             .values(release_state="pending")
         )
     conn.execute(
@@ -586,8 +589,9 @@ def finish_job_if_done(conn: Connection, job_pk: int, now: float) -> None:
         in_flight = conn.execute(
             select(func.count())
             .select_from(job_nodes)
-            .where(job_nodes.c.job_pk == job_pk,
-                   job_nodes.c.release_state.in_(("pending", "running")))
+            .where(
+                job_nodes.c.job_pk == job_pk, job_nodes.c.release_state.in_(("pending", "running"))
+            )
         ).scalar_one()
     if in_flight:
         return

@@ -99,13 +99,15 @@ class NodeMixin:
 
     # -- state -----------------------------------------------------------------------------
 
-    def _set_state(self, conn: Any, rt: NodeRuntime, target: NodeState, now: float,
-                   **values: Any) -> None:
+    def _set_state(
+        self, conn: Any, rt: NodeRuntime, target: NodeState, now: float, **values: Any
+    ) -> None:
         """Move a node along a legal edge of ``NODE_TRANSITIONS`` (illegal ones are logged)."""
         current = NodeState(rt.state)
         if target != current and target not in NODE_TRANSITIONS[current]:
-            log.error("node %s: illegal transition %s -> %s", rt.node_id, current.value,
-                      target.value)
+            log.error(
+                "node %s: illegal transition %s -> %s", rt.node_id, current.value, target.value
+            )
             return
         if target != current:
             values.update(state=target.value, state_transition_time=now)
@@ -124,8 +126,11 @@ class NodeMixin:
         for rt in self._nodes.values():
             if not rt.ready or rt.leaving or not rt.start_task_ok:
                 continue
-            if rt.state not in (NodeState.IDLE.value, NodeState.RUNNING.value,
-                                NodeState.OFFLINE.value):
+            if rt.state not in (
+                NodeState.IDLE.value,
+                NodeState.RUNNING.value,
+                NodeState.OFFLINE.value,
+            ):
                 continue
             target = self._idle_state(rt).value
             if target != rt.state:
@@ -167,12 +172,22 @@ class NodeMixin:
                 node_id = new_node_id()
                 conn.execute(
                     insert(nodes).values(
-                        node_id=node_id, pool_pk=pool.pk, account=pool.account,
-                        state=NodeState.CREATING.value, state_transition_time=now,
-                        scheduling_state="enabled", allocation_time=now, vm_size=pool.vm_size,
+                        node_id=node_id,
+                        pool_pk=pool.pk,
+                        account=pool.account,
+                        state=NodeState.CREATING.value,
+                        state_transition_time=now,
+                        scheduling_state="enabled",
+                        allocation_time=now,
+                        vm_size=pool.vm_size,
                         root_dir=str(self.node_root / node_id),
-                        total_slots=pool.task_slots_per_node, running_tasks=0, running_slots=0,
-                        total_tasks_run=0, total_tasks_succeeded=0, leaving=False, boot_id=0,
+                        total_slots=pool.task_slots_per_node,
+                        running_tasks=0,
+                        running_slots=0,
+                        total_tasks_run=0,
+                        total_tasks_succeeded=0,
+                        leaving=False,
+                        boot_id=0,
                     )
                 )
             if missing < 0:
@@ -182,48 +197,64 @@ class NodeMixin:
             if pool.allocation_state == AllocationState.RESIZING.value:
                 done = live_count == pool.target_dedicated and not any(r.leaving for r in rows)
                 timed_out = now - pool.allocation_state_transition_time > (
-                    pool.resize_timeout_seconds or 900.0)
+                    pool.resize_timeout_seconds or 900.0
+                )
                 if done or timed_out:
                     values: dict[str, Any] = {
                         "allocation_state": AllocationState.STEADY.value,
                         "allocation_state_transition_time": now,
                     }
                     if timed_out and not done:
-                        values["resize_errors"] = [{
-                            "code": "AllocationTimedOut",
-                            "message": "The pool did not reach its target size within its "
-                                       "resize timeout",
-                        }]
+                        values["resize_errors"] = [
+                            {
+                                "code": "AllocationTimedOut",
+                                "message": "The pool did not reach its target size within its "
+                                "resize timeout",
+                            }
+                        ]
                     conn.execute(update(pools).where(pools.c.pk == pool.pk).values(**values))
             attach = [r for r in rows if r.pk not in self._nodes]
         for r in attach:
             rt = NodeRuntime(
-                pk=r.pk, node_id=r.node_id, pool_pk=pool.pk, root=Path(r.root_dir),
-                total_slots=r.total_slots, state=r.state, boot_id=r.boot_id,
-                schedulable=r.scheduling_state == "enabled", leaving=bool(r.leaving),
+                pk=r.pk,
+                node_id=r.node_id,
+                pool_pk=pool.pk,
+                root=Path(r.root_dir),
+                total_slots=r.total_slots,
+                state=r.state,
+                boot_id=r.boot_id,
+                schedulable=r.scheduling_state == "enabled",
+                leaving=bool(r.leaving),
                 pending_op=r.pending_op,
             )
             self._nodes[r.pk] = rt
             self._connect(rt, pool, now)
         for rt in list(self._nodes.values()):
-            if (rt.pool_pk == pool.pk and rt.connection is None and rt.restart_at is not None
-                    and now >= rt.restart_at):
+            if (
+                rt.pool_pk == pool.pk
+                and rt.connection is None
+                and rt.restart_at is not None
+                and now >= rt.restart_at
+            ):
                 self._connect(rt, pool, now)
 
     def _shrink(self, conn: Any, pool: Any, live: list[Any], count: int) -> None:
         """Mark ``count`` nodes for removal: idle ones first, a job manager's node last."""
         managers = {
-            r[0] for r in conn.execute(
+            r[0]
+            for r in conn.execute(
                 select(tasks.c.node_pk).where(
-                    tasks.c.kind == "jobmanager", tasks.c.state.in_(lifecycle.IN_FLIGHT))
+                    tasks.c.kind == "jobmanager", tasks.c.state.in_(lifecycle.IN_FLIGHT)
+                )
             ).all()
         }
         victims = sorted(live, key=lambda r: (r.pk in managers, r.running_tasks, -r.pk))[:count]
         for r in victims:
             mark_in_flight(conn, r.pk, pool.deallocation_option)
             conn.execute(
-                update(nodes).where(nodes.c.pk == r.pk).values(
-                    leaving=True, pending_op="remove", pending_option=pool.deallocation_option)
+                update(nodes)
+                .where(nodes.c.pk == r.pk)
+                .values(leaving=True, pending_op="remove", pending_option=pool.deallocation_option)
             )
             rt = self._nodes.get(r.pk)
             if rt is not None:
@@ -249,8 +280,7 @@ class NodeMixin:
                 rt.root,
                 lambda msg: self._on_event(rt.pk, msg, generation),  # type: ignore[attr-defined]
             )
-            rt.connection.send({"op": "hello", "v": 1, "node_id": rt.node_id,
-                                "pool_id": pool.id})
+            rt.connection.send({"op": "hello", "v": 1, "node_id": rt.node_id, "pool_id": pool.id})
         except Exception as exc:  # noqa: BLE001 - any failure makes the node unusable
             rt.connection = None
             self._node_failed(rt, "NodeAgentStartFailed", str(exc))
@@ -268,8 +298,9 @@ class NodeMixin:
                 lifecycle.requeue_tasks(conn, lifecycle.running_task_rows(conn, rt.pk), now)
                 values.update(running_tasks=0, running_slots=0)
                 conn.execute(
-                    update(pools).where(pools.c.pk == rt.pool_pk).values(
-                        resize_errors=[{"code": code, "message": f"{rt.node_id}: {message}"}])
+                    update(pools)
+                    .where(pools.c.pk == rt.pool_pk)
+                    .values(resize_errors=[{"code": code, "message": f"{rt.node_id}: {message}"}])
                 )
             self._set_state(conn, rt, NodeState.UNUSABLE, now, **values)
 
@@ -298,14 +329,27 @@ class NodeMixin:
         delay = RESTART_DELAYS_SECONDS[min(rt.failures - 1, len(RESTART_DELAYS_SECONDS) - 1)]
         rt.restart_at = now + delay
         self._set_state(
-            conn, rt, NodeState.UNUSABLE, now,
-            errors=[{"code": "NodeAgentLost",
-                     "message": str(msg.get("reason", "agent connection closed"))}],
+            conn,
+            rt,
+            NodeState.UNUSABLE,
+            now,
+            errors=[
+                {
+                    "code": "NodeAgentLost",
+                    "message": str(msg.get("reason", "agent connection closed")),
+                }
+            ],
         )
         self._next_lease = 0.0  # type: ignore[attr-defined]  # reconnect soon
 
-    def _on_hello(self, conn: Any, rt: NodeRuntime, msg: dict[str, Any], now: float,
-                  sends: dict[int, list[dict[str, Any]]]) -> None:
+    def _on_hello(
+        self,
+        conn: Any,
+        rt: NodeRuntime,
+        msg: dict[str, Any],
+        now: float,
+        sends: dict[int, list[dict[str, Any]]],
+    ) -> None:
         row = conn.execute(select(nodes).where(nodes.c.pk == rt.pk)).one()
         in_flight = lifecycle.running_task_rows(conn, rt.pk)
         used = sum(r.required_slots for r in in_flight)
@@ -317,19 +361,27 @@ class NodeMixin:
         rt.held.clear()
         self._forget_node_jobs(conn, rt.pk, reimage=False, now=now)  # type: ignore[attr-defined]
         self._load_prep_failures(conn, rt)  # type: ignore[attr-defined]
-        info = {k: msg.get(k) for k in ("agent_version", "hostname", "cpu_count",
-                                         "memory_bytes", "pid")}
-        values = dict(last_boot_time=now, ip_address="127.0.0.1", agent_info=info,
-                      last_heartbeat=now, errors=None, running_tasks=len(in_flight),
-                      running_slots=used)
+        info = {
+            k: msg.get(k) for k in ("agent_version", "hostname", "cpu_count", "memory_bytes", "pid")
+        }
+        values = dict(
+            last_boot_time=now,
+            ip_address="127.0.0.1",
+            agent_info=info,
+            last_heartbeat=now,
+            errors=None,
+            running_tasks=len(in_flight),
+            running_slots=used,
+        )
         pool = self._pools.get(rt.pool_pk)
         start = (pool.spec or {}).get("startTask") if pool is not None else None
         st = row.start_task_info or {}
         if start and not (st.get("bootId") == rt.boot_id and st.get("state") == "completed"):
             rt.start_task_ok = not start.get("waitForSuccess", True)
             self._run_start_task(conn, rt, pool, start, 0, now, sends)
-            target = (NodeState.WAITING_FOR_START_TASK if not rt.start_task_ok
-                      else self._idle_state(rt))
+            target = (
+                NodeState.WAITING_FOR_START_TASK if not rt.start_task_ok else self._idle_state(rt)
+            )
         elif start and st.get("result") == "failure" and start.get("waitForSuccess", True):
             rt.start_task_ok = False
             target = NodeState.START_TASK_FAILED
@@ -338,32 +390,54 @@ class NodeMixin:
             target = self._idle_state(rt)
         self._set_state(conn, rt, target, now, **values)
         if in_flight:
-            sends[rt.pk].append({"op": "recover",
-                                 "keys": [f"t{r.pk}-{r.attempt}" for r in in_flight]})
+            sends[rt.pk].append(
+                {"op": "recover", "keys": [f"t{r.pk}-{r.attempt}" for r in in_flight]}
+            )
 
     # -- start task ------------------------------------------------------------------------
 
-    def _run_start_task(self, conn: Any, rt: NodeRuntime, pool: Any, start: dict[str, Any],
-                        retry: int, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
-        info = {"state": "running", "startTime": iso(now), "retryCount": retry,
-                "bootId": rt.boot_id}
+    def _run_start_task(
+        self,
+        conn: Any,
+        rt: NodeRuntime,
+        pool: Any,
+        start: dict[str, Any],
+        retry: int,
+        now: float,
+        sends: dict[int, list[dict[str, Any]]],
+    ) -> None:
+        info = {
+            "state": "running",
+            "startTime": iso(now),
+            "retryCount": retry,
+            "bootId": rt.boot_id,
+        }
         conn.execute(update(nodes).where(nodes.c.pk == rt.pk).values(start_task_info=info))
         env = settings_env(start.get("environmentSettings"))
         base_url = self.account_urls.get(pool.account, "embedded://local")
         env.update(base_environment(pool.account, base_url, pool.id, rt.node_id))
-        sends[rt.pk].append({
-            "op": "run",
-            "key": f"s{rt.pk}-{rt.boot_id}-{retry}",
-            "argv": split_command_line(start["commandLine"]),
-            "dir": "startup",
-            "env": env,
-            "wall_clock_seconds": None,
-            "job_prep_dir": None,
-        })
+        sends[rt.pk].append(
+            {
+                "op": "run",
+                "key": f"s{rt.pk}-{rt.boot_id}-{retry}",
+                "argv": split_command_line(start["commandLine"]),
+                "dir": "startup",
+                "env": env,
+                "wall_clock_seconds": None,
+                "job_prep_dir": None,
+            }
+        )
 
-    def _on_start_task_exit(self, conn: Any, rt: NodeRuntime, key: str,
-                            outcome: AttemptOutcome, msg: dict[str, Any], now: float,
-                            sends: dict[int, list[dict[str, Any]]]) -> None:
+    def _on_start_task_exit(
+        self,
+        conn: Any,
+        rt: NodeRuntime,
+        key: str,
+        outcome: AttemptOutcome,
+        msg: dict[str, Any],
+        now: float,
+        sends: dict[int, list[dict[str, Any]]],
+    ) -> None:
         try:
             _pk, boot_s, retry_s = key[1:].split("-")
             boot, retry = int(boot_s), int(retry_s)
@@ -373,9 +447,13 @@ class NodeMixin:
         start = (pool.spec or {}).get("startTask") if pool is not None else None
         if boot != rt.boot_id or not start:
             return
-        decision = decide(outcome, retry_count=retry,
-                          max_task_retry_count=start.get("maxTaskRetryCount", 0),
-                          exit_conditions=None, task_failure_mode="noaction")
+        decision = decide(
+            outcome,
+            retry_count=retry,
+            max_task_retry_count=start.get("maxTaskRetryCount", 0),
+            exit_conditions=None,
+            task_failure_mode="noaction",
+        )
         if decision.retry:
             self._run_start_task(conn, rt, pool, start, retry + 1, now, sends)
             return
@@ -396,8 +474,11 @@ class NodeMixin:
         wait = start.get("waitForSuccess", True)
         if success or not wait:
             rt.start_task_ok = True
-            target = self._idle_state(rt) if rt.state == NodeState.WAITING_FOR_START_TASK.value \
+            target = (
+                self._idle_state(rt)
+                if rt.state == NodeState.WAITING_FOR_START_TASK.value
                 else NodeState(rt.state)
+            )
         else:
             rt.start_task_ok = False
             target = NodeState.START_TASK_FAILED
@@ -405,16 +486,21 @@ class NodeMixin:
 
     # -- requested operations --------------------------------------------------------------
 
-    def _node_ops(self, conn: Any, now: float,
-                  sends: dict[int, list[dict[str, Any]]] | None = None) -> None:
+    def _node_ops(
+        self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]] | None = None
+    ) -> None:
         """Pick up scheduling changes and carry out node operations whose time has come."""
         mine = list(self._nodes)
         if not mine:
             return
         rows = conn.execute(
-            select(nodes.c.pk, nodes.c.pending_op, nodes.c.pending_option,
-                   nodes.c.scheduling_state, nodes.c.leaving)
-            .where(nodes.c.pk.in_(mine))
+            select(
+                nodes.c.pk,
+                nodes.c.pending_op,
+                nodes.c.pending_option,
+                nodes.c.scheduling_state,
+                nodes.c.leaving,
+            ).where(nodes.c.pk.in_(mine))
         ).all()
         for r in rows:
             rt = self._nodes[r.pk]
@@ -436,15 +522,22 @@ class NodeMixin:
                 # deletion. (Fix: with ``> now`` the node could be rebooted between the deadline
                 # and the deletion, and the deletion, sent to a dead agent, was lost for good.)
                 kept = conn.execute(
-                    select(func.count()).select_from(tasks).where(
-                        tasks.c.files_node_pk == r.pk, tasks.c.retention_deadline.is_not(None))
+                    select(func.count())
+                    .select_from(tasks)
+                    .where(tasks.c.files_node_pk == r.pk, tasks.c.retention_deadline.is_not(None))
                 ).scalar_one()
                 if kept:
                     continue
             self._carry_out(conn, rt, r.pending_op, now, sends)
 
-    def _carry_out(self, conn: Any, rt: NodeRuntime, op: str, now: float,
-                   sends: dict[int, list[dict[str, Any]]] | None = None) -> None:
+    def _carry_out(
+        self,
+        conn: Any,
+        rt: NodeRuntime,
+        op: str,
+        now: float,
+        sends: dict[int, list[dict[str, Any]]] | None = None,
+    ) -> None:
         # Deliver what this step queued for the node (a retention deletion, ...) before its agent
         # is killed. (Fix: sends go out after the transaction, when the connection is already
         # gone, so they were dropped - a retaineddata reboot left the task files behind.)
@@ -459,22 +552,37 @@ class NodeMixin:
         if op == "remove":
             self._set_state(conn, rt, NodeState.LEAVING_POOL, now)
             self._forget_node_jobs(conn, rt.pk, reimage=True, now=now)  # type: ignore[attr-defined]
-            conn.execute(update(tasks).where(tasks.c.files_node_pk == rt.pk)
-                         .values(files_node_pk=None, retention_deadline=None))
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.files_node_pk == rt.pk)
+                .values(files_node_pk=None, retention_deadline=None)
+            )
             conn.execute(delete(nodes).where(nodes.c.pk == rt.pk))
             self._nodes.pop(rt.pk, None)
             shutil.rmtree(rt.root, ignore_errors=True)
             self._next_lease = 0.0  # type: ignore[attr-defined]  # settle the pool's size
             return
         target = NodeState.REIMAGING if op == "reimage" else NodeState.REBOOTING
-        self._set_state(conn, rt, target, now, pending_op=None, pending_option=None,
-                        boot_id=rt.boot_id + 1, running_tasks=0, running_slots=0)
+        self._set_state(
+            conn,
+            rt,
+            target,
+            now,
+            pending_op=None,
+            pending_option=None,
+            boot_id=rt.boot_id + 1,
+            running_tasks=0,
+            running_slots=0,
+        )
         rt.boot_id += 1
         rt.pending_op = None
         if op == "reimage":
             self._forget_node_jobs(conn, rt.pk, reimage=True, now=now)  # type: ignore[attr-defined]
-            conn.execute(update(tasks).where(tasks.c.files_node_pk == rt.pk)
-                         .values(files_node_pk=None, retention_deadline=None))
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.files_node_pk == rt.pk)
+                .values(files_node_pk=None, retention_deadline=None)
+            )
             shutil.rmtree(rt.root, ignore_errors=True)
         rt.restart_at = now  # the agent comes back at the next reconcile, start task and all
         self._next_lease = 0.0  # type: ignore[attr-defined]

@@ -171,7 +171,8 @@ class NodeOperations(ServiceBase):
                 )
             if row.state == NodeState.UNUSABLE.value:
                 raise BatchConflictError(
-                    "NodeStateUnusable", f"The node is unusable: {row.node_id}",
+                    "NodeStateUnusable",
+                    f"The node is unusable: {row.node_id}",
                     {"NodeId": row.node_id},
                 )
             values: dict[str, Any] = {"scheduling_state": target}

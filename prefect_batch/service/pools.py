@@ -381,4 +381,3 @@ class PoolOperations(ServiceBase):
                 "NodeNotFound", f"The specified node does not exist: {node_id}", {"NodeId": node_id}
             )
         return row
-

@@ -74,8 +74,11 @@ class TaskOperations(ServiceBase):
         if result.error is not None:
             err = result.error
             values = {d.key: d.value for d in (err.error_values or []) if d.key}
-            conflicts = {"TaskExists", "TaskIdSameAsJobPreparationTask",
-                         "TaskIdSameAsJobReleaseTask"}
+            conflicts = {
+                "TaskExists",
+                "TaskIdSameAsJobPreparationTask",
+                "TaskIdSameAsJobReleaseTask",
+            }
             cls = BatchConflictError if err.code in conflicts else BatchInvalidRequestError
             raise cls(
                 err.code or "InvalidPropertyValue", err.message.value if err.message else "", values
@@ -180,7 +183,8 @@ class TaskOperations(ServiceBase):
                 sub = (job.spec or {}).get(name)
                 if sub and (sub.get("id") or default).casefold() == opts.id.casefold():
                     raise BatchConflictError(
-                        code, f"The task id is the job's {name} id: {opts.id}",
+                        code,
+                        f"The task id is the job's {name} id: {opts.id}",
                         {"TaskId": opts.id},
                     )
             split_command_line(opts.command_line)
@@ -733,7 +737,6 @@ def _error_result(task_id: str, err: BatchServiceError) -> BatchTaskCreateResult
             "error": err.to_body(),
         }
     )
-
 
 
 def _last_node(row: Any) -> tuple[str, str, str] | None:

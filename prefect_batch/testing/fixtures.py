@@ -212,9 +212,7 @@ def check_invariants(client: BatchClient, job_id: str) -> None:
         node_pks = {r.node_pk for r in rows if r.node_pk is not None}
         node_rows = {
             n.pk: n
-            for n in conn.execute(
-                select(nodes).where(nodes.c.pk.in_(list(node_pks) or [-1]))
-            ).all()
+            for n in conn.execute(select(nodes).where(nodes.c.pk.in_(list(node_pks) or [-1]))).all()
         }
         on_node: dict[int, tuple[int, int]] = {}
         for n in node_rows.values():
@@ -273,8 +271,9 @@ def check_invariants(client: BatchClient, job_id: str) -> None:
         if job.state != "active":
             problems.append(f"queue holds task {r.id} of a {job.state} job")
         if q.neg_priority != -job.priority:
-            problems.append(f"task {r.id} queued at priority {-q.neg_priority}, job has "
-                            f"{job.priority}")
+            problems.append(
+                f"task {r.id} queued at priority {-q.neg_priority}, job has {job.priority}"
+            )
         if q.slots != r.required_slots:
             problems.append(f"task {r.id} queued with {q.slots} slots, needs {r.required_slots}")
         if q.pool_key != job.pool_key:

@@ -39,8 +39,9 @@ def _scoped_client(server: Server, job_id: str) -> BatchClient:
 
 @pytest.fixture(scope="module")
 def admin(server: Server):
-    with BatchClient(server.account.name, url=server.url,
-                     account_key=server.account.primary) as client:
+    with BatchClient(
+        server.account.name, url=server.url, account_key=server.account.primary
+    ) as client:
         client.create_pool({"id": "jmpool", "vmSize": "local", "targetDedicatedNodes": 2})
         yield client
 
@@ -52,17 +53,21 @@ def test_a_job_manager_adds_tasks_through_the_server_and_ends_the_job(admin: Bat
             "poolInfo": {"poolId": "jmpool"},
             "jobManagerTask": {
                 "id": "manager",
-                "commandLine": f"{sys.executable} -c \"{MANAGER}\"",
+                "commandLine": f'{sys.executable} -c "{MANAGER}"',
             },
         }
     )
-    wait_until(lambda: admin.get_job("managed").state == "completed", timeout=120,
-               message="the job manager ended the job")
+    wait_until(
+        lambda: admin.get_job("managed").state == "completed",
+        timeout=120,
+        message="the job manager ended the job",
+    )
     job = admin.get_job("managed")
     assert job.execution_info.termination_reason == "JMComplete"
     manager = admin.get_task("managed", "manager")
     assert manager.execution_info.result == "success", admin.get_task_file(
-        "managed", "manager", "stderr.txt")
+        "managed", "manager", "stderr.txt"
+    )
     counts = admin.get_job_task_counts("managed").task_counts
     assert counts.succeeded == 21  # the manager and its 20 tasks
 
@@ -83,7 +88,8 @@ def test_a_job_key_works_for_its_job_only(server: Server, admin: BatchClient) ->
     assert [t.id for t in admin.list_tasks("theirs")] == []
     # The key of one job does not sign for another job.
     key = base64.b64encode(derive_job_key(decode_key(server.account.primary), "mine")).decode()
-    with BatchClient(job_scoped_name(server.account.name, "theirs"), url=server.url,
-                     account_key=key) as forged:
+    with BatchClient(
+        job_scoped_name(server.account.name, "theirs"), url=server.url, account_key=key
+    ) as forged:
         with pytest.raises(BatchAuthenticationError):
             forged.get_job("theirs")

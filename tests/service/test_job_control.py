@@ -27,14 +27,18 @@ KILLED_EXIT_CODE = 0xC000013A
 
 @pytest.fixture(scope="module", autouse=True)
 def pool(client: BatchClient) -> None:
-    client.create_pool({"id": POOL, "vmSize": "local", "targetDedicatedNodes": 1,
-                        "taskSlotsPerNode": 1})
+    client.create_pool(
+        {"id": POOL, "vmSize": "local", "targetDedicatedNodes": 1, "taskSlotsPerNode": 1}
+    )
     wait_for_nodes(client, POOL, 1, timeout=30)
 
 
 def wait_for_job_state(client: BatchClient, job: str, state: str) -> BatchJob:
-    return wait_until(lambda: (j := client.get_job(job)).state == state and j,
-                      timeout=20, message=f"job {job} {state}")
+    return wait_until(
+        lambda: (j := client.get_job(job)).state == state and j,
+        timeout=20,
+        message=f"job {job} {state}",
+    )
 
 
 def _sentinel_runs(client: BatchClient, make_job: Callable[..., str]) -> None:
@@ -46,16 +50,21 @@ def _sentinel_runs(client: BatchClient, make_job: Callable[..., str]) -> None:
 
 def _blocks_once(marker: Path) -> str:
     """Blocks (sleep 30) the first time, succeeds at once on later runs."""
-    return (f"/bin/sh -c 'if [ -e {marker} ]; then exit 0; fi; touch {marker}; "
-            f"exec sleep 30'")
+    return f"/bin/sh -c 'if [ -e {marker} ]; then exit 0; fi; touch {marker}; exec sleep 30'"
 
 
 def test_disable_requeue_requeues_the_running_task(
     client: BatchClient, make_job: Callable[..., str], tmp_path: Path
 ) -> None:
     job = make_job(POOL)
-    client.create_task(job, {"id": "t", "commandLine": _blocks_once(tmp_path / "m"),
-                             "constraints": {"maxTaskRetryCount": 3}})
+    client.create_task(
+        job,
+        {
+            "id": "t",
+            "commandLine": _blocks_once(tmp_path / "m"),
+            "constraints": {"maxTaskRetryCount": 3},
+        },
+    )
     wait_for_task(client, job, "t", "running")
     wait_until((tmp_path / "m").exists, timeout=10, message="task started its command")
     client.disable_job(job, "requeue")
@@ -86,8 +95,13 @@ def test_disable_terminate_fails_the_running_task_and_keeps_queued_ones(
     client: BatchClient, make_job: Callable[..., str], gate: Path
 ) -> None:
     job = make_job(POOL)
-    client.create_tasks(job, [{"id": "running", "commandLine": gate_command(gate)},
-                              {"id": "queued", "commandLine": "true"}])
+    client.create_tasks(
+        job,
+        [
+            {"id": "running", "commandLine": gate_command(gate)},
+            {"id": "queued", "commandLine": "true"},
+        ],
+    )
     wait_for_task(client, job, "running", "running")
     client.disable_job(job, {"disableTasks": "terminate"})
     wait_for_job_state(client, job, "disabled")
@@ -108,8 +122,13 @@ def test_disable_wait_lets_the_running_task_finish_and_starts_nothing(
     client: BatchClient, make_job: Callable[..., str], gate: Path
 ) -> None:
     job = make_job(POOL)
-    client.create_tasks(job, [{"id": "running", "commandLine": gate_command(gate)},
-                              {"id": "queued", "commandLine": "true"}])
+    client.create_tasks(
+        job,
+        [
+            {"id": "running", "commandLine": gate_command(gate)},
+            {"id": "queued", "commandLine": "true"},
+        ],
+    )
     wait_for_task(client, job, "running", "running")
     client.disable_job(job, "wait")
     # Azure: the job stays "disabling" until its running tasks are dealt with.
@@ -152,8 +171,13 @@ def test_terminate_job_ends_running_tasks_with_user_reason(
     client: BatchClient, make_job: Callable[..., str], gate: Path
 ) -> None:
     job = make_job(POOL)
-    client.create_tasks(job, [{"id": "running", "commandLine": gate_command(gate)},
-                              {"id": "queued", "commandLine": "true"}])
+    client.create_tasks(
+        job,
+        [
+            {"id": "running", "commandLine": gate_command(gate)},
+            {"id": "queued", "commandLine": "true"},
+        ],
+    )
     wait_for_task(client, job, "running", "running")
     client.terminate_job(job)
     got = wait_for_job_state(client, job, "completed")
@@ -170,9 +194,7 @@ def test_terminate_job_ends_running_tasks_with_user_reason(
     assert err.value.code == "JobCompleted"
 
 
-def test_terminate_job_with_own_reason(
-    client: BatchClient, make_job: Callable[..., str]
-) -> None:
+def test_terminate_job_with_own_reason(client: BatchClient, make_job: Callable[..., str]) -> None:
     job = make_job(POOL)
     client.terminate_job(job, {"terminateReason": "NoLongerNeeded"})
     got = wait_for_job_state(client, job, "completed")
@@ -183,9 +205,14 @@ def test_delete_job_removes_it_with_its_tasks_and_files(
     client: BatchClient, make_job: Callable[..., str], gate: Path
 ) -> None:
     job = make_job(POOL)
-    client.create_tasks(job, [{"id": "done", "commandLine": "echo hi"},
-                              {"id": "running", "commandLine": gate_command(gate)},
-                              {"id": "queued", "commandLine": "true"}])
+    client.create_tasks(
+        job,
+        [
+            {"id": "done", "commandLine": "echo hi"},
+            {"id": "running", "commandLine": gate_command(gate)},
+            {"id": "queued", "commandLine": "true"},
+        ],
+    )
     wait_for_task(client, job, "running", "running")
     node = client.get_task(job, "done").node_info.node_id
     assert client.get_node_file(POOL, node, f"{job}/done/stdout.txt") == b"hi\n"
@@ -203,8 +230,11 @@ def test_delete_job_removes_it_with_its_tasks_and_files(
     with pytest.raises(BatchNotFoundError) as err:
         client.list_tasks(job)
     assert err.value.code == "JobNotFound"
-    wait_until(lambda: job not in [f.name for f in client.list_node_files(POOL, node)],
-               timeout=20, message="job directory removed from the node")
+    wait_until(
+        lambda: job not in [f.name for f in client.list_node_files(POOL, node)],
+        timeout=20,
+        message="job directory removed from the node",
+    )
     # The id is free again.
     client.create_job({"id": job, "poolInfo": {"poolId": POOL}})
     assert client.list_tasks(job) == []
@@ -214,9 +244,13 @@ def test_delete_job_removes_it_with_its_tasks_and_files(
 def test_update_job_patches_only_what_is_given(
     client: BatchClient, make_job: Callable[..., str]
 ) -> None:
-    job = make_job(POOL, priority=10, maxParallelTasks=2,
-                   constraints={"maxTaskRetryCount": 2},
-                   metadata=[{"name": "k", "value": "v"}])
+    job = make_job(
+        POOL,
+        priority=10,
+        maxParallelTasks=2,
+        constraints={"maxTaskRetryCount": 2},
+        metadata=[{"name": "k", "value": "v"}],
+    )
     before = client.get_job(job)
     client.update_job(job, {"priority": 20})
     got = client.get_job(job)
@@ -236,9 +270,13 @@ def test_update_job_patches_only_what_is_given(
 def test_replace_job_resets_what_is_not_given(
     client: BatchClient, make_job: Callable[..., str]
 ) -> None:
-    job = make_job(POOL, priority=10, maxParallelTasks=2,
-                   constraints={"maxTaskRetryCount": 2, "maxWallClockTime": "PT1H"},
-                   metadata=[{"name": "k", "value": "v"}])
+    job = make_job(
+        POOL,
+        priority=10,
+        maxParallelTasks=2,
+        constraints={"maxTaskRetryCount": 2, "maxWallClockTime": "PT1H"},
+        metadata=[{"name": "k", "value": "v"}],
+    )
     client.replace_job(job, {"poolInfo": {"poolId": POOL}, "priority": 5})
     got = client.get_job(job)
     assert got.priority == 5

@@ -58,14 +58,18 @@ def test_a_job_manager_adds_50_tasks_and_ends_the_job(
     client: BatchClient, make_job: Callable[..., str]
 ) -> None:
     pool = "jm"
-    client.create_pool({"id": pool, "vmSize": "local", "targetDedicatedNodes": 2,
-                        "taskSlotsPerNode": 2})
+    client.create_pool(
+        {"id": pool, "vmSize": "local", "targetDedicatedNodes": 2, "taskSlotsPerNode": 2}
+    )
     wait_for_nodes(client, pool, 2, timeout=30)
     job = make_job(pool, jobManagerTask={"id": "manager", "commandLine": _python(MANAGER)})
     # Queued with the job, before any other task.
     assert [t.id for t in client.list_tasks(job)] == ["manager"]
-    wait_until(lambda: client.get_job(job).state == "completed", timeout=60,
-               message="job ended by its manager")
+    wait_until(
+        lambda: client.get_job(job).state == "completed",
+        timeout=60,
+        message="job ended by its manager",
+    )
     finished = client.get_job(job)
     assert finished.execution_info.termination_reason == "JMComplete"
 
@@ -86,9 +90,11 @@ def test_a_job_manager_adds_50_tasks_and_ends_the_job(
     # The manager had its node alone while it ran: every worker ran on the other node.
     manager_node = manager.node_info.node_id
     assert {t.node_info.node_id for t in workers}.isdisjoint({manager_node})
-    assert all(manager.execution_info.start_time <= t.execution_info.start_time
-               and t.execution_info.end_time <= manager.execution_info.end_time
-               for t in workers)
+    assert all(
+        manager.execution_info.start_time <= t.execution_info.start_time
+        and t.execution_info.end_time <= manager.execution_info.end_time
+        for t in workers
+    )
     counts = client.get_job_task_counts(job).task_counts
     assert (counts.succeeded, counts.failed) == (N_WORKERS + 1, 0)
 
@@ -104,15 +110,21 @@ def test_kill_job_on_completion_stops_tasks_still_running(
     client.create_task(job, {"id": "slow", "commandLine": gate_command(gate.with_name("never"))})
     wait_for_task(client, job, "slow", "running")
     gate.touch()
-    wait_until(lambda: client.get_job(job).state == "completed", timeout=30,
-               message="job ended by its manager")
+    wait_until(
+        lambda: client.get_job(job).state == "completed",
+        timeout=30,
+        message="job ended by its manager",
+    )
     slow = client.get_task(job, "slow")
     assert (slow.execution_info.result, slow.execution_info.exit_code) == (
-        "failure", WALL_CLOCK_EXIT_CODE)
+        "failure",
+        WALL_CLOCK_EXIT_CODE,
+    )
 
     # With killJobOnCompletion false the job carries on after its manager.
-    other = make_job(pool, jobManagerTask={"id": "m", "commandLine": "true",
-                                           "killJobOnCompletion": False})
+    other = make_job(
+        pool, jobManagerTask={"id": "m", "commandLine": "true", "killJobOnCompletion": False}
+    )
     wait_for_task(client, other, "m")
     client.create_task(other, {"id": "after", "commandLine": "true"})
     assert wait_for_task(client, other, "after").execution_info.result == "success"
@@ -129,19 +141,27 @@ def test_a_failed_job_manager_is_retried_first(
     client.create_pool({"id": pool, "vmSize": "local", "targetDedicatedNodes": 1})
     wait_for_nodes(client, pool, 1, timeout=30)
     manager_cmd = gate_command(gate, then=f"echo x >> {tries}; [ $(wc -l < {tries}) -ge 2 ]")
-    job = make_job(pool, jobManagerTask={"id": "manager", "commandLine": manager_cmd,
-                                         "constraints": {"maxTaskRetryCount": 1}})
+    job = make_job(
+        pool,
+        jobManagerTask={
+            "id": "manager",
+            "commandLine": manager_cmd,
+            "constraints": {"maxTaskRetryCount": 1},
+        },
+    )
     wait_for_task(client, job, "manager", "running")
     urgent = make_job(pool, priority=1000)
     client.create_tasks(urgent, [{"id": f"u{i}", "commandLine": "true"} for i in range(3)])
     gate.touch()
-    wait_until(lambda: client.get_job(job).state == "completed", timeout=30,
-               message="job ended by its manager")
+    wait_until(
+        lambda: client.get_job(job).state == "completed",
+        timeout=30,
+        message="job ended by its manager",
+    )
     manager = client.get_task(job, "manager")
     info = manager.execution_info
     assert (info.result, info.retry_count, info.exit_code) == ("success", 1, 0)
     assert tries.read_text().split() == ["x", "x"]
     client.wait_for_job(urgent, timeout=30)
     # The retry started before any task of the priority-1000 job.
-    assert all(info.start_time <= t.execution_info.start_time
-               for t in client.list_tasks(urgent))
+    assert all(info.start_time <= t.execution_info.start_time for t in client.list_tasks(urgent))

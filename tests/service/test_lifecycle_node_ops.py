@@ -38,17 +38,23 @@ def _lines(path: Path) -> list[str]:
 
 
 def _pool(client: BatchClient, pool: str, boots: Path, nodes: int = 2) -> list[str]:
-    client.create_pool({
-        "id": pool, "vmSize": "local", "targetDedicatedNodes": nodes,
-        "startTask": {"commandLine": _sh(f"echo $AZ_BATCH_NODE_ID >> {boots}")},
-    })
+    client.create_pool(
+        {
+            "id": pool,
+            "vmSize": "local",
+            "targetDedicatedNodes": nodes,
+            "startTask": {"commandLine": _sh(f"echo $AZ_BATCH_NODE_ID >> {boots}")},
+        }
+    )
     return [n.id for n in wait_for_nodes(client, pool, nodes, timeout=30)]
 
 
 def _counting_task(task_id: str, gate: Path, runs: Path, **extra: object) -> dict:
-    return {"id": task_id,
-            "commandLine": gate_command(gate, then=f"echo $AZ_BATCH_NODE_ID >> {runs}"),
-            **extra}
+    return {
+        "id": task_id,
+        "commandLine": gate_command(gate, then=f"echo $AZ_BATCH_NODE_ID >> {runs}"),
+        **extra,
+    }
 
 
 def _running_elsewhere(client: BatchClient, job: str, task_id: str, node_id: str):
@@ -60,10 +66,14 @@ def _running_elsewhere(client: BatchClient, job: str, task_id: str, node_id: str
 
 
 def _booted_twice(client: BatchClient, pool: str, node_id: str, boots: Path) -> None:
-    wait_until(lambda: Counter(_lines(boots))[node_id] == 2, timeout=30,
-               message=f"{node_id} booted again")
-    wait_until(lambda: client.get_node(pool, node_id).state == "idle", timeout=30,
-               message=f"{node_id} idle again")
+    wait_until(
+        lambda: Counter(_lines(boots))[node_id] == 2, timeout=30, message=f"{node_id} booted again"
+    )
+    wait_until(
+        lambda: client.get_node(pool, node_id).state == "idle",
+        timeout=30,
+        message=f"{node_id} idle again",
+    )
 
 
 # -- reboot ------------------------------------------------------------------------------------
@@ -88,8 +98,9 @@ def test_reboot_requeue_runs_the_task_once_on_another_node(
     assert (task.execution_info.requeue_count, task.execution_info.retry_count) == (1, 0)
     assert _lines(runs) == [second]  # ran to completion exactly once
     assert [a["nodeId"] for a in client.list_task_attempts(job, "t")] == [first, second]
-    wait_until(lambda: client.get_job(job).state == "completed", timeout=30,
-               message="job completed")
+    wait_until(
+        lambda: client.get_job(job).state == "completed", timeout=30, message="job completed"
+    )
     _booted_twice(client, pool, first, boots)
     assert Counter(_lines(boots))[second] == 1
     rebooted = client.get_node(pool, first)
@@ -157,8 +168,7 @@ def test_reboot_retaineddata_waits_for_the_retention_time(
     pool = "reboot-retained"
     (node_id,) = _pool(client, pool, boots, nodes=1)
     job = make_job(pool)
-    client.create_task(job, _counting_task("t", gate, runs,
-                                           constraints={"retentionTime": "PT1S"}))
+    client.create_task(job, _counting_task("t", gate, runs, constraints={"retentionTime": "PT1S"}))
     wait_for_task(client, job, "t", "running")
     client.reboot_node(pool, node_id, "retaineddata")
     gate.touch()
@@ -185,10 +195,12 @@ def test_reimage_wipes_the_node_and_reruns_start_and_preparation(
     boots, runs, preps = tmp_path / "boots", tmp_path / "runs", tmp_path / "preps"
     pool = "reimage"
     (node_id,) = _pool(client, pool, boots, nodes=1)
-    job = make_job(pool, jobPreparationTask={
-        "commandLine": _sh(f"echo $AZ_BATCH_NODE_ID >> {preps}")})
-    client.create_task(job, {"id": "mark",
-                             "commandLine": _sh("echo x > $AZ_BATCH_NODE_SHARED_DIR/marker")})
+    job = make_job(
+        pool, jobPreparationTask={"commandLine": _sh(f"echo $AZ_BATCH_NODE_ID >> {preps}")}
+    )
+    client.create_task(
+        job, {"id": "mark", "commandLine": _sh("echo x > $AZ_BATCH_NODE_SHARED_DIR/marker")}
+    )
     wait_for_task(client, job, "mark")
     assert client.get_node_file(pool, node_id, "shared/marker") == b"x\n"
     client.create_task(job, _counting_task("held", gate, runs))
@@ -196,8 +208,9 @@ def test_reimage_wipes_the_node_and_reruns_start_and_preparation(
     assert _lines(preps) == [node_id]
 
     client.reimage_node(pool, node_id)  # default option: requeue
-    wait_until(lambda: Counter(_lines(boots))[node_id] == 2, timeout=30,
-               message="start task ran again")
+    wait_until(
+        lambda: Counter(_lines(boots))[node_id] == 2, timeout=30, message="start task ran again"
+    )
     names = {f.name for f in client.list_node_files(pool, node_id, recursive=True)}
     assert "shared/marker" not in names
     assert f"{job}/mark/stdout.txt" not in names
@@ -212,7 +225,11 @@ def test_reimage_wipes_the_node_and_reruns_start_and_preparation(
     (status,) = client.list_job_preparation_and_release_task_status(job)
     prep = status.job_preparation_task_execution_info
     assert (status.node_id, prep.state, prep.result, prep.exit_code) == (
-        node_id, "completed", "success", 0)
+        node_id,
+        "completed",
+        "success",
+        0,
+    )
     assert prep.start_time >= client.get_node(pool, node_id).last_boot_time
     client.delete_pool(pool)
 
@@ -247,7 +264,9 @@ def test_disable_scheduling_takes_the_node_offline(
     elif option == "terminate":
         task = wait_for_task(client, job, "t")
         assert (task.execution_info.result, task.execution_info.exit_code) == (
-            "failure", WALL_CLOCK_EXIT_CODE)
+            "failure",
+            WALL_CLOCK_EXIT_CODE,
+        )
         gate.touch()
     else:
         assert client.get_node(pool, first).state == "running"
@@ -255,8 +274,9 @@ def test_disable_scheduling_takes_the_node_offline(
         task = wait_for_task(client, job, "t")
         assert (task.execution_info.result, task.node_info.node_id) == ("success", first)
         assert _lines(runs) == [first]
-    wait_until(lambda: client.get_node(pool, first).state == "offline", timeout=30,
-               message="node offline")
+    wait_until(
+        lambda: client.get_node(pool, first).state == "offline", timeout=30, message="node offline"
+    )
     ran_before = client.get_node(pool, first).total_tasks_run
 
     # No new task lands on the offline node.
@@ -270,16 +290,18 @@ def test_disable_scheduling_takes_the_node_offline(
     with pytest.raises(BatchConflictError) as err:
         client.enable_node_scheduling(pool, first)
     assert err.value.code == "NodeAlreadyInTargetSchedulingState"
-    wait_until(lambda: client.get_node(pool, first).state == "idle", timeout=30,
-               message="node idle")
+    wait_until(
+        lambda: client.get_node(pool, first).state == "idle", timeout=30, message="node idle"
+    )
     # Two held tasks on two one-slot nodes: one of them runs on the enabled node.
     hold = tmp_path / "hold"
-    client.create_tasks(job, [{"id": f"h{i}", "commandLine": gate_command(hold)}
-                              for i in range(2)])
-    wait_until(lambda: len(client.list_tasks(job, state="running")) == 2, timeout=30,
-               message="both held tasks running")
-    assert {t.node_info.node_id for t in client.list_tasks(job, state="running")} == {
-        first, second}
+    client.create_tasks(job, [{"id": f"h{i}", "commandLine": gate_command(hold)} for i in range(2)])
+    wait_until(
+        lambda: len(client.list_tasks(job, state="running")) == 2,
+        timeout=30,
+        message="both held tasks running",
+    )
+    assert {t.node_info.node_id for t in client.list_tasks(job, state="running")} == {first, second}
     hold.touch()
     client.wait_for_job(job, timeout=30)
     client.delete_pool(pool)

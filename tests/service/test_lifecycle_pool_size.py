@@ -41,9 +41,11 @@ def _node_ids(client: BatchClient, pool: str) -> set[str]:
 
 
 def _counting_task(task_id: str, gate: Path, runs: Path, **extra: object) -> dict:
-    return {"id": task_id,
-            "commandLine": gate_command(gate, then=f"echo $AZ_BATCH_NODE_ID >> {runs}"),
-            **extra}
+    return {
+        "id": task_id,
+        "commandLine": gate_command(gate, then=f"echo $AZ_BATCH_NODE_ID >> {runs}"),
+        **extra,
+    }
 
 
 # -- remove nodes ------------------------------------------------------------------------------
@@ -51,15 +53,18 @@ def _counting_task(task_id: str, gate: Path, runs: Path, **extra: object) -> dic
 
 @pytest.mark.parametrize("option", ["requeue", "terminate", "taskcompletion", "retaineddata"])
 def test_remove_a_busy_node(
-    client: BatchClient, state_log: StateLog, make_job: Callable[..., str], gate: Path,
-    tmp_path: Path, option: str,
+    client: BatchClient,
+    state_log: StateLog,
+    make_job: Callable[..., str],
+    gate: Path,
+    tmp_path: Path,
+    option: str,
 ) -> None:
     runs = tmp_path / "runs"
     pool = f"remove-{option}"
     _pool(client, pool, 2)
     job = make_job(pool)
-    client.create_task(job, _counting_task("t", gate, runs,
-                                           constraints={"retentionTime": "PT1S"}))
+    client.create_task(job, _counting_task("t", gate, runs, constraints={"retentionTime": "PT1S"}))
     victim = wait_for_task(client, job, "t", "running").node_info.node_id
     (keeper,) = _node_ids(client, pool) - {victim}
     client.remove_nodes(pool, {"nodeList": [victim], "nodeDeallocationOption": option})
@@ -68,6 +73,7 @@ def test_remove_a_busy_node(
     assert after.current_dedicated_nodes == 1  # the leaving node no longer counts
 
     if option == "requeue":
+
         def moved():
             t = client.get_task(job, "t")
             return t if t.state == "running" and t.node_info.node_id == keeper else None
@@ -110,7 +116,8 @@ def test_remove_a_busy_node(
     if option == "retaineddata":
         # Removed only after the task's files had been kept for their retention time.
         assert client.get_pool(pool).allocation_state_transition_time >= (
-            task.execution_info.end_time + timedelta(seconds=1))
+            task.execution_info.end_time + timedelta(seconds=1)
+        )
     client.wait_for_job(job, timeout=30)
     assert client.get_pool(pool).target_dedicated_nodes == 1
     client.delete_pool(pool)
@@ -145,7 +152,10 @@ def test_remove_nodes_checks_its_request(client: BatchClient) -> None:
 
 
 def test_resize_up_then_down_waiting_for_tasks(
-    client: BatchClient, state_log: StateLog, make_job: Callable[..., str], gate: Path,
+    client: BatchClient,
+    state_log: StateLog,
+    make_job: Callable[..., str],
+    gate: Path,
     tmp_path: Path,
 ) -> None:
     runs = tmp_path / "runs"
@@ -160,11 +170,11 @@ def test_resize_up_then_down_waiting_for_tasks(
     job = make_job(pool)
     client.create_task(job, _counting_task("t", gate, runs))
     busy = wait_for_task(client, job, "t", "running").node_info.node_id
-    client.resize_pool(pool, {"targetDedicatedNodes": 0,
-                              "nodeDeallocationOption": "taskcompletion"})
+    client.resize_pool(
+        pool, {"targetDedicatedNodes": 0, "nodeDeallocationOption": "taskcompletion"}
+    )
     # The idle nodes go first; the busy one stays until its task is done.
-    wait_until(lambda: _node_ids(client, pool) == {busy}, timeout=30,
-               message="idle nodes gone")
+    wait_until(lambda: _node_ids(client, pool) == {busy}, timeout=30, message="idle nodes gone")
     pool_now = client.get_pool(pool)
     assert (pool_now.allocation_state, pool_now.target_dedicated_nodes) == ("resizing", 0)
     assert client.get_task(job, "t").state == "running"
@@ -188,8 +198,9 @@ def test_stop_resize_keeps_the_nodes_the_pool_has(
     job = make_job(pool)
     client.create_task(job, {"id": "t", "commandLine": gate_command(gate)})
     busy = wait_for_task(client, job, "t", "running").node_info.node_id
-    client.resize_pool(pool, {"targetDedicatedNodes": 0,
-                              "nodeDeallocationOption": "taskcompletion"})
+    client.resize_pool(
+        pool, {"targetDedicatedNodes": 0, "nodeDeallocationOption": "taskcompletion"}
+    )
     wait_until(lambda: _node_ids(client, pool) == {busy}, timeout=30, message="idle node gone")
     with pytest.raises(BatchConflictError) as err:
         client.resize_pool(pool, {"targetDedicatedNodes": 2})
@@ -236,15 +247,18 @@ def test_a_job_managers_node_is_removed_last(
     # Two-slot nodes: the manager (run exclusive) holds one node with 1 task, two tasks each
     # hold the others. Fewest tasks first would pick the manager's node; it must go last.
     pool = "jm-shrink"
-    client.create_pool({"id": pool, "vmSize": "local", "targetDedicatedNodes": 3,
-                        "taskSlotsPerNode": 2})
+    client.create_pool(
+        {"id": pool, "vmSize": "local", "targetDedicatedNodes": 3, "taskSlotsPerNode": 2}
+    )
     wait_for_nodes(client, pool, 3, timeout=30)
     job = make_job(pool, jobManagerTask={"id": "manager", "commandLine": gate_command(gate)})
     manager_node = wait_for_task(client, job, "manager", "running").node_info.node_id
-    client.create_tasks(job, [{"id": f"w{i}", "commandLine": gate_command(gate)}
-                              for i in range(4)])
-    wait_until(lambda: len(client.list_tasks(job, state="running")) == 5, timeout=30,
-               message="manager and 4 tasks running")
+    client.create_tasks(job, [{"id": f"w{i}", "commandLine": gate_command(gate)} for i in range(4)])
+    wait_until(
+        lambda: len(client.list_tasks(job, state="running")) == 5,
+        timeout=30,
+        message="manager and 4 tasks running",
+    )
     counts = {n.id: n.running_tasks_count for n in client.list_nodes(pool)}
     assert counts.pop(manager_node) == 1
     assert list(counts.values()) == [2, 2]
@@ -255,11 +269,15 @@ def test_a_job_managers_node_is_removed_last(
     assert (task.state, task.node_info.node_id) == ("running", manager_node)
     assert (task.execution_info.requeue_count or 0) == 0
     # The workers were requeued; the manager's node has no room for them.
-    assert {t.execution_info.requeue_count for t in client.list_tasks(job) if t.id != "manager"
-            } == {1}
+    assert {
+        t.execution_info.requeue_count for t in client.list_tasks(job) if t.id != "manager"
+    } == {1}
     gate.touch()
-    wait_until(lambda: client.get_job(job).state == "completed", timeout=30,
-               message="job completed by its manager")
+    wait_until(
+        lambda: client.get_job(job).state == "completed",
+        timeout=30,
+        message="job completed by its manager",
+    )
     assert client.get_job(job).execution_info.termination_reason == "JMComplete"
     client.delete_pool(pool)
 
@@ -272,10 +290,19 @@ def test_a_resize_that_times_out_reports_it(
     job = make_job(pool)
     client.create_task(job, {"id": "t", "commandLine": gate_command(gate)})
     wait_for_task(client, job, "t", "running")
-    client.resize_pool(pool, {"targetDedicatedNodes": 0, "resizeTimeout": "PT0.5S",
-                              "nodeDeallocationOption": "taskcompletion"})
-    wait_until(lambda: client.get_pool(pool).allocation_state == "steady", timeout=30,
-               message="resize timed out")
+    client.resize_pool(
+        pool,
+        {
+            "targetDedicatedNodes": 0,
+            "resizeTimeout": "PT0.5S",
+            "nodeDeallocationOption": "taskcompletion",
+        },
+    )
+    wait_until(
+        lambda: client.get_pool(pool).allocation_state == "steady",
+        timeout=30,
+        message="resize timed out",
+    )
     timed_out = client.get_pool(pool)
     assert [e.code for e in timed_out.resize_errors] == ["AllocationTimedOut"]
     assert timed_out.resize_timeout == timedelta(seconds=0.5)
@@ -293,20 +320,30 @@ def test_pool_flags_and_delete_removes_the_nodes_files(
     client: BatchClient, make_job: Callable[..., str]
 ) -> None:
     pool = "flags"
-    client.create_pool({"id": pool, "vmSize": "local", "targetDedicatedNodes": 1,
-                        "enableInterNodeCommunication": True})
+    client.create_pool(
+        {
+            "id": pool,
+            "vmSize": "local",
+            "targetDedicatedNodes": 1,
+            "enableInterNodeCommunication": True,
+        }
+    )
     assert client.get_pool(pool).enable_inter_node_communication is True
     wait_for_nodes(client, pool, 1, timeout=30)
     job = make_job(pool)
-    client.create_task(job, {"id": "root",
-                             "commandLine": "/bin/sh -c 'echo $AZ_BATCH_NODE_ROOT_DIR'"})
+    client.create_task(
+        job, {"id": "root", "commandLine": "/bin/sh -c 'echo $AZ_BATCH_NODE_ROOT_DIR'"}
+    )
     wait_for_task(client, job, "root")
     root = Path(client.get_task_file(job, "root", "stdout.txt").decode().strip())
     assert (root / job / "root" / "stdout.txt").exists()
     client.delete_pool(pool)
     # The pool row goes first, then the directories (in the same engine step).
-    wait_until(lambda: not client.pool_exists(pool) and not root.exists(), timeout=30,
-               message="pool and node directories deleted")
+    wait_until(
+        lambda: not client.pool_exists(pool) and not root.exists(),
+        timeout=30,
+        message="pool and node directories deleted",
+    )
 
 
 def test_node_info_outlives_the_node(client: BatchClient, make_job: Callable[..., str]) -> None:

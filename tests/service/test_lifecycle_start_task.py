@@ -35,17 +35,25 @@ def test_start_task_runs_in_startup_and_gates_the_node(
 ) -> None:
     gate = tmp_path / "start-gate"
     pool = "st-wait"
-    report = ("echo FOO=$FOO; echo WD=$AZ_BATCH_TASK_WORKING_DIR; echo PWD=$(pwd); "
-              "echo ROOT=$AZ_BATCH_NODE_ROOT_DIR; echo NODE=$AZ_BATCH_NODE_ID; "
-              "echo POOL=$AZ_BATCH_POOL_ID; echo SHARED=$AZ_BATCH_NODE_SHARED_DIR; "
-              "echo STARTUP=$AZ_BATCH_NODE_STARTUP_DIR; "
-              "echo DEDICATED=$AZ_BATCH_NODE_IS_DEDICATED; "
-              "echo JOBID=${AZ_BATCH_JOB_ID-unset}; echo TASKID=${AZ_BATCH_TASK_ID-unset}")
-    client.create_pool({
-        "id": pool, "vmSize": "local", "targetDedicatedNodes": 1,
-        "startTask": {"commandLine": gate_command(gate, then=report),
-                      "environmentSettings": [{"name": "FOO", "value": "bar baz"}]},
-    })
+    report = (
+        "echo FOO=$FOO; echo WD=$AZ_BATCH_TASK_WORKING_DIR; echo PWD=$(pwd); "
+        "echo ROOT=$AZ_BATCH_NODE_ROOT_DIR; echo NODE=$AZ_BATCH_NODE_ID; "
+        "echo POOL=$AZ_BATCH_POOL_ID; echo SHARED=$AZ_BATCH_NODE_SHARED_DIR; "
+        "echo STARTUP=$AZ_BATCH_NODE_STARTUP_DIR; "
+        "echo DEDICATED=$AZ_BATCH_NODE_IS_DEDICATED; "
+        "echo JOBID=${AZ_BATCH_JOB_ID-unset}; echo TASKID=${AZ_BATCH_TASK_ID-unset}"
+    )
+    client.create_pool(
+        {
+            "id": pool,
+            "vmSize": "local",
+            "targetDedicatedNodes": 1,
+            "startTask": {
+                "commandLine": gate_command(gate, then=report),
+                "environmentSettings": [{"name": "FOO", "value": "bar baz"}],
+            },
+        }
+    )
     (node,) = wait_for_nodes(client, pool, 1, states=("waitingforstarttask",), timeout=30)
     assert node.start_task_info is not None and node.start_task_info.state == "running"
     job = make_job(pool)
@@ -60,7 +68,10 @@ def test_start_task_runs_in_startup_and_gates_the_node(
     assert client.get_task(job, "t").state == "active"
     node = client.get_node(pool, node.id)
     assert (node.state, node.running_tasks_count, node.total_tasks_run) == (
-        "waitingforstarttask", 0, 0)
+        "waitingforstarttask",
+        0,
+        0,
+    )
 
     gate.touch()
     wait_for_task(client, job, "t")
@@ -68,7 +79,11 @@ def test_start_task_runs_in_startup_and_gates_the_node(
     info = node.start_task_info
     assert info is not None
     assert (info.state, info.exit_code, info.result, info.retry_count) == (
-        "completed", 0, "success", 0)
+        "completed",
+        0,
+        "success",
+        0,
+    )
     assert info.start_time is not None and info.end_time is not None
     assert client.get_task(job, "t").execution_info.start_time >= info.end_time
 
@@ -101,10 +116,14 @@ def test_failed_start_task_makes_its_node_unusable_while_the_other_runs_the_job(
         f'[ "$(cat {lock}/owner 2>/dev/null)" != "$AZ_BATCH_NODE_ID" ] || exit 3'
     )
     pool = "st-fail"
-    client.create_pool({
-        "id": pool, "vmSize": "local", "targetDedicatedNodes": 2,
-        "startTask": {"commandLine": _sh(script), "maxTaskRetryCount": 1},
-    })
+    client.create_pool(
+        {
+            "id": pool,
+            "vmSize": "local",
+            "targetDedicatedNodes": 2,
+            "startTask": {"commandLine": _sh(script), "maxTaskRetryCount": 1},
+        }
+    )
     nodes = wait_for_nodes(client, pool, 2, states=("idle", "starttaskfailed"), timeout=30)
     by_state = {n.state: n for n in nodes}
     assert set(by_state) == {"idle", "starttaskfailed"}
@@ -113,7 +132,11 @@ def test_failed_start_task_makes_its_node_unusable_while_the_other_runs_the_job(
     info = bad.start_task_info
     assert info is not None
     assert (info.state, info.result, info.exit_code, info.retry_count) == (
-        "completed", "failure", 3, 1)
+        "completed",
+        "failure",
+        3,
+        1,
+    )
     assert info.failure_info is not None and info.last_retry_time is not None
     assert Counter(_lines(tries)) == {bad.id: 2, good.id: 1}
 
@@ -127,8 +150,11 @@ def test_failed_start_task_makes_its_node_unusable_while_the_other_runs_the_job(
     # The node cannot take a scheduling change in that state, but it can be rebooted: then
     # its start task runs again (and fails again, this lock being its own).
     client.reboot_node(pool, bad.id)
-    wait_until(lambda: Counter(_lines(tries))[bad.id] == 4, timeout=30,
-               message="start task retried after reboot")
+    wait_until(
+        lambda: Counter(_lines(tries))[bad.id] == 4,
+        timeout=30,
+        message="start task retried after reboot",
+    )
     wait_for_nodes(client, pool, 2, states=("idle", "starttaskfailed"), timeout=30)
     assert client.get_node(pool, bad.id).state == "starttaskfailed"
     client.delete_pool(pool)
@@ -138,10 +164,14 @@ def test_without_wait_for_success_tasks_run_although_it_failed(
     client: BatchClient, make_job: Callable[..., str]
 ) -> None:
     pool = "st-nowait"
-    client.create_pool({
-        "id": pool, "vmSize": "local", "targetDedicatedNodes": 1,
-        "startTask": {"commandLine": _sh("exit 5"), "waitForSuccess": False},
-    })
+    client.create_pool(
+        {
+            "id": pool,
+            "vmSize": "local",
+            "targetDedicatedNodes": 1,
+            "startTask": {"commandLine": _sh("exit 5"), "waitForSuccess": False},
+        }
+    )
     (node,) = wait_for_nodes(client, pool, 1, timeout=30)
 
     def start_task_done():
@@ -159,15 +189,17 @@ def test_without_wait_for_success_tasks_run_although_it_failed(
     client.delete_pool(pool)
 
 
-def test_a_changed_start_task_applies_after_reboot(
-    client: BatchClient, tmp_path: Path
-) -> None:
+def test_a_changed_start_task_applies_after_reboot(client: BatchClient, tmp_path: Path) -> None:
     log = tmp_path / "versions"
     pool = "st-update"
-    client.create_pool({
-        "id": pool, "vmSize": "local", "targetDedicatedNodes": 1,
-        "startTask": {"commandLine": _sh(f"echo v1 >> {log}")},
-    })
+    client.create_pool(
+        {
+            "id": pool,
+            "vmSize": "local",
+            "targetDedicatedNodes": 1,
+            "startTask": {"commandLine": _sh(f"echo v1 >> {log}")},
+        }
+    )
     (node,) = wait_for_nodes(client, pool, 1, timeout=30)
     assert _lines(log) == ["v1"]
     client.update_pool(pool, {"startTask": {"commandLine": _sh(f"echo v2 >> {log}")}})
@@ -182,17 +214,24 @@ def test_a_changed_start_task_applies_after_reboot(
 def test_an_empty_start_task_in_a_patch_removes_it(client: BatchClient, tmp_path: Path) -> None:
     log = tmp_path / "runs"
     pool = "st-remove"
-    client.create_pool({
-        "id": pool, "vmSize": "local", "targetDedicatedNodes": 1,
-        "startTask": {"commandLine": _sh(f"echo ran >> {log}")},
-    })
+    client.create_pool(
+        {
+            "id": pool,
+            "vmSize": "local",
+            "targetDedicatedNodes": 1,
+            "startTask": {"commandLine": _sh(f"echo ran >> {log}")},
+        }
+    )
     try:
         (node,) = wait_for_nodes(client, pool, 1, timeout=30)
         client.update_pool(pool, {"startTask": {}})
         assert client.get_pool(pool).start_task is None
         client.reboot_node(pool, node.id)
-        wait_until(lambda: client.get_node(pool, node.id).last_boot_time > node.last_boot_time,
-                   timeout=30, message="rebooted")
+        wait_until(
+            lambda: client.get_node(pool, node.id).last_boot_time > node.last_boot_time,
+            timeout=30,
+            message="rebooted",
+        )
         wait_for_nodes(client, pool, 1, timeout=30)
         assert _lines(log) == ["ran"]
     finally:
@@ -205,16 +244,27 @@ def test_a_start_task_failure_survives_an_engine_restart(
     from .test_lifecycle_states import StateLog
 
     first = client_factory()
-    first.create_pool({"id": "p", "vmSize": "local", "targetDedicatedNodes": 1,
-                       "startTask": {"commandLine": _sh("exit 2")}})
+    first.create_pool(
+        {
+            "id": "p",
+            "vmSize": "local",
+            "targetDedicatedNodes": 1,
+            "startTask": {"commandLine": _sh("exit 2")},
+        }
+    )
     (node,) = wait_for_nodes(first, "p", 1, states=("starttaskfailed",), timeout=30)
     first.close()
     second = client_factory()
     log = StateLog(second)
     try:
         # Until the node settles, or the engine refuses the edge it needs.
-        wait_until(lambda: log.illegal() or second.get_node("p", node.id).state
-                   not in ("unknown", "starting"), timeout=30, message="node back")
+        wait_until(
+            lambda: (
+                log.illegal() or second.get_node("p", node.id).state not in ("unknown", "starting")
+            ),
+            timeout=30,
+            message="node back",
+        )
         restarted = second.get_node("p", node.id)
         assert restarted.state == "starttaskfailed"
         assert restarted.start_task_info.exit_code == 2

@@ -76,8 +76,10 @@ class StateLog:
             return [
                 (r.pk, r.name, r.old, r.new)
                 for r in conn.execute(
-                    text("SELECT pk, name, old, new FROM test_state_log WHERE kind = :k "
-                         "ORDER BY seq"), {"k": kind}
+                    text(
+                        "SELECT pk, name, old, new FROM test_state_log WHERE kind = :k ORDER BY seq"
+                    ),
+                    {"k": kind},
                 ).all()
             ]
 
@@ -103,8 +105,7 @@ class StateLog:
                 bad.append(f"{name}: {old} -> {new}")
         # Engines of other clients in this process log to the same logger: keep our nodes'.
         ours = {name for _, name, _, _ in self._rows("node")}
-        refused = [m for m in self._refused.messages
-                   if any(f"node {name}:" in m for name in ours)]
+        refused = [m for m in self._refused.messages if any(f"node {name}:" in m for name in ours)]
         return bad + [f"refused by the engine: {m}" for m in refused]
 
     def assert_legal(self) -> None:
@@ -137,9 +138,13 @@ state_log = state_log_fixture()
 def test_the_check_can_fail(client: BatchClient, state_log: StateLog) -> None:
     # An edge the table lacks (and one the engine refused) is reported; then both are undone.
     with client.store.begin() as conn:
-        conn.execute(text("INSERT INTO test_state_log (kind, pk, name, old, new) VALUES "
-                          "('node', -1, 'fake', 'idle', 'creating'), "
-                          "('node', -1, 'fake', NULL, 'idle')"))
+        conn.execute(
+            text(
+                "INSERT INTO test_state_log (kind, pk, name, old, new) VALUES "
+                "('node', -1, 'fake', 'idle', 'creating'), "
+                "('node', -1, 'fake', NULL, 'idle')"
+            )
+        )
     logging.getLogger("prefect_batch.engine").error("node fake: illegal transition a -> b")
     logging.getLogger("prefect_batch.engine").error("node other: illegal transition a -> b")
     try:
@@ -160,18 +165,25 @@ def test_one_node_through_its_life(
 ) -> None:
     gate, start_gate = tmp_path / "gate", tmp_path / "start-gate"
     pool = "life"
-    client.create_pool({
-        "id": pool, "vmSize": "local", "targetDedicatedNodes": 1,
-        "startTask": {"commandLine": gate_command(start_gate)},
-    })
+    client.create_pool(
+        {
+            "id": pool,
+            "vmSize": "local",
+            "targetDedicatedNodes": 1,
+            "startTask": {"commandLine": gate_command(start_gate)},
+        }
+    )
     (node,) = wait_for_nodes(client, pool, 1, states=("waitingforstarttask",), timeout=30)
     start_gate.touch()
     wait_for_nodes(client, pool, 1, timeout=30)
     job = make_job(pool)
     client.create_task(job, {"id": "a", "commandLine": gate_command(gate)})
     wait_for_task(client, job, "a", "running")
-    wait_until(lambda: client.get_node(pool, node.id).state == "running", timeout=20,
-               message="node running")
+    wait_until(
+        lambda: client.get_node(pool, node.id).state == "running",
+        timeout=20,
+        message="node running",
+    )
     client.disable_node_scheduling(pool, node.id, "taskcompletion")
     # A witness task on another pool completes: the engine has taken the disable in since, so
     # the task's end takes the node straight to offline (not idle first).
@@ -182,27 +194,45 @@ def test_one_node_through_its_life(
     wait_for_task(client, witness, "w")
     gate.touch()
     wait_for_task(client, job, "a")
-    wait_until(lambda: client.get_node(pool, node.id).state == "offline", timeout=20,
-               message="node offline")
+    wait_until(
+        lambda: client.get_node(pool, node.id).state == "offline",
+        timeout=20,
+        message="node offline",
+    )
     client.enable_node_scheduling(pool, node.id)
-    wait_until(lambda: client.get_node(pool, node.id).state == "idle", timeout=20,
-               message="node idle")
+    wait_until(
+        lambda: client.get_node(pool, node.id).state == "idle", timeout=20, message="node idle"
+    )
     client.reboot_node(pool, node.id)
-    wait_until(lambda: "rebooting" in state_log.node_states(node.id), timeout=20,
-               message="node rebooted")
+    wait_until(
+        lambda: "rebooting" in state_log.node_states(node.id), timeout=20, message="node rebooted"
+    )
     wait_for_nodes(client, pool, 1, timeout=30)
     client.reimage_node(pool, node.id)
-    wait_until(lambda: "reimaging" in state_log.node_states(node.id), timeout=20,
-               message="node reimaged")
+    wait_until(
+        lambda: "reimaging" in state_log.node_states(node.id), timeout=20, message="node reimaged"
+    )
     wait_for_nodes(client, pool, 1, timeout=30)
     client.remove_nodes(pool, {"nodeList": [node.id]})
     wait_for_nodes(client, pool, 0, timeout=30)
     client.delete_pool("life-witness")
 
     assert state_log.node_states(node.id) == [
-        "creating", "starting", "waitingforstarttask", "idle", "running", "offline", "idle",
-        "rebooting", "starting", "waitingforstarttask", "idle",
-        "reimaging", "starting", "waitingforstarttask", "idle",
+        "creating",
+        "starting",
+        "waitingforstarttask",
+        "idle",
+        "running",
+        "offline",
+        "idle",
+        "rebooting",
+        "starting",
+        "waitingforstarttask",
+        "idle",
+        "reimaging",
+        "starting",
+        "waitingforstarttask",
+        "idle",
         "leavingpool",
     ]
     assert state_log.allocation_states(pool) == ["resizing", "steady", "resizing", "steady"]

@@ -16,8 +16,9 @@ POOL = "files"
 
 @pytest.fixture(scope="module", autouse=True)
 def pool(client: BatchClient) -> None:
-    client.create_pool({"id": POOL, "vmSize": "local", "targetDedicatedNodes": 1,
-                        "taskSlotsPerNode": 2})
+    client.create_pool(
+        {"id": POOL, "vmSize": "local", "targetDedicatedNodes": 1, "taskSlotsPerNode": 2}
+    )
     wait_for_nodes(client, POOL, 1, timeout=30)
 
 
@@ -37,13 +38,25 @@ def _env(client: BatchClient, job: str, task_id: str) -> dict[str, str]:
 def test_task_environment_and_directories(
     client: BatchClient, make_job: Callable[..., str]
 ) -> None:
-    job = make_job(POOL, commonEnvironmentSettings=[{"name": "COMMON", "value": "job"},
-                                                    {"name": "OVERRIDE", "value": "job"}])
-    node = _run(client, job, {
-        "id": "EnvTask", "commandLine": "/bin/sh -c 'env; echo CWD=$(pwd -P)'",
-        "environmentSettings": [{"name": "OVERRIDE", "value": "task"},
-                                {"name": "MINE", "value": "a b=c"}],
-    })
+    job = make_job(
+        POOL,
+        commonEnvironmentSettings=[
+            {"name": "COMMON", "value": "job"},
+            {"name": "OVERRIDE", "value": "job"},
+        ],
+    )
+    node = _run(
+        client,
+        job,
+        {
+            "id": "EnvTask",
+            "commandLine": "/bin/sh -c 'env; echo CWD=$(pwd -P)'",
+            "environmentSettings": [
+                {"name": "OVERRIDE", "value": "task"},
+                {"name": "MINE", "value": "a b=c"},
+            ],
+        },
+    )
     env = _env(client, job, "EnvTask")
     root = (client.settings.effective_node_root / node).resolve()
     task_dir = root / job / "EnvTask"
@@ -87,15 +100,17 @@ def test_missing_program_fails_without_a_shell(
     assert info.failure_info.category == "usererror"
 
 
-def test_task_files_list_read_and_ranges(
-    client: BatchClient, make_job: Callable[..., str]
-) -> None:
+def test_task_files_list_read_and_ranges(client: BatchClient, make_job: Callable[..., str]) -> None:
     job = make_job(POOL)
-    node = _run(client, job, {
-        "id": "out",
-        "commandLine": "/bin/sh -c 'printf 0123456789; printf oops >&2; mkdir sub; "
-                       "echo data > sub/f.txt'",
-    })
+    node = _run(
+        client,
+        job,
+        {
+            "id": "out",
+            "commandLine": "/bin/sh -c 'printf 0123456789; printf oops >&2; mkdir sub; "
+            "echo data > sub/f.txt'",
+        },
+    )
     assert client.get_task_file(job, "out", "stdout.txt") == b"0123456789"
     assert client.get_task_file(job, "out", "stderr.txt") == b"oops"
     assert client.get_task_file(job, "out", "stdout.txt", offset=3, length=4) == b"3456"
@@ -138,17 +153,16 @@ def test_paths_may_not_leave_the_task_directory(
         client.get_task_file(job, "esc", path)
     assert err.value.code == "InvalidPropertyValue"
     with pytest.raises(BatchInvalidRequestError) as err:
-        client.get_node_file(POOL, node, path if path != "wd/link/passwd"
-                             else f"{job}/esc/wd/link/passwd")
+        client.get_node_file(
+            POOL, node, path if path != "wd/link/passwd" else f"{job}/esc/wd/link/passwd"
+        )
     assert err.value.code == "InvalidPropertyValue"
     with pytest.raises(BatchInvalidRequestError):
         client.delete_task_file(job, "esc", path)
     assert Path("/etc/passwd").exists()
 
 
-def test_files_of_a_task_that_never_ran(
-    client: BatchClient, make_job: Callable[..., str]
-) -> None:
+def test_files_of_a_task_that_never_ran(client: BatchClient, make_job: Callable[..., str]) -> None:
     job = make_job("no-such-pool")
     client.create_task(job, {"id": "waiting", "commandLine": "true"})
     with pytest.raises(BatchConflictError) as err:
@@ -160,8 +174,11 @@ def test_retention_time_removes_the_task_directory(
     client: BatchClient, make_job: Callable[..., str]
 ) -> None:
     job = make_job(POOL)
-    node = _run(client, job, {"id": "short", "commandLine": "echo bye",
-                              "constraints": {"retentionTime": "PT1S"}})
+    node = _run(
+        client,
+        job,
+        {"id": "short", "commandLine": "echo bye", "constraints": {"retentionTime": "PT1S"}},
+    )
     _run(client, job, {"id": "kept", "commandLine": "echo stay"})
     task_dir = client.settings.effective_node_root / node / job / "short"
 

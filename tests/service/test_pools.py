@@ -13,9 +13,15 @@ from prefect_batch.testing import gate_command, wait_for_nodes, wait_for_task, w
 
 
 def _pool(client: BatchClient, pool_id: str, nodes: int, slots: int, fill: str = "spread") -> None:
-    client.create_pool({"id": pool_id, "vmSize": "local", "targetDedicatedNodes": nodes,
-                        "taskSlotsPerNode": slots,
-                        "taskSchedulingPolicy": {"nodeFillType": fill}})
+    client.create_pool(
+        {
+            "id": pool_id,
+            "vmSize": "local",
+            "targetDedicatedNodes": nodes,
+            "taskSlotsPerNode": slots,
+            "taskSchedulingPolicy": {"nodeFillType": fill},
+        }
+    )
     wait_for_nodes(client, pool_id, nodes, timeout=30)
 
 
@@ -30,10 +36,12 @@ def test_fill_type_places_tasks(
     pool = f"fill-{fill}"
     _pool(client, pool, nodes=2, slots=4, fill=fill)
     job = make_job(pool)
-    client.create_tasks(job, [{"id": f"t{i}", "commandLine": gate_command(gate)}
-                              for i in range(4)])
-    wait_until(lambda: len(client.list_tasks(job, state="running")) == 4, timeout=20,
-               message="4 tasks running")
+    client.create_tasks(job, [{"id": f"t{i}", "commandLine": gate_command(gate)} for i in range(4)])
+    wait_until(
+        lambda: len(client.list_tasks(job, state="running")) == 4,
+        timeout=20,
+        message="4 tasks running",
+    )
     assert sorted(_running_nodes(client, job).values()) == per_node
     nodes = {n.id: n for n in client.list_nodes(pool)}
     for node_id, count in _running_nodes(client, job).items():
@@ -52,10 +60,18 @@ def test_required_slots_fill_whole_nodes(
     pool = "two-by-two"
     _pool(client, pool, nodes=2, slots=2)
     job = make_job(pool)
-    client.create_tasks(job, [{"id": f"big{i}", "commandLine": gate_command(gate),
-                               "requiredSlots": 2} for i in range(3)])
-    wait_until(lambda: len(client.list_tasks(job, state="running")) == 2, timeout=20,
-               message="2 tasks running")
+    client.create_tasks(
+        job,
+        [
+            {"id": f"big{i}", "commandLine": gate_command(gate), "requiredSlots": 2}
+            for i in range(3)
+        ],
+    )
+    wait_until(
+        lambda: len(client.list_tasks(job, state="running")) == 2,
+        timeout=20,
+        message="2 tasks running",
+    )
     assert sorted(_running_nodes(client, job).values()) == [1, 1]
     counts = client.get_job_task_counts(job)
     assert (counts.task_counts.running, counts.task_counts.active) == (2, 1)
@@ -78,20 +94,31 @@ def test_max_parallel_tasks_caps_a_job(
     pool = "parallel"
     _pool(client, pool, nodes=1, slots=4)
     capped = make_job(pool, maxParallelTasks=1)
-    client.create_tasks(capped, [{"id": f"c{i}", "commandLine": gate_command(gate)}
-                                 for i in range(3)])
+    client.create_tasks(
+        capped, [{"id": f"c{i}", "commandLine": gate_command(gate)} for i in range(3)]
+    )
     other = make_job(pool)
-    client.create_tasks(other, [{"id": f"o{i}", "commandLine": gate_command(gate)}
-                                for i in range(2)])
+    client.create_tasks(
+        other, [{"id": f"o{i}", "commandLine": gate_command(gate)} for i in range(2)]
+    )
     # The other job's tasks fill free slots the capped job may not use.
-    wait_until(lambda: len(client.list_tasks(other, state="running")) == 2, timeout=20,
-               message="other job running")
-    wait_until(lambda: len(client.list_tasks(capped, state="running")) == 1, timeout=20,
-               message="one capped task running")
+    wait_until(
+        lambda: len(client.list_tasks(other, state="running")) == 2,
+        timeout=20,
+        message="other job running",
+    )
+    wait_until(
+        lambda: len(client.list_tasks(capped, state="running")) == 1,
+        timeout=20,
+        message="one capped task running",
+    )
     assert client.get_job_task_counts(capped).task_counts.active == 2
     client.update_job(capped, {"maxParallelTasks": 2})
-    wait_until(lambda: len(client.list_tasks(capped, state="running")) == 2, timeout=20,
-               message="two capped tasks running after the update")
+    wait_until(
+        lambda: len(client.list_tasks(capped, state="running")) == 2,
+        timeout=20,
+        message="two capped tasks running after the update",
+    )
     gate.touch()
     client.wait_for_job(capped, timeout=30)
     client.wait_for_job(other, timeout=30)
@@ -104,12 +131,15 @@ def test_counts_match_the_task_list(
     pool = "counts"
     _pool(client, pool, nodes=1, slots=3)
     job = make_job(pool)
-    client.create_tasks(job, [
-        {"id": "ok", "commandLine": "true"},
-        {"id": "bad", "commandLine": "false"},
-        {"id": "hold1", "commandLine": gate_command(gate), "requiredSlots": 2},
-        {"id": "queued", "commandLine": "true", "requiredSlots": 3},
-    ])
+    client.create_tasks(
+        job,
+        [
+            {"id": "ok", "commandLine": "true"},
+            {"id": "bad", "commandLine": "false"},
+            {"id": "hold1", "commandLine": gate_command(gate), "requiredSlots": 2},
+            {"id": "queued", "commandLine": "true", "requiredSlots": 3},
+        ],
+    )
     wait_for_task(client, job, "hold1", "running")
     wait_for_task(client, job, "ok")
     wait_for_task(client, job, "bad")
@@ -159,8 +189,11 @@ def test_resize_up_and_down(client: BatchClient, make_job: Callable[..., str]) -
     removed = three - {n.id for n in nodes}
     assert len(removed) == 2
     root = client.settings.effective_node_root
-    wait_until(lambda: not any((root / n).exists() for n in removed), timeout=20,
-               message="removed nodes' directories deleted")
+    wait_until(
+        lambda: not any((root / n).exists() for n in removed),
+        timeout=20,
+        message="removed nodes' directories deleted",
+    )
 
 
 def test_resize_down_requeues_running_tasks(
@@ -172,11 +205,14 @@ def test_resize_down_requeues_running_tasks(
     marker = f"{tmp_path}/ran-$AZ_BATCH_TASK_ID"
     # The first run of each task waits for the gate; a second run (after a requeue) ends at once.
     first_run_waits = gate_command(gate).replace(
-        "/bin/sh -c '", f"/bin/sh -c '[ -e {marker} ] && exit 0; touch {marker}; ", 1)
-    client.create_tasks(job, [{"id": f"t{i}", "commandLine": first_run_waits}
-                              for i in range(2)])
-    wait_until(lambda: len(client.list_tasks(job, state="running")) == 2, timeout=20,
-               message="both running")
+        "/bin/sh -c '", f"/bin/sh -c '[ -e {marker} ] && exit 0; touch {marker}; ", 1
+    )
+    client.create_tasks(job, [{"id": f"t{i}", "commandLine": first_run_waits} for i in range(2)])
+    wait_until(
+        lambda: len(client.list_tasks(job, state="running")) == 2,
+        timeout=20,
+        message="both running",
+    )
     client.resize_pool(pool, {"targetDedicatedNodes": 1, "nodeDeallocationOption": "requeue"})
     wait_for_nodes(client, pool, 1, states=("running",), timeout=30)
     requeued = [t for t in client.list_tasks(job) if t.state == "active"]
@@ -205,8 +241,11 @@ def test_delete_pool_removes_its_nodes_and_their_directories(client: BatchClient
     with pytest.raises(BatchNotFoundError) as err:
         client.list_nodes(pool)
     assert err.value.code == "PoolNotFound"
-    wait_until(lambda: not any((root / n).exists() for n in node_ids), timeout=20,
-               message="node directories removed")
+    wait_until(
+        lambda: not any((root / n).exists() for n in node_ids),
+        timeout=20,
+        message="node directories removed",
+    )
     # The id can be used again.
     client.create_pool({"id": pool, "vmSize": "local", "targetDedicatedNodes": 0})
     assert client.get_pool(pool).current_dedicated_nodes == 0

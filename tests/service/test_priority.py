@@ -20,8 +20,9 @@ POOL = "one-slot"
 
 @pytest.fixture(scope="module", autouse=True)
 def one_slot_pool(client: BatchClient) -> None:
-    client.create_pool({"id": POOL, "vmSize": "local", "targetDedicatedNodes": 1,
-                        "taskSlotsPerNode": 1})
+    client.create_pool(
+        {"id": POOL, "vmSize": "local", "targetDedicatedNodes": 1, "taskSlotsPerNode": 1}
+    )
     wait_for_nodes(client, POOL, 1, timeout=30)
 
 
@@ -62,7 +63,11 @@ def test_higher_priority_job_goes_first_without_preempting(
     assert long.execution_info.result == "success"
     assert not long.execution_info.requeue_count
     assert _start_order(client, low, high) == [
-        (low, "long"), (high, "high0"), (high, "high1"), (low, "low0"), (low, "low1")
+        (low, "long"),
+        (high, "high0"),
+        (high, "high1"),
+        (low, "low0"),
+        (low, "low1"),
     ]
 
 
@@ -71,8 +76,9 @@ def test_equal_priority_runs_older_job_first_then_older_task(
 ) -> None:
     holder = _hold_slot(client, make_job, gate)
     first = make_job(POOL)
-    client.create_tasks(first, [{"id": "a0", "commandLine": "true"},
-                                {"id": "a1", "commandLine": "true"}])
+    client.create_tasks(
+        first, [{"id": "a0", "commandLine": "true"}, {"id": "a1", "commandLine": "true"}]
+    )
     second = make_job(POOL)
     client.create_task(second, {"id": "b0", "commandLine": "true"})
     client.create_task(first, {"id": "a2", "commandLine": "true"})  # added after b0
@@ -81,7 +87,11 @@ def test_equal_priority_runs_older_job_first_then_older_task(
     for job in (holder, first, second):
         client.wait_for_job(job, timeout=30)
     assert _start_order(client, first, second) == [
-        (first, "a0"), (first, "a1"), (first, "a2"), (second, "b0"), (second, "b1")
+        (first, "a0"),
+        (first, "a1"),
+        (first, "a2"),
+        (second, "b0"),
+        (second, "b1"),
     ]
 
 
@@ -99,7 +109,10 @@ def test_raising_a_job_priority_reorders_its_queued_tasks(
     for job in (holder, early, late):
         client.wait_for_job(job, timeout=30)
     assert _start_order(client, early, late) == [
-        (late, "l0"), (late, "l1"), (early, "e0"), (early, "e1")
+        (late, "l0"),
+        (late, "l1"),
+        (early, "e0"),
+        (early, "e1"),
     ]
 
 

@@ -25,8 +25,10 @@ N_TASKS = 30
 
 def _appending_task(i: int, out: Path) -> dict:
     # The line is written when the work is done, so a task that ran to the end twice shows twice.
-    return {"id": f"t{i:02d}",
-            "commandLine": f"/bin/sh -c 'sleep 0.2; echo $AZ_BATCH_TASK_ID >> {out}'"}
+    return {
+        "id": f"t{i:02d}",
+        "commandLine": f"/bin/sh -c 'sleep 0.2; echo $AZ_BATCH_TASK_ID >> {out}'",
+    }
 
 
 def test_a_new_client_finishes_the_job_exactly_once(
@@ -34,12 +36,16 @@ def test_a_new_client_finishes_the_job_exactly_once(
 ) -> None:
     out = tmp_path / "ran.txt"
     first = client_factory()
-    first.create_pool({"id": "p", "vmSize": "local", "targetDedicatedNodes": 2,
-                       "taskSlotsPerNode": 2})
+    first.create_pool(
+        {"id": "p", "vmSize": "local", "targetDedicatedNodes": 2, "taskSlotsPerNode": 2}
+    )
     first.create_job({"id": "j", "poolInfo": {"poolId": "p"}})
     first.create_tasks("j", [_appending_task(i, out) for i in range(N_TASKS)])
-    wait_until(lambda: first.get_job_task_counts("j").task_counts.completed >= 5, timeout=30,
-               message="a few tasks done")
+    wait_until(
+        lambda: first.get_job_task_counts("j").task_counts.completed >= 5,
+        timeout=30,
+        message="a few tasks done",
+    )
     first.close()  # engine stops; agents finish what runs and record it
     before = Counter(t.state for t in client_factory(engine=False).list_tasks("j"))
     assert sum(before.values()) == N_TASKS
@@ -88,17 +94,21 @@ def test_tasks_killed_by_closing_the_client_are_requeued(
     client_factory: Callable[..., BatchClient], tmp_path: Path
 ) -> None:
     first = client_factory()
-    first.create_pool({"id": "p", "vmSize": "local", "targetDedicatedNodes": 1,
-                       "taskSlotsPerNode": 2})
+    first.create_pool(
+        {"id": "p", "vmSize": "local", "targetDedicatedNodes": 1, "taskSlotsPerNode": 2}
+    )
     first.create_job({"id": "j", "poolInfo": {"poolId": "p"}})
     marker = f"{tmp_path}/ran-$AZ_BATCH_TASK_ID"
-    first_run_blocks = (f"/bin/sh -c '[ -e {marker} ] && exit 0; touch {marker}; "
-                        f"exec sleep 30'")
-    first.create_tasks("j", [{"id": f"t{i}", "commandLine": first_run_blocks}
-                             for i in range(2)])
-    wait_until(lambda: first.get_job_task_counts("j").task_counts.running == 2
-               and len(list(tmp_path.glob("ran-*"))) == 2, timeout=20,
-               message="both tasks started")
+    first_run_blocks = f"/bin/sh -c '[ -e {marker} ] && exit 0; touch {marker}; exec sleep 30'"
+    first.create_tasks("j", [{"id": f"t{i}", "commandLine": first_run_blocks} for i in range(2)])
+    wait_until(
+        lambda: (
+            first.get_job_task_counts("j").task_counts.running == 2
+            and len(list(tmp_path.glob("ran-*"))) == 2
+        ),
+        timeout=20,
+        message="both tasks started",
+    )
     first.close(kill_tasks=True)  # the service stops; its tasks are killed, not failed
 
     second = client_factory()
@@ -148,8 +158,9 @@ def test_a_crashed_agent_never_runs_its_task_twice_at_once(
     wait_for_nodes(client, "p", 1, states=("idle", "running"), timeout=30)  # agent is back
     assert out.read_text().split() == ["start"]  # adopted, not started again
     gate.touch()
-    wait_until(lambda: client.get_task("j", "t").state == "completed", timeout=30,
-               message="task completed")
+    wait_until(
+        lambda: client.get_task("j", "t").state == "completed", timeout=30, message="task completed"
+    )
     assert out.read_text().split() == ["start", "end", "start", "end"]
     task = client.get_task("j", "t")
     assert task.execution_info.result == "success"

@@ -20,24 +20,30 @@ KILLED_EXIT_CODE = 0xC000013A  # 3221225786
 
 @pytest.fixture(scope="module", autouse=True)
 def pool(client: BatchClient) -> None:
-    client.create_pool({"id": POOL, "vmSize": "local", "targetDedicatedNodes": 1,
-                        "taskSlotsPerNode": 2})
+    client.create_pool(
+        {"id": POOL, "vmSize": "local", "targetDedicatedNodes": 1, "taskSlotsPerNode": 2}
+    )
     wait_for_nodes(client, POOL, 1, timeout=30)
 
 
 def _succeed_on_attempt(n: int, name: str) -> str:
     """Fail (exit 7) until the ``n``-th attempt; count attempts in the node's shared dir."""
     f = f'"$AZ_BATCH_NODE_SHARED_DIR/{name}"'
-    return (f"/bin/sh -c 'echo x >> {f}; "
-            f"[ $(wc -l < {f}) -ge {n} ] || exit 7'")
+    return f"/bin/sh -c 'echo x >> {f}; [ $(wc -l < {f}) -ge {n} ] || exit 7'"
 
 
 def test_retries_are_capped_and_the_last_exit_code_is_kept(
     client: BatchClient, make_job: Callable[..., str]
 ) -> None:
     job = make_job(POOL)
-    client.create_task(job, {"id": "fails", "commandLine": "/bin/sh -c 'exit 3'",
-                             "constraints": {"maxTaskRetryCount": 2}})
+    client.create_task(
+        job,
+        {
+            "id": "fails",
+            "commandLine": "/bin/sh -c 'exit 3'",
+            "constraints": {"maxTaskRetryCount": 2},
+        },
+    )
     client.wait_for_job(job, timeout=30)
     info = client.get_task(job, "fails").execution_info
     assert info.retry_count == 2
@@ -50,12 +56,16 @@ def test_retries_are_capped_and_the_last_exit_code_is_kept(
     assert (counts.completed, counts.failed, counts.succeeded) == (1, 1, 0)
 
 
-def test_unlimited_retries_until_success(
-    client: BatchClient, make_job: Callable[..., str]
-) -> None:
+def test_unlimited_retries_until_success(client: BatchClient, make_job: Callable[..., str]) -> None:
     job = make_job(POOL)
-    client.create_task(job, {"id": "third", "commandLine": _succeed_on_attempt(3, f"{job}-n"),
-                             "constraints": {"maxTaskRetryCount": -1}})
+    client.create_task(
+        job,
+        {
+            "id": "third",
+            "commandLine": _succeed_on_attempt(3, f"{job}-n"),
+            "constraints": {"maxTaskRetryCount": -1},
+        },
+    )
     client.wait_for_job(job, timeout=30)
     task = client.get_task(job, "third")
     assert task.constraints.max_task_retry_count == -1
@@ -71,23 +81,32 @@ def test_job_default_retry_count_applies_to_tasks_without_their_own(
     client: BatchClient, make_job: Callable[..., str]
 ) -> None:
     job = make_job(POOL, constraints={"maxTaskRetryCount": 1})
-    client.create_tasks(job, [
-        {"id": "inherits", "commandLine": "false"},
-        {"id": "own", "commandLine": "false", "constraints": {"maxTaskRetryCount": 0}},
-        {"id": "more", "commandLine": "false", "constraints": {"maxTaskRetryCount": 2}},
-    ])
+    client.create_tasks(
+        job,
+        [
+            {"id": "inherits", "commandLine": "false"},
+            {"id": "own", "commandLine": "false", "constraints": {"maxTaskRetryCount": 0}},
+            {"id": "more", "commandLine": "false", "constraints": {"maxTaskRetryCount": 2}},
+        ],
+    )
     client.wait_for_job(job, timeout=30)
-    got = {t.id: (t.constraints.max_task_retry_count, t.execution_info.retry_count)
-           for t in client.list_tasks(job)}
+    got = {
+        t.id: (t.constraints.max_task_retry_count, t.execution_info.retry_count)
+        for t in client.list_tasks(job)
+    }
     assert got == {"inherits": (1, 1), "own": (0, 0), "more": (2, 2)}
 
 
-def test_task_wall_clock_ends_the_task(
-    client: BatchClient, make_job: Callable[..., str]
-) -> None:
+def test_task_wall_clock_ends_the_task(client: BatchClient, make_job: Callable[..., str]) -> None:
     job = make_job(POOL)
-    client.create_task(job, {"id": "slow", "commandLine": "sleep 30",
-                             "constraints": {"maxWallClockTime": "PT1S", "maxTaskRetryCount": 3}})
+    client.create_task(
+        job,
+        {
+            "id": "slow",
+            "commandLine": "sleep 30",
+            "constraints": {"maxWallClockTime": "PT1S", "maxTaskRetryCount": 3},
+        },
+    )
     client.wait_for_job(job, timeout=30)
     task = client.get_task(job, "slow")
     assert task.state == "completed"
@@ -104,11 +123,14 @@ def test_job_wall_clock_terminates_the_job_and_its_running_tasks(
     client: BatchClient, make_job: Callable[..., str], gate: Path
 ) -> None:
     job = make_job(POOL, constraints={"maxWallClockTime": "PT2S"})
-    client.create_tasks(job, [
-        {"id": "running", "commandLine": gate_command(gate)},
-        {"id": "also-running", "commandLine": "sleep 30"},
-        {"id": "queued", "commandLine": "true"},  # no slot left for it before the deadline
-    ])
+    client.create_tasks(
+        job,
+        [
+            {"id": "running", "commandLine": gate_command(gate)},
+            {"id": "also-running", "commandLine": "sleep 30"},
+            {"id": "queued", "commandLine": "true"},  # no slot left for it before the deadline
+        ],
+    )
     wait_for_task(client, job, "running", "running")
     client.wait_for_job(job, timeout=30)
     got = client.get_job(job)

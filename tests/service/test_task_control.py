@@ -16,8 +16,9 @@ KILLED_EXIT_CODE = 0xC000013A
 
 @pytest.fixture(scope="module", autouse=True)
 def pool(client: BatchClient) -> None:
-    client.create_pool({"id": POOL, "vmSize": "local", "targetDedicatedNodes": 1,
-                        "taskSlotsPerNode": 1})
+    client.create_pool(
+        {"id": POOL, "vmSize": "local", "targetDedicatedNodes": 1, "taskSlotsPerNode": 1}
+    )
     wait_for_nodes(client, POOL, 1, timeout=30)
 
 
@@ -30,8 +31,13 @@ def test_terminate_queued_and_running_tasks(
     client: BatchClient, make_job: Callable[..., str], gate: Path
 ) -> None:
     job = make_job(POOL)
-    client.create_tasks(job, [{"id": "running", "commandLine": gate_command(gate)},
-                              {"id": "queued", "commandLine": "true"}])
+    client.create_tasks(
+        job,
+        [
+            {"id": "running", "commandLine": gate_command(gate)},
+            {"id": "queued", "commandLine": "true"},
+        ],
+    )
     wait_for_task(client, job, "running", "running")
 
     client.terminate_task(job, "queued")
@@ -60,10 +66,14 @@ def test_terminated_queued_task_blocks_its_dependents(
     client.create_task(holder, {"id": "hold", "commandLine": gate_command(gate)})
     wait_for_task(client, holder, "hold", "running")
     job = make_job(POOL, usesTaskDependencies=True)
-    client.create_tasks(job, [{"id": "parent", "commandLine": "true"},
-                              {"id": "child", "commandLine": "true",
-                               "dependsOn": {"taskIds": ["parent"]}},
-                              {"id": "sentinel", "commandLine": "true"}])
+    client.create_tasks(
+        job,
+        [
+            {"id": "parent", "commandLine": "true"},
+            {"id": "child", "commandLine": "true", "dependsOn": {"taskIds": ["parent"]}},
+            {"id": "sentinel", "commandLine": "true"},
+        ],
+    )
     client.terminate_task(job, "parent")
     gate.touch()
     wait_for_task(client, job, "sentinel")
@@ -76,9 +86,14 @@ def test_reactivate_a_failed_task_runs_it_again(
 ) -> None:
     job = make_job(POOL)
     marker = tmp_path / "second-time"
-    client.create_task(job, {"id": "flaky",
-                             "commandLine": f"/bin/sh -c '[ -e {marker} ] || exit 9'",
-                             "constraints": {"maxTaskRetryCount": 1}})
+    client.create_task(
+        job,
+        {
+            "id": "flaky",
+            "commandLine": f"/bin/sh -c '[ -e {marker} ] || exit 9'",
+            "constraints": {"maxTaskRetryCount": 1},
+        },
+    )
     failed = wait_for_task(client, job, "flaky")
     assert (failed.execution_info.result, failed.execution_info.retry_count) == ("failure", 1)
     assert _counts(client, job) == (0, 0, 0, 1)
@@ -119,10 +134,13 @@ def test_reactivated_parent_that_succeeds_releases_its_dependent(
 ) -> None:
     job = make_job(POOL, usesTaskDependencies=True)
     marker = tmp_path / "fixed"
-    client.create_tasks(job, [
-        {"id": "parent", "commandLine": f"/bin/sh -c '[ -e {marker} ] || exit 9'"},
-        {"id": "child", "commandLine": "true", "dependsOn": {"taskIds": ["parent"]}},
-    ])
+    client.create_tasks(
+        job,
+        [
+            {"id": "parent", "commandLine": f"/bin/sh -c '[ -e {marker} ] || exit 9'"},
+            {"id": "child", "commandLine": "true", "dependsOn": {"taskIds": ["parent"]}},
+        ],
+    )
     assert wait_for_task(client, job, "parent").execution_info.result == "failure"
     assert client.get_task(job, "child").state == "active"
     marker.touch()
@@ -131,13 +149,16 @@ def test_reactivated_parent_that_succeeds_releases_its_dependent(
     assert wait_for_task(client, job, "child").execution_info.result == "success"
 
 
-def test_delete_tasks(
-    client: BatchClient, make_job: Callable[..., str], gate: Path
-) -> None:
+def test_delete_tasks(client: BatchClient, make_job: Callable[..., str], gate: Path) -> None:
     job = make_job(POOL)
-    client.create_tasks(job, [{"id": "done", "commandLine": "echo x"},
-                              {"id": "running", "commandLine": gate_command(gate)},
-                              {"id": "queued", "commandLine": "true"}])
+    client.create_tasks(
+        job,
+        [
+            {"id": "done", "commandLine": "echo x"},
+            {"id": "running", "commandLine": gate_command(gate)},
+            {"id": "queued", "commandLine": "true"},
+        ],
+    )
     wait_for_task(client, job, "running", "running")
     node = client.get_task(job, "done").node_info.node_id
     client.delete_task(job, "queued")
@@ -153,8 +174,11 @@ def test_delete_tasks(
 
     wait_until(gone, timeout=20, message="running task deleted")
     assert _counts(client, job) == (0, 0, 0, 0)
-    wait_until(lambda: not [f for f in client.list_node_files(POOL, node, path=job)],
-               timeout=20, message="task directories removed")
+    wait_until(
+        lambda: not [f for f in client.list_node_files(POOL, node, path=job)],
+        timeout=20,
+        message="task directories removed",
+    )
     # The slot is free again.
     client.create_task(job, {"id": "after", "commandLine": "true"})
     assert wait_for_task(client, job, "after").execution_info.result == "success"
@@ -167,10 +191,12 @@ def test_update_constraints_of_a_queued_task(
     client.create_task(holder, {"id": "hold", "commandLine": gate_command(gate)})
     wait_for_task(client, holder, "hold", "running")
     job = make_job(POOL)
-    client.create_task(job, {"id": "t", "commandLine": "sleep 30",
-                             "constraints": {"maxTaskRetryCount": 0}})
-    client.update_task(job, "t", {"constraints": {"maxTaskRetryCount": 2,
-                                                  "maxWallClockTime": "PT1S"}})
+    client.create_task(
+        job, {"id": "t", "commandLine": "sleep 30", "constraints": {"maxTaskRetryCount": 0}}
+    )
+    client.update_task(
+        job, "t", {"constraints": {"maxTaskRetryCount": 2, "maxWallClockTime": "PT1S"}}
+    )
     got = client.get_task(job, "t")
     assert got.constraints.max_task_retry_count == 2
     assert got.constraints.max_wall_clock_time.total_seconds() == 1
@@ -186,9 +212,18 @@ def test_update_constraints_replaces_them(
     client: BatchClient, make_job: Callable[..., str]
 ) -> None:
     job = make_job("no-nodes-here")
-    client.create_task(job, {"id": "t", "commandLine": "true",
-                             "constraints": {"maxWallClockTime": "PT1H",
-                                             "retentionTime": "PT2H", "maxTaskRetryCount": 3}})
+    client.create_task(
+        job,
+        {
+            "id": "t",
+            "commandLine": "true",
+            "constraints": {
+                "maxWallClockTime": "PT1H",
+                "retentionTime": "PT2H",
+                "maxTaskRetryCount": 3,
+            },
+        },
+    )
     client.update_task(job, "t", {"constraints": {"maxTaskRetryCount": 1}})
     got = client.get_task(job, "t").constraints
     assert got.max_task_retry_count == 1
@@ -202,11 +237,13 @@ def test_dependent_added_after_its_parent_failed_runs_once_the_parent_is_fixed(
 ) -> None:
     job = make_job(POOL, usesTaskDependencies=True)
     marker = tmp_path / "fixed"
-    client.create_task(job, {"id": "parent",
-                             "commandLine": f"/bin/sh -c '[ -e {marker} ] || exit 9'"})
+    client.create_task(
+        job, {"id": "parent", "commandLine": f"/bin/sh -c '[ -e {marker} ] || exit 9'"}
+    )
     assert wait_for_task(client, job, "parent").execution_info.result == "failure"
-    client.create_task(job, {"id": "child", "commandLine": "true",
-                             "dependsOn": {"taskIds": ["parent"]}})
+    client.create_task(
+        job, {"id": "child", "commandLine": "true", "dependsOn": {"taskIds": ["parent"]}}
+    )
     client.create_task(job, {"id": "sentinel", "commandLine": "true"})
     wait_for_task(client, job, "sentinel")
     assert client.get_task(job, "child").state == "active"  # blocked by the failed parent
