@@ -51,7 +51,7 @@ def build_engine(
     """The engine of an embedded client or of a server (not started): node sources, node root,
     and what a job manager task needs to reach the store.
 
-    (Shared by ``BatchClient.start_engine`` and ``prefect-batch server start``, issue 5.)
+    (Shared by ``BatchClient.start_engine`` and ``prefect-batch server start``.)
     """
     from prefect_batch.providers.local import LocalNodeSource
     from prefect_batch.service.pools import LOCAL_NODE_AGENT_SKU
@@ -115,7 +115,7 @@ class BatchClient:
         self._engine: Engine | None = None
         url = url or settings.service_url
         if url:
-            # Remote mode (issue 5): the same methods over HTTP to a server, which runs the
+            # Remote mode: the same methods over HTTP to a server, which runs the
             # engine; no store and no engine in this process.
             from prefect_batch.remote import RemoteBatchService
 
@@ -205,7 +205,7 @@ class BatchClient:
         return self.service.list_supported_images()
 
     def list_pool_node_counts(self) -> list[BatchPoolNodeCounts]:
-        """Nodes per state of every pool (Azure's ``nodecounts``; added with issue 5)."""
+        """Nodes per state of every pool (Azure's ``nodecounts``)."""
         return self.service.list_pool_node_counts()
 
     def list_nodes(self, pool_id: str) -> list[BatchNode]:

@@ -67,8 +67,8 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(nodes.app, name="node")
 app.add_typer(files.app, name="file")
 app.add_typer(engine.app, name="engine")
-app.add_typer(server.app, name="server")  # issue 5: the batch server
-app.add_typer(accounts.app, name="account")  # issue 5: its accounts and keys
+app.add_typer(server.app, name="server")  # the batch server
+app.add_typer(accounts.app, name="account")  # its accounts and keys
 
 
 @app.command("quickstart")

@@ -1,6 +1,6 @@
 """The official azure-batch SDK (15.x) against a real server, unchanged.
 
-The scenario of issue 5: a pool of local nodes, a job with priority and constraints, 250 tasks
+The scenario: a pool of local nodes, a job with priority and constraints, 250 tasks
 through ``create_tasks`` (addtaskcollection, 100 per request), a filtered list, waiting,
 ``get_job_task_counts``, ``download_task_file`` of stdout.txt, terminate and delete — and the
 errors the SDK surfaces as ``HttpResponseError`` with Azure's ``error.code``.
