@@ -165,6 +165,25 @@ def read_json(path: Path, option: str = "--file") -> Any:
         ) from exc
 
 
+def read_body(file: Path | None, resource_id: str | None, noun: str) -> dict[str, Any]:
+    """A create body: the JSON object in ``--file`` (if any) with the id from the line on top.
+
+    Raises:
+        typer.BadParameter: The file is not a JSON object, or no id was given either way.
+    """
+    body: dict[str, Any] = {}
+    if file is not None:
+        doc = read_json(file)
+        if not isinstance(doc, dict):
+            raise typer.BadParameter("the file must hold a JSON object", param_hint="--file")
+        body = doc
+    if resource_id is not None:
+        body["id"] = resource_id
+    if not body.get("id"):
+        raise typer.BadParameter(f"give a {noun} ID, or --file with an id", param_hint=noun.upper())
+    return body
+
+
 def read_json_records(path: Path, option: str = "--file") -> list[Any]:
     """Records from a JSON list, Azure's ``{"value": [...]}`` body, or JSON lines."""
     try:

@@ -18,7 +18,7 @@ from prefect_batch.cli._common import (
     fail,
     list_table,
     print_json,
-    read_json,
+    read_body,
     resource_table,
     stderr_console,
     stdout_console,
@@ -111,16 +111,7 @@ def create_job(
     json_out: JsonOption = False,
 ) -> None:
     """Create a job on a pool (from options, or from Azure wire JSON with --file)."""
-    body: dict[str, Any] = {}
-    if file is not None:
-        doc = read_json(file)
-        if not isinstance(doc, dict):
-            raise typer.BadParameter("the file must hold a JSON object", param_hint="--file")
-        body = doc
-    if job_id is not None:
-        body["id"] = job_id
-    if not body.get("id"):
-        raise typer.BadParameter("give a job ID, or --file with an id", param_hint="JOB")
+    body = read_body(file, job_id, "job")
     if pool is not None:
         body["poolInfo"] = {"poolId": pool}
     if "poolInfo" not in body:

@@ -19,7 +19,7 @@ from prefect_batch.cli._common import (
     list_table,
     parse_pairs,
     print_json,
-    read_json,
+    read_body,
     resource_table,
     stdout_console,
 )
@@ -97,16 +97,7 @@ def create_pool(
     json_out: JsonOption = False,
 ) -> None:
     """Create a pool (from options, or from Azure wire JSON with --file)."""
-    body: dict[str, Any] = {}
-    if file is not None:
-        doc = read_json(file)
-        if not isinstance(doc, dict):
-            raise typer.BadParameter("the file must hold a JSON object", param_hint="--file")
-        body = doc
-    if pool_id is not None:
-        body["id"] = pool_id
-    if not body.get("id"):
-        raise typer.BadParameter("give a pool ID, or --file with an id", param_hint="POOL")
+    body = read_body(file, pool_id, "pool")
     if vm_size is not None or "vmSize" not in body:
         body["vmSize"] = vm_size or "local"
     if nodes is not None:

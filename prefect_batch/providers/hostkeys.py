@@ -8,7 +8,7 @@ operator can compare it out of band. Trust on first use is an explicit opt-in: t
 host shows is then recorded in the known_hosts file (and checked on every later connection); a
 *changed* key is refused even then.
 
-This module never accepts a key silently (there is no ``AutoAddPolicy`` here) and does not look
+This module never accepts an unknown key silently and does not look
 at ``~/.ssh/known_hosts`` unless a group names it. It does not open connections.
 """
 

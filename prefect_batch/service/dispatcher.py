@@ -18,6 +18,7 @@ from prefect_batch.core.commandline import split_command_line
 from prefect_batch.core.scheduler import NodeSlots, QueuedTask, assign
 from prefect_batch.core.states import NodeFillType, PoolState
 from prefect_batch.service import lifecycle
+from prefect_batch.service.common import iso
 from prefect_batch.store.schema import accounts, jobs, nodes, queue, tasks
 
 __all__ = ["DispatchMixin", "SPREAD_GRACE_SECONDS", "base_environment"]
@@ -83,7 +84,7 @@ _RUN_ROWS = (
 _RECORD_ATTEMPT = (
     update(tasks).where(tasks.c.pk == bindparam("b_pk")).values(node_history=bindparam("b_hist"))
 )
-_NODE_RUNNING = (
+NODE_RUNNING = (
     update(nodes)
     .where(nodes.c.pk == bindparam("b_pk"))
     .values(
@@ -101,6 +102,17 @@ def base_environment(account: str, base_url: str, pool_id: str, node_id: str) ->
         "AZ_BATCH_POOL_ID": pool_id,
         "AZ_BATCH_NODE_ID": node_id,
         "AZ_BATCH_NODE_IS_DEDICATED": "true",
+    }
+
+
+def completed_info(decision: Any, msg: dict[str, Any], now: float) -> dict[str, Any]:
+    """Wire fields of a start, preparation or release task that ended (``core.completion``)."""
+    return {
+        "state": "completed",
+        "endTime": iso(msg.get("end_time") or now),
+        "exitCode": decision.exit_code,
+        "result": decision.result.value if decision.result else None,
+        "failureInfo": decision.failure_info,
     }
 
 
@@ -208,7 +220,7 @@ class DispatchMixin:
             per_node[rt.pk][1] += slots_of[pk]
         lifecycle.write_job_deltas(conn, deltas, now)
         conn.execute(
-            _NODE_RUNNING,
+            NODE_RUNNING,
             [{"b_pk": pk, "b_tasks": n, "b_slots": sl} for pk, (n, sl) in per_node.items()],
         )
         rows = conn.execute(_RUN_ROWS, {"pks": pks}).all()
@@ -269,9 +281,7 @@ class DispatchMixin:
         )
         return env
 
-    def _run_message(
-        self, r: Any, pool: Any, rt: Any, base_url: str, conn: Any = None
-    ) -> dict[str, Any]:
+    def _run_message(self, r: Any, pool: Any, rt: Any, base_url: str, conn: Any) -> dict[str, Any]:
         job_spec = r.job_spec or {}
         env = settings_env(
             job_spec.get("commonEnvironmentSettings"), r.spec.get("environmentSettings")

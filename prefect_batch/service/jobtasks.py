@@ -21,7 +21,7 @@ from prefect_batch.core.completion import AttemptOutcome, decide
 from prefect_batch.core.states import TaskExecutionResult
 from prefect_batch.service import lifecycle
 from prefect_batch.service.common import iso, seconds
-from prefect_batch.service.dispatcher import base_environment, settings_env
+from prefect_batch.service.dispatcher import base_environment, completed_info, settings_env
 from prefect_batch.store.schema import job_nodes, jobs, tasks
 
 __all__ = ["JobTasksMixin", "RELEASE_MAX_SECONDS"]
@@ -252,14 +252,7 @@ class JobTasksMixin:
         if decision.retry and pool is not None:
             self._start_prep(conn, job_pk, job.id, job.spec, pool, rt, row, retry + 1, now, sends)
             return
-        info = dict(row.prep_info or {})
-        info.update(
-            state="completed",
-            endTime=iso(msg.get("end_time") or now),
-            exitCode=decision.exit_code,
-            result=decision.result.value if decision.result else None,
-            failureInfo=decision.failure_info,
-        )
+        info = {**(row.prep_info or {}), **completed_info(decision, msg, now)}
         if retry:
             info["lastRetryTime"] = iso(now)
         conn.execute(
@@ -360,14 +353,7 @@ class JobTasksMixin:
             exit_conditions=None,
             task_failure_mode="noaction",
         )
-        info = dict(row.release_info or {})
-        info.update(
-            state="completed",
-            endTime=iso(msg.get("end_time") or now),
-            exitCode=decision.exit_code,
-            result=decision.result.value if decision.result else None,
-            failureInfo=decision.failure_info,
-        )
+        info = {**(row.release_info or {}), **completed_info(decision, msg, now)}
         conn.execute(
             update(job_nodes)
             .where(job_nodes.c.job_pk == job_pk, job_nodes.c.node_pk == rt.pk)

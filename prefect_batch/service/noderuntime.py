@@ -31,7 +31,12 @@ from prefect_batch.core.states import (
 )
 from prefect_batch.service import lifecycle
 from prefect_batch.service.common import iso, new_node_id
-from prefect_batch.service.dispatcher import base_environment, settings_env
+from prefect_batch.service.dispatcher import (
+    NODE_RUNNING,
+    base_environment,
+    completed_info,
+    settings_env,
+)
 from prefect_batch.service.nodes import mark_in_flight
 from prefect_batch.service.pools import node_source_of
 from prefect_batch.store.schema import nodes, pools, tasks
@@ -145,14 +150,7 @@ class NodeMixin:
             )
 
     def _node_counts(self, conn: Any, node_pk: int, d_tasks: int, d_slots: int) -> None:
-        conn.execute(
-            update(nodes)
-            .where(nodes.c.pk == node_pk)
-            .values(
-                running_tasks=nodes.c.running_tasks + d_tasks,
-                running_slots=nodes.c.running_slots + d_slots,
-            )
-        )
+        conn.execute(NODE_RUNNING, [{"b_pk": node_pk, "b_tasks": d_tasks, "b_slots": d_slots}])
 
     # -- pool size -------------------------------------------------------------------------
 
@@ -459,13 +457,9 @@ class NodeMixin:
             return
         success = decision.result == TaskExecutionResult.SUCCESS
         info = {
-            "state": "completed",
+            **completed_info(decision, msg, now),
             "startTime": iso(msg.get("start_time") or now),
-            "endTime": iso(msg.get("end_time") or now),
-            "exitCode": decision.exit_code,
             "retryCount": retry,
-            "result": decision.result.value if decision.result else None,
-            "failureInfo": decision.failure_info,
             "bootId": rt.boot_id,
         }
         if retry:

@@ -62,7 +62,7 @@ def test_pool_spec_defaults_to_local_nodes() -> None:
 
 
 def test_pool_spec_takes_vm_size_from_its_node_source() -> None:
-    hosts = SSHHostGroup(group_name="lab", hosts=[SSHHost(address="10.0.0.1")], vm_size="lab")
+    hosts = SSHHostGroup(group_name="lab", hosts=[SSHHost(address="127.0.0.5")], vm_size="lab")
     spec = BatchPool(pool_id="p", node_source=hosts).to_pool_spec().to_wire()
     assert spec["vmSize"] == "lab"
     assert spec["virtualMachineConfiguration"]["nodeAgentSKUId"] == "batch.node.ssh.lab"
@@ -86,12 +86,12 @@ HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKyzPT4LP9jZP9quaIxhS/hlKii9nXoi
 
 def test_node_source_specs_carry_no_secret() -> None:
     hosts = SSHHostGroup(
-        hosts=[SSHHost(address="10.0.0.1", host_key=HOST_KEY)],
+        hosts=[SSHHost(address="127.0.0.5", host_key=HOST_KEY)],
         user="batch",
         private_key_secret_name="lab-key",
     )
     spec = hosts.node_source_spec()
-    assert spec["hosts"] == [{"address": "10.0.0.1", "port": 22, "host_key": HOST_KEY}]
+    assert spec["hosts"] == [{"address": "127.0.0.5", "port": 22, "host_key": HOST_KEY}]
     assert spec["private_key_secret_name"] == "lab-key"
     assert "PRIVATE KEY" not in repr(spec)
 
@@ -203,7 +203,7 @@ def test_blocks_save_and_load_with_nested_blocks(prefect_api: None) -> None:
     Secret(value=PRIVATE_KEY).save("test-ssh-key", overwrite=True)
     hosts = SSHHostGroup(
         group_name="lab",
-        hosts=[SSHHost(address="10.0.0.1", port=2222, host_key=HOST_KEY)],
+        hosts=[SSHHost(address="127.0.0.5", port=2222, host_key=HOST_KEY)],
         user="batch",
         private_key_secret_name="test-ssh-key",
     )
@@ -219,7 +219,7 @@ def test_blocks_save_and_load_with_nested_blocks(prefect_api: None) -> None:
     assert loaded.account.account_key.get_secret_value() == "c2VjcmV0"
     group = loaded.node_source.to_host_group()  # the SSH node source's own model
     assert group.private_key.get_secret_value() == PRIVATE_KEY
-    assert group.hosts[0].id == "batch@10.0.0.1:2222" and group.hosts[0].host_key == HOST_KEY
+    assert group.hosts[0].id == "batch@127.0.0.5:2222" and group.hosts[0].host_key == HOST_KEY
     assert loaded.to_pool_spec().to_wire()["virtualMachineConfiguration"]["nodeAgentSKUId"] == (
         "batch.node.ssh.lab"
     )

@@ -35,8 +35,8 @@ OTHER = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C7okWi0
 def group(**overrides: Any) -> SSHHostGroup:
     config: dict[str, Any] = {
         "hosts": [
-            {"address": "10.0.0.1", "user": "batch", "host_key": ED25519},
-            {"address": "10.0.0.2", "port": 2222, "user": "batch", "host_key": OTHER},
+            {"address": "127.0.0.5", "user": "batch", "host_key": ED25519},
+            {"address": "127.0.0.6", "port": 2222, "user": "batch", "host_key": OTHER},
             {"address": "node3.lab", "user": "ops", "host_key": ED25519, "root": "/srv/pb"},
         ],
         "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\n...",
@@ -48,23 +48,23 @@ def group(**overrides: Any) -> SSHHostGroup:
 def test_defaults_and_host_ids() -> None:
     g = group()
     assert [h.id for h in g.hosts] == [
-        "batch@10.0.0.1:22",
-        "batch@10.0.0.2:2222",
+        "batch@127.0.0.5:22",
+        "batch@127.0.0.6:2222",
         "ops@node3.lab:22",
     ]
     assert g.trust_on_first_use is False
     assert g.node_root == DEFAULT_NODE_ROOT == "~/.prefect-batch-node"
     assert g.root_of(g.hosts[0]) == DEFAULT_NODE_ROOT and g.root_of(g.hosts[2]) == "/srv/pb"
-    assert g.hosts[1].known_hosts_name == "[10.0.0.2]:2222"
-    assert g.hosts[0].known_hosts_name == "10.0.0.1"
+    assert g.hosts[1].known_hosts_name == "[127.0.0.6]:2222"
+    assert g.hosts[0].known_hosts_name == "127.0.0.5"
     assert "BEGIN" not in repr(g) and "BEGIN" not in str(g.model_dump())  # a secret stays secret
 
 
 def test_group_user_fills_hosts_without_one() -> None:
-    g = group(hosts=[{"address": "10.0.0.9", "host_key": ED25519}], user="svc")
+    g = group(hosts=[{"address": "127.0.0.9", "host_key": ED25519}], user="svc")
     assert g.hosts[0].user == "svc"
     with pytest.raises(ValidationError, match="has no user"):
-        group(hosts=[{"address": "10.0.0.9", "host_key": ED25519}])
+        group(hosts=[{"address": "127.0.0.9", "host_key": ED25519}])
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_group_user_fills_hosts_without_one() -> None:
         ({"private_key": None}, "exactly one of private_key_path and private_key"),
         ({"trust_on_first_use": True}, "trust_on_first_use needs a known_hosts file"),
         (
-            {"hosts": [{"address": "10.0.0.1", "user": "u"}]},
+            {"hosts": [{"address": "127.0.0.5", "user": "u"}]},
             "no pinned host_key and the group has no known_hosts",
         ),
         (

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_refuses_addresses_outside_loopback(tmp_path: Path) -> None:
+    # The fixture validates the address before it opens any socket: nothing is contacted.
     with pytest.raises(ValueError, match="loopback"):
         SSHServers(tmp_path, first_address="10.0.0.2")
     with pytest.raises(ValueError, match="loopback"):
