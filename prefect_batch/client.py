@@ -146,9 +146,9 @@ class BatchClient:
                 self.store, self.settings, {self.account_name: self.service.base_url}
             ).start()
 
-    def _wake(self) -> None:
+    def _wake(self, *, pools: bool = False) -> None:
         if self._engine is not None:
-            self._engine.wake()
+            self._engine.wake(pools=pools)
 
     def close(self, *, kill_tasks: bool = False) -> None:
         """Stop this process's engine; agents finish (or with ``kill_tasks`` kill) their tasks."""

@@ -148,7 +148,7 @@ class RemoteBatchService:
         """Close the connections."""
         self._http.close()
 
-    def wake(self) -> None:
+    def wake(self, *, pools: bool = False) -> None:
         """Nothing to wake here: the server's engine is woken by each request."""
 
     # -- HTTP --------------------------------------------------------------------------------

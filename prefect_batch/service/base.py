@@ -32,21 +32,25 @@ class ServiceBase:
         *,
         base_url: str = "embedded://local",
         clock: common.Clock = common.now,
-        wake: Callable[[], None] | None = None,
+        wake: Callable[..., None] | None = None,
     ) -> None:
         self.store = store
         self.account = account
         self.base_url = base_url.rstrip("/")
         self.clock = clock
-        self._wake = wake or (lambda: None)
+        self._wake = wake or (lambda **_: None)
         # Checks run on the row a request addresses ("pool", "job", "task"), inside the
         # operation's transaction: the REST layer's If-Match / If-None-Match / If-(Un)Modified-
         # Since (api/context.py). A check raises to refuse the operation; empty in embedded use.
         self.preconditions: dict[str, Callable[[Any], None]] = {}
 
-    def wake(self) -> None:
-        """Tell an engine in this process that there is new work."""
-        self._wake()
+    def wake(self, *, pools: bool = False) -> None:
+        """Tell an engine in this process there is new work (``pools``: a pool or node changed).
+
+        Only a pool or node change makes the engine re-read pools and reconcile their nodes;
+        new tasks and job changes are found by the next step alone.
+        """
+        self._wake(pools=pools)
 
     @staticmethod
     def parse(model: type[M], value: Any) -> M:

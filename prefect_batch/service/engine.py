@@ -189,10 +189,15 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
         self._nodes.clear()
         self._pools.clear()
 
-    def wake(self) -> None:
-        """Look for new work now rather than at the next tick (a request changed something)."""
+    def wake(self, *, pools: bool = False) -> None:
+        """Look for new work now rather than at the next tick (a request changed something).
+
+        With ``pools`` (a pool or node changed) the engine also re-reads pools and reconciles
+        their nodes, which it otherwise does every ``lease_seconds / 3``.
+        """
         self._poked = True
-        self._reconcile_soon = True
+        if pools:
+            self._reconcile_soon = True
         self._wake.set()
 
     @property

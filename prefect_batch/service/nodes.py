@@ -83,7 +83,7 @@ class NodeOperations(ServiceBase):
                 .where(nodes.c.pk == row.pk)
                 .values(pending_op=op, pending_option=option)
             )
-        self.wake()
+        self.wake(pools=True)
 
     def reboot_node(self, pool_id: str, node_id: str, options: Any = None) -> None:
         """Restart the node's agent; its start task (and job preparation tasks) run again."""
@@ -144,7 +144,7 @@ class NodeOperations(ServiceBase):
             if opts.resize_timeout is not None:
                 values["resize_timeout_seconds"] = opts.resize_timeout.total_seconds()
             conn.execute(update(pools).where(pools.c.pk == pool.pk).values(**values))
-        self.wake()
+        self.wake(pools=True)
 
     def disable_node_scheduling(self, pool_id: str, node_id: str, options: Any = None) -> None:
         """Take no new task on the node (it shows ``offline`` once idle)."""
@@ -183,4 +183,4 @@ class NodeOperations(ServiceBase):
             elif row.state == NodeState.OFFLINE.value:
                 values.update(state=NodeState.IDLE.value, state_transition_time=now)
             conn.execute(update(nodes).where(nodes.c.pk == row.pk).values(**values))
-        self.wake()
+        self.wake(pools=True)

@@ -182,7 +182,7 @@ class PoolOperations(ServiceBase):
                     spec=spec,
                 )
             )
-        self.wake()
+        self.wake(pools=True)
 
     def get_pool(self, pool_id: str) -> BatchPool:
         """One pool."""
@@ -245,7 +245,7 @@ class PoolOperations(ServiceBase):
                 .where(pools.c.pk == row.pk)
                 .values(spec=spec, last_modified=now, version=pools.c.version + 1)
             )
-        self.wake()
+        self.wake(pools=True)
 
     def resize_pool(self, pool_id: str, resize: BatchPoolResizeOptions | dict) -> None:
         """Ask for a new node count; nodes come and go as the engine gets to it."""
@@ -283,7 +283,7 @@ class PoolOperations(ServiceBase):
             if opts.resize_timeout is not None:
                 values["resize_timeout_seconds"] = opts.resize_timeout.total_seconds()
             conn.execute(update(pools).where(pools.c.pk == row.pk).values(**values))
-        self.wake()
+        self.wake(pools=True)
 
     def stop_pool_resize(self, pool_id: str) -> None:
         """Stop a resize: the pool keeps the nodes it has now."""
@@ -303,7 +303,7 @@ class PoolOperations(ServiceBase):
                     version=pools.c.version + 1,
                 )
             )
-        self.wake()
+        self.wake(pools=True)
 
     def delete_pool(self, pool_id: str) -> None:
         """Delete a pool: its nodes leave and their directories are removed.
@@ -332,7 +332,7 @@ class PoolOperations(ServiceBase):
             leased = row.lease_owner is not None and (row.lease_expires or 0) > now
         if not leased:
             self.finish_pool_delete(row.pk)
-        self.wake()
+        self.wake(pools=True)
 
     def finish_pool_delete(self, pool_pk: int) -> None:
         """Remove a deleting pool's nodes (rows, queued work, directories) and the pool."""
