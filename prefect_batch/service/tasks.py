@@ -436,25 +436,33 @@ class TaskOperations(ServiceBase):
             q = select(tasks).where(tasks.c.job_pk == job.pk)
             if state is not None:
                 q = q.where(tasks.c.state == state)
-            rows = conn.execute(q.order_by(tasks.c.pk)).all()
-            node_names = {
-                r.pk: (r.pool_id, r.node_id, r.root_dir)
-                for r in conn.execute(
-                    select(
-                        nodes.c.pk, pools.c.id.label("pool_id"), nodes.c.node_id, nodes.c.root_dir
-                    ).join(pools, pools.c.pk == nodes.c.pool_pk)
-                ).all()
-            }
-            out = []
-            for r in rows:
-                node_pk = r.node_pk if r.node_pk is not None else r.files_node_pk
-                node = node_names.get(node_pk) if node_pk is not None else None
-                out.append(
-                    BatchTask.model_validate(
-                        task_view(r, job.id, self.base_url, node or _last_node(r))
-                    )
+            return self._task_models(conn, job, conn.execute(q.order_by(tasks.c.pk)).all())
+
+    def _task_models(self, conn: Any, job: Any, rows: Sequence[Any]) -> list[BatchTask]:
+        """Task rows -> models, naming each task's node with one read of just those nodes."""
+        wanted = {r.node_pk if r.node_pk is not None else r.files_node_pk for r in rows}
+        wanted.discard(None)
+        node_names = {
+            r.pk: (r.pool_id, r.node_id, r.root_dir)
+            for part in chunked(sorted(wanted), 500)
+            for r in conn.execute(
+                select(nodes.c.pk, pools.c.id.label("pool_id"), nodes.c.node_id, nodes.c.root_dir)
+                .join(pools, pools.c.pk == nodes.c.pool_pk)
+                .where(nodes.c.pk.in_(part))
+            ).all()
+        }
+        return [
+            BatchTask.model_validate(
+                task_view(
+                    r,
+                    job.id,
+                    self.base_url,
+                    node_names.get(r.node_pk if r.node_pk is not None else r.files_node_pk)
+                    or _last_node(r),
                 )
-            return out
+            )
+            for r in rows
+        ]
 
     def list_tasks_page(
         self,
@@ -481,31 +489,7 @@ class TaskOperations(ServiceBase):
             rows = conn.execute(q.order_by(tasks.c.pk).limit(limit + 1)).all()
             more = len(rows) > limit
             rows = rows[:limit]
-            wanted = {r.node_pk if r.node_pk is not None else r.files_node_pk for r in rows}
-            wanted.discard(None)
-            node_names = {
-                r.pk: (r.pool_id, r.node_id, r.root_dir)
-                for part in chunked(sorted(wanted), 500)
-                for r in conn.execute(
-                    select(
-                        nodes.c.pk, pools.c.id.label("pool_id"), nodes.c.node_id, nodes.c.root_dir
-                    )
-                    .join(pools, pools.c.pk == nodes.c.pool_pk)
-                    .where(nodes.c.pk.in_(part))
-                ).all()
-            }
-            page = [
-                BatchTask.model_validate(
-                    task_view(
-                        r,
-                        job.id,
-                        self.base_url,
-                        node_names.get(r.node_pk if r.node_pk is not None else r.files_node_pk)
-                        or _last_node(r),
-                    )
-                )
-                for r in rows
-            ]
+            page = self._task_models(conn, job, rows)
             return page, (rows[-1].pk if more and rows else None)
 
     def list_task_attempts(self, job_id: str, task_id: str) -> list[dict[str, Any]]:
