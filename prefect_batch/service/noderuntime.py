@@ -79,6 +79,13 @@ class NodeRuntime:
     """Counts agent connections; events of an older connection are dropped."""
     held: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
 
+    def lost(self, now: float) -> None:
+        """The agent is gone or could not start: schedule its restart with backoff."""
+        self.ready = False
+        self.failures += 1
+        delay = RESTART_DELAYS_SECONDS[min(self.failures - 1, len(RESTART_DELAYS_SECONDS) - 1)]
+        self.restart_at = now + delay
+
     @property
     def accepting(self) -> bool:
         """Whether the scheduler may place tasks here now."""
@@ -284,11 +291,8 @@ class NodeMixin:
             self._node_failed(rt, "NodeAgentStartFailed", str(exc))
 
     def _node_failed(self, rt: NodeRuntime, code: str, message: str) -> None:
-        rt.ready = False
-        rt.failures += 1
         now = self.clock()
-        delay = RESTART_DELAYS_SECONDS[min(rt.failures - 1, len(RESTART_DELAYS_SECONDS) - 1)]
-        rt.restart_at = now + delay
+        rt.lost(now)
         with self.store.begin() as conn:
             values: dict[str, Any] = {"errors": [{"code": code, "message": message}]}
             if rt.failures >= REQUEUE_AFTER_FAILURES:
@@ -322,10 +326,7 @@ class NodeMixin:
         # let it recover them (adopted, finished, or lost -> requeued) rather than requeueing
         # now and running a task twice at once.
         rt.connection = None
-        rt.ready = False
-        rt.failures += 1
-        delay = RESTART_DELAYS_SECONDS[min(rt.failures - 1, len(RESTART_DELAYS_SECONDS) - 1)]
-        rt.restart_at = now + delay
+        rt.lost(now)
         self._set_state(
             conn,
             rt,
