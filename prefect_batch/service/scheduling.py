@@ -1,0 +1,173 @@
+"""The engine's part in job schedules: create due jobs, and finish schedules that are done.
+
+Each pass reads the schedules that may need something (active ones whose run is due or that
+wait for their job, terminating and deleting ones) with the state of their recent job, decides
+with :func:`prefect_batch.core.recurrence.advance`, and only for a schedule where something
+changes opens a write transaction. That transaction re-reads the schedule row under a row lock
+(``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises
+writers), decides again on what it read, creates the job and moves the schedule in one commit —
+so of two engines on one database, only one creates a given run's job; the other then reads the
+advanced row and finds nothing to do.
+
+Any engine does this, whether or not it holds pool leases. This module does not validate
+schedules (``service/schedules.py`` does) nor run the jobs' tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from prefect_batch.core.recurrence import ScheduleStep, advance
+from prefect_batch.core.states import JobScheduleState
+from prefect_batch.service.common import Clock
+from prefect_batch.service.jobs import JobOperations
+from prefect_batch.service.schedules import (
+    ACTIVE,
+    DELETING,
+    FINISHED_JOB_STATES,
+    TERMINATING,
+    move_schedule,
+    recurrence_of,
+    schedule_job_rows,
+)
+from prefect_batch.service.views import scheduled_job_id
+from prefect_batch.store import Store
+from prefect_batch.store.schema import job_schedules, jobs
+
+__all__ = ["SCHEDULE_POLL_SECONDS", "JobScheduleMixin"]
+
+log = logging.getLogger("prefect_batch.engine")
+
+SCHEDULE_POLL_SECONDS = 1.0
+"""How often schedules waiting on their job (or finishing) are looked at, at the latest."""
+POKED_SCHEDULE_SECONDS = 0.1
+"""After a request woke the engine, how soon schedules are looked at again at the earliest."""
+
+
+class JobScheduleMixin:
+    """Engine mixin: runs the account-wide job schedules kept in the store."""
+
+    store: Store
+    clock: Clock
+    _poked: bool
+    _next_schedules: float = 0.0
+    _schedules_checked: float = float("-inf")
+    _schedules_poked: bool = False
+
+    def _job_schedules(self, now: float) -> None:
+        """One pass over the schedules, when one may be due (called from the engine's step).
+
+        A pass runs when the earliest pending run is due, every ``SCHEDULE_POLL_SECONDS``, and
+        soon after a request woke the engine (a schedule may have been created or enabled).
+        """
+        self._schedules_poked |= self._poked
+        poked = self._schedules_poked and now - self._schedules_checked >= POKED_SCHEDULE_SECONDS
+        if now < self._next_schedules and not poked:
+            return
+        self._schedules_checked = now
+        self._schedules_poked = False
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(job_schedules).where(
+                    job_schedules.c.state.in_((ACTIVE, TERMINATING, DELETING))
+                )
+            ).all()
+            active_jobs = _active_recent_jobs(conn, rows)
+        next_check = now + SCHEDULE_POLL_SECONDS
+        for row in rows:
+            if row.state == ACTIVE:
+                step = _decide(row, (row.account, _recent_key(row)) in active_jobs, now)
+                if (
+                    step.create is None
+                    and not step.complete
+                    and step.next_run_time == row.next_run_time
+                ):
+                    # Nothing to record: its run is not due yet, or waits for its job to end.
+                    if row.next_run_time is not None and row.next_run_time > now:
+                        next_check = min(next_check, row.next_run_time)
+                    continue
+            try:
+                self._schedule_step(row.pk, now)
+            except Exception:  # noqa: BLE001 - one schedule must not stop the others
+                log.exception("job schedule %s/%s: step failed", row.account, row.id)
+        self._next_schedules = next_check
+
+    def _schedule_wait(self, tick: float) -> float:
+        """How long an idle engine may sleep: its tick, or less when a run is due sooner."""
+        due = self._next_schedules
+        if self._schedules_poked:
+            due = min(due, self._schedules_checked + POKED_SCHEDULE_SECONDS)
+        return max(0.0, min(tick, due - self.clock()))
+
+    def _schedule_step(self, pk: int, now: float) -> None:
+        """Carry out one schedule's step in its own transaction, on the row read under lock."""
+        with self.store.begin() as conn:
+            row = conn.execute(
+                select(job_schedules).where(job_schedules.c.pk == pk).with_for_update()
+            ).one_or_none()
+            if row is None:
+                return
+            if row.state == DELETING:
+                if not schedule_job_rows(conn, row):
+                    conn.execute(delete(job_schedules).where(job_schedules.c.pk == row.pk))
+                return
+            if row.state == TERMINATING:
+                if all(j.state in FINISHED_JOB_STATES for j in schedule_job_rows(conn, row)):
+                    move_schedule(conn, row, JobScheduleState.COMPLETED, now, end_time=now)
+                return
+            if row.state != ACTIVE:
+                return
+            recent = conn.execute(
+                select(jobs.c.state).where(
+                    jobs.c.account == row.account, jobs.c.id_key == _recent_key(row)
+                )
+            ).scalar()
+            step = _decide(row, recent is not None and recent not in FINISHED_JOB_STATES, now)
+            if step.complete:
+                move_schedule(
+                    conn, row, JobScheduleState.COMPLETED, now, next_run_time=None, end_time=now
+                )
+                return
+            values: dict[str, Any] = {"next_run_time": step.next_run_time}
+            if step.create is not None:
+                values["job_count"] = self._create_scheduled_job(conn, row, now)
+                values["last_run_time"] = step.create
+            # Neither version nor lastModified: a new job is not a change of the schedule.
+            conn.execute(
+                update(job_schedules)
+                .where(job_schedules.c.pk == row.pk, job_schedules.c.job_count == row.job_count)
+                .values(**values)
+            )
+
+    def _create_scheduled_job(self, conn: Any, row: Any, now: float) -> int:
+        """Add the schedule's next job from its ``jobSpecification``; return its number."""
+        n: int = row.job_count + 1
+        ops = JobOperations(self.store, row.account, clock=self.clock)
+        job_id = scheduled_job_id(row.id, n)
+        spec = {"id": job_id, **row.spec["jobSpecification"]}
+        ops._insert_job(conn, job_id, spec, now)
+        log.info("job schedule %s/%s: created job %s", row.account, row.id, job_id)
+        return n
+
+
+def _recent_key(row: Any) -> str | None:
+    return scheduled_job_id(row.id_key, row.job_count) if row.job_count else None
+
+
+def _decide(row: Any, job_active: bool, now: float) -> ScheduleStep:
+    return advance(recurrence_of(row.spec), row.next_run_time, job_active, now)
+
+
+def _active_recent_jobs(conn: Any, rows: Sequence[Any]) -> set[tuple[str, str]]:
+    """``(account, job id key)`` of the schedules' recent jobs that are still active."""
+    keys = {k for r in rows if r.state == ACTIVE and (k := _recent_key(r))}
+    if not keys:
+        return set()
+    found = conn.execute(
+        select(jobs.c.account, jobs.c.id_key, jobs.c.state).where(jobs.c.id_key.in_(keys))
+    ).all()
+    return {(j.account, j.id_key) for j in found if j.state not in FINISHED_JOB_STATES}
