@@ -1,0 +1,66 @@
+"""Node sources over the REST extension routes: the remote client registers, lists, reads,
+replaces and deletes SSH host groups exactly as the embedded service does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from prefect_batch import BatchClient, BatchConflictError, BatchInvalidRequestError
+from prefect_batch.exceptions import BatchNotFoundError
+from tests.api.conftest import Server, wait_for
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKyzPT4LP9jZP9quaIxhS/hlKii9nXoijEGaKBnxWcIH"
+
+
+def group(**extra: Any) -> dict[str, Any]:
+    return {
+        "name": "rlab",
+        "user": "batch",
+        "private_key_secret_name": "lab-key",
+        "hosts": [{"address": "127.0.0.2", "port": 2222, "host_key": HOST_KEY}],
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def remote(server: Server) -> Iterator[BatchClient]:
+    with BatchClient(server.account.name, url=server.url, account_key=server.account.primary) as c:
+        yield c
+
+
+def test_node_sources_over_rest(remote: BatchClient) -> None:
+    remote.create_node_source(group())
+    assert "batch.node.ssh.rlab" in {i.node_agent_sku_id for i in remote.list_supported_images()}
+    source = remote.get_node_source("rlab")
+    assert source.host_group["private_key_secret_name"] == "lab-key"
+    assert [s.name for s in remote.list_node_sources()] == ["rlab"]
+    with pytest.raises(BatchConflictError) as exists:
+        remote.create_node_source(group())
+    assert exists.value.code == "NodeSourceExists"
+    with pytest.raises(BatchInvalidRequestError):
+        remote.create_node_source(group(name="keyed", private_key="-----BEGIN KEY-----"))
+
+    remote.update_node_source("rlab", group(vm_size="big"))
+    assert remote.get_node_source("rlab").host_group["vm_size"] == "big"
+    remote.create_pool(
+        {
+            "id": "rssh",
+            "vmSize": "big",
+            "targetDedicatedNodes": 0,
+            "virtualMachineConfiguration": {
+                "imageReference": {"publisher": "prefect-batch", "offer": "ssh", "sku": "rlab"},
+                "nodeAgentSKUId": "batch.node.ssh.rlab",
+            },
+        }
+    )
+    with pytest.raises(BatchConflictError) as in_use:
+        remote.delete_node_source("rlab")
+    assert in_use.value.code == "NodeSourceInUse"
+    remote.delete_pool("rssh")
+    wait_for(lambda: not remote.pool_exists("rssh"))  # a pool being deleted still names it
+    remote.delete_node_source("rlab")
+    with pytest.raises(BatchNotFoundError):
+        remote.get_node_source("rlab")
