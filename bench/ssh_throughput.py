@@ -13,16 +13,18 @@ command; here that file runs ``pyenv init``), and "clean" (``SetEnv SHLVL=1``, s
     host, ``--slots`` in flight per node, driven like the engine drives nodes (one dispatcher
     thread; each wake-up takes every event that arrived and sends the next runs and the
     ``forget`` of recorded results in one write per node; each run carries the engine's
-    ``AZ_BATCH_*`` environment). The engine does not drive SSH pools yet, so this is the
-    node-source path of the whole stack (store and scheduler excluded: ``bench/throughput.py``
-    measures those with local nodes);
+    ``AZ_BATCH_*`` environment): the node-source path alone, store and scheduler excluded;
+(w) the whole stack: ``--tasks`` trivial tasks through ``BatchClient`` (embedded service:
+    SQLite store, scheduler, engine) on a pool of the 3 hosts registered as an SSH host group
+    (``--slots`` task slots per node), timed from ``create_tasks`` until every task's result is
+    durable; and (l) the same on a pool of 3 local nodes, for the cost of SSH itself;
 (b) one paramiko ``exec_command("/bin/true")`` per task over one reused connection, sequential
     (and 4 connections x 8 threads at once);
 (c) GNU parallel ``--sshlogin 8/h1,8/h2,8/h3 -j8 --controlmaster`` (``--ssh`` is a one-line
     wrapper script: with arguments in ``--ssh``, ``--controlmaster`` silently does nothing).
 
-Targets: (s) >= 0.6x (a), >= 2x (b), >= 10x (c). Figures drift up to 2x on shared 2-core
-machines; compare ratios from one run.
+Targets: (w) and (s) >= 0.6x (a), >= 2x (b), >= 10x (c). Figures drift up to 2x on shared
+2-core machines; compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -141,6 +143,52 @@ def agent_rate(servers: SSHServers, root: Path, n: int, slots: int) -> tuple[flo
     return rate, startup
 
 
+def stack_rate(
+    work: Path, n: int, slots: int, servers: SSHServers | None = None
+) -> tuple[float, float]:
+    """(w) (tasks/s, seconds until the pool's nodes are idle) through the whole stack.
+
+    On a pool of the servers registered as an SSH host group; without servers, on a pool of 3
+    local nodes ((l): the same stack, agents as local processes).
+    """
+    from prefect_batch import BatchClient
+    from prefect_batch.settings import BatchSettings
+
+    home = work / "home"
+    with BatchClient(home=home, settings=BatchSettings(home=home)) as client:
+        pool: dict[str, Any] = {"id": "bench", "vmSize": "local", "targetDedicatedNodes": 3}
+        if servers is not None:
+            hosts = [s.host_config(root=str(work / "nodes-stack" / s.address)) for s in servers]
+            client.create_node_source(servers.group_config(name="bench", hosts=hosts))
+            pool["vmSize"] = "ssh"
+            pool["targetDedicatedNodes"] = len(hosts)
+            pool["virtualMachineConfiguration"] = {
+                "imageReference": {"publisher": "prefect-batch", "offer": "ssh", "sku": "bench"},
+                "nodeAgentSKUId": "batch.node.ssh.bench",
+            }
+        t = time.perf_counter()
+        client.create_pool({**pool, "taskSlotsPerNode": slots})
+        deadline = time.monotonic() + 120
+        while (
+            sum(x.state == "idle" for x in client.list_nodes("bench"))
+            < pool["targetDedicatedNodes"]
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the pool's nodes did not become idle")
+            time.sleep(0.02)
+        startup = time.perf_counter() - t
+        client.create_job({"id": "stack", "poolInfo": {"poolId": "bench"}})
+        t = time.perf_counter()
+        res = client.create_tasks("stack", [{"id": f"t{i}", "commandLine": TRUE} for i in range(n)])
+        if any(r.status != "success" for r in res.result_values):
+            raise RuntimeError("create_tasks refused tasks")
+        counts = client.wait_for_job("stack", poll_seconds=0.05, timeout=1800)
+        rate = n / (time.perf_counter() - t)
+        if counts.task_counts.succeeded != n:
+            raise RuntimeError(f"not every task succeeded: {counts.task_counts}")
+    return rate, startup
+
+
 def exec_true(client: Any) -> None:
     """Run ``true`` in a new exec channel of ``client``'s connection and wait for it.
 
@@ -254,7 +302,7 @@ def parallel_rate(servers: SSHServers, work: Path, n: int, jobs: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", type=int, default=5000, help="tasks for (a) and (s)")
+    ap.add_argument("--tasks", type=int, default=5000, help="tasks for (a), (s) and (w)")
     ap.add_argument("--slots", type=int, default=8, help="tasks in flight per node in (s)")
     ap.add_argument("--exec-tasks", type=int, default=1000, help="tasks for (b), clean shell")
     ap.add_argument("--parallel-tasks", type=int, default=300, help="tasks for (c), clean shell")
@@ -281,6 +329,25 @@ def main() -> None:
                     f"(s) SSH node agents, 3 hosts x {args.slots} in flight (clean shell)",
                     args.tasks,
                     s,
+                )
+            )
+            print("(w) whole stack on an SSH pool, clean shells ...", flush=True)
+            w, w_start = stack_rate(work / "stack", args.tasks, args.slots, clean)
+            rows.append(
+                (
+                    f"(w) whole stack (BatchClient), SSH pool of 3 hosts x {args.slots} slots "
+                    "(clean shell)",
+                    args.tasks,
+                    w,
+                )
+            )
+            print("(l) whole stack on a local pool ...", flush=True)
+            local, _ = stack_rate(work / "stack-local", args.tasks, args.slots)
+            rows.append(
+                (
+                    f"(l) whole stack (BatchClient), local pool of 3 nodes x {args.slots} slots",
+                    args.tasks,
+                    local,
                 )
             )
             print("(s) node agents over SSH, ~/.bashrc shells ...", flush=True)
@@ -343,18 +410,27 @@ def main() -> None:
 
     width = max(len(r[0]) for r in rows)
     print()
-    print(f"{'method':<{width}}  {'tasks':>6}  {'tasks/s':>9}  {'(s, clean) / this':>18}")
+    print(
+        f"{'method':<{width}}  {'tasks':>6}  {'tasks/s':>9}  {'(w) / this':>11}  "
+        f"{'(s, clean) / this':>18}"
+    )
     for name, count, rate in rows:
-        print(f"{name:<{width}}  {count:>6}  {rate:>9,.0f}  {s / rate:>17.2f}x")
+        print(f"{name:<{width}}  {count:>6}  {rate:>9,.0f}  {w / rate:>10.2f}x  {s / rate:>17.2f}x")
     print()
     print(f"(a) runs: {a1:,.0f} tasks/s before the rest, {a2:,.0f} after")
     print(
         f"agent start (connect, verify, ship/start, hello) for 3 hosts: clean {s_start:.2f} s, "
         f"~/.bashrc {s_rc_start:.2f} s"
     )
+    print(f"SSH pool of 3 nodes idle (agents started by the engine) after {w_start:.2f} s")
+    print(f"(w)/(l) = {w / local:.2f}: the SSH pool against local nodes, same stack, same run")
+    print(
+        f"(w)/(a) = {w / a:.2f} (target >= 0.6)   (w)/(b seq) = {w / b:.1f} (>= 2)   "
+        f"(w)/(c) = {w / c:.1f} (>= 10)   [whole stack, clean shells]"
+    )
     print(
         f"(s)/(a) = {s / a:.2f} (target >= 0.6)   (s)/(b seq) = {s / b:.1f} (>= 2)   "
-        f"(s)/(c) = {s / c:.1f} (>= 10)   [clean shells]"
+        f"(s)/(c) = {s / c:.1f} (>= 10)   [node agents alone, clean shells]"
     )
     print(
         f"with ~/.bashrc: (s)/(a) = {s_rc / a:.2f}   (s)/(b seq) = {s_rc / b_rc:.0f}   "

@@ -1,8 +1,10 @@
-"""Batch processing: one task per input file, each writing its output (deployment
-``batch-processing``).
+"""Batch processing: one task per input object, each writing its output object back
+(deployment ``batch-processing``).
 
-Inputs and outputs are local directories the nodes can reach until S3 staging lands; then
-the deployment's parameters become S3 prefixes (resource files in, output files out).
+Inputs and outputs are S3 prefixes (``s3://bucket/prefix``; the batch service signs the nodes'
+URLs with its storage settings) or local directories the nodes can reach.
+
+    python flows/batch_processing.py s3://bucket/inbox/ s3://bucket/outbox
 """
 
 import sys
@@ -11,5 +13,5 @@ from prefect_batch.flows import batch_processing
 
 if __name__ == "__main__":
     source, target = sys.argv[1], sys.argv[2]
-    result = batch_processing(pool="local-pool", input_dir=source, output_dir=target)
-    print(f"processed {len(result.tasks)} files into {target}")
+    result = batch_processing(pool="local-pool", inputs=source, outputs=target)
+    print(f"processed {len(result.tasks)} inputs into {target}")

@@ -18,16 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_batch.exceptions import PrefectBatchError
 from prefect_batch.models import (
+    AutoScaleRun,
     BatchCreateTaskCollectionResult,
     BatchJob,
+    BatchJobSchedule,
     BatchNode,
     BatchNodeFile,
+    BatchNodeSource,
     BatchPool,
     BatchPoolNodeCounts,
     BatchSupportedImage,
     BatchTask,
     BatchTaskCountsResult,
 )
+from prefect_batch.providers.storage import ObjectStorage
 from prefect_batch.service import BatchService
 from prefect_batch.service.engine import Engine
 from prefect_batch.settings import BatchSettings, get_settings
@@ -47,9 +51,11 @@ def build_engine(
     account_urls: dict[str, str],
     *,
     server: bool = False,
+    storage: ObjectStorage | None = None,
 ) -> Engine:
     """The engine of an embedded client or of a server (not started): node sources, node root,
-    and what a job manager task needs to reach the store.
+    the storage that file URLs are signed for, and what a job manager task needs to reach the
+    store.
 
     (Shared by ``BatchClient.start_engine`` and ``prefect-batch server start``.)
     """
@@ -64,6 +70,7 @@ def build_engine(
         tick_seconds=settings.engine_tick_seconds,
         lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_interval_seconds,
+        autoscale_sample_seconds=settings.autoscale_sample_interval_seconds,
         job_manager_env={
             # A job manager reaches this store with the client, without an engine.
             "PREFECT_BATCH_DATABASE_URL": store.url,
@@ -72,7 +79,22 @@ def build_engine(
         },
         # Behind a server a job manager gets the server's URL and a key for its job only.
         scoped_job_credentials=server,
+        node_unreachable_grace_seconds=settings.node_unreachable_grace_seconds,
+        storage=storage or storage_from_settings(settings),
+        transfer_timeout_seconds=settings.transfer_timeout_seconds,
     )
+
+
+def storage_from_settings(settings: BatchSettings) -> ObjectStorage:
+    """The object storage the settings name: a prefect-aws block, or endpoint and region."""
+    if settings.storage_block:
+        from prefect.blocks.core import Block
+
+        return ObjectStorage.from_block(
+            Block.load(settings.storage_block),
+            url_expiry_seconds=settings.storage_url_expiry_seconds,
+        )
+    return ObjectStorage.from_settings(settings)
 
 
 class BatchClient:
@@ -90,6 +112,9 @@ class BatchClient:
         engine: Run an engine in this process (embedded mode) so pools get nodes and tasks run;
             default ``PREFECT_BATCH_ENGINE`` (true).
         settings: Settings to use instead of reading the environment.
+        storage: The S3 storage that resource and output file URLs are signed for (embedded
+            mode); default from settings (``PREFECT_BATCH_STORAGE_*``). See
+            :meth:`ObjectStorage.from_block` for prefect-aws blocks.
 
     Use as a context manager, or call :meth:`close`, to stop the engine cleanly.
     """
@@ -104,6 +129,7 @@ class BatchClient:
         database_url: str | None = None,
         engine: bool | None = None,
         settings: BatchSettings | None = None,
+        storage: ObjectStorage | None = None,
     ) -> None:
         settings = settings or get_settings()
         if home is not None:
@@ -113,6 +139,7 @@ class BatchClient:
         self.settings = settings
         self.account_name = account_name or settings.account_name
         self._engine: Engine | None = None
+        self._storage = storage
         url = url or settings.service_url
         if url:
             # Remote mode: the same methods over HTTP to a server, which runs the
@@ -143,8 +170,18 @@ class BatchClient:
         """Run pools' nodes and tasks from this process (embedded mode; a server runs its own)."""
         if self._engine is None and self.store is not None:
             self._engine = build_engine(
-                self.store, self.settings, {self.account_name: self.service.base_url}
+                self.store,
+                self.settings,
+                {self.account_name: self.service.base_url},
+                storage=self.storage,
             ).start()
+
+    @property
+    def storage(self) -> ObjectStorage:
+        """The S3 storage this client's engine signs file URLs for (given, or from settings)."""
+        if self._storage is None:
+            self._storage = storage_from_settings(self.settings)
+        return self._storage
 
     def _wake(self, *, pools: bool = False) -> None:
         if self._engine is not None:
@@ -188,6 +225,10 @@ class BatchClient:
         """PATCH a pool (start task, metadata)."""
         self.service.update_pool(pool_id, pool)
 
+    def replace_pool_properties(self, pool_id: str, pool: Any) -> None:
+        """Replace a pool's start task and metadata (``BatchPoolReplaceOptions`` or its dict)."""
+        self.service.replace_pool_properties(pool_id, pool)
+
     def resize_pool(self, pool_id: str, resize_options: Any) -> None:
         """Change a pool's node count (``BatchPoolResizeOptions`` or its dict)."""
         self.service.resize_pool(pool_id, resize_options)
@@ -195,6 +236,22 @@ class BatchClient:
     def stop_pool_resize(self, pool_id: str) -> None:
         """Stop a resize; the pool keeps its current nodes."""
         self.service.stop_pool_resize(pool_id)
+
+    def enable_pool_auto_scale(self, pool_id: str, options: Any) -> None:
+        """Size a pool by a formula, or change it (``BatchPoolEnableAutoScaleOptions``:
+        ``autoScaleFormula``, ``autoScaleEvaluationInterval``); it is evaluated at once."""
+        self.service.enable_pool_auto_scale(pool_id, options)
+
+    def disable_pool_auto_scale(self, pool_id: str) -> None:
+        """Stop sizing a pool by formula; it keeps its current size."""
+        self.service.disable_pool_auto_scale(pool_id)
+
+    def evaluate_pool_auto_scale(self, pool_id: str, options: Any) -> AutoScaleRun:
+        """Evaluate a formula on an autoscale pool without applying it
+        (``BatchPoolEvaluateAutoScaleOptions``, its dict, or the formula text)."""
+        if isinstance(options, str):
+            options = {"autoScaleFormula": options}
+        return self.service.evaluate_pool_auto_scale(pool_id, options)
 
     def delete_pool(self, pool_id: str) -> None:
         """Delete a pool and its nodes."""
@@ -207,6 +264,33 @@ class BatchClient:
     def list_pool_node_counts(self) -> list[BatchPoolNodeCounts]:
         """Nodes per state of every pool (Azure's ``nodecounts``)."""
         return self.service.list_pool_node_counts()
+
+    # -- node sources (a prefect-batch extension) ------------------------------------------
+
+    def create_node_source(self, group: Any) -> None:
+        """Register an SSH host group; pools may then name ``batch.node.ssh.<name>``.
+
+        ``group``: a ``prefect_batch.providers.hostgroup.SSHHostGroup``, a dict of its fields,
+        or an ``SSHHostGroup`` block. Its key is a file path (``private_key_path``) or a
+        Prefect Secret block name (``private_key_secret_name``); key text is refused.
+        """
+        self.service.create_node_source(group)
+
+    def update_node_source(self, name: str, group: Any) -> None:
+        """Replace a registered SSH host group (hosts in use may not be dropped)."""
+        self.service.update_node_source(name, group)
+
+    def get_node_source(self, name: str) -> BatchNodeSource:
+        """One registered SSH host group, with the hosts its nodes use."""
+        return self.service.get_node_source(name)
+
+    def list_node_sources(self) -> list[BatchNodeSource]:
+        """The registered SSH host groups."""
+        return self.service.list_node_sources()
+
+    def delete_node_source(self, name: str) -> None:
+        """Forget a registered SSH host group (refused while a pool names it)."""
+        self.service.delete_node_source(name)
 
     def list_nodes(self, pool_id: str) -> list[BatchNode]:
         """The nodes of a pool."""
@@ -281,6 +365,56 @@ class BatchClient:
     def get_job_task_counts(self, job_id: str) -> BatchTaskCountsResult:
         """Task and slot counts of a job by state."""
         return self.service.get_job_task_counts(job_id)
+
+    # -- job schedules ---------------------------------------------------------------------
+
+    def create_job_schedule(self, job_schedule: Any) -> None:
+        """Create a job schedule (``BatchJobScheduleCreateOptions`` or its dict).
+
+        Its jobs, ``<scheduleId>:job-<n>``, are created by an engine (this process's, a
+        server's, or any other on the same store) as its runs fall due.
+        """
+        self.service.create_job_schedule(job_schedule)
+
+    def get_job_schedule(self, job_schedule_id: str) -> BatchJobSchedule:
+        """One job schedule."""
+        return self.service.get_job_schedule(job_schedule_id)
+
+    def job_schedule_exists(self, job_schedule_id: str) -> bool:
+        """Whether a job schedule exists."""
+        return self.service.job_schedule_exists(job_schedule_id)
+
+    def list_job_schedules(self) -> list[BatchJobSchedule]:
+        """All job schedules of the account."""
+        return self.service.list_job_schedules()
+
+    def update_job_schedule(self, job_schedule_id: str, job_schedule: Any) -> None:
+        """PATCH a job schedule (schedule, jobSpecification, metadata); later jobs use it."""
+        self.service.update_job_schedule(job_schedule_id, job_schedule)
+
+    def replace_job_schedule(self, job_schedule_id: str, job_schedule: Any) -> None:
+        """PUT a job schedule: omitted properties return to defaults."""
+        self.service.replace_job_schedule(job_schedule_id, job_schedule)
+
+    def disable_job_schedule(self, job_schedule_id: str) -> None:
+        """Stop a schedule creating jobs (a running job goes on)."""
+        self.service.disable_job_schedule(job_schedule_id)
+
+    def enable_job_schedule(self, job_schedule_id: str) -> None:
+        """Let a disabled schedule create jobs again."""
+        self.service.enable_job_schedule(job_schedule_id)
+
+    def terminate_job_schedule(self, job_schedule_id: str) -> None:
+        """End a schedule: no more jobs, and its active job is terminated."""
+        self.service.terminate_job_schedule(job_schedule_id)
+
+    def delete_job_schedule(self, job_schedule_id: str) -> None:
+        """Delete a schedule and its jobs."""
+        self.service.delete_job_schedule(job_schedule_id)
+
+    def list_jobs_from_schedule(self, job_schedule_id: str) -> list[BatchJob]:
+        """The jobs a schedule created (that still exist), oldest first."""
+        return self.service.list_jobs_from_schedule(job_schedule_id)
 
     # -- tasks -----------------------------------------------------------------------------
 

@@ -37,11 +37,15 @@ from prefect_batch.exceptions import (
     PrefectBatchError,
 )
 from prefect_batch.models import (
+    AutoScaleRun,
     BatchCreateTaskCollectionResult,
     BatchJob,
     BatchJobCreateOptions,
     BatchJobDisableOptions,
     BatchJobPreparationAndReleaseTaskStatus,
+    BatchJobSchedule,
+    BatchJobScheduleCreateOptions,
+    BatchJobScheduleUpdateOptions,
     BatchJobTerminateOptions,
     BatchJobUpdateOptions,
     BatchNode,
@@ -50,9 +54,13 @@ from prefect_batch.models import (
     BatchNodeRebootOptions,
     BatchNodeReimageOptions,
     BatchNodeRemoveOptions,
+    BatchNodeSource,
     BatchPool,
     BatchPoolCreateOptions,
+    BatchPoolEnableAutoScaleOptions,
+    BatchPoolEvaluateAutoScaleOptions,
     BatchPoolNodeCounts,
+    BatchPoolReplaceOptions,
     BatchPoolResizeOptions,
     BatchPoolUpdateOptions,
     BatchSupportedImage,
@@ -250,6 +258,11 @@ class RemoteBatchService:
         body = parse(BatchPoolUpdateOptions, update_options).to_wire()
         self._send("PATCH", f"/pools/{_q(pool_id)}", body=body)
 
+    def replace_pool_properties(self, pool_id: str, pool: Any) -> None:
+        """Replace a pool's start task and metadata (``updateproperties``)."""
+        body = parse(BatchPoolReplaceOptions, pool).to_wire()
+        self._send("POST", f"/pools/{_q(pool_id)}/updateproperties", body=body)
+
     def resize_pool(self, pool_id: str, resize: Any) -> None:
         """Ask for a new node count."""
         body = parse(BatchPoolResizeOptions, resize).to_wire()
@@ -258,6 +271,21 @@ class RemoteBatchService:
     def stop_pool_resize(self, pool_id: str) -> None:
         """Stop a resize."""
         self._send("POST", f"/pools/{_q(pool_id)}/stopresize", expect=(202,))
+
+    def enable_pool_auto_scale(self, pool_id: str, options: Any) -> None:
+        """Size a pool by a formula, or change its formula or interval."""
+        body = parse(BatchPoolEnableAutoScaleOptions, options).to_wire()
+        self._send("POST", f"/pools/{_q(pool_id)}/enableautoscale", body=body)
+
+    def disable_pool_auto_scale(self, pool_id: str) -> None:
+        """Stop sizing a pool by formula."""
+        self._send("POST", f"/pools/{_q(pool_id)}/disableautoscale")
+
+    def evaluate_pool_auto_scale(self, pool_id: str, options: Any) -> AutoScaleRun:
+        """Evaluate a formula on a pool without applying it."""
+        body = parse(BatchPoolEvaluateAutoScaleOptions, options).to_wire()
+        answer = self._send("POST", f"/pools/{_q(pool_id)}/evaluateautoscale", body=body)
+        return AutoScaleRun.model_validate(answer.json())
 
     def delete_pool(self, pool_id: str) -> None:
         """Delete a pool."""
@@ -270,6 +298,34 @@ class RemoteBatchService:
     def list_pool_node_counts(self) -> list[BatchPoolNodeCounts]:
         """Nodes per state of every pool."""
         return self._list("/nodecounts", BatchPoolNodeCounts)
+
+    # -- node sources (a prefect-batch extension) ---------------------------------------------
+
+    def create_node_source(self, group: Any) -> None:
+        """Register an SSH host group (validated here first; key material is refused)."""
+        from prefect_batch.service.nodesources import registration_spec
+
+        self._send("POST", "/nodesources", body=registration_spec(group), expect=(201,))
+
+    def update_node_source(self, name: str, group: Any) -> None:
+        """Replace a registered SSH host group."""
+        from prefect_batch.service.nodesources import registration_spec
+
+        if isinstance(group, dict) and "name" not in group:
+            group = {**group, "name": name}
+        self._send("PUT", f"/nodesources/{_q(name)}", body=registration_spec(group))
+
+    def get_node_source(self, name: str) -> BatchNodeSource:
+        """One registered SSH host group."""
+        return BatchNodeSource.model_validate(self._get(f"/nodesources/{_q(name)}"))
+
+    def list_node_sources(self) -> list[BatchNodeSource]:
+        """The registered SSH host groups."""
+        return self._list("/nodesources", BatchNodeSource)
+
+    def delete_node_source(self, name: str) -> None:
+        """Forget a registered SSH host group (refused while a pool names it)."""
+        self._send("DELETE", f"/nodesources/{_q(name)}")
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -373,6 +429,59 @@ class RemoteBatchService:
             f"/jobs/{_q(job_id)}/jobpreparationandreleasetaskstatus",
             BatchJobPreparationAndReleaseTaskStatus,
         )
+
+    # -- job schedules -----------------------------------------------------------------------
+
+    def create_job_schedule(self, job_schedule: Any) -> None:
+        """Create a job schedule."""
+        body = parse(BatchJobScheduleCreateOptions, job_schedule).to_wire()
+        self._send("POST", "/jobschedules", body=body, expect=(201,))
+
+    def get_job_schedule(self, job_schedule_id: str) -> BatchJobSchedule:
+        """One job schedule."""
+        return BatchJobSchedule.model_validate(self._get(f"/jobschedules/{_q(job_schedule_id)}"))
+
+    def job_schedule_exists(self, job_schedule_id: str) -> bool:
+        """Whether the job schedule exists."""
+        try:
+            self._send("HEAD", f"/jobschedules/{_q(job_schedule_id)}")
+        except BatchNotFoundError:
+            return False
+        return True
+
+    def list_job_schedules(self) -> list[BatchJobSchedule]:
+        """Every job schedule of the account."""
+        return self._list("/jobschedules", BatchJobSchedule)
+
+    def update_job_schedule(self, job_schedule_id: str, job_schedule: Any) -> None:
+        """PATCH a job schedule."""
+        body = parse(BatchJobScheduleUpdateOptions, job_schedule).to_wire()
+        self._send("PATCH", f"/jobschedules/{_q(job_schedule_id)}", body=body)
+
+    def replace_job_schedule(self, job_schedule_id: str, job_schedule: Any) -> None:
+        """PUT a job schedule."""
+        body = parse(BatchJobScheduleUpdateOptions, job_schedule).to_wire()
+        self._send("PUT", f"/jobschedules/{_q(job_schedule_id)}", body=body)
+
+    def disable_job_schedule(self, job_schedule_id: str) -> None:
+        """Disable a job schedule."""
+        self._send("POST", f"/jobschedules/{_q(job_schedule_id)}/disable", expect=(204,))
+
+    def enable_job_schedule(self, job_schedule_id: str) -> None:
+        """Enable a job schedule."""
+        self._send("POST", f"/jobschedules/{_q(job_schedule_id)}/enable", expect=(204,))
+
+    def terminate_job_schedule(self, job_schedule_id: str) -> None:
+        """Terminate a job schedule."""
+        self._send("POST", f"/jobschedules/{_q(job_schedule_id)}/terminate", expect=(202,))
+
+    def delete_job_schedule(self, job_schedule_id: str) -> None:
+        """Delete a job schedule and its jobs."""
+        self._send("DELETE", f"/jobschedules/{_q(job_schedule_id)}", expect=(202,))
+
+    def list_jobs_from_schedule(self, job_schedule_id: str) -> list[BatchJob]:
+        """The jobs a schedule created."""
+        return self._list(f"/jobschedules/{_q(job_schedule_id)}/jobs", BatchJob)
 
     # -- tasks -------------------------------------------------------------------------------
 

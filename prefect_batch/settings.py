@@ -46,8 +46,38 @@ class BatchSettings(BaseSettings):
     heartbeat_interval_seconds: float = Field(
         30.0, gt=0, description="How often agents report liveness and metrics."
     )
+    autoscale_sample_interval_seconds: float = Field(
+        30.0,
+        ge=1.0,
+        description="How often the engine samples each pool's task and node metrics for "
+        "autoscale formulas (Azure: 30 s); at least 1 s.",
+    )
     node_root: Path | None = Field(
         None, description="Root directory of local nodes; default <home>/nodes."
+    )
+    node_unreachable_grace_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="How long an SSH node may stay unreachable (reconnects retried with "
+        "backoff) before its running tasks are requeued on other nodes; until then its agent "
+        "keeps running them and a reconnect collects their results.",
+    )
+    storage_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of S3-compatible storage for resource and output files "
+        "(e.g. http://127.0.0.1:9000); empty for AWS S3. Credentials: boto3's chain.",
+    )
+    storage_region: str | None = Field(None, description="Region of the storage.")
+    storage_block: str | None = Field(
+        None,
+        description="A prefect-aws S3Bucket or AwsCredentials block ('s3-bucket/name') whose "
+        "credentials and endpoint the service signs file URLs with; overrides the two above.",
+    )
+    storage_url_expiry_seconds: int = Field(
+        6 * 3600, ge=60, description="How long the URLs given to nodes for their files last."
+    )
+    transfer_timeout_seconds: float = Field(
+        60.0, gt=0, description="Timeout of each download or upload request a node makes."
     )
 
     @property

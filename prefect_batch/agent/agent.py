@@ -67,6 +67,22 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     ``wall_clock_seconds`` (> 0): when it passes, the agent SIGKILLs the process group and the
     ``exited`` event says ``"timed_out": true``.
 
+    File transfers (optional fields of ``run``): ``downloads`` ``[{"url","path","mode"}]`` are
+    fetched before the command runs, up to 8 at once on worker threads, with 3 attempts for
+    transient errors, each written to a temporary file and renamed into place (``path`` is
+    relative to the working directory and must stay inside it after symlinks are resolved;
+    ``mode`` defaults to 0o770). A failed download ends the run without starting it: ``error``
+    is ``{"code": "BlobNotFound"|"BlobAccessDenied"|"BlobDownloadTimedOut"|
+    "BlobDownloadMiscError"|"ResourceFileCreateFailed"|..., "message", "category":
+    "usererror"|"servererror", "values": {"FilePath": ..}, "phase": "download"}``. A download
+    that would leave less than 64 MiB free on the disk fails the same way. ``stage_error`` (an
+    error the service met resolving the files) ends the run like that at once. ``uploads``
+    ``[{"pattern","condition","single","base","name","target"}]`` are uploaded after the process
+    exits (not after a kill), when ``condition`` (tasksuccess, taskfailure, taskcompletion)
+    holds, by presigned POST or by PUT, with a log in ``<dir>/fileuploadout.txt`` and
+    ``<dir>/fileuploaderr.txt``; the ``exited`` event then carries ``upload_error`` (``null`` or
+    an error with ``"phase": "upload"``). ``transfer_timeout_seconds`` bounds each request.
+
 ``kill`` ``{"op":"kill","key":K}`` -> SIGKILL the task's process group; its ``exited`` event
     says ``"killed": true`` (a run killed before its process started: ``exit_code`` null, no
     error). Unknown or finished keys: nothing happens, nothing is emitted.
@@ -112,6 +128,17 @@ path must stay inside the root, else ``OperationInvalid``):
 ``ping`` -> ``{"ev":"pong","time":..,"running":[keys],"adopted":[keys],"load":[1,5,15],
     "memory_available_bytes":int|null,"disk_free_bytes":int|null}``.
 
+``metrics`` ``{"op":"metrics","req":R}`` -> ``{"ev":"metrics","req":R,"time":..,"interval":..,
+    "cpu_percent":..,"memory_bytes":..,"disk_bytes":..,"disk_read_bytes":..,
+    "disk_write_bytes":..,"disk_read_ops":..,"disk_write_ops":..,"net_in_bytes":..,
+    "net_out_bytes":..}``: the machine's resource use, read from /proc. ``cpu_percent`` (0-100,
+    all CPUs) covers the time since the previous ``metrics`` request (since boot for the first);
+    ``memory_bytes`` is memory in use (MemTotal - MemAvailable) and ``disk_bytes`` the space
+    used on the file system of the root, both now; the ``disk_*`` counters (whole physical
+    disks, 512-byte sectors) and ``net_*`` counters (every interface but ``lo``) are the
+    increase since the previous request, ``interval`` seconds ago -- ``null`` (as is
+    ``interval``) on the first request of the agent. Anything that cannot be read is ``null``.
+
 ``shutdown`` ``{"op":"shutdown","mode":"drain"|"kill"}``: drain stops accepting runs and exits
     once its own running tasks have ended and been recorded; kill SIGKILLs every task process
     group (recorded as killed) and exits. Before exiting the agent emits
@@ -137,6 +164,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
 import errno
 import heapq
 import itertools
@@ -300,6 +328,377 @@ def _cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+# ---------------------------------------------------------------------- file transfers
+#
+# Resource files are downloaded before a task's command runs and output files uploaded after
+# its process exits, on worker threads so the event loop never waits on the network. The
+# service sends plain URLs (S3 objects as presigned URLs): the node holds no storage
+# credentials. Every path is checked against the task's directory after symlinks are resolved.
+
+DOWNLOAD_THREADS = 8
+TRANSFER_ATTEMPTS = 3
+TRANSFER_TIMEOUT_SECONDS = 60.0
+DISK_RESERVE_BYTES = 64 << 20
+"""Downloads never leave less than this free on the node's disk: the task fails, not the node."""
+_CHUNK = 1 << 20
+
+
+class _TransferError(Exception):
+    """A download or upload that failed: Azure's code, category and the file it concerns."""
+
+    def __init__(self, code: str, message: str, category: str = "usererror", **values: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.category = category
+        self.values = values
+        self.retry = False
+
+    def to_error(self, phase: str) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "category": self.category,
+            "values": self.values,
+            "phase": phase,
+        }
+
+
+def _inside_dir(real: str, top: str) -> bool:
+    return real == top or real.startswith(top + os.sep)
+
+
+def _safe_target(top: str, rel: str, what: str) -> str:
+    """``top/rel`` for a file to write, its parent directories made; never outside ``top``.
+
+    ``rel`` must be relative without ``..``; the deepest existing ancestor is resolved, so a
+    symlink (left by an earlier task in a shared directory) cannot lead the file elsewhere.
+    """
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or rel.startswith("/") or "\0" in rel or ".." in parts:
+        raise _TransferError(
+            "ResourceFileCreateFailed", f"{what} must be a relative path: {rel!r}", FilePath=rel
+        )
+    top_real = os.path.realpath(top)
+    parent = os.path.join(top_real, *parts[:-1])
+    probe = parent
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not _inside_dir(os.path.realpath(probe), top_real):
+        raise _TransferError(
+            "ResourceFileCreateFailed", f"{what} escapes the task directory: {rel!r}", FilePath=rel
+        )
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise _TransferError(
+            "ResourceDirectoryCreateFailed",
+            f"cannot create the directory of {rel}: {exc.strerror or exc}",
+            "servererror",
+            FilePath=rel,
+        ) from exc
+    if not _inside_dir(os.path.realpath(parent), top_real):
+        raise _TransferError(
+            "ResourceFileCreateFailed", f"{what} escapes the task directory: {rel!r}", FilePath=rel
+        )
+    return os.path.join(parent, parts[-1])
+
+
+def _http_error(exc: BaseException, what: str, phase: str, **values: str) -> _TransferError:
+    """Map a urllib failure to Azure's codes; ``retry`` says whether trying again may help."""
+    import socket
+    import urllib.error
+
+    status = getattr(exc, "code", None)
+    prefix = "Blob" if phase == "download" else "FileUpload"
+    if isinstance(exc, urllib.error.HTTPError) and status is not None and phase == "upload":
+        err = _TransferError(
+            "FileUploadFailed",
+            f"{what}: HTTP {status} {exc.reason}",
+            "usererror" if 400 <= status < 500 and status != 429 else "servererror",
+            **values,
+        )
+        err.retry = status >= 500 or status == 429
+        return err
+    if isinstance(exc, urllib.error.HTTPError) and status is not None:
+        if status == 404:
+            err = _TransferError(
+                "BlobNotFound", f"{what}: the object does not exist (404)", **values
+            )
+        elif status in (401, 403):
+            err = _TransferError("BlobAccessDenied", f"{what}: access denied ({status})", **values)
+        else:
+            err = _TransferError(
+                prefix + "MiscError", f"{what}: HTTP {status} {exc.reason}", "servererror", **values
+            )
+            err.retry = status >= 500 or status == 429
+        return err
+    reason = getattr(exc, "reason", exc)
+    if isinstance(exc, (socket.timeout, TimeoutError)) or isinstance(reason, socket.timeout):
+        err = _TransferError(
+            "BlobDownloadTimedOut" if phase == "download" else "FileUploadFailed",
+            f"{what}: timed out",
+            "servererror",
+            **values,
+        )
+    else:
+        err = _TransferError(
+            prefix + "MiscError" if phase == "download" else "FileUploadFailed",
+            f"{what}: {reason}",
+            "servererror",
+            **values,
+        )
+    err.retry = True
+    return err
+
+
+def _with_retries(action: Callable[[], None]) -> None:
+    for attempt in range(TRANSFER_ATTEMPTS):
+        try:
+            action()
+            return
+        except _TransferError as exc:
+            if not exc.retry or attempt == TRANSFER_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+
+
+def _free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _download_one(entry: dict[str, Any], wd: str, timeout: float, reserve: int) -> None:
+    import urllib.error
+    import urllib.request
+
+    rel = entry["path"]
+    target = _safe_target(wd, rel, "filePath")
+    mode = entry.get("mode")
+    partial = f"{target}.part-{os.getpid()}-{threading.get_ident()}"
+
+    def attempt() -> None:
+        try:
+            response = urllib.request.urlopen(entry["url"], timeout=timeout)
+        except (urllib.error.URLError, OSError) as exc:
+            raise _http_error(exc, rel, "download", FilePath=rel) from exc
+        try:
+            length = response.headers.get("Content-Length")
+            directory = os.path.dirname(target)
+            if length is not None and int(length) > _free_bytes(directory) - reserve:
+                raise _TransferError(
+                    "ResourceFileCreateFailed",
+                    f"{rel}: {int(length)} bytes do not fit on the node's disk",
+                    FilePath=rel,
+                )
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(partial, flags, 0o600)
+            written = 0
+            try:
+                while True:
+                    chunk = response.read(_CHUNK)
+                    if not chunk:
+                        break
+                    _write_all(fd, chunk)
+                    written += len(chunk)
+                    if written % (64 * _CHUNK) < len(chunk) and (_free_bytes(directory) < reserve):
+                        raise _TransferError(
+                            "ResourceFileCreateFailed",
+                            f"{rel}: the node's disk is full",
+                            FilePath=rel,
+                        )
+                os.fchmod(fd, mode if mode is not None else 0o770)
+            except OSError as exc:
+                code = "ResourceFileCreateFailed"
+                if exc.errno == errno.ENOSPC:
+                    raise _TransferError(
+                        code, f"{rel}: the node's disk is full", FilePath=rel
+                    ) from exc
+                raise _http_error(exc, rel, "download", FilePath=rel) from exc
+            finally:
+                os.close(fd)
+            if length is not None and written != int(length):
+                err = _TransferError(
+                    "BlobDownloadMiscError",
+                    f"{rel}: got {written} of {length} bytes",
+                    "servererror",
+                    FilePath=rel,
+                )
+                err.retry = True
+                raise err
+            os.replace(partial, target)
+        except BaseException:
+            try:
+                os.unlink(partial)
+            except OSError:
+                pass
+            raise
+        finally:
+            response.close()
+
+    _with_retries(attempt)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _download_all(entries: list[dict[str, Any]], wd: str, timeout: float, reserve: int) -> None:
+    """Download every entry (up to ``DOWNLOAD_THREADS`` at once); the first failure wins."""
+    if len(entries) == 1:
+        _download_one(entries[0], wd, timeout, reserve)
+        return
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(min(DOWNLOAD_THREADS, len(entries))) as pool:
+        futures = [pool.submit(_download_one, e, wd, timeout, reserve) for e in entries]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        for f in futures:
+            if f.done() and not f.cancelled() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
+
+
+def _upload_matches(entry: dict[str, Any], task_dir: str) -> list[tuple[str, str]]:
+    """``(absolute file, object name)`` for each regular file an output pattern matches."""
+    import glob
+
+    wd = task_dir + "/wd"
+    top = os.path.realpath(task_dir)
+    pattern = entry["pattern"]
+    found = glob.glob(glob.escape(wd) + "/" + pattern, recursive=True)
+    base = os.path.normpath(os.path.join(wd, entry.get("base") or ""))
+    out = []
+    for path in sorted(found):
+        real = os.path.realpath(path)
+        if not _inside_dir(real, top) or not os.path.isfile(real):
+            continue  # directories, and symlinks that point out of the task directory
+        if entry.get("single"):
+            name = entry.get("name") or os.path.basename(path)
+        else:
+            rel = os.path.relpath(os.path.normpath(path), base)
+            prefix = entry.get("name") or ""
+            name = f"{prefix}/{rel}" if prefix else rel
+        out.append((real, name))
+    return out
+
+
+def _upload_one(target: dict[str, Any], path: str, name: str, timeout: float) -> None:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    size = os.path.getsize(path)
+
+    def attempt() -> None:
+        with open(path, "rb") as f:
+            if target["method"] == "POST":
+                fields = dict(target.get("fields") or {})
+                fields["key"] = "/".join(p for p in (target.get("key_prefix"), name) if p)
+                boundary = "----prefect-batch-" + base64.b16encode(os.urandom(12)).decode()
+                head = b"".join(
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'.encode()
+                    + str(v).encode()
+                    + b"\r\n"
+                    for k, v in fields.items()
+                )
+                head += (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                    f'filename="{os.path.basename(path)}"\r\n'
+                    "Content-Type: application/octet-stream\r\n\r\n"
+                ).encode()
+                tail = f"\r\n--{boundary}--\r\n".encode()
+
+                def body() -> Any:
+                    yield head
+                    while True:
+                        chunk = f.read(_CHUNK)
+                        if not chunk:
+                            break
+                        yield chunk
+                    yield tail
+
+                request = urllib.request.Request(
+                    target["url"],
+                    data=body(),
+                    method="POST",
+                    headers={
+                        "Content-Type": f"multipart/form-data; boundary={boundary}",
+                        "Content-Length": str(len(head) + size + len(tail)),
+                    },
+                )
+            else:
+                url = target["url"]
+                if not target.get("exact"):
+                    parts = urllib.parse.urlsplit(url)
+                    path_part = parts.path.rstrip("/") + "/" + urllib.parse.quote(name)
+                    url = urllib.parse.urlunsplit(parts._replace(path=path_part))
+                headers = {"Content-Type": "application/octet-stream"}
+                headers.update(target.get("headers") or {})
+                headers["Content-Length"] = str(size)
+                request = urllib.request.Request(url, data=f, method="PUT", headers=headers)
+            try:
+                urllib.request.urlopen(request, timeout=timeout).close()
+            except (urllib.error.URLError, OSError) as exc:
+                raise _http_error(exc, name, "upload", FilePath=name) from exc
+
+    _with_retries(attempt)
+
+
+def _upload_all(
+    entries: list[dict[str, Any]], task_dir: str, succeeded: bool, timeout: float
+) -> dict[str, Any] | None:
+    """Upload the output files whose condition holds; log to fileupload{out,err}.txt.
+
+    Returns the first error (as an ``exited`` event's ``upload_error``) or ``None``.
+    """
+    first: dict[str, Any] | None = None
+    with contextlib.ExitStack() as stack:  # (no parenthesized "with": Python 3.8 runs this)
+        out = stack.enter_context(open(task_dir + "/fileuploadout.txt", "a"))
+        err = stack.enter_context(open(task_dir + "/fileuploaderr.txt", "a"))
+        for entry in entries:
+            condition = entry.get("condition") or "taskcompletion"
+            if (condition == "tasksuccess" and not succeeded) or (
+                condition == "taskfailure" and succeeded
+            ):
+                out.write(f"{entry['pattern']}: skipped ({condition})\n")
+                continue
+            try:
+                matches = _upload_matches(entry, task_dir)
+                if not matches:
+                    err.write(f"{entry['pattern']}: no file matches\n")
+                if entry["target"].get("exact") and len(matches) > 1:
+                    raise _TransferError(
+                        "FileUploadFailed",
+                        f"{entry['pattern']} matches {len(matches)} files but the destination "
+                        "URL names one object",
+                        FilePattern=entry["pattern"],
+                    )
+                for path, name in matches:
+                    _upload_one(entry["target"], path, name, timeout)
+                    out.write(f"{os.path.relpath(path, task_dir)} -> {name}\n")
+            except _TransferError as exc:
+                exc.code = "FileUploadFailed"
+                exc.values.setdefault("FilePattern", entry["pattern"])
+                err.write(f"{entry['pattern']}: {exc.message}\n")  # message names the file
+                if first is None:
+                    first = exc.to_error("upload")
+            except OSError as exc:
+                err.write(f"{entry['pattern']}: {exc}\n")
+                if first is None:
+                    first = _TransferError(
+                        "FileUploadFailed",
+                        f"{entry['pattern']}: {exc}",
+                        "servererror",
+                        FilePattern=entry["pattern"],
+                    ).to_error("upload")
+    return first
+
+
 class _Run:
     """One task process the agent supervises (its own child, or adopted from an old agent)."""
 
@@ -318,6 +717,8 @@ class _Run:
         "owner_start",
         "grace_until",
         "done",
+        "uploads",
+        "transfer_timeout",
     )
 
     def __init__(self, key: str, pid: int, rel_dir: str, start_time: float) -> None:
@@ -335,6 +736,8 @@ class _Run:
         self.owner_start: str | None = None
         self.grace_until = 0.0
         self.done = False
+        self.uploads: list[dict[str, Any]] | None = None
+        self.transfer_timeout = TRANSFER_TIMEOUT_SECONDS
 
 
 class _Prep:
@@ -355,6 +758,10 @@ class _Prep:
         "ready",
         "cancelled",
         "seconds",
+        "downloads",
+        "uploads",
+        "transfer_timeout",
+        "stage_error",
     )
 
     def __init__(
@@ -381,6 +788,10 @@ class _Prep:
         self.ready = False
         self.cancelled = False
         self.seconds = 0.0
+        self.downloads: list[dict[str, Any]] | None = None
+        self.uploads: list[dict[str, Any]] | None = None
+        self.transfer_timeout = TRANSFER_TIMEOUT_SECONDS
+        self.stage_error: dict[str, Any] | None = None
 
     def close(self) -> None:
         for name in ("out", "err", "rec"):
@@ -420,6 +831,7 @@ class Agent:
         prep_mode: str = "auto",
         in_fd: int = 0,
         out_fd: int = 1,
+        disk_reserve_bytes: int = DISK_RESERVE_BYTES,
     ) -> None:
         self.root = os.path.realpath(os.path.abspath(root))
         self.runs_dir = os.path.join(self.root, ".agent", "runs")
@@ -456,6 +868,7 @@ class Agent:
             "read_file": self._op_read_file,
             "delete_file": self._op_delete_file,
             "ping": self._op_ping,
+            "metrics": self._op_metrics,
             "shutdown": self._op_shutdown,
         }
         self._setup_signals()
@@ -465,6 +878,16 @@ class Agent:
         self.prep_always = prep_mode == "threads"
         self.prep_ewma = 0.0  # moving average of the seconds _prepare takes
         self.forgetting: set[str] = set()  # keys whose records are being deleted
+        # Runs downloading resource files, and ended runs uploading output files: worker
+        # threads report back through transfer_q and a byte on the transfer pipe.
+        self.disk_reserve_bytes = disk_reserve_bytes
+        self.staging: dict[str, _Prep] = {}
+        self.uploading: dict[str, _Run] = {}
+        self.transfer_q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.transfer_r, self.transfer_w = os.pipe()
+        os.set_blocking(self.transfer_r, False)
+        os.set_blocking(self.transfer_w, False)
+        self.sel.register(self.transfer_r, selectors.EVENT_READ, "transfer")
         self.prep_q: queue.SimpleQueue[_Prep | list[str] | None] = queue.SimpleQueue()
         if self.prep_threads:
             self.wake_r, self.wake_w = os.pipe()
@@ -539,7 +962,13 @@ class Agent:
         """Run until drained; returns the process exit status."""
         self._register_stdin()
         self._flush()
-        while not (self.draining and not self.runs and not self.pending):
+        while not (
+            self.draining
+            and not self.runs
+            and not self.pending
+            and not self.staging
+            and not self.uploading
+        ):
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
@@ -552,6 +981,8 @@ class Agent:
                     self._on_signal()
                 elif data == "prepared":
                     self._on_prepared()
+                elif data == "transfer":
+                    self._on_transfer()
                 else:
                     self._on_pidfd(data)
             if self.timers:
@@ -784,14 +1215,23 @@ class Agent:
             "timed_out": bool(rec.get("timed_out")),
             "killed": bool(rec.get("killed")),
             "error": rec.get("error"),
+            "upload_error": rec.get("upload_error"),
         }
 
     def _fail_run(
-        self, key: Any, code: str, message: str, rel_dir: Any = None, killed: bool = False
+        self,
+        key: Any,
+        code: str,
+        message: str,
+        rel_dir: Any = None,
+        killed: bool = False,
+        error: dict[str, Any] | None = None,
     ) -> None:
         """Answer a run that never started: an ``exited`` event (recorded if the key is valid).
 
         ``killed``: it was killed (kill op, shutdown kill) before it could start; no error.
+        ``error``: the whole error object, when it says more than code and message (a failed
+        download's category, values and phase).
         """
         now = time.time()
         rec: dict[str, Any] = {
@@ -803,7 +1243,7 @@ class Agent:
             "exit_code": None,
             "timed_out": False,
             "killed": killed,
-            "error": None if killed else {"code": code, "message": message},
+            "error": None if killed else (error or {"code": code, "message": message}),
         }
         if isinstance(key, str) and KEY_RE.match(key):
             self._write_record(key, rec)
@@ -834,7 +1274,12 @@ class Agent:
         if not isinstance(key, str) or not KEY_RE.match(key):
             self._fail_run(key, "OperationInvalid", "key must match [A-Za-z0-9_.-]{1,128}")
             return
-        if key in self.runs or key in self.adopted or key in self.pending_keys:
+        if (
+            key in self.runs
+            or key in self.adopted
+            or key in self.pending_keys
+            or key in self.uploading
+        ):
             self._error(msg, "TaskKeyInUse", f"a task with key {key!r} is running")
             return
         if self.draining:
@@ -864,11 +1309,30 @@ class Agent:
             if wall is not None:
                 if isinstance(wall, bool) or not isinstance(wall, (int, float)) or wall <= 0:
                     raise _Invalid("OperationInvalid", "wall_clock_seconds must be > 0 or null")
+            downloads, uploads, transfer_timeout = self._transfers_of(msg)
         except _Invalid as exc:
             self._fail_run(key, exc.code, exc.message, msg.get("dir"))
             return
         self.forgetting.discard(key)
+        stage_error = msg.get("stage_error")
+        if isinstance(stage_error, dict):
+            # The service could not resolve the task's files (e.g. a bucket that does not
+            # exist): the task ends as a pre-processing error, recorded like any other end.
+            error = {k: stage_error.get(k) for k in ("code", "message", "category", "values")}
+            error["phase"] = "download"
+            self._fail_run(key, str(error["code"]), str(error["message"]), rel, error=error)
+            return
         p = _Prep(key, argv, rel, task_dir, env_req, wall, prep_dir)
+        p.uploads = uploads
+        p.transfer_timeout = transfer_timeout
+        if downloads:
+            p.downloads = downloads
+            self.staging[key] = p
+            self.pending_keys[key] = p
+            threading.Thread(
+                target=self._stage, args=(p,), name=f"stage-{key}", daemon=True
+            ).start()
+            return
         # Hand the file-system work to the prep threads when it is slow (a busy disk), or when
         # earlier runs are still there (to keep the order); on a fast file system the handoff
         # costs more than it saves.
@@ -881,6 +1345,108 @@ class Agent:
         else:
             self._prepare(p)
             self._launch(p)
+
+    def _transfers_of(
+        self, msg: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None, float]:
+        """Validate a run request's ``downloads``, ``uploads`` and ``transfer_timeout_seconds``."""
+        downloads = msg.get("downloads")
+        uploads = msg.get("uploads")
+        timeout = msg.get("transfer_timeout_seconds") or TRANSFER_TIMEOUT_SECONDS
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise _Invalid("OperationInvalid", "transfer_timeout_seconds must be > 0")
+        for name, items, fields in (
+            ("downloads", downloads, ("url", "path")),
+            ("uploads", uploads, ("pattern", "target")),
+        ):
+            if items is None:
+                continue
+            if not isinstance(items, list) or not all(
+                isinstance(i, dict) and all(i.get(f) for f in fields) for i in items
+            ):
+                raise _Invalid("OperationInvalid", f"{name} must be a list of {'/'.join(fields)}")
+        for d in downloads or ():
+            mode = d.get("mode")
+            if mode is not None and (
+                isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777
+            ):
+                raise _Invalid("OperationInvalid", f"mode of {d['path']!r} must be 0..0o777")
+        for u in uploads or ():
+            pattern = u["pattern"]
+            parts = pattern.split("/")
+            # A pattern may climb from the working directory to the task directory, no further.
+            if (
+                pattern.startswith("/")
+                or "\0" in pattern
+                or ".." in parts[1:]
+                or (parts[0] == ".." and len(parts) < 2)
+            ):
+                raise _Invalid("OperationInvalid", f"upload pattern leaves the task: {pattern!r}")
+        return downloads, uploads, float(timeout)
+
+    def _stage(self, p: _Prep) -> None:
+        """Worker thread: make the task's directories, then download its resource files."""
+        self._prepare(p)
+        if p.error is None and not p.cancelled:
+            try:
+                _download_all(
+                    p.downloads or [],
+                    p.task_dir + "/wd",
+                    p.transfer_timeout,
+                    self.disk_reserve_bytes,
+                )
+            except _TransferError as exc:
+                p.stage_error = exc.to_error("download")
+            except Exception as exc:  # noqa: BLE001 - any failure ends the task, not the agent
+                p.stage_error = _TransferError(
+                    "BlobDownloadMiscError", f"download failed: {exc}", "servererror"
+                ).to_error("download")
+        self._transfer_done(("staged", p))
+
+    def _upload(self, run: _Run, result: dict[str, Any]) -> None:
+        """Worker thread: upload the ended task's output files."""
+        task_dir = self._resolve(run.dir, "dir")
+        succeeded = result.get("exit_code") == 0 and not result.get("timed_out")
+        try:
+            error = _upload_all(run.uploads or [], task_dir, succeeded, run.transfer_timeout)
+        except Exception as exc:  # noqa: BLE001
+            error = _TransferError(
+                "FileUploadFailed", f"upload failed: {exc}", "servererror"
+            ).to_error("upload")
+        self._transfer_done(("uploaded", run, result, error))
+
+    def _transfer_done(self, item: tuple[Any, ...]) -> None:
+        self.transfer_q.put(item)
+        try:
+            os.write(self.transfer_w, b"\0")
+        except OSError:  # the pipe is full: the loop is awake already
+            pass
+
+    def _on_transfer(self) -> None:
+        try:
+            while os.read(self.transfer_r, 4096):
+                pass
+        except OSError:
+            pass
+        while True:
+            try:
+                item = self.transfer_q.get_nowait()
+            except queue.Empty:
+                return
+            if item[0] == "staged":
+                p = item[1]
+                self.staging.pop(p.key, None)
+                self.pending_keys.pop(p.key, None)
+                if p.stage_error is not None and not p.cancelled:
+                    p.close()
+                    error = p.stage_error
+                    self._fail_run(p.key, error["code"], error["message"], p.rel, error=error)
+                else:
+                    self._launch(p)
+            else:
+                _, run, result, error = item
+                self.uploading.pop(run.key, None)
+                self._end_run(run, result, error)
 
     def _task_env(
         self, env_req: dict[str, Any], task_dir: str, prep_dir: str | None
@@ -1053,6 +1619,8 @@ class Agent:
             return
         run = _Run(key, pid, rel, start)
         run.popen = popen
+        run.uploads = p.uploads
+        run.transfer_timeout = p.transfer_timeout
         self.runs[key] = run
         self.by_pid[pid] = run
         if self.reaper == "pidfd":
@@ -1205,6 +1773,22 @@ class Agent:
             "killed": run.killed,
             "error": None,
         }
+        if run.uploads and not run.killed:
+            # The result is recorded and reported once the output files are uploaded; the
+            # "uploading" line tells a recovering agent to wait for it.
+            self._write_record(run.key, {"uploading": True}, new=False)
+            self.uploading[run.key] = run
+            threading.Thread(
+                target=self._upload, args=(run, result), name=f"upload-{run.key}", daemon=True
+            ).start()
+            return
+        self._end_run(run, result, None)
+
+    def _end_run(
+        self, run: _Run, result: dict[str, Any], upload_error: dict[str, Any] | None
+    ) -> None:
+        if run.uploads:
+            result["upload_error"] = upload_error
         self._write_record(run.key, result, new=False)
         result["key"] = run.key
         result["start_time"] = run.start_time
@@ -1251,7 +1835,12 @@ class Agent:
             if not isinstance(key, str) or not KEY_RE.match(key):
                 self._emit({"ev": "lost", "key": key, "reason": "invalid key"})
                 continue
-            if key in self.runs or key in self.adopted or key in self.pending_keys:
+            if (
+                key in self.runs
+                or key in self.adopted
+                or key in self.pending_keys
+                or key in self.uploading
+            ):
                 self._emit({"ev": "adopted", "key": key})
                 continue
             rec = None if key in self.forgetting else self._read_record(key)
@@ -1317,7 +1906,7 @@ class Agent:
             event["timed_out"] = event["timed_out"] or run.timed_out
             event["recovered"] = True
         elif _alive(run.owner_pid, run.owner_start) and (
-            not run.grace_until or now < run.grace_until
+            not run.grace_until or now < run.grace_until or (rec or {}).get("uploading")
         ):
             # Its agent is alive (draining after its session dropped): it reaps the process
             # and writes the result in a moment.
@@ -1535,6 +2124,97 @@ class Agent:
             }
         )
 
+    # ------------------------------------------------------------------ metrics
+
+    def _op_metrics(self, msg: dict[str, Any]) -> None:
+        now = time.time()
+        counters: dict[str, int | None] = dict.fromkeys(
+            (
+                "disk_read_bytes",
+                "disk_write_bytes",
+                "disk_read_ops",
+                "disk_write_ops",
+                "net_in_bytes",
+                "net_out_bytes",
+            )
+        )
+        cpu: tuple[int, int] | None = None  # (busy, total) jiffies since boot
+        try:
+            with open("/proc/stat", "rb") as f:
+                fields = [int(x) for x in f.readline().split()[1:9]]
+            idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+            cpu = (sum(fields) - idle, sum(fields))
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            # Whole physical disks only (those with a device behind them): partitions, loop,
+            # device-mapper and RAID devices would count the same bytes twice.
+            disks = {
+                n for n in os.listdir("/sys/block") if os.path.exists(f"/sys/block/{n}/device")
+            }
+            totals = [0, 0, 0, 0]  # sectors read, sectors written, reads, writes
+            with open("/proc/diskstats", "rb") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 10 and parts[2].decode() in disks:
+                        totals[0] += int(parts[5])
+                        totals[1] += int(parts[9])
+                        totals[2] += int(parts[3])
+                        totals[3] += int(parts[7])
+            counters.update(
+                disk_read_bytes=totals[0] * 512,
+                disk_write_bytes=totals[1] * 512,
+                disk_read_ops=totals[2],
+                disk_write_ops=totals[3],
+            )
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            received = sent = 0
+            with open("/proc/net/dev", "rb") as f:
+                for line in f.readlines()[2:]:
+                    iface, _, data = line.partition(b":")
+                    values = data.split()
+                    if iface.strip() != b"lo" and len(values) >= 9:
+                        received += int(values[0])
+                        sent += int(values[8])
+            counters.update(net_in_bytes=received, net_out_bytes=sent)
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            vfs = os.statvfs(self.root)
+            disk_used: int | None = (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize
+        except (OSError, AttributeError):
+            disk_used = None
+        total_mem, available = _meminfo("MemTotal"), _meminfo("MemAvailable")
+        event: dict[str, Any] = {
+            "ev": "metrics",
+            "req": msg.get("req"),
+            "time": now,
+            "interval": None,
+            "cpu_percent": None,
+            "memory_bytes": total_mem - available if total_mem and available else None,
+            "disk_bytes": disk_used,
+        }
+        # Deltas against the previous request's readings (kept on the agent between requests).
+        previous: dict[str, Any] | None = getattr(self, "_metrics_previous", None)
+        self._metrics_previous = {"time": now, "cpu": cpu, **counters}
+        if cpu is not None:
+            busy, total = cpu
+            if previous is not None and previous["cpu"] is not None:
+                busy, total = busy - previous["cpu"][0], total - previous["cpu"][1]
+            event["cpu_percent"] = min(100.0, max(0.0, 100.0 * busy / total)) if total > 0 else 0.0
+        for name, value in counters.items():
+            before = previous.get(name) if previous is not None else None
+            # A counter that went backwards (a disk or interface gone) counts as no increase.
+            if value is not None and before is not None:
+                event[name] = max(0, value - before)
+            else:
+                event[name] = None
+        if previous is not None:
+            event["interval"] = max(0.0, now - previous["time"])
+        self._emit(event)
+
 
 def _protect_inherited_fds() -> None:
     """Make every inherited descriptor above 2 close-on-exec: posix_spawn closes nothing."""
@@ -1568,6 +2248,12 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="auto: prep threads only while preparing a task is slow",
     )
+    parser.add_argument(
+        "--disk-reserve-bytes",
+        type=int,
+        default=DISK_RESERVE_BYTES,
+        help="free disk space a resource file download may not use up",
+    )
     args = parser.parse_args(argv)
     _protect_inherited_fds()
     agent = Agent(
@@ -1576,6 +2262,7 @@ def main(argv: list[str] | None = None) -> int:
         spawn=args.spawn,
         prep_threads=args.prep_threads,
         prep_mode=args.prep_mode,
+        disk_reserve_bytes=args.disk_reserve_bytes,
     )
     return agent.serve()
 

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from prefect_batch.api.auth import Authenticator, KeyRing
 from prefect_batch.api.context import API_VERSIONS
 from prefect_batch.api.errors import install_error_handlers
-from prefect_batch.api.routes import files, jobs, nodes, pools, schedules, tasks
+from prefect_batch.api.routes import files, jobs, nodes, nodesources, pools, schedules, tasks
 from prefect_batch.api.routes._spec import BODY_MODELS
 from prefect_batch.store import Store
 
@@ -154,7 +154,7 @@ def create_app(
     app.state.engine = engine
     app.state.authenticator = Authenticator(KeyRing(store, on_load=account_seen), clock=clock)
     install_error_handlers(app)
-    for module in (pools, nodes, jobs, tasks, files, schedules):
+    for module in (pools, nodes, jobs, tasks, files, schedules, nodesources):
         app.include_router(module.router)
     app.add_middleware(RequestIdMiddleware)
     app.openapi = _openapi(app)  # type: ignore[method-assign]

@@ -126,12 +126,16 @@ async def json_body(request: Request) -> Any:
 
 
 def object_body(body: Any, *, required: bool = True) -> dict[str, Any]:
-    """The body as a JSON object (``{}`` when optional and absent)."""
+    """The body as a JSON object (``{}`` when optional and absent), without OData annotations.
+
+    Annotations (``odata.metadata``...) are not properties: the SDK sends back those it read
+    when a fetched resource is passed to a replace operation, and Azure ignores them.
+    """
     if body is None and not required:
         return {}
     if not isinstance(body, dict):
         raise invalid_request_body("the body must be a JSON object")
-    return body
+    return {k: v for k, v in body.items() if not k.startswith("odata.")}
 
 
 # -- conditional requests ---------------------------------------------------------------------

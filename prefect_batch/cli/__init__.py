@@ -1,5 +1,5 @@
-"""The ``prefect-batch`` command line: ``pool``, ``job``, ``task``, ``node``, ``file``, ``engine``,
-``quickstart``.
+"""The ``prefect-batch`` command line: ``pool``, ``job``, ``schedule``, ``task``, ``node``,
+``nodesource``, ``file``, ``engine``, ``quickstart``.
 
 Every command takes ``--json`` (the Azure wire JSON on stdout, nothing else) and otherwise prints
 rich tables. An error answer of the service prints ``Error <code>: <message>`` on stderr and
@@ -20,7 +20,18 @@ from typing import Annotated
 
 import typer
 
-from prefect_batch.cli import accounts, engine, files, jobs, nodes, pools, server, tasks
+from prefect_batch.cli import (
+    accounts,
+    engine,
+    files,
+    jobs,
+    nodes,
+    nodesources,
+    pools,
+    schedules,
+    server,
+    tasks,
+)
 from prefect_batch.cli._common import (
     CliState,
     JsonOption,
@@ -63,8 +74,10 @@ def main(
 
 app.add_typer(pools.app, name="pool")
 app.add_typer(jobs.app, name="job")
+app.add_typer(schedules.app, name="schedule")
 app.add_typer(tasks.app, name="task")
 app.add_typer(nodes.app, name="node")
+app.add_typer(nodesources.app, name="nodesource")  # SSH host groups
 app.add_typer(files.app, name="file")
 app.add_typer(engine.app, name="engine")
 app.add_typer(server.app, name="server")  # the batch server

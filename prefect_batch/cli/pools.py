@@ -1,4 +1,5 @@
-"""``prefect-batch pool ...``: create, list, show, resize, stop-resize, delete; nodes; images.
+"""``prefect-batch pool ...``: create, list, show, resize, stop-resize, delete; nodes; images;
+``pool autoscale enable|disable|evaluate``.
 
 Pool commands only change the database: nodes come up (or go) when an engine runs — in
 ``prefect-batch engine run``, ``prefect-batch job wait`` or any process with a ``BatchClient``.
@@ -17,6 +18,7 @@ from prefect_batch.cli._common import (
     batch_client,
     command_prefix,
     list_table,
+    parse_duration,
     parse_pairs,
     print_json,
     read_body,
@@ -195,6 +197,96 @@ def delete_pool(ctx: typer.Context, pool_id: PoolId, json_out: JsonOption = Fals
         print_json({"id": pool_id, "deleted": True})
     else:
         stdout_console().print(f"Deleted pool [bold]{pool_id}[/bold].", highlight=False)
+
+
+# -- autoscale ---------------------------------------------------------------------------------
+
+autoscale_app = typer.Typer(help="Size a pool by an autoscale formula.", no_args_is_help=True)
+app.add_typer(autoscale_app, name="autoscale")
+
+FormulaOption = Annotated[
+    str | None, typer.Option("--formula", help="The formula text.", show_default=False)
+]
+FormulaFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--formula-file", exists=True, dir_okay=False, help="Read the formula from a file."
+    ),
+]
+
+
+def _formula(text: str | None, file: Path | None, required: bool) -> str | None:
+    if text is not None and file is not None:
+        raise typer.BadParameter("give --formula or --formula-file, not both")
+    if file is not None:
+        text = file.read_text(encoding="utf-8")
+    if text is None and required:
+        raise typer.BadParameter("give the formula with --formula or --formula-file")
+    return text
+
+
+@autoscale_app.command("enable")
+def enable_auto_scale(
+    ctx: typer.Context,
+    pool_id: PoolId,
+    formula: FormulaOption = None,
+    formula_file: FormulaFileOption = None,
+    interval: Annotated[
+        str | None,
+        typer.Option(
+            "--interval",
+            help="How often the formula runs: seconds or ISO-8601 (default 15 minutes).",
+            show_default=False,
+        ),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Size a pool by a formula, or change its formula or interval; it runs at once."""
+    body: dict[str, Any] = {}
+    text = _formula(formula, formula_file, required=False)
+    if text is not None:
+        body["autoScaleFormula"] = text
+    if interval is not None:
+        body["autoScaleEvaluationInterval"] = parse_duration(interval, "--interval")
+    with batch_client(ctx) as client:
+        client.enable_pool_auto_scale(pool_id, body)
+        pool = client.get_pool(pool_id)
+    _show(pool, json_out)
+
+
+@autoscale_app.command("disable")
+def disable_auto_scale(ctx: typer.Context, pool_id: PoolId, json_out: JsonOption = False) -> None:
+    """Stop sizing a pool by formula; it keeps its current size."""
+    with batch_client(ctx) as client:
+        client.disable_pool_auto_scale(pool_id)
+        pool = client.get_pool(pool_id)
+    _show(pool, json_out)
+
+
+@autoscale_app.command("evaluate")
+def evaluate_auto_scale(
+    ctx: typer.Context,
+    pool_id: PoolId,
+    formula: FormulaOption = None,
+    formula_file: FormulaFileOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Evaluate a formula on an autoscale pool without applying it (exit 1 if it fails)."""
+    text = _formula(formula, formula_file, required=True)
+    with batch_client(ctx) as client:
+        run = client.evaluate_pool_auto_scale(pool_id, {"autoScaleFormula": text})
+    if json_out:
+        print_json(run.to_wire())
+    elif run.results:
+        rows = [item.partition("=")[::2] for item in run.results.split(";") if item]
+        stdout_console().print(
+            list_table(f"Evaluation at {run.timestamp}", ["Variable", "Value"], rows)
+        )
+    if run.error is not None:
+        typer.echo(f"Error {run.error.code}: {run.error.message}", err=True)
+        for pair in run.error.error_values or []:
+            typer.echo(f"  {pair.name}: {pair.value}", err=True)
+        raise typer.Exit(1)
 
 
 app.command("nodes", help="List the nodes of a pool (same as 'node list').")(

@@ -1,4 +1,4 @@
-"""States of pools, nodes, jobs and tasks, and the legal edges between them.
+"""States of pools, nodes, jobs, job schedules and tasks, and the legal edges between them.
 
 Each resource has a ``str`` enum with Azure Batch's wire values, and one table of legal edges.
 :func:`transition` is the single guard every state change goes through: it raises
@@ -24,6 +24,7 @@ __all__ = [
     "DisableJobOption",
     "ErrorCategory",
     "JobAction",
+    "JobScheduleState",
     "JobState",
     "NodeDeallocationOption",
     "NodeFillType",
@@ -37,6 +38,7 @@ __all__ = [
     "TaskAddStatus",
     "TaskExecutionResult",
     "TaskState",
+    "JOB_SCHEDULE_TRANSITIONS",
     "JOB_TRANSITIONS",
     "NODE_TRANSITIONS",
     "TASK_TRANSITIONS",
@@ -74,6 +76,21 @@ class JobState(str, Enum):
     """Ended; no task of it will run again."""
     DELETING = "deleting"
     """Being deleted together with its tasks and their files."""
+
+
+class JobScheduleState(str, Enum):
+    """Where a job schedule is in its life."""
+
+    ACTIVE = "active"
+    """Jobs are created as the schedule says."""
+    COMPLETED = "completed"
+    """Ended (its last run is over, ``doNotRunAfter`` passed, or it was terminated)."""
+    DISABLED = "disabled"
+    """No new job is created until it is enabled; a job already running goes on."""
+    TERMINATING = "terminating"
+    """Terminated: its active job is being stopped; then ``completed``."""
+    DELETING = "deleting"
+    """Being deleted together with its jobs; it goes when the last of them is gone."""
 
 
 class PoolState(str, Enum):
@@ -304,6 +321,41 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     # COMPLETED -> DELETING: delete.
     JobState.COMPLETED: frozenset({JobState.DELETING}),
     JobState.DELETING: frozenset(),
+}
+
+JOB_SCHEDULE_TRANSITIONS: Mapping[JobScheduleState, frozenset[JobScheduleState]] = {
+    # ACTIVE -> DISABLED: disable requested.
+    # ACTIVE -> TERMINATING: terminate requested while its job still has tasks to stop.
+    # ACTIVE -> COMPLETED: no run is left (doNotRunAfter passed, or the one job of a
+    #   non-recurring schedule was created) and no job of it is active; or terminated with
+    #   nothing left to stop.
+    # ACTIVE -> DELETING: delete requested while its jobs still have tasks to stop.
+    JobScheduleState.ACTIVE: frozenset(
+        {
+            JobScheduleState.DISABLED,
+            JobScheduleState.TERMINATING,
+            JobScheduleState.COMPLETED,
+            JobScheduleState.DELETING,
+        }
+    ),
+    # DISABLED -> ACTIVE: enable requested.  DISABLED -> TERMINATING/COMPLETED: terminate
+    # (with or without a job still to stop).  DISABLED -> DELETING: delete.
+    JobScheduleState.DISABLED: frozenset(
+        {
+            JobScheduleState.ACTIVE,
+            JobScheduleState.TERMINATING,
+            JobScheduleState.COMPLETED,
+            JobScheduleState.DELETING,
+        }
+    ),
+    # TERMINATING -> COMPLETED: its jobs completed.  TERMINATING -> DELETING: delete.
+    JobScheduleState.TERMINATING: frozenset(
+        {JobScheduleState.COMPLETED, JobScheduleState.DELETING}
+    ),
+    # COMPLETED -> DELETING: delete while its jobs still have tasks to stop.
+    JobScheduleState.COMPLETED: frozenset({JobScheduleState.DELETING}),
+    # DELETING: the row goes when its last job is gone; nothing follows.
+    JobScheduleState.DELETING: frozenset(),
 }
 
 _ANY_NODE = frozenset(NodeState)

@@ -78,6 +78,7 @@ from prefect_batch.models.node import (
     BatchNodeReimageOptions,
     BatchTaskInfo,
 )
+from prefect_batch.models.nodesource import BatchNodeSource
 from prefect_batch.models.pool import (
     AutoScaleRun,
     AutoScaleRunError,
@@ -98,6 +99,16 @@ from prefect_batch.models.pool import (
     BatchVmImageReference,
     ResizeError,
     VirtualMachineConfiguration,
+)
+from prefect_batch.models.schedule import (
+    BatchJobSchedule,
+    BatchJobScheduleConfiguration,
+    BatchJobScheduleCreateOptions,
+    BatchJobScheduleExecutionInfo,
+    BatchJobScheduleStatistics,
+    BatchJobScheduleUpdateOptions,
+    BatchJobSpecification,
+    RecentBatchJob,
 )
 from prefect_batch.models.task import (
     BatchAffinityInfo,
@@ -146,7 +157,14 @@ __all__ = [
     "BatchJobPreparationTaskExecutionInfo",
     "BatchJobReleaseTask",
     "BatchJobReleaseTaskExecutionInfo",
+    "BatchJobSchedule",
+    "BatchJobScheduleConfiguration",
+    "BatchJobScheduleCreateOptions",
+    "BatchJobScheduleExecutionInfo",
+    "BatchJobScheduleStatistics",
+    "BatchJobScheduleUpdateOptions",
     "BatchJobSchedulingError",
+    "BatchJobSpecification",
     "BatchJobStatistics",
     "BatchJobTerminateOptions",
     "BatchJobUpdateOptions",
@@ -162,6 +180,7 @@ __all__ = [
     "BatchNodeRebootOptions",
     "BatchNodeReimageOptions",
     "BatchNodeRemoveOptions",
+    "BatchNodeSource",
     "BatchPool",
     "BatchPoolCreateOptions",
     "BatchPoolEnableAutoScaleOptions",
@@ -211,6 +230,7 @@ __all__ = [
     "OutputFileDestination",
     "OutputFileUploadConfiguration",
     "OutputFileUploadHeader",
+    "RecentBatchJob",
     "RequestModel",
     "ResizeError",
     "ResourceFile",

@@ -21,9 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.blocks.core import Block
+from prefect_aws import S3Bucket
 from pydantic import Field, SecretStr, field_validator
 
-from prefect_batch.exceptions import BatchConflictError, PrefectBatchError
+from prefect_batch.exceptions import (
+    BatchConflictError,
+    BatchInvalidRequestError,
+    PrefectBatchError,
+)
 from prefect_batch.models import ID_PATTERN, BatchPoolCreateOptions, BatchStartTask
 from prefect_batch.models import BatchPool as BatchPoolModel
 from prefect_batch.prefect import events
@@ -100,6 +105,11 @@ with account.get_client() as client:
         default=None,
         description="State directory of the embedded service; PREFECT_BATCH_HOME when empty.",
     )
+    storage: S3Bucket | None = Field(
+        default=None,
+        description="The S3 bucket block (prefect-aws) whose credentials and endpoint the "
+        "embedded service signs resource and output file URLs with; a server uses its own.",
+    )
 
     def settings(self) -> BatchSettings:
         """The client settings this account stands for (the environment's, overridden)."""
@@ -119,8 +129,12 @@ with account.get_client() as client:
                 tasks run (a flow following a job wants this; a quick look does not).
         """
         from prefect_batch.client import BatchClient
+        from prefect_batch.providers.storage import ObjectStorage
 
-        return BatchClient(self.account_name, engine=engine, settings=self.settings())
+        storage = ObjectStorage.from_block(self.storage) if self.storage is not None else None
+        return BatchClient(
+            self.account_name, engine=engine, settings=self.settings(), storage=storage
+        )
 
 
 def _metadata_dict(items: list[Any] | None) -> dict[str, str]:
@@ -241,7 +255,8 @@ result = run_batch_job(pool=pool, tasks=["echo one", "echo two"])
         Raises:
             BatchPoolSpecError: The pool exists with another ``vmSize``, ``taskSlotsPerNode``,
                 fill type or node source (Azure cannot change these on a live pool), or the
-                service does not offer the node source.
+                service does not offer the node source. An SSH host group node source is
+                registered with the service first (or its registration brought up to date).
         """
         from prefect_batch.client import BatchClient
 
@@ -257,6 +272,16 @@ result = run_batch_job(pool=pool, tasks=["echo one", "echo two"])
         spec = self.to_pool_spec()
         wire = spec.to_wire()
         sku = wire["virtualMachineConfiguration"]["nodeAgentSKUId"]
+        if isinstance(self.node_source, SSHHostGroup):
+            try:
+                self.node_source.ensure_registered(client)
+            except BatchInvalidRequestError as exc:
+                raise BatchPoolSpecError(
+                    self.pool_id,
+                    "virtualMachineConfiguration.nodeAgentSKUId",
+                    f"pool {self.pool_id!r}: the SSH host group {self.node_source.group_name!r} "
+                    f"cannot be registered with the batch service: {exc.message}",
+                ) from exc
         offered = {i.node_agent_sku_id for i in client.list_supported_images()}
         if sku not in offered:
             raise BatchPoolSpecError(

@@ -8,8 +8,10 @@ for the service (:meth:`NodeSourceBlock.node_source_spec`).
 
 * :class:`LocalNodeSource` — node agents as processes on the service's machine (offered now).
 * :class:`SSHHostGroup` — hosts reached over SSH, keys from a Prefect ``Secret`` block, pinned
-  host keys. The block is complete; the service offers ``batch.node.ssh`` once the SSH provider
-  lands (``BatchPool.ensure`` says so clearly until then).
+  host keys. :meth:`SSHHostGroup.ensure_registered` registers it with the service (what
+  ``BatchPool.ensure`` does first), which then offers ``batch.node.ssh.<group name>``: the
+  registration holds the Secret block's *name*, never the key, and the engine that connects
+  resolves it.
 * :class:`EC2Template` — instances from an AMI, with prefect-aws ``AwsCredentials``; a typed
   slot for the EC2 provider, same as above.
 
@@ -270,6 +272,27 @@ group = hosts.to_host_group()  # the SSH node source's configuration, key includ
             **self._group_fields(),
             "private_key_secret_name": self.private_key_secret_name,
         }
+
+    def ensure_registered(self, client: Any) -> None:
+        """Register this group with the service, or bring its registration up to date.
+
+        What is registered is :meth:`node_source_spec`: the key stays in its Secret block (or
+        file) and is resolved by the engine that connects to the hosts.
+
+        Args:
+            client: An open ``BatchClient``.
+        """
+        from prefect_batch.exceptions import BatchNotFoundError
+        from prefect_batch.service.nodesources import registration_spec
+
+        wanted = registration_spec(self)
+        try:
+            current = client.get_node_source(self.group_name)
+        except BatchNotFoundError:
+            client.create_node_source(wanted)
+            return
+        if current.host_group != wanted:
+            client.update_node_source(self.group_name, wanted)
 
 
 class EC2Template(NodeSourceBlock):

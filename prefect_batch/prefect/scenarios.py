@@ -4,9 +4,8 @@
   task by default, or any command template).
 * :func:`node_cleanup` — a maintenance job with one task on every node of a pool (deleting old
   files under the node's shared directory), meant for a cron schedule.
-* :func:`batch_processing` — one task per input file, each writing its output file. Inputs and
-  outputs are local directories the nodes can reach for now; S3 (``resourceFiles`` /
-  ``outputFiles`` with prefect-aws ``S3Bucket``) replaces them once the storage support lands.
+* :func:`batch_processing` — one task per input file, each writing its output file: from an S3
+  prefix to an S3 prefix through resource and output files (or between local directories).
 
 Each is one flow run (no subflow) that drives one job with :func:`~prefect_batch.prefect.
 driver.drive_job`, so every batch task appears as a task run of it.
@@ -198,48 +197,111 @@ def node_cleanup(
 @flow(name="batch-processing")
 def batch_processing(
     pool: BatchPool | str,
-    input_dir: str,
-    output_dir: str,
+    inputs: str,
+    outputs: str,
     pattern: str = "*",
     command_template: str = "wc -w {input}",
     account: BatchAccount | str | None = None,
+    storage: Any = None,
 ) -> BatchJobResult:
-    """Process every file matching ``pattern`` in ``input_dir`` into ``output_dir``.
+    """Process every input file matching ``pattern`` into one output file each.
+
+    ``inputs`` and ``outputs`` are S3 prefixes (``s3://bucket/prefix``) or local directories.
+    With S3, task ``i`` gets its input as a resource file (the service signs the URL; the node
+    needs no credentials) and its output goes back as an output file to
+    ``<outputs>/<input name>.out`` when the task succeeds. With directories, the nodes must see
+    both (local nodes do).
 
     Task ``i`` runs ``command_template`` with ``{input}`` replaced by the (quoted) input path,
-    its stdout going to ``<output_dir>/<input name>.out``. The nodes must see both directories
-    (local nodes do). S3 inputs and outputs come with the storage support.
+    its stdout being the output.
 
     Args:
         pool: A ``BatchPool`` block or its name.
-        input_dir: Directory of the inputs.
-        output_dir: Directory of the outputs (created).
-        pattern: Glob of the inputs in ``input_dir``.
+        inputs: ``s3://bucket/prefix`` or a directory of the inputs.
+        outputs: ``s3://bucket/prefix`` or a directory for the outputs (created).
+        pattern: Glob of the input names (the last part of a key).
         command_template: The command, ``{input}`` for the input path (run by ``/bin/sh``).
         account: A ``BatchAccount`` block or its name; default the pool's, else embedded.
+        storage: A prefect-aws ``S3Bucket``/``AwsCredentials`` block (or its ``type/name``
+            slug) to list S3 inputs with; default the settings' storage
+            (``PREFECT_BATCH_STORAGE_*``). The batch service signs with its own.
     """
-    inputs = sorted(p for p in Path(input_dir).glob(pattern) if p.is_file())
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _, client, owned, pool_id = _pool_and_client(pool, account)
     try:
-        tasks = [
-            {
-                "id": f"file-{i}",
-                "displayName": path.name,
-                "commandLine": shlex.join(
-                    [
-                        "/bin/sh",
-                        "-c",
-                        command_template.format(input=shlex.quote(str(path.resolve())))
-                        + " > "
-                        + shlex.quote(str((out / f"{path.name}.out").resolve())),
-                    ]
-                ),
-            }
-            for i, path in enumerate(inputs)
-        ]
+        if inputs.startswith("s3://"):
+            tasks = _s3_tasks(inputs, outputs, pattern, command_template, storage, client)
+        else:
+            tasks = _local_tasks(Path(inputs), Path(outputs), pattern, command_template)
         return drive_job(client, tasks, pool_id=pool_id)
     finally:
         if owned:
             client.close()
+
+
+def _task_command(template: str, input_path: str, output_path: str, prologue: str = "") -> str:
+    script = template.format(input=shlex.quote(input_path)) + " > " + shlex.quote(output_path)
+    return shlex.join(["/bin/sh", "-c", prologue + script])
+
+
+def _local_tasks(inputs: Path, outputs: Path, pattern: str, template: str) -> list[dict[str, Any]]:
+    outputs.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in inputs.glob(pattern) if p.is_file())
+    return [
+        {
+            "id": f"file-{i}",
+            "displayName": path.name,
+            "commandLine": _task_command(
+                template, str(path.resolve()), str((outputs / f"{path.name}.out").resolve())
+            ),
+        }
+        for i, path in enumerate(files)
+    ]
+
+
+def _s3_tasks(
+    inputs: str, outputs: str, pattern: str, template: str, storage: Any, client: Any
+) -> list[dict[str, Any]]:
+    import fnmatch
+
+    from prefect_batch.providers.storage import ObjectStorage
+
+    if not outputs.startswith("s3://"):
+        raise ValueError(f"outputs must be an s3:// prefix when inputs are ({outputs!r})")
+    if isinstance(storage, str):
+        from prefect.blocks.core import Block
+
+        storage = Block.load(storage)
+    store = ObjectStorage.from_block(storage) if storage is not None else client.storage
+    bucket, _, prefix = inputs[len("s3://") :].partition("/")
+    keys = [
+        o["Key"]
+        for page in store.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix
+        )
+        for o in page.get("Contents", ())
+        if not o["Key"].endswith("/") and fnmatch.fnmatch(o["Key"].rsplit("/", 1)[-1], pattern)
+    ]
+    tasks = []
+    for i, key in enumerate(sorted(keys)):
+        name = key.rsplit("/", 1)[-1]
+        tasks.append(
+            {
+                "id": f"file-{i}",
+                "displayName": name,
+                "commandLine": _task_command(
+                    template, f"in/{key}", f"out/{name}.out", prologue="mkdir -p out && "
+                ),
+                # The key as a prefix: the container's objects under it land in in/<key>.
+                "resourceFiles": [
+                    {"storageContainerUrl": f"s3://{bucket}", "blobPrefix": key, "filePath": "in"}
+                ],
+                "outputFiles": [
+                    {
+                        "filePattern": f"out/{name}.out",
+                        "destination": {"container": {"containerUrl": outputs}},
+                        "uploadOptions": {"uploadCondition": "tasksuccess"},
+                    }
+                ],
+            }
+        )
+    return tasks

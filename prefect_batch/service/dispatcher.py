@@ -9,6 +9,7 @@ expressions costs more than running them.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -17,11 +18,17 @@ from sqlalchemy import bindparam, delete, select, update
 from prefect_batch.core.commandline import split_command_line
 from prefect_batch.core.scheduler import NodeSlots, QueuedTask, assign
 from prefect_batch.core.states import NodeFillType, PoolState
+from prefect_batch.providers.storage import ObjectStorage, StagingError
 from prefect_batch.service import lifecycle
 from prefect_batch.service.common import iso
 from prefect_batch.store.schema import accounts, jobs, nodes, queue, tasks
 
-__all__ = ["DispatchMixin", "SPREAD_GRACE_SECONDS", "base_environment"]
+__all__ = ["DispatchMixin", "SPREAD_GRACE_SECONDS", "base_environment", "stage_request"]
+
+log = logging.getLogger(__name__)
+
+_URL_ONLY = ObjectStorage()
+"""Without configured storage, plain http(s) URLs still work (nothing is signed)."""
 
 SPREAD_GRACE_SECONDS = 2.0
 """How long a spread pool waits for nodes that are still starting before it fills the others."""
@@ -105,6 +112,16 @@ def base_environment(account: str, base_url: str, pool_id: str, node_id: str) ->
     }
 
 
+def stage_request(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``stage`` field of a run request whose task names resource or output files.
+
+    The engine resolves it into the agent's ``downloads``/``uploads`` (presigned URLs) after the
+    dispatching transaction commits, so no storage request is made while the store is locked.
+    """
+    files = {k: spec[k] for k in ("resourceFiles", "outputFiles") if spec.get(k)}
+    return {"stage": files} if files else {}
+
+
 def completed_info(decision: Any, msg: dict[str, Any], now: float) -> dict[str, Any]:
     """Wire fields of a start, preparation or release task that ended (``core.completion``)."""
     return {
@@ -133,6 +150,8 @@ class DispatchMixin:
     account_urls: dict[str, str]
     job_manager_env: dict[str, str]
     scoped_job_credentials: bool
+    storage: ObjectStorage | None
+    transfer_timeout_seconds: float
 
     def _dispatch(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
         by_pool: dict[int, list[Any]] = defaultdict(list)
@@ -301,4 +320,57 @@ class DispatchMixin:
             "env": env,
             "wall_clock_seconds": r.wall_clock_seconds,
             "job_prep_dir": f"{r.job_id}/{prep.get('id') or 'jobpreparation'}" if prep else None,
+            **stage_request(r.spec),
         }
+
+    def _stage_sends(self, sends: dict[int, list[dict[str, Any]]]) -> None:
+        """Turn the ``stage`` of run requests into URLs the agent fetches and uploads to.
+
+        Presigning is local work; listing a container is a storage request (cached a few
+        seconds per prefix, so the tasks of a job that read one prefix list it once). A file
+        that cannot be resolved becomes the run's ``stage_error``: the agent records the task
+        as ended by that pre-processing error, through the usual completion path.
+        """
+        for msgs in sends.values():
+            for msg in msgs:
+                stage = msg.pop("stage", None)
+                if stage is None:
+                    continue
+                msg["transfer_timeout_seconds"] = self.transfer_timeout_seconds
+                try:
+                    storage = self._storage_for(stage)
+                    if stage.get("resourceFiles"):
+                        msg["downloads"] = storage.downloads(stage["resourceFiles"])
+                    if stage.get("outputFiles"):
+                        msg["uploads"] = storage.uploads(stage["outputFiles"])
+                except StagingError as exc:
+                    msg.pop("downloads", None)
+                    msg.pop("uploads", None)
+                    msg["stage_error"] = exc.to_wire()
+                except Exception as exc:  # noqa: BLE001 - e.g. no credentials: the task fails
+                    log.warning("could not resolve the files of %s", msg.get("key"), exc_info=True)
+                    msg.pop("downloads", None)
+                    msg.pop("uploads", None)
+                    msg["stage_error"] = StagingError(
+                        "BlobDownloadMiscError",
+                        f"the service could not sign the task's file URLs: {exc}",
+                        "servererror",
+                    ).to_wire()
+
+    def _storage_for(self, stage: dict[str, Any]) -> ObjectStorage:
+        if self.storage is not None:
+            return self.storage
+        needs_storage = any(
+            f.get("storageContainerUrl") or f.get("autoStorageContainerName")
+            for f in stage.get("resourceFiles") or ()
+        ) or any(
+            (o["destination"]["container"]["containerUrl"] or "").startswith("s3://")
+            for o in stage.get("outputFiles") or ()
+        )
+        if needs_storage:
+            raise StagingError(
+                "AutoStorageAccountNotConfigured",
+                "No storage is configured for this service: set PREFECT_BATCH_STORAGE_* or "
+                "give the client an S3Bucket/AwsCredentials block",
+            )
+        return _URL_ONLY

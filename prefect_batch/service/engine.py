@@ -15,8 +15,9 @@ them. At-least-once: a task whose node was lost while it ran is run again elsewh
 
 The engine is assembled from mixins, one concern each: ``noderuntime`` (agents, start tasks, node
 operations, pool size), ``dispatcher`` (queue head to slots), ``jobtasks`` (job preparation and
-release). It does not validate requests (``service/`` operations do), nor decide retries and
-exit-code actions (``core.completion`` does).
+release), ``autoscaler`` (metric samples, autoscale formulas), ``scheduling`` (the jobs of
+job schedules). It does not validate requests (``service/`` operations do), nor decide retries
+and exit-code actions (``core.completion`` does).
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ from sqlalchemy import bindparam, delete, or_, select, update
 from prefect_batch.core.completion import AttemptOutcome
 from prefect_batch.core.states import NODE_TRANSITIONS, NodeState
 from prefect_batch.service import lifecycle
+from prefect_batch.service.autoscaler import AutoScalerMixin
 from prefect_batch.service.common import Clock
 from prefect_batch.service.common import now as wall_now
 from prefect_batch.service.dispatcher import DispatchMixin
 from prefect_batch.service.jobtasks import JobTasksMixin
 from prefect_batch.service.noderuntime import NodeMixin, NodeRuntime
+from prefect_batch.service.remotenodes import RemoteNodes
+from prefect_batch.service.scheduling import JobScheduleMixin
 from prefect_batch.store import Store
 from prefect_batch.store.schema import jobs, node_commands, nodes, pools, tasks
 
@@ -75,7 +79,7 @@ _MARK_STARTED = (
 )
 
 
-class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
+class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobScheduleMixin):
     """Drives every pool it can lease, from one background thread.
 
     Args:
@@ -85,6 +89,10 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
         account_urls: Base URL per account, for ``AZ_BATCH_ACCOUNT_URL``.
         tick_seconds: How often an idle engine looks for work other processes added.
         lease_seconds: Lease length on pools.
+        node_unreachable_grace_seconds: How long an SSH node may stay unreachable before its
+            running tasks are requeued on other nodes.
+        autoscale_sample_seconds: How often pools' metrics are sampled for autoscale formulas
+            (at least 1 s; Azure: 30 s).
     """
 
     def __init__(
@@ -97,8 +105,12 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
         tick_seconds: float = 0.25,
         lease_seconds: float = 15.0,
         heartbeat_seconds: float = 30.0,
+        autoscale_sample_seconds: float = 30.0,
         job_manager_env: Mapping[str, str] | None = None,
         scoped_job_credentials: bool = False,
+        node_unreachable_grace_seconds: float = 120.0,
+        storage: Any = None,
+        transfer_timeout_seconds: float = 60.0,
         clock: Clock = wall_now,
     ) -> None:
         self.store = store
@@ -108,10 +120,18 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
         self.tick_seconds = tick_seconds
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds
+        self._init_autoscaler(autoscale_sample_seconds)
         # What a job manager task needs to reach this service with the Python client.
         self.job_manager_env = dict(job_manager_env or {})
         # Behind a server, a job manager gets a key for its job only, not the store.
         self.scoped_job_credentials = scoped_job_credentials
+        # SSH nodes: agents started on worker threads; an unreachable node's running tasks are
+        # requeued only after this grace period (its agent keeps running them meanwhile).
+        self.remote = RemoteNodes(store)
+        self.node_unreachable_grace_seconds = node_unreachable_grace_seconds
+        # The object storage that resource and output file URLs are signed for.
+        self.storage = storage
+        self.transfer_timeout_seconds = transfer_timeout_seconds
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._events: queue_mod.SimpleQueue[tuple[int, int, dict[str, Any]]] = (
@@ -188,6 +208,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
             log.exception("could not release leases")
         self._nodes.clear()
         self._pools.clear()
+        self._close_remote()
 
     def wake(self, *, pools: bool = False) -> None:
         """Look for new work now rather than at the next tick (a request changed something).
@@ -214,7 +235,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
                 log.exception("engine step failed; retrying")
                 self._stop.wait(0.5)
             if self._events.empty():
-                self._wake.wait(self.tick_seconds)
+                self._wake.wait(self._schedule_wait(self.tick_seconds))
                 self._wake.clear()
 
     # -- one step --------------------------------------------------------------------------
@@ -226,6 +247,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
             self._reconcile_soon = False
             self._refresh_leases(now)
             self._next_lease = now + self.lease_seconds / 3
+        self._job_schedules(now)
         events = self._drain()
         sends: dict[int, list[dict[str, Any]]] = defaultdict(list)
         with self.store.begin() as conn:
@@ -242,6 +264,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
                 self._node_ops(conn, now, sends)
                 self._release_poll(conn, now, sends)
             self._dispatch(conn, now, sends)
+        self._stage_sends(sends)
         for node_pk, keys in effects.forget.items():
             sends[node_pk].append({"op": "forget", "keys": keys})
         if now >= self._next_ping:
@@ -249,6 +272,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
                 if rt.ready:
                     sends[rt.pk].append({"op": "ping"})
             self._next_ping = now + self.heartbeat_seconds
+        self._autoscale_step(now, sends)
         for node_pk, msgs in sends.items():
             rt = self._nodes.get(node_pk)
             if rt is not None and rt.connection is not None and msgs:
@@ -313,6 +337,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
         for node_pk, generation, msg in events:
             rt = self._nodes.get(node_pk)
             if rt is None or generation != rt.generation:
+                self._stale_event(msg)
                 continue  # a node gone, or an agent connection that was replaced
             ev = msg.get("ev")
             key = str(msg.get("key", ""))
@@ -346,10 +371,16 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
                 self._on_lost(conn, rt, key, now)
             elif ev == "hello":
                 self._on_hello(conn, rt, msg, now, sends)
+            elif ev == "metrics":
+                self._on_metrics(rt, msg)
             elif ev == "pong":
                 conn.execute(update(nodes).where(nodes.c.pk == node_pk).values(last_heartbeat=now))
             elif ev == "closed":
                 self._on_closed(conn, rt, msg, now)
+            elif ev == "_agent_started":
+                self._on_agent_started(conn, rt, msg, now)
+            elif ev == "_agent_failed":
+                self._record_node_failure(conn, rt, msg["code"], msg["message"], now)
             elif ev == "error":
                 log.warning("agent on %s: %s", rt.node_id, msg.get("message"))
         if started:
@@ -460,14 +491,30 @@ def _parse_key(key: str) -> tuple[int | None, int]:
 def _outcome(msg: dict[str, Any]) -> AttemptOutcome:
     error = msg.get("error")
     if error:
-        return AttemptOutcome(
-            kind="start_failed",
-            exit_code=msg.get("exit_code"),
-            error_code=error.get("code"),
-            error_message=error.get("message"),
+        # A resource file that could not be fetched is a pre-processing error; anything else
+        # the agent reports without a process is a start failure.
+        download = error.get("phase") == "download"
+        return _error_outcome(
+            "preprocessing_error" if download else "start_failed", msg.get("exit_code"), error
         )
     if msg.get("timed_out"):
         return AttemptOutcome(kind="timed_out", exit_code=msg.get("exit_code"))
     if msg.get("killed"):
         return AttemptOutcome(kind="terminated", exit_code=msg.get("exit_code"))
+    if msg.get("upload_error"):
+        return _error_outcome("file_upload_error", msg.get("exit_code"), msg["upload_error"])
     return AttemptOutcome(kind="exited", exit_code=msg.get("exit_code"))
+
+
+def _error_outcome(kind: str, exit_code: Any, error: dict[str, Any]) -> AttemptOutcome:
+    values = error.get("values")
+    category = error.get("category")
+    details = {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {}
+    return AttemptOutcome(
+        kind=kind,
+        exit_code=exit_code,
+        error_code=error.get("code"),
+        error_message=error.get("message"),
+        error_values=details,
+        error_category=category if category in ("usererror", "servererror") else "usererror",
+    )

@@ -2,8 +2,10 @@
 
 Local nodes keep their directories on this machine, so their files are read from disk here;
 every path is resolved (symlinks included) and must stay inside the node's root directory — and
-for task files inside the task's directory. Removing a directory on a node that an engine holds is
-queued as a node command, which that engine's agent carries out.
+for task files inside the task's directory. SSH nodes keep theirs on their hosts: their files are
+listed, read and deleted through the node's agent (``service/remotenodes.py``), which keeps every
+path inside the node root. Removing a directory on a node that an engine holds is queued as a
+node command, which that engine's agent carries out.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from prefect_batch.models import BatchNodeFile
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import iso
 from prefect_batch.service.pools import LOCAL_NODE_AGENT_SKU, node_source_of
+from prefect_batch.service.remotenodes import RemoteDir
 from prefect_batch.store.schema import node_commands, nodes, pools
 
 __all__ = ["FileOperations", "queue_dir_deletion", "safe_path"]
@@ -115,7 +118,7 @@ class FileOperations(ServiceBase):
 
     # -- task files ------------------------------------------------------------------------
 
-    def _task_dir(self, job_id: str, task_id: str) -> tuple[Path, str, str]:
+    def _task_dir(self, job_id: str, task_id: str) -> tuple[Path | RemoteDir, str, str]:
         from prefect_batch.service.tasks import TaskOperations
 
         with self.store.read() as conn:
@@ -128,14 +131,20 @@ class FileOperations(ServiceBase):
                     f"The task has not run on a node yet: {row.id}",
                     {"TaskId": row.id},
                 )
-            root = conn.execute(select(nodes.c.root_dir).where(nodes.c.pk == node_pk)).scalar()
-            if root is None:
+            node = conn.execute(
+                select(nodes, pools.c.spec.label("pool_spec"))
+                .join(pools, pools.c.pk == nodes.c.pool_pk)
+                .where(nodes.c.pk == node_pk)
+            ).one_or_none()
+            if node is None:
                 raise BatchConflictError(
                     "TaskFilesUnavailable",
                     f"The node that ran the task is gone: {row.id}",
                     {"TaskId": row.id},
                 )
-            task_dir = Path(root) / job.id / row.id
+            if node.host_id is not None:
+                return self._remote_dir(node, f"{job.id}/{row.id}"), job.id, row.id
+            task_dir = Path(node.root_dir) / job.id / row.id
             if not task_dir.exists():
                 raise BatchConflictError(
                     "TaskFilesCleanedup",
@@ -150,6 +159,15 @@ class FileOperations(ServiceBase):
         """Files in the task's directory on its node (``stdout.txt``, ``stderr.txt``, ``wd/``)."""
         task_dir, jid, tid = self._task_dir(job_id, task_id)
         url = f"{self.base_url}/jobs/{jid}/tasks/{tid}/files"
+        if isinstance(task_dir, RemoteDir):
+            try:
+                return task_dir.list("", recursive, url)
+            except BatchNotFoundError:
+                raise BatchConflictError(
+                    "TaskFilesCleanedup",
+                    f"The task's files were cleaned up: {tid}",
+                    {"TaskId": tid},
+                ) from None
         return [_file_entry(p, n, f"{url}/{n}") for p, n in _walk(task_dir, recursive)]
 
     def get_task_file(
@@ -163,48 +181,75 @@ class FileOperations(ServiceBase):
     ) -> bytes:
         """Content of a task file, optionally a byte range."""
         task_dir, _, _ = self._task_dir(job_id, task_id)
+        if isinstance(task_dir, RemoteDir):
+            return _read_remote(task_dir, file_path, offset, length)
         return _read(safe_path(task_dir, file_path), file_path, offset, length)
 
     def get_task_file_properties(self, job_id: str, task_id: str, file_path: str) -> BatchNodeFile:
         """Size, times and mode of a task file."""
         task_dir, jid, tid = self._task_dir(job_id, task_id)
+        url = f"{self.base_url}/jobs/{jid}/tasks/{tid}/files/{file_path}"
+        if isinstance(task_dir, RemoteDir):
+            return task_dir.properties(file_path, url)
         path = safe_path(task_dir, file_path)
         _exists(path, file_path)
-        return _file_entry(
-            path, file_path, f"{self.base_url}/jobs/{jid}/tasks/{tid}/files/{file_path}"
-        )
+        return _file_entry(path, file_path, url)
 
     def delete_task_file(
         self, job_id: str, task_id: str, file_path: str, *, recursive: bool = False
     ) -> None:
         """Delete a file (or with ``recursive`` a directory) of a task."""
         task_dir, _, _ = self._task_dir(job_id, task_id)
+        if isinstance(task_dir, RemoteDir):
+            task_dir.delete(file_path, recursive)
+            return
         _delete(safe_path(task_dir, file_path), file_path, recursive, task_dir)
 
     # -- node files ------------------------------------------------------------------------
 
-    def _node_root(self, pool_id: str, node_id: str) -> Path:
+    def _node_root(self, pool_id: str, node_id: str) -> Path | RemoteDir:
         with self.store.read() as conn:
             pool = self._pool_row(conn, pool_id)
             row = conn.execute(
-                select(nodes.c.root_dir).where(
-                    nodes.c.pool_pk == pool.pk, nodes.c.node_id == node_id
-                )
+                select(nodes, pools.c.spec.label("pool_spec"))
+                .join(pools, pools.c.pk == nodes.c.pool_pk)
+                .where(nodes.c.pool_pk == pool.pk, nodes.c.node_id == node_id)
             ).one_or_none()
         if row is None:
             raise BatchNotFoundError(
                 "NodeNotFound", f"The specified node does not exist: {node_id}", {"NodeId": node_id}
             )
-        return Path(row[0])
+        if row.host_id is not None:
+            return self._remote_dir(row, "")
+        return Path(row.root_dir)
+
+    def _remote_dir(self, node: Any, base: str) -> RemoteDir:
+        """A directory (``base`` under the root) of the SSH node of a ``nodes`` row."""
+        return RemoteDir(
+            store=self.store,
+            account=self.account,
+            pool_spec=node.pool_spec,
+            node_pk=node.pk,
+            node_id=node.node_id,
+            host_id=node.host_id,
+            root=node.root_dir,
+            base=base,
+        )
 
     def list_node_files(
         self, pool_id: str, node_id: str, *, recursive: bool = False, path: str = ""
     ) -> list[BatchNodeFile]:
         """Files under the node's root directory (or ``path`` below it)."""
         root = self._node_root(pool_id, node_id)
-        base = safe_path(root, path) if path else root.resolve()
         url = f"{self.base_url}/pools/{pool_id}/nodes/{node_id}/files"
         prefix = (path.strip("/") + "/") if path.strip("/") else ""
+        if isinstance(root, RemoteDir):
+            return [
+                f
+                for f in root.list(path, recursive, url, prefix=prefix)
+                if not (f.name or "").startswith(".agent")
+            ]
+        base = safe_path(root, path) if path else root.resolve()
         return [
             _file_entry(p, prefix + n, f"{url}/{prefix}{n}")
             for p, n in _walk(base, recursive)
@@ -222,22 +267,28 @@ class FileOperations(ServiceBase):
     ) -> bytes:
         """Content of a file under the node's root, optionally a byte range."""
         root = self._node_root(pool_id, node_id)
+        if isinstance(root, RemoteDir):
+            return _read_remote(root, file_path, offset, length)
         return _read(safe_path(root, file_path), file_path, offset, length)
 
     def get_node_file_properties(self, pool_id: str, node_id: str, file_path: str) -> BatchNodeFile:
         """Size, times and mode of a node file."""
         root = self._node_root(pool_id, node_id)
+        url = f"{self.base_url}/pools/{pool_id}/nodes/{node_id}/files/{file_path}"
+        if isinstance(root, RemoteDir):
+            return root.properties(file_path, url)
         path = safe_path(root, file_path)
         _exists(path, file_path)
-        return _file_entry(
-            path, file_path, f"{self.base_url}/pools/{pool_id}/nodes/{node_id}/files/{file_path}"
-        )
+        return _file_entry(path, file_path, url)
 
     def delete_node_file(
         self, pool_id: str, node_id: str, file_path: str, *, recursive: bool = False
     ) -> None:
         """Delete a file (or with ``recursive`` a directory) under the node's root."""
         root = self._node_root(pool_id, node_id)
+        if isinstance(root, RemoteDir):
+            root.delete(file_path, recursive)
+            return
         _delete(safe_path(root, file_path), file_path, recursive, root)
 
 
@@ -246,6 +297,12 @@ def _exists(path: Path, name: str) -> None:
         raise BatchNotFoundError(
             "FileNotFound", f"The specified file does not exist: {name}", {"FilePath": name}
         )
+
+
+def _read_remote(where: RemoteDir, name: str, offset: int, length: int | None) -> bytes:
+    if offset < 0 or (length is not None and length < 0):
+        raise BatchConflictError("InvalidRange", "The byte range is invalid", status_code=416)
+    return where.read(name, offset, length)
 
 
 def _read(path: Path, name: str, offset: int, length: int | None) -> bytes:

@@ -14,6 +14,7 @@ from sqlalchemy import delete, insert, select, update
 
 from prefect_batch.core.commandline import split_command_line, validate_environment
 from prefect_batch.core.ids import validate_id, validate_job_id
+from prefect_batch.core.staging import validate_output_files, validate_resource_files
 from prefect_batch.core.states import JobState
 from prefect_batch.exceptions import BatchConflictError, BatchInvalidRequestError, invalid_property
 from prefect_batch.models import (
@@ -29,14 +30,12 @@ from prefect_batch.service import lifecycle
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import seconds
 from prefect_batch.service.views import job_view
-from prefect_batch.store.schema import job_nodes, jobs, pools, queue, tasks
+from prefect_batch.store.schema import job_nodes, job_schedules, jobs, pools, queue, tasks
 
-__all__ = ["JobOperations", "disable_job_rows"]
+__all__ = ["JobOperations", "check_job_spec", "delete_job_rows", "disable_job_rows"]
 
 IN_FLIGHT = lifecycle.IN_FLIGHT
 _UNSUPPORTED_SUB_PROPERTIES = (
-    "resourceFiles",
-    "outputFiles",
     "containerSettings",
     "applicationPackageReferences",
 )
@@ -67,6 +66,71 @@ def disable_job_rows(conn: Any, job: Any, option: str, now: float) -> None:
     lifecycle.finish_job_if_done(conn, job.pk, now)
 
 
+def delete_job_rows(conn: Any, row: Any, now: float) -> bool:
+    """Delete a job and its tasks; queue the deletion of their directories on the nodes.
+
+    Returns:
+        Whether the job row is gone. While tasks of it still run it stays ``deleting``: their
+        rows (and then the job's) go when their ends are reported.
+    """
+    from prefect_batch.service.files import queue_dir_deletion
+
+    conn.execute(delete(queue).where(queue.c.job_pk == row.pk))
+    in_flight = conn.execute(
+        select(tasks.c.pk).where(tasks.c.job_pk == row.pk, tasks.c.state.in_(IN_FLIGHT))
+    ).all()
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.job_pk == row.pk, tasks.c.state.in_(IN_FLIGHT))
+        .values(kill_reason="job_delete")
+    )
+    file_nodes = conn.execute(
+        select(tasks.c.files_node_pk, tasks.c.node_pk).where(tasks.c.job_pk == row.pk).distinct()
+    ).all()
+    node_pks = {p for r in file_nodes for p in r if p is not None}
+    for node_pk in node_pks:
+        queue_dir_deletion(conn, node_pk, row.id, now)
+    if in_flight:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.pk == row.pk)
+            .values(
+                state=JobState.DELETING.value,
+                previous_state=row.state,
+                state_transition_time=now,
+                version=jobs.c.version + 1,
+            )
+        )
+        # Rows of tasks still running go when their ends are reported; the rest now.
+        conn.execute(delete(tasks).where(tasks.c.job_pk == row.pk, tasks.c.state.not_in(IN_FLIGHT)))
+        return False
+    conn.execute(delete(tasks).where(tasks.c.job_pk == row.pk))
+    conn.execute(delete(jobs).where(jobs.c.pk == row.pk))
+    return True
+
+
+def check_job_spec(spec: dict[str, Any]) -> None:
+    """Check a job's wire body beyond its model: its special tasks, and a named pool.
+
+    Raises:
+        BatchInvalidRequestError: Naming the offending property (relative to the job).
+    """
+    _validate_job_tasks(spec)
+    pool_info = spec.get("poolInfo") or {}
+    if pool_info.get("autoPoolSpecification"):
+        raise BatchInvalidRequestError(
+            "UnsupportedProperty",
+            "poolInfo.autoPoolSpecification is not supported; create a pool and name it",
+            {"PropertyName": "poolInfo.autoPoolSpecification"},
+        )
+    if not pool_info.get("poolId"):
+        raise BatchInvalidRequestError(
+            "MissingRequiredProperty",
+            "A required property was not specified in the request body: poolInfo.poolId",
+            {"PropertyName": "poolInfo.poolId"},
+        )
+
+
 class JobOperations(ServiceBase):
     """Job operations of one account."""
 
@@ -75,23 +139,7 @@ class JobOperations(ServiceBase):
         opts = self.parse(BatchJobCreateOptions, job)
         validate_job_id(opts.id)
         spec = opts.to_wire()
-        _validate_job_tasks(spec)
-        pool_info = spec.get("poolInfo") or {}
-        if pool_info.get("autoPoolSpecification"):
-            raise BatchInvalidRequestError(
-                "UnsupportedProperty",
-                "poolInfo.autoPoolSpecification is not supported; create a pool and name it",
-                {"PropertyName": "poolInfo.autoPoolSpecification"},
-            )
-        pool_id = pool_info.get("poolId")
-        if not pool_id:
-            raise BatchInvalidRequestError(
-                "MissingRequiredProperty",
-                "A required property was not specified in the request body: poolInfo.poolId",
-                {"PropertyName": "poolInfo.poolId"},
-            )
-        constraints = spec.get("constraints") or {}
-        wall = seconds(constraints.get("maxWallClockTime"))
+        check_job_spec(spec)
         now = self.clock()
         with self.store.begin() as conn:
             exists = conn.execute(
@@ -103,34 +151,51 @@ class JobOperations(ServiceBase):
                 raise BatchConflictError(
                     "JobExists", f"The specified job already exists: {opts.id}", {"JobId": opts.id}
                 )
-            conn.execute(
-                insert(jobs).values(
-                    account=self.account,
-                    id=opts.id,
-                    id_key=opts.id.casefold(),
-                    state=JobState.ACTIVE.value,
-                    state_transition_time=now,
-                    creation_time=now,
-                    last_modified=now,
-                    version=1,
-                    priority=opts.priority or 0,
-                    pool_id=pool_id,
-                    pool_key=lifecycle.pool_key(self.account, pool_id),
-                    max_parallel_tasks=(
-                        opts.max_parallel_tasks if opts.max_parallel_tasks is not None else -1
-                    ),
-                    max_task_retry_count=constraints.get("maxTaskRetryCount", 0),
-                    deadline=(now + wall) if wall is not None else None,
-                    on_all_tasks_complete=spec.get("onAllTasksComplete", "noaction"),
-                    on_task_failure=spec.get("onTaskFailure", "noaction"),
-                    uses_task_dependencies=bool(spec.get("usesTaskDependencies", False)),
-                    start_time=now,
-                    spec=spec,
+            # A job and a job schedule never share an id (Azure).
+            if conn.execute(
+                select(job_schedules.c.pk).where(
+                    job_schedules.c.account == self.account,
+                    job_schedules.c.id_key == opts.id.casefold(),
                 )
-            )
-            if spec.get("jobManagerTask"):
-                self._add_job_manager(conn, opts.id, spec, now)
+            ).first():
+                raise BatchConflictError(
+                    "JobScheduleWithSameIdExists",
+                    f"A job schedule with the same id exists: {opts.id}",
+                    {"JobId": opts.id},
+                )
+            self._insert_job(conn, opts.id, spec, now)
         self.wake()
+
+    def _insert_job(self, conn: Any, job_id: str, spec: dict[str, Any], now: float) -> None:
+        """Add a checked job (``check_job_spec``) as ``active``, with its job manager queued."""
+        constraints = spec.get("constraints") or {}
+        wall = seconds(constraints.get("maxWallClockTime"))
+        pool_id = spec["poolInfo"]["poolId"]
+        conn.execute(
+            insert(jobs).values(
+                account=self.account,
+                id=job_id,
+                id_key=job_id.casefold(),
+                state=JobState.ACTIVE.value,
+                state_transition_time=now,
+                creation_time=now,
+                last_modified=now,
+                version=1,
+                priority=spec.get("priority", 0),
+                pool_id=pool_id,
+                pool_key=lifecycle.pool_key(self.account, pool_id),
+                max_parallel_tasks=spec.get("maxParallelTasks", -1),
+                max_task_retry_count=constraints.get("maxTaskRetryCount", 0),
+                deadline=(now + wall) if wall is not None else None,
+                on_all_tasks_complete=spec.get("onAllTasksComplete", "noaction"),
+                on_task_failure=spec.get("onTaskFailure", "noaction"),
+                uses_task_dependencies=bool(spec.get("usesTaskDependencies", False)),
+                start_time=now,
+                spec=spec,
+            )
+        )
+        if spec.get("jobManagerTask"):
+            self._add_job_manager(conn, job_id, spec, now)
 
     def _add_job_manager(self, conn: Any, job_id: str, spec: dict[str, Any], now: float) -> None:
         """The job manager is the job's first task: queued at once, before the others."""
@@ -346,8 +411,6 @@ class JobOperations(ServiceBase):
 
     def delete_job(self, job_id: str) -> None:
         """Delete a job, its tasks and (on the nodes) their files."""
-        from prefect_batch.service.files import queue_dir_deletion
-
         now = self.clock()
         with self.store.begin() as conn:
             row = self._job_row(conn, job_id)
@@ -355,41 +418,7 @@ class JobOperations(ServiceBase):
                 raise BatchConflictError(
                     "JobBeingDeleted", f"The job is being deleted: {row.id}", {"JobId": row.id}
                 )
-            conn.execute(delete(queue).where(queue.c.job_pk == row.pk))
-            in_flight = conn.execute(
-                select(tasks.c.pk).where(tasks.c.job_pk == row.pk, tasks.c.state.in_(IN_FLIGHT))
-            ).all()
-            conn.execute(
-                update(tasks)
-                .where(tasks.c.job_pk == row.pk, tasks.c.state.in_(IN_FLIGHT))
-                .values(kill_reason="job_delete")
-            )
-            file_nodes = conn.execute(
-                select(tasks.c.files_node_pk, tasks.c.node_pk)
-                .where(tasks.c.job_pk == row.pk)
-                .distinct()
-            ).all()
-            node_pks = {p for r in file_nodes for p in r if p is not None}
-            for node_pk in node_pks:
-                queue_dir_deletion(conn, node_pk, row.id, now)
-            if in_flight:
-                conn.execute(
-                    update(jobs)
-                    .where(jobs.c.pk == row.pk)
-                    .values(
-                        state=JobState.DELETING.value,
-                        previous_state=row.state,
-                        state_transition_time=now,
-                        version=jobs.c.version + 1,
-                    )
-                )
-                # Rows of tasks still running go when their ends are reported; the rest now.
-                conn.execute(
-                    delete(tasks).where(tasks.c.job_pk == row.pk, tasks.c.state.not_in(IN_FLIGHT))
-                )
-            else:
-                conn.execute(delete(tasks).where(tasks.c.job_pk == row.pk))
-                conn.execute(delete(jobs).where(jobs.c.pk == row.pk))
+            delete_job_rows(conn, row, now)
         self.wake()
 
     def get_job_task_counts(self, job_id: str) -> BatchTaskCountsResult:
@@ -439,6 +468,8 @@ def _validate_job_tasks(spec: dict[str, Any]) -> None:
                     {"PropertyName": f"{name}.{prop}"},
                 )
         split_command_line(sub["commandLine"], f"{name}.commandLine")
+        validate_resource_files(sub.get("resourceFiles"), f"{name}.resourceFiles")
+        validate_output_files(sub.get("outputFiles"), f"{name}.outputFiles")
         env = sub.get("environmentSettings") or []
         validate_environment(
             [(e["name"], e.get("value")) for e in env], f"{name}.environmentSettings"

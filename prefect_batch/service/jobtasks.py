@@ -21,7 +21,12 @@ from prefect_batch.core.completion import AttemptOutcome, decide
 from prefect_batch.core.states import TaskExecutionResult
 from prefect_batch.service import lifecycle
 from prefect_batch.service.common import iso, seconds
-from prefect_batch.service.dispatcher import base_environment, completed_info, settings_env
+from prefect_batch.service.dispatcher import (
+    base_environment,
+    completed_info,
+    settings_env,
+    stage_request,
+)
 from prefect_batch.store.schema import job_nodes, jobs, tasks
 
 __all__ = ["JobTasksMixin", "RELEASE_MAX_SECONDS"]
@@ -216,6 +221,7 @@ class JobTasksMixin:
                     (prep.get("constraints") or {}).get("maxWallClockTime")
                 ),
                 "job_prep_dir": None,
+                **stage_request(prep),
             }
         )
 
@@ -315,6 +321,7 @@ class JobTasksMixin:
                     "env": env,
                     "wall_clock_seconds": min(wall, RELEASE_MAX_SECONDS),
                     "job_prep_dir": f"{r.job_id}/{prep_id(r.job_spec)}",
+                    **stage_request(release),
                 }
             )
             conn.execute(

@@ -8,6 +8,13 @@ for their deallocation option's condition — running tasks requeued or ended (`
 ``terminate``), finished (``taskcompletion``), or finished and their retention passed
 (``retaineddata``) — then run. A node whose agent died is restarted and asked to ``recover`` its
 tasks; only a node that cannot be restarted has its tasks requeued elsewhere.
+
+Nodes of an SSH host group (``batch.node.ssh.<name>``) each take a free host of the group,
+recorded on the node row so that a restarted engine rebinds it. Their agents start on worker
+threads (``service/remotenodes.py``) and the outcome comes back as an event; an unreachable SSH
+node keeps its running tasks for ``node_unreachable_grace_seconds`` (its agent runs them on and a
+reconnect collects their results) before they are requeued elsewhere. Their directories are
+wiped through an agent, never on this machine's file system.
 """
 
 from __future__ import annotations
@@ -36,9 +43,12 @@ from prefect_batch.service.dispatcher import (
     base_environment,
     completed_info,
     settings_env,
+    stage_request,
 )
 from prefect_batch.service.nodes import mark_in_flight
 from prefect_batch.service.pools import node_source_of
+from prefect_batch.service.remotenodes import RemoteNodes
+from prefect_batch.service.sshnodes import SSHNodeMixin
 from prefect_batch.store.schema import nodes, pools, tasks
 
 __all__ = ["NodeMixin", "NodeRuntime", "REQUEUE_AFTER_FAILURES", "RESTART_DELAYS_SECONDS"]
@@ -78,6 +88,18 @@ class NodeRuntime:
     generation: int = 0
     """Counts agent connections; events of an older connection are dropped."""
     held: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    host_id: str | None = None
+    """The SSH host of a node of an SSH host group; None for a local node."""
+    address: str | None = None
+    """The node's IP address (its host's address)."""
+    connecting: bool = False
+    """An agent start runs on a worker thread; its outcome arrives as an event."""
+    unreachable_since: float | None = None
+    """When an SSH node's agent was last lost; its grace period counts from here."""
+    wipe: bool = False
+    """Empty the node root before the next agent start (a fresh node, a reimage)."""
+    abandoned: set[str] = field(default_factory=set)
+    """Attempts requeued after the grace period: killed if the host comes back."""
 
     def lost(self, now: float) -> None:
         """The agent is gone or could not start: schedule its restart with backoff."""
@@ -98,13 +120,15 @@ class NodeRuntime:
         )
 
 
-class NodeMixin:
-    """Node lifecycle for the engine."""
+class NodeMixin(SSHNodeMixin):
+    """Node lifecycle for the engine (SSH hosts and agent starts: :class:`SSHNodeMixin`)."""
 
     store: Any
     clock: Any
     node_sources: dict[str, Any]
     node_root: Path
+    remote: RemoteNodes
+    node_unreachable_grace_seconds: float
     account_urls: dict[str, str]
     _nodes: dict[int, NodeRuntime]
     _pools: dict[int, Any]
@@ -164,6 +188,7 @@ class NodeMixin:
     def _reconcile(self, pool: Any, now: float) -> None:
         """Bring the pool's nodes to its target: attach, create, or mark nodes for removal."""
         if pool.state == "deleting":
+            self._release_remote_nodes(pool)
             self._detach_pool(pool.pk)  # type: ignore[attr-defined]
             from prefect_batch.service.pools import PoolOperations
 
@@ -173,7 +198,9 @@ class NodeMixin:
             rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool.pk)).all()
             live = [r for r in rows if not r.leaving]
             missing = pool.target_dedicated - len(live)
-            for _ in range(max(missing, 0)):
+            hosts, short = self._place_nodes(conn, pool, max(missing, 0))
+            fresh = set()
+            for host in hosts:
                 node_id = new_node_id()
                 conn.execute(
                     insert(nodes).values(
@@ -184,8 +211,8 @@ class NodeMixin:
                         state_transition_time=now,
                         scheduling_state="enabled",
                         allocation_time=now,
-                        vm_size=pool.vm_size,
-                        root_dir=str(self.node_root / node_id),
+                        vm_size=(host.vm_size if host else None) or pool.vm_size,
+                        root_dir=host.root if host else str(self.node_root / node_id),
                         total_slots=pool.task_slots_per_node,
                         running_tasks=0,
                         running_slots=0,
@@ -193,8 +220,12 @@ class NodeMixin:
                         total_tasks_succeeded=0,
                         leaving=False,
                         boot_id=0,
+                        host_id=host.id if host else None,
+                        ip_address=host.address if host else None,
                     )
                 )
+                if host is not None:
+                    fresh.add(node_id)  # a host may hold an earlier node's files: wipe them
             if missing < 0:
                 self._shrink(conn, pool, live, -missing)
             rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool.pk)).all()
@@ -204,12 +235,15 @@ class NodeMixin:
                 timed_out = now - pool.allocation_state_transition_time > (
                     pool.resize_timeout_seconds or 900.0
                 )
-                if done or timed_out:
+                if done or timed_out or short is not None:
                     values: dict[str, Any] = {
                         "allocation_state": AllocationState.STEADY.value,
                         "allocation_state_transition_time": now,
                     }
-                    if timed_out and not done:
+                    if short is not None and not done:
+                        # Not enough free hosts: the pool keeps the nodes it got.
+                        values["resize_errors"] = [short]
+                    elif timed_out and not done:
                         values["resize_errors"] = [
                             {
                                 "code": "AllocationTimedOut",
@@ -231,6 +265,9 @@ class NodeMixin:
                 schedulable=r.scheduling_state == "enabled",
                 leaving=bool(r.leaving),
                 pending_op=r.pending_op,
+                host_id=r.host_id,
+                address=r.ip_address,
+                wipe=r.node_id in fresh,
             )
             self._nodes[r.pk] = rt
             self._connect(rt, pool, now)
@@ -269,6 +306,9 @@ class NodeMixin:
     # -- agents ----------------------------------------------------------------------------
 
     def _connect(self, rt: NodeRuntime, pool: Any, now: float) -> None:
+        if self._remote_sku(pool) is not None:
+            self._connect_remote(rt, pool, now)
+            return
         source = self.node_sources.get(node_source_of(pool.spec))
         with self.store.begin() as conn:
             self._set_state(conn, rt, NodeState.STARTING, now)
@@ -292,23 +332,59 @@ class NodeMixin:
 
     def _node_failed(self, rt: NodeRuntime, code: str, message: str) -> None:
         now = self.clock()
-        rt.lost(now)
         with self.store.begin() as conn:
-            values: dict[str, Any] = {"errors": [{"code": code, "message": message}]}
-            if rt.failures >= REQUEUE_AFTER_FAILURES:
-                # The node cannot be reached again: its tasks run elsewhere (at least once).
-                lifecycle.requeue_tasks(conn, lifecycle.running_task_rows(conn, rt.pk), now)
-                values.update(running_tasks=0, running_slots=0)
-                conn.execute(
-                    update(pools)
-                    .where(pools.c.pk == rt.pool_pk)
-                    .values(resize_errors=[{"code": code, "message": f"{rt.node_id}: {message}"}])
-                )
-            self._set_state(conn, rt, NodeState.UNUSABLE, now, **values)
+            self._record_node_failure(conn, rt, code, message, now)
+
+    def _record_node_failure(
+        self, conn: Any, rt: NodeRuntime, code: str, message: str, now: float
+    ) -> None:
+        """An agent could not be started: the node is unusable and retried with backoff.
+
+        Its running tasks go back to the queue once the node is given up on: a local node
+        after ``REQUEUE_AFTER_FAILURES`` failed starts in a row; an SSH node once it has been
+        unreachable for ``node_unreachable_grace_seconds`` (until then its agent on the host
+        keeps running them, and a reconnect collects their results).
+        """
+        rt.connecting = False
+        rt.lost(now)
+        if rt.unreachable_since is None:
+            rt.unreachable_since = now
+        values: dict[str, Any] = {"errors": [{"code": code, "message": message}]}
+        if rt.host_id is None:
+            give_up = rt.failures >= REQUEUE_AFTER_FAILURES
+        else:
+            give_up = now - rt.unreachable_since >= self.node_unreachable_grace_seconds
+        if give_up:
+            # The node cannot be reached again: its tasks run elsewhere (at least once).
+            in_flight = lifecycle.running_task_rows(conn, rt.pk)
+            lifecycle.requeue_tasks(conn, in_flight, now)
+            values.update(running_tasks=0, running_slots=0)
+            if rt.host_id is not None and in_flight:
+                rt.abandoned.update(f"t{r.pk}-{r.attempt}" for r in in_flight)
+                rt.free_slots = rt.total_slots
+                values["errors"] = [
+                    {
+                        "code": code,
+                        "message": f"{message}; unreachable for more than "
+                        f"{self.node_unreachable_grace_seconds:g} s, its {len(in_flight)} "
+                        "running task(s) were requeued",
+                    }
+                ]
+            conn.execute(
+                update(pools)
+                .where(pools.c.pk == rt.pool_pk)
+                .values(resize_errors=[{"code": code, "message": f"{rt.node_id}: {message}"}])
+            )
+        self._set_state(conn, rt, NodeState.UNUSABLE, now, **values)
 
     def _disconnect(self, rt: NodeRuntime, *, kill: bool) -> None:
         conn, rt.connection = rt.connection, None
         rt.ready = False
+        if rt.connecting:  # an agent start still running: drop what it brings
+            rt.generation += 1
+            rt.connecting = False
+        if rt.host_id is not None:
+            self.remote.set_live(rt.pk, None)
         if conn is None:
             return
         try:
@@ -327,6 +403,10 @@ class NodeMixin:
         # now and running a task twice at once.
         rt.connection = None
         rt.lost(now)
+        if rt.host_id is not None:
+            self.remote.set_live(rt.pk, None)
+            if rt.unreachable_since is None:
+                rt.unreachable_since = now  # the grace period starts
         self._set_state(
             conn,
             rt,
@@ -355,6 +435,7 @@ class NodeMixin:
         rt.free_slots = max(rt.total_slots - used, 0)
         rt.ready = True
         rt.failures = 0
+        rt.unreachable_since = None
         rt.boot_id = row.boot_id
         rt.schedulable = row.scheduling_state == "enabled"
         rt.held.clear()
@@ -365,7 +446,7 @@ class NodeMixin:
         }
         values = dict(
             last_boot_time=now,
-            ip_address="127.0.0.1",
+            ip_address=rt.address or "127.0.0.1",
             agent_info=info,
             last_heartbeat=now,
             errors=None,
@@ -392,6 +473,13 @@ class NodeMixin:
             sends[rt.pk].append(
                 {"op": "recover", "keys": [f"t{r.pk}-{r.attempt}" for r in in_flight]}
             )
+        if rt.abandoned:
+            # Requeued after the grace period and maybe still running here: stop them (their
+            # results no longer count; the new attempts elsewhere do).
+            keys = sorted(rt.abandoned)
+            rt.abandoned.clear()
+            sends[rt.pk].append({"op": "recover", "keys": keys})
+            sends[rt.pk].extend({"op": "kill", "key": k} for k in keys)
 
     # -- start task ------------------------------------------------------------------------
 
@@ -424,6 +512,7 @@ class NodeMixin:
                 "env": env,
                 "wall_clock_seconds": None,
                 "job_prep_dir": None,
+                **stage_request(start),
             }
         )
 
@@ -554,7 +643,10 @@ class NodeMixin:
             )
             conn.execute(delete(nodes).where(nodes.c.pk == rt.pk))
             self._nodes.pop(rt.pk, None)
-            shutil.rmtree(rt.root, ignore_errors=True)
+            if rt.host_id is not None:
+                self._wipe_host_later(rt, self._pools.get(rt.pool_pk))  # through an agent
+            else:
+                shutil.rmtree(rt.root, ignore_errors=True)
             self._next_lease = 0.0  # type: ignore[attr-defined]  # settle the pool's size
             return
         target = NodeState.REIMAGING if op == "reimage" else NodeState.REBOOTING
@@ -578,6 +670,9 @@ class NodeMixin:
                 .where(tasks.c.files_node_pk == rt.pk)
                 .values(files_node_pk=None, retention_deadline=None)
             )
-            shutil.rmtree(rt.root, ignore_errors=True)
+            if rt.host_id is not None:
+                rt.wipe = True  # through the next agent, before it says hello
+            else:
+                shutil.rmtree(rt.root, ignore_errors=True)
         rt.restart_at = now  # the agent comes back at the next reconcile, start task and all
         self._next_lease = 0.0  # type: ignore[attr-defined]

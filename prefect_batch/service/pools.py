@@ -11,7 +11,9 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 
+from prefect_batch.core.commandline import split_command_line, validate_environment
 from prefect_batch.core.ids import validate_id
+from prefect_batch.core.staging import validate_resource_files
 from prefect_batch.core.states import AllocationState, PoolState
 from prefect_batch.exceptions import (
     BatchConflictError,
@@ -25,12 +27,15 @@ from prefect_batch.models import (
     BatchPool,
     BatchPoolCreateOptions,
     BatchPoolNodeCounts,
+    BatchPoolReplaceOptions,
     BatchPoolResizeOptions,
     BatchPoolUpdateOptions,
     BatchSupportedImage,
 )
+from prefect_batch.service.autoscale import check_create_settings
 from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.common import parse_duration
+from prefect_batch.service.common import iso_duration, parse_duration
+from prefect_batch.service.nodesources import group_row, registered_images, ssh_group_name
 from prefect_batch.service.views import node_view, pool_view
 from prefect_batch.store.schema import nodes, pools
 
@@ -58,6 +63,18 @@ MAX_SLOTS_PER_NODE = 256
 MIN_RESIZE_TIMEOUT_SECONDS = 0.0  # Azure's floor is 5 minutes; local nodes need none.
 
 
+def validate_start_task(start: dict[str, Any] | None) -> None:
+    """Refuse a start task this service cannot run, naming the field (before anything is made)."""
+    if not start:
+        return
+    split_command_line(start["commandLine"], "startTask.commandLine")
+    env = start.get("environmentSettings") or []
+    validate_environment(
+        [(e["name"], e.get("value")) for e in env], "startTask.environmentSettings"
+    )
+    validate_resource_files(start.get("resourceFiles"), "startTask.resourceFiles")
+
+
 def node_source_of(spec: dict[str, Any]) -> str:
     """The node source (``nodeAgentSKUId``) a pool spec names; local by default."""
     vmc = spec.get("virtualMachineConfiguration") or {}
@@ -68,8 +85,11 @@ class PoolOperations(ServiceBase):
     """Pool and node operations of one account."""
 
     def list_supported_images(self) -> list[BatchSupportedImage]:
-        """The node sources pools can use (Azure's "supported images")."""
-        return [BatchSupportedImage.model_validate(i) for i in SUPPORTED_IMAGES]
+        """The node sources pools can use (Azure's "supported images"): local processes and
+        the account's registered SSH host groups (``batch.node.ssh.<name>``)."""
+        with self.store.read() as conn:
+            registered = registered_images(conn, self.account)
+        return [BatchSupportedImage.model_validate(i) for i in [*SUPPORTED_IMAGES, *registered]]
 
     def list_pool_node_counts(self) -> list[BatchPoolNodeCounts]:
         """Nodes per state of every pool of the account (Azure's ``nodecounts``)."""
@@ -115,18 +135,11 @@ class PoolOperations(ServiceBase):
         opts = self.parse(BatchPoolCreateOptions, pool)
         validate_id(opts.id, "id")
         spec = opts.to_wire()
-        if spec.get("enableAutoScale"):
-            raise BatchInvalidRequestError(
-                "InvalidAutoScalingSettings",
-                "Autoscale formulas are not available in this version; set targetDedicatedNodes.",
-                {"PropertyName": "enableAutoScale"},
-            )
-        if node_source_of(spec) not in {i["nodeAgentSKUId"] for i in SUPPORTED_IMAGES}:
-            raise invalid_property(
-                "virtualMachineConfiguration.nodeAgentSKUId",
-                node_source_of(spec),
-                "unknown node source; see list_supported_images",
-            )
+        # An autoscale pool starts empty; its first evaluation, right away, sets the target.
+        interval = check_create_settings(spec)
+        if interval is not None:
+            spec["autoScaleEvaluationInterval"] = iso_duration(interval)
+        self._check_node_source(node_source_of(spec))
         if opts.target_low_priority_nodes:
             raise invalid_property(
                 "targetLowPriorityNodes", opts.target_low_priority_nodes, "local nodes have no spot"
@@ -144,6 +157,7 @@ class PoolOperations(ServiceBase):
                 )
             )
         timeout = parse_duration(spec.get("resizeTimeout"))
+        validate_start_task(spec.get("startTask"))
         target = opts.target_dedicated_nodes or 0
         now = self.clock()
         with self.store.begin() as conn:
@@ -180,9 +194,26 @@ class PoolOperations(ServiceBase):
                     deallocation_option="requeue",
                     resize_timeout_seconds=timeout if timeout is not None else 900.0,
                     spec=spec,
+                    auto_scale_next=now if interval is not None else None,
                 )
             )
         self.wake(pools=True)
+
+    def _check_node_source(self, sku: str) -> None:
+        """Refuse a node source that is neither local nor a registered SSH host group."""
+        if sku in {i["nodeAgentSKUId"] for i in SUPPORTED_IMAGES}:
+            return
+        group = ssh_group_name(sku)
+        if group is not None:
+            with self.store.read() as conn:
+                if group_row(conn, self.account, group) is not None:
+                    return
+        raise invalid_property(
+            "virtualMachineConfiguration.nodeAgentSKUId",
+            sku,
+            "unknown node source; see list_supported_images (register an SSH host group with "
+            "create_node_source)",
+        )
 
     def get_pool(self, pool_id: str) -> BatchPool:
         """One pool."""
@@ -230,6 +261,7 @@ class PoolOperations(ServiceBase):
         patch = opts.to_wire()
         if remove_start_task:
             patch["startTask"] = None
+        validate_start_task(patch.get("startTask"))
         now = self.clock()
         with self.store.begin() as conn:
             row = self._pool_row(conn, pool_id)
@@ -240,6 +272,39 @@ class PoolOperations(ServiceBase):
                         spec.pop(key, None)
                     else:
                         spec[key] = patch[key]
+            conn.execute(
+                update(pools)
+                .where(pools.c.pk == row.pk)
+                .values(spec=spec, last_modified=now, version=pools.c.version + 1)
+            )
+        self.wake(pools=True)
+
+    def replace_pool_properties(
+        self, pool_id: str, pool: BatchPoolReplaceOptions | dict[str, Any]
+    ) -> None:
+        """Replace a pool's start task, application packages and metadata (Azure's
+        ``updateproperties``): an omitted start task is removed, the lists replace the old ones.
+
+        Like a PATCH, a new start task applies to nodes that join or reboot afterwards.
+        """
+        opts = self.parse(BatchPoolReplaceOptions, pool)
+        body = opts.to_wire()
+        if body.get("applicationPackageReferences"):
+            raise BatchInvalidRequestError(
+                "UnsupportedProperty",
+                "applicationPackageReferences are not supported; stage files with resourceFiles",
+                {"PropertyName": "applicationPackageReferences"},
+            )
+        validate_start_task(body.get("startTask"))
+        now = self.clock()
+        with self.store.begin() as conn:
+            row = self._pool_row(conn, pool_id)
+            spec = {k: v for k, v in row.spec.items() if k not in ("startTask", "metadata")}
+            spec.pop("applicationPackageReferences", None)
+            if body.get("startTask"):
+                spec["startTask"] = body["startTask"]
+            if body.get("metadata"):
+                spec["metadata"] = body["metadata"]
             conn.execute(
                 update(pools)
                 .where(pools.c.pk == row.pk)
@@ -291,6 +356,11 @@ class PoolOperations(ServiceBase):
         with self.store.begin() as conn:
             row = self._pool_row(conn, pool_id)
             self._check_mutable(row)
+            if row.spec.get("enableAutoScale"):
+                raise BatchConflictError(
+                    "OperationInvalidForCurrentState",
+                    "The formula sizes this pool; disable autoscale to stop its resize.",
+                )
             current = self._count(conn, row)
             conn.execute(
                 update(pools)
@@ -335,7 +405,11 @@ class PoolOperations(ServiceBase):
         self.wake(pools=True)
 
     def finish_pool_delete(self, pool_pk: int) -> None:
-        """Remove a deleting pool's nodes (rows, queued work, directories) and the pool."""
+        """Remove a deleting pool's nodes (rows, queued work, directories) and the pool.
+
+        Local nodes' directories are removed here. An SSH node's host is emptied through an
+        agent by the engine that holds the pool, or else by the next node that takes the host.
+        """
         from prefect_batch.service.lifecycle import requeue_tasks, running_task_rows
 
         now = self.clock()
@@ -346,7 +420,8 @@ class PoolOperations(ServiceBase):
             conn.execute(delete(nodes).where(nodes.c.pool_pk == pool_pk))
             conn.execute(delete(pools).where(pools.c.pk == pool_pk))
         for n in node_rows:
-            shutil.rmtree(n.root_dir, ignore_errors=True)
+            if n.host_id is None:  # a local node; an SSH host is wiped through its agent
+                shutil.rmtree(n.root_dir, ignore_errors=True)
 
     def _check_mutable(self, row: Any) -> None:
         if row.state == PoolState.DELETING.value:

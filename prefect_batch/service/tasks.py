@@ -17,6 +17,7 @@ from prefect_batch.core.commandline import split_command_line, validate_environm
 from prefect_batch.core.completion import validate_exit_conditions
 from prefect_batch.core.dependencies import integer_task_id, validate_depends_on
 from prefect_batch.core.ids import validate_id
+from prefect_batch.core.staging import validate_output_files, validate_resource_files
 from prefect_batch.core.states import JobState, TaskState
 from prefect_batch.exceptions import (
     BatchConflictError,
@@ -47,8 +48,6 @@ MAX_TASKS_PER_COLLECTION = 100
 """Azure's limit for one addtaskcollection request (the Python client chunks for you)."""
 
 _UNSUPPORTED_TASK_PROPERTIES = (
-    "resourceFiles",
-    "outputFiles",
     "multiInstanceSettings",
     "applicationPackageReferences",
     "containerSettings",
@@ -188,6 +187,8 @@ class TaskOperations(ServiceBase):
                         {"TaskId": opts.id},
                     )
             split_command_line(opts.command_line)
+            validate_resource_files(spec.get("resourceFiles"), "resourceFiles")
+            validate_output_files(spec.get("outputFiles"), "outputFiles")
             env = spec.get("environmentSettings") or []
             validate_environment([(e["name"], e.get("value")) for e in env])
             validate_exit_conditions(spec.get("exitConditions"), job.on_task_failure)

@@ -10,7 +10,14 @@ from typing import Any
 
 from prefect_batch.service.common import etag, iso, iso_duration
 
-__all__ = ["job_view", "node_view", "pool_view", "task_view"]
+__all__ = [
+    "job_schedule_view",
+    "job_view",
+    "node_view",
+    "pool_view",
+    "scheduled_job_id",
+    "task_view",
+]
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +51,12 @@ def pool_view(row: Any, base_url: str, current_nodes: int) -> dict[str, Any]:
             "resizeErrors": row.resize_errors or None,
         }
     )
+    # The formula, its interval and its latest evaluation are shown only while it sizes the pool.
+    if spec.get("enableAutoScale"):
+        out["autoScaleRun"] = row.auto_scale_run
+    else:
+        for key in ("autoScaleFormula", "autoScaleEvaluationInterval", "autoScaleRun"):
+            out.pop(key, None)
     return _clean(out)
 
 
@@ -177,6 +190,41 @@ def task_view(
             "constraints": constraints,
             "executionInfo": execution,
             "nodeInfo": node_info,
+        }
+    )
+    return _clean(out)
+
+
+def scheduled_job_id(schedule_id: str, n: int) -> str:
+    """The id of a schedule's ``n``-th job: ``<scheduleId>:job-<n>`` (Azure's form)."""
+    return f"{schedule_id}:job-{n}"
+
+
+def job_schedule_view(row: Any, base_url: str) -> dict[str, Any]:
+    """The wire ``BatchJobSchedule`` of a job schedule row."""
+    out = dict(row.spec)
+    recent = scheduled_job_id(row.id, row.job_count) if row.job_count else None
+    waiting = row.state in ("active", "disabled")
+    out.update(
+        {
+            "id": row.id,
+            "url": f"{base_url}/jobschedules/{row.id}",
+            "eTag": etag(row.pk, row.version),
+            "lastModified": iso(row.last_modified),
+            "creationTime": iso(row.creation_time),
+            "state": row.state,
+            "stateTransitionTime": iso(row.state_transition_time),
+            "previousState": row.previous_state,
+            "previousStateTransitionTime": iso(row.previous_state_transition_time),
+            "executionInfo": _clean(
+                {
+                    "nextRunTime": iso(row.next_run_time) if waiting else None,
+                    "recentJob": (
+                        {"id": recent, "url": f"{base_url}/jobs/{recent}"} if recent else None
+                    ),
+                    "endTime": iso(row.end_time),
+                }
+            ),
         }
     )
     return _clean(out)

@@ -29,19 +29,23 @@ from sqlalchemy import (
 __all__ = [
     "SCHEMA_VERSION",
     "accounts",
+    "autoscale_runs",
     "deps",
     "job_nodes",
+    "job_schedules",
     "jobs",
     "metadata",
     "node_commands",
+    "node_sources",
     "nodes",
+    "pool_samples",
     "pools",
     "queue",
     "schema_info",
     "tasks",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bumped whenever a table changes; a store written by another version is refused."""
 
 metadata = MetaData()
@@ -83,6 +87,10 @@ pools = Table(
     Column("spec", JSON, nullable=False),
     Column("lease_owner", String(64), nullable=True),
     Column("lease_expires", Float, nullable=True),
+    # Autoscale (the formula and interval are in ``spec``): when the engine holding the lease
+    # evaluates the formula next, and the last periodic evaluation (wire ``AutoScaleRun``).
+    Column("auto_scale_next", Float, nullable=True),
+    Column("auto_scale_run", JSON, nullable=True),
     UniqueConstraint("account", "id_key", name="uq_pools_account_id"),
     sqlite_autoincrement=True,  # never reuse the id of a deleted row
 )
@@ -117,7 +125,11 @@ nodes = Table(
     Column("pending_option", String(16), nullable=True),
     Column("boot_id", Integer, nullable=False, default=0),
     Column("start_task_info", JSON, nullable=True),
+    # The SSH host (``user@address:port``) a node of an SSH host group runs on; NULL for local
+    # nodes. One node per host in an account: two engines can never take the same host.
+    Column("host_id", String(330), nullable=True),
     Index("ix_nodes_pool", "pool_pk"),
+    UniqueConstraint("account", "host_id", name="uq_nodes_account_host"),
     sqlite_autoincrement=True,  # never reuse the id of a deleted row
 )
 
@@ -126,8 +138,9 @@ jobs = Table(
     metadata,
     Column("pk", PK, primary_key=True, autoincrement=True),
     Column("account", String(64), nullable=False),
-    Column("id", String(64), nullable=False),
-    Column("id_key", String(64), nullable=False),
+    # Longer than the 64 characters of an id: a schedule's jobs are "<scheduleId>:job-<n>".
+    Column("id", String(96), nullable=False),
+    Column("id_key", String(96), nullable=False),
     Column("state", String(16), nullable=False),
     Column("state_transition_time", Float, nullable=False),
     Column("previous_state", String(16), nullable=True),
@@ -160,6 +173,34 @@ jobs = Table(
     Column("n_retries", Integer, nullable=False, default=0),
     UniqueConstraint("account", "id_key", name="uq_jobs_account_id"),
     Index("ix_jobs_state_deadline", "state", "deadline"),
+    sqlite_autoincrement=True,  # never reuse the id of a deleted row
+)
+
+job_schedules = Table(
+    "job_schedules",
+    metadata,
+    # A schedule's jobs are the jobs whose id is "<id>:job-<n>" (":" is never in an id a user
+    # gives); ``job_count`` is the n of the latest, ``last_run_time`` when that run was due.
+    # ``next_run_time`` is the pending run (NULL: none left); creating a job changes only these
+    # columns, never ``version``/``last_modified`` (Azure: they track the schedule's own data).
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("account", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("id_key", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("state_transition_time", Float, nullable=False),
+    Column("previous_state", String(16), nullable=True),
+    Column("previous_state_transition_time", Float, nullable=True),
+    Column("creation_time", Float, nullable=False),
+    Column("last_modified", Float, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("spec", JSON, nullable=False),
+    Column("next_run_time", Float, nullable=True),
+    Column("job_count", Integer, nullable=False, default=0),
+    Column("last_run_time", Float, nullable=True),
+    Column("end_time", Float, nullable=True),
+    UniqueConstraint("account", "id_key", name="uq_job_schedules_account_id"),
+    Index("ix_job_schedules_state_next", "state", "next_run_time"),
     sqlite_autoincrement=True,  # never reuse the id of a deleted row
 )
 
@@ -258,6 +299,52 @@ job_nodes = Table(
     Column("release_state", String(16), nullable=True),
     Column("release_info", JSON, nullable=True),
     Index("ix_job_nodes_node", "node_pk"),
+)
+
+pool_samples = Table(
+    "pool_samples",
+    metadata,
+    # One autoscale sample of a pool: the sampled service variables at ``time``, as
+    # ``{"$ActiveTasks": 3.0, "$CPUPercent": 41.5, ...}`` (a metric nobody reported is absent).
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("pool_pk", PK, ForeignKey("pools.pk", ondelete="CASCADE"), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("period", Float, nullable=False),  # the sample interval, seconds
+    Column("sample", JSON, nullable=False),
+    Index("ix_pool_samples_pool_time", "pool_pk", "time"),
+)
+
+autoscale_runs = Table(
+    "autoscale_runs",
+    metadata,
+    # Every evaluation of a pool's formula, periodic or asked for (``evaluate``), newest kept.
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("pool_pk", PK, ForeignKey("pools.pk", ondelete="CASCADE"), nullable=False),
+    Column("timestamp", Float, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("formula", Text, nullable=False),
+    Column("results", Text, nullable=True),
+    Column("error", JSON, nullable=True),
+    Index("ix_autoscale_runs_pool", "pool_pk", "pk"),
+    sqlite_autoincrement=True,  # never reuse the id of a deleted row
+)
+
+node_sources = Table(
+    "node_sources",
+    metadata,
+    # Registered node sources of an account (SSH host groups), named by pools as
+    # ``batch.node.ssh.<name>``. ``spec`` never holds key material: a key file path or the name
+    # of a Prefect Secret block.
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("account", String(64), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("creation_time", Float, nullable=False),
+    Column("last_modified", Float, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    UniqueConstraint("account", "name", name="uq_node_sources_account_name"),
+    sqlite_autoincrement=True,  # never reuse the id of a deleted row
 )
 
 schema_info = Table(

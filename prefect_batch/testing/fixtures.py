@@ -69,16 +69,19 @@ def fast_settings(home: str | Path, **overrides: Any) -> BatchSettings:
 
 @contextmanager
 def embedded_client(
-    home: str | Path, *, engine: bool = True, **overrides: Any
+    home: str | Path, *, engine: bool = True, storage: Any = None, **overrides: Any
 ) -> Iterator[BatchClient]:
     """An embedded :class:`BatchClient` under ``home``; closed with ``kill_tasks=True`` on exit.
 
     Args:
         home: The state directory (a temporary directory in tests).
         engine: Run an engine (and so local nodes) in this process.
+        storage: The ``ObjectStorage`` file URLs are signed for (see ``testing.storage``).
         **overrides: Settings to change besides :data:`FAST_SETTINGS`.
     """
-    client = BatchClient(home=home, engine=engine, settings=fast_settings(home, **overrides))
+    client = BatchClient(
+        home=home, engine=engine, settings=fast_settings(home, **overrides), storage=storage
+    )
     try:
         yield client
     finally:

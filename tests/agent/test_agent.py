@@ -428,6 +428,34 @@ def test_ping_lists_running_tasks(agent: AgentDriver) -> None:
     assert agent.ping()["running"] == ["r1"]
 
 
+COUNTERS = (
+    "disk_read_bytes",
+    "disk_write_bytes",
+    "disk_read_ops",
+    "disk_write_ops",
+    "net_in_bytes",
+    "net_out_bytes",
+)
+
+
+def test_metrics_report_usage_and_counter_increases(agent: AgentDriver) -> None:
+    first = agent.request("metrics")
+    assert first["ev"] == "metrics" and first["time"] > 0
+    assert 0.0 <= first["cpu_percent"] <= 100.0  # since boot
+    assert first["memory_bytes"] > 0 and first["disk_bytes"] > 0
+    # No previous reading: no interval and no increases yet.
+    assert first["interval"] is None
+    assert all(first[name] is None for name in COUNTERS)
+
+    burn = "import time\nend = time.time() + 0.5\nwhile time.time() < end: pass"
+    assert agent.run_and_wait("burn", [sys.executable, "-c", burn])["exit_code"] == 0
+    second = agent.request("metrics")
+    assert second["interval"] >= 0.5
+    assert 0.0 < second["cpu_percent"] <= 100.0  # the busy loop ran in this interval
+    for name in COUNTERS:
+        assert isinstance(second[name], int) and second[name] >= 0, name
+
+
 # --------------------------------------------------------------------------- sessions
 
 

@@ -104,10 +104,15 @@ class Server:
 
 
 @contextmanager
-def running_server(store_url: str, home: Path, **app_options: Any) -> Iterator[Server]:
-    """Start the app and an engine on a free loopback port; stop both (tasks killed) after."""
+def running_server(
+    store_url: str, home: Path, *, settings: dict[str, Any] | None = None, **app_options: Any
+) -> Iterator[Server]:
+    """Start the app and an engine on a free loopback port; stop both (tasks killed) after.
+
+    ``settings``: settings to change besides the fast test ones (e.g. the storage endpoint).
+    """
     store = Store(store_url)
-    settings = fast_settings(home)
+    settings = fast_settings(home, **(settings or {}))
     account = AccountOperations(store).create("acct")
     port = free_port()
     url = f"http://127.0.0.1:{port}"

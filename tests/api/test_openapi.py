@@ -71,7 +71,18 @@ def test_every_sdk_path_is_served_or_listed(doc: dict[str, Any]) -> None:
     assert len(sdk) > 60
     assert sdk - served == NOT_ROUTED
     extensions = {(m, p) for m, p, op in _operations(doc) if op.get("x-prefect-batch-extension")}
-    assert served - sdk == extensions == {("GET", "/jobs/{jobId}/tasks/{taskId}/attempts")}
+    assert (
+        served - sdk
+        == extensions
+        == {
+            ("GET", "/jobs/{jobId}/tasks/{taskId}/attempts"),
+            ("POST", "/nodesources"),
+            ("GET", "/nodesources"),
+            ("GET", "/nodesources/{nodeSourceName}"),
+            ("PUT", "/nodesources/{nodeSourceName}"),
+            ("DELETE", "/nodesources/{nodeSourceName}"),
+        }
+    )
 
 
 def test_implemented_flags_match_the_service(doc: dict[str, Any]) -> None:
@@ -85,7 +96,8 @@ def test_implemented_flags_match_the_service(doc: dict[str, Any]) -> None:
     # Spot checks against the service itself.
     flags = {op["operationId"]: op["x-prefect-batch-implemented"] for _, _, op in _operations(doc)}
     assert flags["create_pool"] is implemented("create_pool") is True
-    assert flags["get_job_schedule"] is implemented("get_job_schedule")
+    assert flags["get_job_schedule"] is implemented("get_job_schedule") is True
+    assert flags["list_jobs_from_schedule"] is implemented("list_jobs_from_schedule") is True
     assert flags["replace_task"] is implemented("update_task") is True
 
 

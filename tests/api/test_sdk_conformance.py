@@ -293,11 +293,44 @@ def test_etags_guard_writes_and_reads(sdk, pool: str) -> None:
     assert info.value.status_code == 304
 
 
-def test_unimplemented_operations_say_so(sdk, pool: str) -> None:
+def test_replace_pool_properties_replaces_or_removes_each_one(sdk) -> None:
+    sdk.create_pool(
+        models.BatchPoolCreateOptions(
+            id="pool-replace",
+            vm_size="local",
+            start_task=models.BatchStartTask(command_line="true"),
+            metadata=[models.BatchMetadataItem(name="old", value="1")],
+        )
+    )
+    sdk.replace_pool_properties(
+        "pool-replace",
+        models.BatchPoolReplaceOptions(
+            start_task=models.BatchStartTask(command_line="echo new"),
+            application_package_references=[],
+            metadata=[models.BatchMetadataItem(name="new", value="2")],
+        ),
+    )
+    got = sdk.get_pool("pool-replace")
+    assert got.start_task.command_line == "echo new"
+    assert [(m.name, m.value) for m in got.metadata] == [("new", "2")]
+    sdk.replace_pool_properties(
+        "pool-replace",
+        models.BatchPoolReplaceOptions(application_package_references=[], metadata=[]),
+    )
+    got = sdk.get_pool("pool-replace")
+    assert got.start_task is None and not got.metadata
     with pytest.raises(HttpResponseError) as info:
-        sdk.get_job_schedule("nightly")
-    assert info.value.status_code == 501
-    assert info.value.error.code == "NotImplemented"
+        sdk.replace_pool_properties(
+            "pool-replace",
+            models.BatchPoolReplaceOptions(
+                start_task=models.BatchStartTask(command_line="echo 'unterminated"),
+                application_package_references=[],
+                metadata=[],
+            ),
+        )
+    assert info.value.error.code == "InvalidPropertyValue"
+    assert sdk.get_pool("pool-replace").start_task is None  # nothing changed
+    sdk.begin_delete_pool("pool-replace", polling_interval=0.2).result()
 
 
 def test_large_files_stream_and_ranges_cross_chunks(server: Server, sdk, pool: str) -> None:

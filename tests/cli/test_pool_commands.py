@@ -149,3 +149,62 @@ def test_pool_images_and_empty_node_list(cli):
     assert json.loads(cli("node", "list", "p", "--json").stdout) == []
     missing = cli("node", "show", "p", "tvmps_nope", expect=1)
     assert missing.stderr.startswith("Error NodeNotFound: ")
+
+
+def test_pool_autoscale_enable_evaluate_disable(cli, tmp_path: Path):
+    cli("pool", "create", "p", "--nodes", "0", "--json")
+    formula = tmp_path / "formula.txt"
+    formula.write_text("extra = 2;\n$TargetDedicatedNodes = $CurrentDedicatedNodes + extra;\n")
+    enabled = json.loads(
+        cli(
+            "pool",
+            "autoscale",
+            "enable",
+            "p",
+            "--formula-file",
+            str(formula),
+            "--interval",
+            "60",
+            "--json",
+        ).stdout
+    )
+    assert enabled["enableAutoScale"] is True
+    assert enabled["autoScaleFormula"] == formula.read_text()
+    assert enabled["autoScaleEvaluationInterval"] == "PT1M"
+
+    run = json.loads(
+        cli(
+            "pool",
+            "autoscale",
+            "evaluate",
+            "p",
+            "--formula",
+            "$TargetDedicatedNodes = 3;",
+            "--json",
+        ).stdout
+    )
+    assert run["results"] == "$TargetDedicatedNodes=3;$NodeDeallocationOption=requeue"
+    table = cli("pool", "autoscale", "evaluate", "p", "--formula-file", str(formula)).stdout
+    assert "$TargetDedicatedNodes" in table and "$extra" in table
+
+    # An evaluation that fails prints why and exits 1; a bad formula names line and column.
+    starved = cli(
+        "pool",
+        "autoscale",
+        "evaluate",
+        "p",
+        "--formula",
+        "$TargetDedicatedNodes = avg($ActiveTasks.GetSample(TimeInterval_Hour, 50));",
+        expect=1,
+    )
+    assert starved.stderr.startswith("Error InsufficientSampleData: ")
+    assert "Message: Line 1, Col " in starved.stderr
+    bad = cli("pool", "autoscale", "enable", "p", "--formula", "$x = ;", expect=1)
+    assert bad.stderr.startswith("Error AutoScalingFormulaSyntaxError: ")
+    assert "Line: 1" in bad.stderr
+
+    resize = cli("pool", "resize", "p", "--nodes", "1", expect=1)
+    assert resize.stderr.startswith("Error OperationInvalidForCurrentState: ")
+    disabled = json.loads(cli("pool", "autoscale", "disable", "p", "--json").stdout)
+    assert disabled["enableAutoScale"] is False
+    assert "autoScaleFormula" not in disabled

@@ -9,9 +9,11 @@ from enum import Enum
 import pytest
 
 from prefect_batch.core.states import (
+    JOB_SCHEDULE_TRANSITIONS,
     JOB_TRANSITIONS,
     NODE_TRANSITIONS,
     TASK_TRANSITIONS,
+    JobScheduleState,
     JobState,
     NodeState,
     TaskState,
@@ -26,6 +28,7 @@ TABLES: dict[str, tuple[Mapping[Enum, frozenset[Enum]], type[Enum]]] = {
     "task": (TASK_TRANSITIONS, TaskState),  # type: ignore[dict-item]
     "job": (JOB_TRANSITIONS, JobState),  # type: ignore[dict-item]
     "node": (NODE_TRANSITIONS, NodeState),  # type: ignore[dict-item]
+    "schedule": (JOB_SCHEDULE_TRANSITIONS, JobScheduleState),  # type: ignore[dict-item]
 }
 
 EDGES = [
@@ -73,6 +76,8 @@ def test_every_non_edge_raises(name: str, src: Enum, dst: Enum) -> None:
         (TASK_TRANSITIONS, TaskState.COMPLETED, TaskState.RUNNING),
         (JOB_TRANSITIONS, JobState.COMPLETED, JobState.ACTIVE),
         (JOB_TRANSITIONS, JobState.DELETING, JobState.ACTIVE),
+        (JOB_SCHEDULE_TRANSITIONS, JobScheduleState.COMPLETED, JobScheduleState.ACTIVE),
+        (JOB_SCHEDULE_TRANSITIONS, JobScheduleState.TERMINATING, JobScheduleState.ACTIVE),
         (NODE_TRANSITIONS, NodeState.LEAVING_POOL, NodeState.IDLE),
         (NODE_TRANSITIONS, NodeState.CREATING, NodeState.RUNNING),
     ],

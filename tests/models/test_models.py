@@ -42,6 +42,8 @@ sdk_models = pytest.importorskip("azure.batch.models")
 
 # Our classes the SDK does not have, and the SDK class whose fields they borrow.
 SDK_STAND_INS = {"BatchTaskUpdateOptions": "BatchTask"}
+EXTENSION_MODELS = {"BatchNodeSource"}
+"""Our own resources (registered SSH host groups): no SDK class to match."""
 
 
 @cache
@@ -98,7 +100,13 @@ def public_models() -> list[type[BatchModel]]:
         if isinstance(obj := getattr(models, name), type)
         and issubclass(obj, BatchModel)
         and obj not in (BatchModel, RequestModel, ResponseModel)
+        and name not in EXTENSION_MODELS
     ]
+
+
+def test_extension_models_are_not_sdk_classes() -> None:
+    assert EXTENSION_MODELS.isdisjoint(sdk_fields())
+    assert EXTENSION_MODELS <= set(models.__all__)
 
 
 @pytest.mark.parametrize("cls", public_models(), ids=lambda c: c.__name__)
@@ -321,6 +329,49 @@ JOB_WIRE: dict[str, Any] = {
     },
 }
 
+SCHEDULE_WIRE: dict[str, Any] = {
+    "id": "nightly",
+    "displayName": "Nightly",
+    "url": "https://acct/jobschedules/nightly",
+    "eTag": "0x8D4",
+    "lastModified": "2025-06-01T08:00:00Z",
+    "creationTime": "2025-06-01T07:00:00Z",
+    "state": "completed",
+    "stateTransitionTime": "2025-06-02T07:00:00Z",
+    "previousState": "active",
+    "previousStateTransitionTime": "2025-06-01T07:00:00Z",
+    "schedule": {
+        "doNotRunUntil": "2025-06-01T08:00:00Z",
+        "doNotRunAfter": "2025-06-02T08:00:00Z",
+        "startWindow": "PT10M",
+        "recurrenceInterval": "PT1H",
+    },
+    "jobSpecification": {
+        "priority": 10,
+        "allowTaskPreemption": False,
+        "maxParallelTasks": 4,
+        "displayName": "Nightly job",
+        "usesTaskDependencies": True,
+        "onAllTasksComplete": "terminatejob",
+        "onTaskFailure": "performexitoptionsjobaction",
+        "networkConfiguration": {"subnetId": "s"},
+        "constraints": {"maxWallClockTime": "PT2H", "maxTaskRetryCount": 1},
+        "jobManagerTask": JOB_WIRE["jobManagerTask"],
+        "jobPreparationTask": JOB_WIRE["jobPreparationTask"],
+        "jobReleaseTask": JOB_WIRE["jobReleaseTask"],
+        "commonEnvironmentSettings": ENV,
+        "poolInfo": {"poolId": "pool-1"},
+        "metadata": [{"name": "kind", "value": "scheduled"}],
+    },
+    "executionInfo": {
+        "nextRunTime": "2025-06-01T10:00:00Z",
+        "recentJob": {"id": "nightly:job-2", "url": "https://acct/jobs/nightly:job-2"},
+        "endTime": "2025-06-02T07:00:00Z",
+    },
+    "metadata": [{"name": "owner", "value": "me"}],
+    "stats": JOB_WIRE["stats"],
+}
+
 POOL_WIRE: dict[str, Any] = {
     "id": "pool-1",
     "displayName": "Pool one",
@@ -379,8 +430,13 @@ POOL_WIRE: dict[str, Any] = {
 
 @pytest.mark.parametrize(
     ("cls", "wire"),
-    [(BatchTask, TASK_WIRE), (BatchJob, JOB_WIRE), (BatchPool, POOL_WIRE)],
-    ids=["task", "job", "pool"],
+    [
+        (BatchTask, TASK_WIRE),
+        (BatchJob, JOB_WIRE),
+        (BatchPool, POOL_WIRE),
+        (models.BatchJobSchedule, SCHEDULE_WIRE),
+    ],
+    ids=["task", "job", "pool", "schedule"],
 )
 def test_fully_populated_resource_round_trips(cls: type[BatchModel], wire: dict[str, Any]) -> None:
     model = cls.model_validate(wire)
@@ -615,7 +671,7 @@ def test_task_collection_holds_at_most_100() -> None:
 
 
 def test_response_models_only_require_id() -> None:
-    for cls in (BatchPool, BatchJob, BatchTask, models.BatchNode):
+    for cls in (BatchPool, BatchJob, BatchTask, models.BatchNode, models.BatchJobSchedule):
         assert [n for n, f in cls.model_fields.items() if f.is_required()] == ["id"]
         assert cls.model_validate({"id": "x"}).to_wire() == {"id": "x"}
 
@@ -749,3 +805,39 @@ def test_sdk_replace_bodies_fit_our_update_models() -> None:
     job_update = models.BatchJobUpdateOptions.model_validate(_sdk_request_body(sdk_job))
     assert job_update.priority == -5
     assert job_update.pool_info == models.BatchPoolInfo(pool_id="pool-1")
+
+
+def test_job_schedules_interchange_with_the_sdk() -> None:
+    ours = models.BatchJobSchedule.model_validate(SCHEDULE_WIRE)
+    sdk = sdk_models.BatchJobSchedule(ours.to_wire())
+    assert sdk.state == "completed"
+    assert sdk.schedule.recurrence_interval == timedelta(hours=1)
+    assert sdk.schedule.do_not_run_until == datetime(2025, 6, 1, 8, tzinfo=timezone.utc)
+    assert sdk.job_specification.all_tasks_complete_mode == "terminatejob"
+    assert sdk.job_specification.pool_info.pool_id == "pool-1"
+    assert sdk.execution_info.recent_job.id == "nightly:job-2"
+    assert sdk.job_schedule_statistics.task_retries_count == 2
+
+    sdk_create = sdk_models.BatchJobScheduleCreateOptions(
+        id="hourly",
+        schedule=sdk_models.BatchJobScheduleConfiguration(
+            recurrence_interval=timedelta(hours=1), start_window=timedelta(minutes=5)
+        ),
+        job_specification=sdk_models.BatchJobSpecification(
+            pool_info=sdk_models.BatchPoolInfo(pool_id="p"),
+            priority=-3,
+            job_manager_task=sdk_models.BatchJobManagerTask(id="m", command_line="run"),
+        ),
+    )
+    create = models.BatchJobScheduleCreateOptions.model_validate(_sdk_request_body(sdk_create))
+    assert create.schedule.recurrence_interval == timedelta(hours=1)
+    assert create.job_specification.priority == -3
+    assert create.to_wire()["schedule"] == {"startWindow": "PT5M", "recurrenceInterval": "PT1H"}
+
+    # replace_job_schedule takes the whole schedule; only its writable fields are sent.
+    update = models.BatchJobScheduleUpdateOptions.model_validate(_sdk_request_body(sdk))
+    assert update.to_wire() == {
+        "schedule": SCHEDULE_WIRE["schedule"],
+        "jobSpecification": SCHEDULE_WIRE["jobSpecification"],
+        "metadata": SCHEDULE_WIRE["metadata"],
+    }

@@ -25,7 +25,8 @@ from prefect_batch.blocks import (
     SSHHost,
     SSHHostGroup,
 )
-from prefect_batch.testing import wait_for_nodes
+from prefect_batch.testing import wait_for_nodes, wait_until
+from prefect_batch.testing.sshd import ssh_servers
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_BLOCKS = [BatchAccount, BatchPool, LocalNodeSource, SSHHostGroup, EC2Template]
@@ -174,10 +175,52 @@ def test_ensure_refuses_what_azure_cannot_change(batch_client: BatchClient, pool
 def test_ensure_names_a_node_source_the_service_does_not_offer(
     batch_client: BatchClient, pool_id: str
 ) -> None:
+    # A host group with no key and no way to verify its host: the service will not take it.
     block = BatchPool(pool_id=pool_id, node_source=SSHHostGroup(hosts=[SSHHost(address="h")]))
-    with pytest.raises(BatchPoolSpecError, match="not offer the node source 'batch.node.ssh.ssh'"):
+    with pytest.raises(BatchPoolSpecError, match="'ssh' cannot be registered") as info:
         block.ensure(batch_client)
+    assert info.value.property_name == "virtualMachineConfiguration.nodeAgentSKUId"
     assert not batch_client.pool_exists(pool_id)
+    ec2 = BatchPool(pool_id=pool_id, node_source=EC2Template(ami_id="ami-1"))
+    with pytest.raises(BatchPoolSpecError, match="not offer the node source 'batch.node.ec2'"):
+        ec2.ensure(batch_client)
+
+
+def test_ensure_registers_an_ssh_group_whose_key_is_a_secret_block(
+    batch_client: BatchClient, pool_id: str, tmp_path: Path
+) -> None:
+    from prefect.blocks.system import Secret
+
+    with ssh_servers(1, directory=tmp_path / "sshd") as servers:
+        server = servers[0]
+        Secret(value=servers.client_key_path.read_text()).save("test-lab-key", overwrite=True)
+        hosts = SSHHostGroup(
+            group_name=f"lab-{pool_id}",
+            user=server.user,
+            private_key_secret_name="test-lab-key",
+            hosts=[
+                SSHHost(
+                    address=server.address,
+                    port=server.port,
+                    host_key=server.host_public_key,
+                    root=str(tmp_path / "node"),
+                )
+            ],
+        )
+        block = BatchPool(pool_id=pool_id, target_dedicated_nodes=1, node_source=hosts)
+        block.ensure(batch_client)
+        registered = batch_client.get_node_source(hosts.group_name)
+        assert registered.host_group["private_key_secret_name"] == "test-lab-key"
+        assert "PRIVATE KEY" not in repr(registered)
+        # The engine resolves the Secret block when it connects.
+        (node,) = wait_for_nodes(batch_client, pool_id, 1, timeout=60)
+        assert node.ip_address == server.address
+
+        hosts.cores = 2  # a changed group: its registration follows
+        block.ensure(batch_client)
+        assert batch_client.get_node_source(hosts.group_name).host_group["cores"] == 2
+        batch_client.delete_pool(pool_id)
+        wait_until(lambda: not batch_client.pool_exists(pool_id), timeout=60)
 
 
 def test_ensure_with_an_account_block_opens_and_closes_its_own_client(tmp_path: Path) -> None:

@@ -169,7 +169,7 @@ def test_deploy_the_three_scenarios_and_run_them(server: Server, tmp_path: Path)
         "run",
         "batch-processing/batch-processing",
         "--params",
-        json.dumps({"input_dir": str(inbox), "output_dir": str(outbox)}),
+        json.dumps({"inputs": str(inbox), "outputs": str(outbox)}),
     )
 
     # One poll of the worker takes all three due runs and waits for them to finish.
