@@ -300,6 +300,11 @@ class BatchClient:
         """One node."""
         return self.service.get_node(pool_id, node_id)
 
+    def get_node_metrics(self, pool_id: str, node_id: str) -> dict[str, Any]:
+        """A node's liveness (``lastHeartbeat``) and its latest readings from the agent:
+        ``cpuPercent`` (0-100), ``memoryBytes``, ``diskBytes``, disk and network counters."""
+        return self.service.get_node_metrics(pool_id, node_id)
+
     def reboot_node(self, pool_id: str, node_id: str, options: Any = None) -> None:
         """Reboot a node (``requeue`` | ``terminate`` | ``taskcompletion`` | ``retaineddata``)."""
         self.service.reboot_node(pool_id, node_id, options)

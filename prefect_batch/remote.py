@@ -337,6 +337,10 @@ class RemoteBatchService:
         """One node."""
         return BatchNode.model_validate(self._get(f"/pools/{_q(pool_id)}/nodes/{_q(node_id)}"))
 
+    def get_node_metrics(self, pool_id: str, node_id: str) -> dict[str, Any]:
+        """A node's liveness and latest resource readings."""
+        return dict(self._get(f"/pools/{_q(pool_id)}/nodes/{_q(node_id)}/metrics"))
+
     def _node_action(self, pool_id: str, node_id: str, action: str, body: Any, expect: int) -> None:
         url = f"/pools/{_q(pool_id)}/nodes/{_q(node_id)}/{action}"
         self._send("POST", url, body=body or None, expect=(expect,))

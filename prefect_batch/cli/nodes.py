@@ -122,6 +122,22 @@ def show_node(
         stdout_console().print(resource_table(f"Node {node.id} of pool {pool_id}", node.to_wire()))
 
 
+@app.command("metrics")
+def node_metrics(
+    ctx: typer.Context,
+    pool_id: PoolId,
+    node_id: NodeId,
+    json_out: JsonOption = False,
+) -> None:
+    """Show a node's last heartbeat and its latest CPU, memory, disk and network readings."""
+    with batch_client(ctx) as client:
+        metrics = client.get_node_metrics(pool_id, node_id)
+    if json_out:
+        print_json(metrics)
+    else:
+        stdout_console().print(resource_table(f"Metrics of node {node_id}", metrics))
+
+
 def _show(node: BatchNode, json_out: bool, note: str) -> None:
     if json_out:
         print_json(node.to_wire())

@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from prefect_batch.core.states import AllocationState, PoolState
 from prefect_batch.exceptions import BatchServiceError
@@ -44,11 +44,12 @@ from prefect_batch.service.lifecycle import pool_key
 from prefect_batch.service.samples import (
     TaskSampler,
     node_counts,
+    node_metrics,
     node_sample,
     store_samples,
     trim_samples,
 )
-from prefect_batch.store.schema import pools
+from prefect_batch.store.schema import nodes, pools
 
 __all__ = ["AutoScalerMixin", "EVALUATION_POLL_SECONDS", "MIN_SAMPLE_SECONDS"]
 
@@ -62,6 +63,9 @@ TRIM_EVERY_SECONDS = 60.0
 """How often old samples are deleted."""
 
 _DELETING = PoolState.DELETING.value
+_NODE_METRICS = (
+    update(nodes).where(nodes.c.pk == bindparam("b_pk")).values(metrics=bindparam("b_metrics"))
+)
 
 
 @dataclass
@@ -120,6 +124,11 @@ class AutoScalerMixin:
         readings: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for pool_pk, msg in state.readings.values():
             readings[pool_pk].append(msg)
+        latest = [
+            {"b_pk": node_pk, "b_metrics": node_metrics(msg)}
+            for node_pk, (_, msg) in state.readings.items()
+            if node_pk in self._nodes
+        ]
         state.readings.clear()
         with self.store.begin() as conn:
             leased = conn.execute(
@@ -136,6 +145,8 @@ class AutoScalerMixin:
                 for pk in keys
             }
             store_samples(conn, samples, now, state.sample_seconds)
+            if latest:
+                conn.execute(_NODE_METRICS, latest)
             if now >= state.next_trim:
                 trim_samples(conn, keys, now)
                 state.next_trim = now + TRIM_EVERY_SECONDS

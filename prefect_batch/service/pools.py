@@ -34,12 +34,15 @@ from prefect_batch.models import (
 )
 from prefect_batch.service.autoscale import check_create_settings
 from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.common import iso_duration, parse_duration
+from prefect_batch.service.common import iso, iso_duration, parse_duration
 from prefect_batch.service.nodesources import group_row, registered_images, ssh_group_name
+from prefect_batch.service.samples import NODE_METRIC_NAMES
 from prefect_batch.service.views import node_view, pool_view
 from prefect_batch.store.schema import nodes, pools
 
 __all__ = ["LOCAL_NODE_AGENT_SKU", "PoolOperations", "SUPPORTED_IMAGES"]
+
+NODE_METRIC_FIELDS = [n for n in NODE_METRIC_NAMES.values() if n != "time"]
 
 LOCAL_NODE_AGENT_SKU = "batch.node.local"
 """The node source of pools whose nodes are agent processes on the service's machine."""
@@ -446,6 +449,29 @@ class PoolOperations(ServiceBase):
             pool = self._pool_row(conn, pool_id)
             row = self._node_row(conn, pool, node_id)
             return BatchNode.model_validate(node_view(row, pool.id, self.base_url))
+
+    def get_node_metrics(self, pool_id: str, node_id: str) -> dict[str, Any]:
+        """A node's liveness and latest resource readings (a prefect-batch extension).
+
+        ``lastHeartbeat`` is the agent's last answer to the engine's ping (every
+        ``heartbeat_interval_seconds``); the readings come from the agent's ``/proc`` with each
+        autoscale sample (every ``autoscale_sample_interval_seconds``): ``cpuPercent``
+        (0-100), ``memoryBytes`` and ``diskBytes`` in use, and the disk and network counters
+        since the previous reading (``intervalSeconds`` ago). ``null`` until the first reading.
+        """
+        with self.store.read() as conn:
+            pool = self._pool_row(conn, pool_id)
+            row = self._node_row(conn, pool, node_id)
+        readings = dict(row.metrics or {})
+        taken = readings.pop("time", None)
+        return {
+            "poolId": pool.id,
+            "nodeId": row.node_id,
+            "state": row.state,
+            "lastHeartbeat": iso(row.last_heartbeat) if row.last_heartbeat else None,
+            "time": iso(taken) if isinstance(taken, int | float) else None,
+            **{name: readings.get(name) for name in NODE_METRIC_FIELDS},
+        }
 
     def _node_row(self, conn: Any, pool: Any, node_id: str) -> Any:
         row = conn.execute(

@@ -82,6 +82,32 @@ EXTRACT_AT_MOST = 3
 """Up to this many metrics, :func:`load_series` has the database extract them from the JSON."""
 
 
+NODE_METRIC_NAMES: dict[str, str] = {
+    "cpu_percent": "cpuPercent",
+    "memory_bytes": "memoryBytes",
+    "disk_bytes": "diskBytes",
+    "disk_read_bytes": "diskReadBytes",
+    "disk_write_bytes": "diskWriteBytes",
+    "disk_read_ops": "diskReadOps",
+    "disk_write_ops": "diskWriteOps",
+    "net_in_bytes": "networkInBytes",
+    "net_out_bytes": "networkOutBytes",
+    "interval": "intervalSeconds",
+    "time": "time",
+}
+"""Fields of the agent's ``metrics`` answer -> their names on a node's metrics."""
+
+
+def node_metrics(reading: Mapping[str, Any]) -> dict[str, Any]:
+    """One node's latest reading as stored on the node (camelCase, numbers or null)."""
+    out: dict[str, Any] = {}
+    for field, name in NODE_METRIC_NAMES.items():
+        value = reading.get(field)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        out[name] = value if ok else None
+    return out
+
+
 def node_sample(readings: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     """Combine the nodes' ``metrics`` answers of one interval into a pool's node metrics."""
     values: dict[str, list[float]] = defaultdict(list)

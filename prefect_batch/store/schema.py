@@ -118,6 +118,8 @@ nodes = Table(
     Column("errors", JSON, nullable=True),
     Column("agent_info", JSON, nullable=True),
     Column("last_heartbeat", Float, nullable=True),
+    # The agent's latest metrics reading (/proc), taken with each autoscale sample.
+    Column("metrics", JSON, nullable=True),
     Column("leaving", Boolean, nullable=False, default=False),
     # A requested node operation (reboot, reimage, remove) and its deallocation option; the
     # engine carries it out once the option's condition holds.

@@ -76,6 +76,7 @@ def test_every_sdk_path_is_served_or_listed(doc: dict[str, Any]) -> None:
         == extensions
         == {
             ("GET", "/jobs/{jobId}/tasks/{taskId}/attempts"),
+            ("GET", "/pools/{poolId}/nodes/{nodeId}/metrics"),
             ("POST", "/nodesources"),
             ("GET", "/nodesources"),
             ("GET", "/nodesources/{nodeSourceName}"),

@@ -95,6 +95,13 @@ def test_the_client_speaks_to_the_server(server: Server, remote: BatchClient, po
         check_invariants(local, "rjob")
 
 
+def test_node_metrics_through_the_server(remote: BatchClient, pool: str) -> None:
+    node = remote.list_nodes(pool)[0]
+    metrics = remote.get_node_metrics(pool, node.id)
+    assert (metrics["poolId"], metrics["nodeId"]) == (pool, node.id)
+    assert {"lastHeartbeat", "cpuPercent", "memoryBytes", "networkOutBytes"} <= set(metrics)
+
+
 def test_errors_are_the_embedded_errors(remote: BatchClient, pool: str) -> None:
     with pytest.raises(BatchNotFoundError) as info:
         remote.get_pool("missing")

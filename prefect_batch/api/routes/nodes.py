@@ -11,7 +11,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from prefect_batch.api.context import accepted, list_response, object_body, ok, resource_response
+from prefect_batch.api.context import (
+    accepted,
+    json_response,
+    list_response,
+    object_body,
+    ok,
+    resource_response,
+)
 from prefect_batch.api.routes._spec import (
     Body,
     NodeId,
@@ -57,6 +64,20 @@ def get_node(
     pool_id: PoolId, node_id: NodeId, request: Request, svc: Svc, names: Select
 ) -> Response:
     return resource_response(svc.get_node(pool_id, node_id), names, request, "nodes")
+
+
+@router.get(
+    "/pools/{poolId}/nodes/{nodeId}/metrics",
+    **spec(
+        "get_node_metrics",
+        "A node's liveness and latest resource readings",
+        extension=True,
+        description="`lastHeartbeat`, `time` of the reading, `cpuPercent` (0-100), "
+        "`memoryBytes`, `diskBytes`, and disk/network counters since the previous reading.",
+    ),
+)
+def get_node_metrics(pool_id: PoolId, node_id: NodeId, svc: Svc) -> Response:
+    return json_response(svc.get_node_metrics(pool_id, node_id))
 
 
 @router.post(
