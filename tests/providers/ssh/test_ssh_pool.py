@@ -210,6 +210,31 @@ def test_resize_takes_and_releases_hosts_and_a_restarted_engine_keeps_them(
     assert kept.id not in first or first[kept.id] == kept.ip_address
 
 
+def test_an_autoscale_formula_sizes_an_ssh_pool_and_its_hosts_are_the_ceiling(
+    make_lab: Callable[..., Lab],
+) -> None:
+    lab = make_lab(autoscale_sample_interval_seconds=1.0)
+    lab.register()
+    client = lab.client
+    lab.pool("auto", 0)
+    # More nodes than the group has hosts: the pool gets the three hosts and says why not more.
+    client.enable_pool_auto_scale(
+        "auto",
+        {"autoScaleFormula": "$TargetDedicatedNodes = 5;", "autoScaleEvaluationInterval": "PT1S"},
+    )
+    nodes = wait_for_nodes(client, "auto", 3, timeout=WAIT)
+    assert len({n.ip_address for n in nodes}) == 3
+    pool = client.get_pool("auto")
+    assert pool.auto_scale_run is not None and "$TargetDedicatedNodes=5" in (
+        pool.auto_scale_run.results or ""
+    )
+    assert [e.code for e in pool.resize_errors or []] == ["AllocationFailed"]
+    # A formula that wants none releases every host.
+    client.enable_pool_auto_scale("auto", {"autoScaleFormula": "$TargetDedicatedNodes = 0;"})
+    wait_for_nodes(client, "auto", 0, timeout=WAIT)
+    assert client.get_node_source("lab").hosts_in_use == {}
+
+
 def test_reimage_and_removal_wipe_the_host_through_its_agent(make_lab: Callable[..., Lab]) -> None:
     lab = make_lab()
     lab.register()
