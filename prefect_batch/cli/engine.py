@@ -66,11 +66,23 @@ def run_engine(
             help="Print each pool's wire JSON (one line) when it changes, instead of text.",
         ),
     ] = False,
+    prefect_events: Annotated[
+        bool,
+        typer.Option(
+            "--prefect-events",
+            help="Emit Prefect events for node, task, job and pool changes (PREFECT_API_URL).",
+        ),
+    ] = False,
 ) -> None:
     """Run the engine here until Ctrl-C (or --duration); print a line per pool as it changes."""
     err = stderr_console()
     deadline = None if duration is None else time.monotonic() + duration
     with batch_client(ctx, engine=True) as client:
+        watcher = None
+        if prefect_events and client.store is not None:
+            from prefect_batch.cli.server import start_watcher
+
+            watcher = start_watcher(client.store)
         err.print(
             "Engine running"
             + (f" for {duration:g} s" if duration is not None else "")
@@ -104,4 +116,6 @@ def run_engine(
                     time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
             pass
+        if watcher is not None:
+            watcher.stop()
         err.print("Stopping the engine; running tasks finish on their nodes.", highlight=False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -50,8 +50,13 @@ def serve(
     port: int = DEFAULT_PORT,
     public_url: str | None = None,
     log_level: str = "info",
+    prefect_events: bool = False,
 ) -> None:
-    """Run the server until it is stopped (what ``server start`` does, callable from Python)."""
+    """Run the server until it is stopped (what ``server start`` does, callable from Python).
+
+    With ``prefect_events``, an :class:`~prefect_batch.prefect.watcher.EventWatcher` emits
+    Prefect events for every account's nodes, tasks, jobs and pools (needs ``PREFECT_API_URL``).
+    """
     import uvicorn
 
     from prefect_batch.api import create_app
@@ -89,10 +94,26 @@ def serve(
         err=True,
     )
     logging.getLogger("prefect_batch").setLevel(log_level.upper())
+    watcher = start_watcher(store) if prefect_events else None
     try:
         uvicorn.run(app_, host=host, port=port, log_level=log_level, proxy_headers=True)
     finally:
+        if watcher is not None:
+            watcher.stop()
         store.dispose()
+
+
+def start_watcher(store: Any) -> Any:
+    """Start an ``EventWatcher`` on ``store`` (warn when no Prefect API is configured)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from prefect_batch.prefect.watcher import EventWatcher
+
+    if not PREFECT_API_URL.value():
+        typer.echo(
+            "Warning: --prefect-events without PREFECT_API_URL: no events are sent.", err=True
+        )
+    return EventWatcher(store).start()
 
 
 @app.command("start")
@@ -115,6 +136,13 @@ def start(
     log_level: Annotated[
         str, typer.Option("--log-level", help="critical|error|warning|info|debug.")
     ] = "info",
+    prefect_events: Annotated[
+        bool,
+        typer.Option(
+            "--prefect-events",
+            help="Emit Prefect events for node, task, job and pool changes (PREFECT_API_URL).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the Azure Batch REST API and run every account's pools until stopped."""
     settings = get_settings()
@@ -122,6 +150,13 @@ def start(
     if root is not None and root.home is not None:
         settings = settings.model_copy(update={"home": root.home})
     try:
-        serve(settings, host=host, port=port, public_url=public_url, log_level=log_level)
+        serve(
+            settings,
+            host=host,
+            port=port,
+            public_url=public_url,
+            log_level=log_level,
+            prefect_events=prefect_events,
+        )
     except PrefectBatchError as exc:
         fail(exc)
