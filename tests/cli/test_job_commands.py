@@ -219,3 +219,12 @@ def test_engine_run_makes_queued_tasks_run(cli):
             break
     assert cli("file", "get", "--job", "j", "--task", "t", "stdout.txt").stdout == "42\n"
     assert any(line.startswith("pool p: 1/1 nodes") for line in lines), lines
+
+
+def test_engine_run_with_prefect_events_and_no_api_says_so(cli, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = cli("engine", "run", "--duration", "1", "--prefect-events")
+    assert "--prefect-events without PREFECT_API_URL" in result.stderr
