@@ -122,6 +122,8 @@ path must stay inside the root, else ``OperationInvalid``):
     "req":R,"path":P}``; a directory needs ``recursive`` unless empty; a symlink is removed
     itself (only its parent directory is resolved), never its target. ``run``, ``delete`` and
     ``delete_file`` refuse paths under ``.agent`` (the agent's own state).
+    Each of the three takes an optional ``"within":D`` (root-relative): the path, symlinks
+    resolved, must then lie inside ``D`` (a task's directory), not merely inside the root.
     Errors: ``{"ev":"error","op":..,"req":R,"code":"FileNotFound"|"OperationInvalid",
     "message":..}``.
 
@@ -1996,9 +1998,21 @@ class Agent:
             "file_mode": f"0o{stat.S_IMODE(st.st_mode):o}",
         }
 
+    def _confine(self, msg: dict[str, Any], path: str, rel: str) -> None:
+        """With ``within`` (a root-relative directory, e.g. a task's), ``path`` must resolve
+        inside it: a symlink in one task's directory cannot reach another's."""
+        within = msg.get("within")
+        if within is None:
+            return
+        top = os.path.realpath(self._resolve(self._rel(within, "within"), "within"))
+        real = os.path.realpath(path)
+        if real != top and not real.startswith(top + os.sep):
+            raise _Invalid("OperationInvalid", f"path escapes {within!r}: {rel!r}")
+
     def _op_list_files(self, msg: dict[str, Any]) -> None:
         rel = self._rel(msg.get("path", ""), "path", allow_root=True)
         base = self._resolve(rel, "path")
+        self._confine(msg, base, rel)
         try:
             st = os.stat(base)
         except OSError as exc:
@@ -2038,6 +2052,7 @@ class Agent:
     def _op_read_file(self, msg: dict[str, Any]) -> None:
         rel = self._rel(msg.get("path"), "path")
         path = self._resolve(rel, "path")
+        self._confine(msg, path, rel)
         offset = msg.get("offset") or 0
         length = msg.get("length")
         if not isinstance(offset, int) or offset < 0:
@@ -2082,6 +2097,7 @@ class Agent:
         rel = self._rel(msg.get("path"), "path")
         self._own_state(rel, "path")
         parent = self._resolve(os.path.dirname(rel), "path")
+        self._confine(msg, parent, rel)
         target = os.path.join(parent, os.path.basename(rel))
         try:
             st = os.lstat(target)

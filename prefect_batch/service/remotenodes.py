@@ -522,6 +522,10 @@ class RemoteDir:
         )
 
     def _call(self, calls: AgentCalls, request: dict[str, Any], name: str) -> dict[str, Any]:
+        if self.base:
+            # The agent resolves symlinks and keeps the path inside this directory (a task's),
+            # not merely inside the node root.
+            request = {**request, "within": self.base}
         try:
             return calls.call(request)
         except AgentCallError as exc:

@@ -304,6 +304,26 @@ def test_run_rejects_a_symlinked_directory_leaving_the_root(
     assert not (outside / "t1").exists()
 
 
+def test_file_operations_within_a_directory_stay_in_it(agent: AgentDriver, root: Path) -> None:
+    (root / "job" / "a" / "wd").mkdir(parents=True)
+    (root / "job" / "b").mkdir(parents=True)
+    (root / "job" / "b" / "stdout.txt").write_text("b's output")
+    (root / "job" / "a" / "wd" / "mine.txt").write_text("a's file")
+    (root / "job" / "a" / "wd" / "peek").symlink_to(root / "job" / "b")
+    for op, path in [
+        ("read_file", "job/a/wd/peek/stdout.txt"),
+        ("list_files", "job/a/wd/peek"),
+        ("delete_file", "job/a/wd/peek/stdout.txt"),
+    ]:
+        answer = agent.request(op, path=path, within="job/a")
+        assert answer["code"] == "OperationInvalid", (op, answer)
+    assert (root / "job" / "b" / "stdout.txt").exists()
+    ok = agent.request("read_file", path="job/a/wd/mine.txt", within="job/a")
+    assert ok["ev"] == "file" and ok["size"] == len("a's file")
+    # Without "within" the same link stays inside the root, so it is followed.
+    assert agent.request("read_file", path="job/a/wd/peek/stdout.txt")["ev"] == "file"
+
+
 def test_file_operations_refuse_to_leave_the_root(
     agent: AgentDriver, root: Path, tmp_path: Path
 ) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from prefect_batch import BatchClient, BatchConflictError
+from prefect_batch import BatchClient, BatchConflictError, BatchInvalidRequestError
 from prefect_batch.models import BatchNode
 from prefect_batch.providers.hostkeys import fingerprint, parse_public_key
 from prefect_batch.testing import embedded_client, gate_command, wait_for_nodes, wait_until
@@ -159,6 +159,14 @@ def test_three_host_pool_runs_a_job_and_its_files_are_read_through_the_agents(
     assert {"shared", "startup", "j"} <= {f.name for f in client.list_node_files("p", node)}
     client.delete_task_file("j", "t2", "stderr.txt")
     assert "stderr.txt" not in {f.name for f in client.list_task_files("j", "t2")}
+
+    # A task's symlink to a sibling task's directory is not followed out of its own directory.
+    client.create_task("j", {"id": "peek", "commandLine": "/bin/sh -c 'ln -s ../../t3 peek'"})
+    wait_until(
+        lambda: client.get_task("j", "peek").state == "completed", timeout=WAIT, message="peek"
+    )
+    with pytest.raises(BatchInvalidRequestError):
+        client.get_task_file("j", "peek", "wd/peek/stdout.txt")
 
     # A process without an engine reads the same files through an agent session of its own.
     with embedded_client(tmp_path / "home", engine=False) as other:
