@@ -305,9 +305,11 @@ class DispatchMixin:
         env = settings_env(
             job_spec.get("commonEnvironmentSettings"), r.spec.get("environmentSettings")
         )
+        unreachable = None
         if r.kind == "jobmanager":
             # The job manager may add tasks through the Python client from its node.
             env.update(self._job_manager_credentials(conn, pool.account, r.job_id, base_url))
+            unreachable = self._store_unreachable_from(rt)
         env.update(base_environment(pool.account, base_url, pool.id, rt.node_id))
         env["AZ_BATCH_JOB_ID"] = r.job_id
         env["AZ_BATCH_TASK_ID"] = r.id
@@ -321,6 +323,26 @@ class DispatchMixin:
             "wall_clock_seconds": r.wall_clock_seconds,
             "job_prep_dir": f"{r.job_id}/{prep.get('id') or 'jobpreparation'}" if prep else None,
             **stage_request(r.spec),
+            **({"stage_error": unreachable} if unreachable else {}),
+        }
+
+    def _store_unreachable_from(self, rt: Any) -> dict[str, Any] | None:
+        """Why a job manager on this node could not reach the service, or None.
+
+        Embedded, a job manager gets the store's URL; an SSH host cannot open this machine's
+        SQLite file. Behind a server it gets the server's URL instead, which hosts can reach.
+        """
+        if getattr(rt, "host_id", None) is None or self.scoped_job_credentials:
+            return None
+        if not self.job_manager_env.get("PREFECT_BATCH_DATABASE_URL", "").startswith("sqlite"):
+            return None
+        return {
+            "code": "JobManagerNeedsServer",
+            "message": "A job manager on an SSH node reaches the service through a batch server "
+            "(prefect-batch server start) or a shared PostgreSQL store; this service's SQLite "
+            "file is on another machine",
+            "category": "usererror",
+            "values": {"NodeId": rt.node_id},
         }
 
     def _stage_sends(self, sends: dict[int, list[dict[str, Any]]]) -> None:

@@ -243,6 +243,31 @@ def test_an_autoscale_formula_sizes_an_ssh_pool_and_its_hosts_are_the_ceiling(
     assert client.get_node_source("lab").hosts_in_use == {}
 
 
+def test_an_embedded_job_manager_on_an_ssh_node_is_told_it_needs_a_server(
+    make_lab: Callable[..., Lab],
+) -> None:
+    lab = make_lab()
+    lab.register()
+    client = lab.client
+    lab.pool("jm", 1)
+    wait_for_nodes(client, "jm", 1, timeout=WAIT)
+    client.create_job(
+        {
+            "id": "managed",
+            "poolInfo": {"poolId": "jm"},
+            "jobManagerTask": {"id": "manager", "commandLine": "/bin/true"},
+        }
+    )
+    manager = wait_until(
+        lambda: (t := client.get_task("managed", "manager")).state == "completed" and t,
+        timeout=WAIT,
+        message="the job manager completed",
+    )
+    failure = manager.execution_info.failure_info
+    assert failure is not None and failure.code == "JobManagerNeedsServer"
+    assert "prefect-batch server start" in (failure.message or "")
+
+
 def test_reimage_and_removal_wipe_the_host_through_its_agent(make_lab: Callable[..., Lab]) -> None:
     lab = make_lab()
     lab.register()
