@@ -62,6 +62,11 @@ class BatchSettings(BaseSettings):
         "backoff) before its running tasks are requeued on other nodes; until then its agent "
         "keeps running them and a reconnect collects their results.",
     )
+    ssh_files_dir: Path | None = Field(
+        None,
+        description="Where a server lets registered SSH host groups name key and known_hosts "
+        "files (nowhere else on its machine); default <home>/ssh.",
+    )
     storage_endpoint_url: str | None = Field(
         None,
         description="Endpoint of S3-compatible storage for resource and output files "
@@ -86,6 +91,11 @@ class BatchSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.home / 'batch.db'}"
+
+    @property
+    def effective_ssh_files_dir(self) -> Path:
+        """The directory a server's SSH host groups may take key and known_hosts files from."""
+        return self.ssh_files_dir or (self.home / "ssh")
 
     @property
     def effective_node_root(self) -> Path:

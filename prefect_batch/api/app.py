@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -116,6 +117,7 @@ def create_app(
     account_url: str | None = None,
     manage_engine: bool = True,
     clock: Callable[[], float] = time.time,
+    ssh_files_dir: Path | None = None,
 ) -> FastAPI:
     """The Azure Batch REST application over ``store``.
 
@@ -126,6 +128,9 @@ def create_app(
         account_url: The URL tasks see as ``AZ_BATCH_ACCOUNT_URL`` (the server's address).
         manage_engine: Start and stop ``engine`` with the app.
         clock: Wall clock for the 15-minute ``ocp-date`` window (tests move it).
+        ssh_files_dir: The only directory whose files SSH host groups registered through the
+            API may name as key or known_hosts file (the server reads and writes them); None
+            allows any path (for tests and trusted deployments).
     """
 
     def account_seen(name: str) -> None:
@@ -152,6 +157,7 @@ def create_app(
     )
     app.state.store = store
     app.state.engine = engine
+    app.state.ssh_files_dir = ssh_files_dir
     app.state.authenticator = Authenticator(KeyRing(store, on_load=account_seen), clock=clock)
     install_error_handlers(app)
     for module in (pools, nodes, jobs, tasks, files, schedules, nodesources):

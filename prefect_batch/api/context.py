@@ -101,6 +101,7 @@ async def service(
         account,
         base_url=base_url(request),
         wake=engine.wake if engine is not None else None,
+        file_sandbox=getattr(state, "ssh_files_dir", None),
     )
 
 

@@ -86,7 +86,9 @@ def serve(
             err=True,
         )
     engine = build_engine(store, settings, {name: url for name in names}, server=True)
-    app_ = create_app(store, engine, account_url=url)
+    app_ = create_app(
+        store, engine, account_url=url, ssh_files_dir=settings.effective_ssh_files_dir
+    )
     where = store.engine.url.render_as_string(hide_password=True)
     typer.echo(
         f"Serving the Azure Batch REST API (2025-06-01) at {url} for {len(names)} account(s); "

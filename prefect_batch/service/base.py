@@ -7,6 +7,7 @@ jobs and tasks (every query filters by ``account``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -33,8 +34,12 @@ class ServiceBase:
         base_url: str = "embedded://local",
         clock: common.Clock = common.now,
         wake: Callable[..., None] | None = None,
+        file_sandbox: Path | None = None,
     ) -> None:
         self.store = store
+        # Behind a server: the only directory whose files SSH host groups may name (key,
+        # known_hosts); None in-process, where the caller is the machine's own user.
+        self.file_sandbox = file_sandbox
         self.account = account
         self.base_url = base_url.rstrip("/")
         self.clock = clock

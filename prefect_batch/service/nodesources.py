@@ -18,6 +18,7 @@ What this module does not do: connect to hosts (``service/remotenodes.py`` with
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
@@ -161,8 +162,33 @@ def hosts_in_use(conn: Any, account: str) -> dict[str, str]:
     }
 
 
+def check_files_inside(spec: Mapping[str, Any], sandbox: Path) -> None:
+    """Refuse a group whose key or known_hosts file lies outside ``sandbox``.
+
+    A server reads the key file and may write the known_hosts file on its own machine; the
+    clients that register groups must not make it read or write anything else there.
+    """
+    top = Path(sandbox).expanduser().resolve()
+    for field in ("private_key_path", "known_hosts"):
+        value = spec.get(field)
+        if not value:
+            continue
+        real = Path(str(value)).expanduser().resolve()
+        if real != top and top not in real.parents:
+            raise invalid_property(
+                field,
+                str(value),
+                f"must be a file in the server's SSH directory {top} "
+                "(PREFECT_BATCH_SSH_FILES_DIR)",
+            )
+
+
 class NodeSourceOperations(ServiceBase):
     """Register, read, replace and delete the SSH host groups of one account."""
+
+    def _check_files(self, spec: Mapping[str, Any]) -> None:
+        if self.file_sandbox is not None:
+            check_files_inside(spec, self.file_sandbox)
 
     def create_node_source(self, group: Any) -> None:
         """Register an SSH host group; pools may then name ``batch.node.ssh.<name>``.
@@ -172,6 +198,7 @@ class NodeSourceOperations(ServiceBase):
             BatchConflictError: ``NodeSourceExists``.
         """
         spec = registration_spec(group)
+        self._check_files(spec)
         now = self.clock()
         with self.store.begin() as conn:
             if group_row(conn, self.account, spec["name"]) is not None:
@@ -206,6 +233,7 @@ class NodeSourceOperations(ServiceBase):
         if isinstance(group, Mapping) and "name" not in group and "group_name" not in group:
             group = {**group, "name": name}
         spec = registration_spec(group)
+        self._check_files(spec)
         if spec["name"] != name:
             raise invalid_property("name", spec["name"], f"the group's name is {name}")
         now = self.clock()

@@ -64,3 +64,41 @@ def test_node_sources_over_rest(remote: BatchClient) -> None:
     remote.delete_node_source("rlab")
     with pytest.raises(BatchNotFoundError):
         remote.get_node_source("rlab")
+
+
+def test_a_server_takes_key_and_known_hosts_files_only_from_its_ssh_directory(
+    store_url: str, tmp_path: Any
+) -> None:
+    from tests.api.conftest import running_server
+
+    allowed = tmp_path / "ssh"
+    allowed.mkdir()
+    (allowed / "lab_key").write_text("not read at registration")
+    outside = tmp_path / "elsewhere"
+    with running_server(store_url, tmp_path / "home", ssh_files_dir=allowed) as server:
+        with BatchClient(
+            server.account.name, url=server.url, account_key=server.account.primary
+        ) as remote:
+            refused = [
+                ("private_key_path", {"private_key_path": "/etc/hostname"}),
+                ("private_key_path", {"private_key_path": str(allowed / ".." / "x")}),
+                (
+                    "known_hosts",
+                    {"private_key_path": str(allowed / "lab_key"), "known_hosts": str(outside)},
+                ),
+            ]
+            for field, extra in refused:
+                fields = {k: v for k, v in group(**extra).items() if k != "private_key_secret_name"}
+                with pytest.raises(BatchInvalidRequestError) as info:
+                    remote.create_node_source(fields)
+                assert info.value.values.get("PropertyName") == field, extra
+            assert remote.list_node_sources() == []
+            fields = {k: v for k, v in group().items() if k != "private_key_secret_name"}
+            remote.create_node_source(
+                {
+                    **fields,
+                    "private_key_path": str(allowed / "lab_key"),
+                    "known_hosts": str(allowed / "known_hosts"),
+                }
+            )
+            assert [s.name for s in remote.list_node_sources()] == ["rlab"]
