@@ -65,7 +65,7 @@ class BatchSettings(BaseSettings):
     ssh_files_dir: Path | None = Field(
         None,
         description="Where a server lets registered SSH host groups name key and known_hosts "
-        "files (nowhere else on its machine); default <home>/ssh.",
+        "files: <dir>/<account>/ only; default <home>/ssh.",
     )
     storage_endpoint_url: str | None = Field(
         None,

@@ -37,8 +37,8 @@ class ServiceBase:
         file_sandbox: Path | None = None,
     ) -> None:
         self.store = store
-        # Behind a server: the only directory whose files SSH host groups may name (key,
-        # known_hosts); None in-process, where the caller is the machine's own user.
+        # Behind a server: SSH host groups may name key and known_hosts files only in
+        # <file_sandbox>/<account>; None in-process, where the caller is the machine's own user.
         self.file_sandbox = file_sandbox
         self.account = account
         self.base_url = base_url.rstrip("/")

@@ -188,7 +188,8 @@ class NodeSourceOperations(ServiceBase):
 
     def _check_files(self, spec: Mapping[str, Any]) -> None:
         if self.file_sandbox is not None:
-            check_files_inside(spec, self.file_sandbox)
+            # One directory per account: an account cannot name another account's key.
+            check_files_inside(spec, self.file_sandbox / self.account)
 
     def create_node_source(self, group: Any) -> None:
         """Register an SSH host group; pools may then name ``batch.node.ssh.<name>``.

@@ -71,17 +71,22 @@ def test_a_server_takes_key_and_known_hosts_files_only_from_its_ssh_directory(
 ) -> None:
     from tests.api.conftest import running_server
 
-    allowed = tmp_path / "ssh"
-    allowed.mkdir()
+    ssh_dir = tmp_path / "ssh"
+    allowed = ssh_dir / "acct"  # the account's own directory
+    allowed.mkdir(parents=True)
     (allowed / "lab_key").write_text("not read at registration")
+    (ssh_dir / "other").mkdir()
+    (ssh_dir / "other" / "their_key").write_text("another account's key")
     outside = tmp_path / "elsewhere"
-    with running_server(store_url, tmp_path / "home", ssh_files_dir=allowed) as server:
+    with running_server(store_url, tmp_path / "home", ssh_files_dir=ssh_dir) as server:
+        assert server.account.name == "acct"
         with BatchClient(
             server.account.name, url=server.url, account_key=server.account.primary
         ) as remote:
             refused = [
                 ("private_key_path", {"private_key_path": "/etc/hostname"}),
                 ("private_key_path", {"private_key_path": str(allowed / ".." / "x")}),
+                ("private_key_path", {"private_key_path": str(ssh_dir / "other" / "their_key")}),
                 (
                     "known_hosts",
                     {"private_key_path": str(allowed / "lab_key"), "known_hosts": str(outside)},
