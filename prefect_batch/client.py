@@ -81,6 +81,7 @@ def build_engine(
         scoped_job_credentials=server,
         node_unreachable_grace_seconds=settings.node_unreachable_grace_seconds,
         storage=storage or storage_from_settings(settings),
+        storage_bucket_access=settings.storage_bucket_access,
         transfer_timeout_seconds=settings.transfer_timeout_seconds,
     )
 

@@ -81,6 +81,12 @@ class BatchSettings(BaseSettings):
     storage_url_expiry_seconds: int = Field(
         6 * 3600, ge=60, description="How long the URLs given to nodes for their files last."
     )
+    storage_bucket_access: dict[str, list[str]] | None = Field(
+        None,
+        description="Which buckets each account's tasks may read and write, as JSON "
+        '(\'{"acct": ["acct-*", "shared-data"]}\', fnmatch patterns). Unset: every bucket the '
+        "storage credentials reach, for every account; set it on a server with several accounts.",
+    )
     transfer_timeout_seconds: float = Field(
         60.0, gt=0, description="Timeout of each download or upload request a node makes."
     )

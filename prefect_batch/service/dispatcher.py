@@ -9,6 +9,7 @@ expressions costs more than running them.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections import defaultdict
 from typing import Any
@@ -112,14 +113,15 @@ def base_environment(account: str, base_url: str, pool_id: str, node_id: str) ->
     }
 
 
-def stage_request(spec: dict[str, Any]) -> dict[str, Any]:
+def stage_request(spec: dict[str, Any], account: str) -> dict[str, Any]:
     """The ``stage`` field of a run request whose task names resource or output files.
 
     The engine resolves it into the agent's ``downloads``/``uploads`` (presigned URLs) after the
     dispatching transaction commits, so no storage request is made while the store is locked.
+    ``account`` decides which buckets may be signed for it (``storage_bucket_access``).
     """
-    files = {k: spec[k] for k in ("resourceFiles", "outputFiles") if spec.get(k)}
-    return {"stage": files} if files else {}
+    files: dict[str, Any] = {k: spec[k] for k in ("resourceFiles", "outputFiles") if spec.get(k)}
+    return {"stage": {**files, "account": account}} if files else {}
 
 
 def completed_info(decision: Any, msg: dict[str, Any], now: float) -> dict[str, Any]:
@@ -151,6 +153,7 @@ class DispatchMixin:
     job_manager_env: dict[str, str]
     scoped_job_credentials: bool
     storage: ObjectStorage | None
+    storage_bucket_access: dict[str, list[str]] | None
     transfer_timeout_seconds: float
 
     def _dispatch(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
@@ -322,7 +325,7 @@ class DispatchMixin:
             "env": env,
             "wall_clock_seconds": r.wall_clock_seconds,
             "job_prep_dir": f"{r.job_id}/{prep.get('id') or 'jobpreparation'}" if prep else None,
-            **stage_request(r.spec),
+            **stage_request(r.spec, pool.account),
             **({"stage_error": unreachable} if unreachable else {}),
         }
 
@@ -361,6 +364,7 @@ class DispatchMixin:
                 msg["transfer_timeout_seconds"] = self.transfer_timeout_seconds
                 try:
                     storage = self._storage_for(stage)
+                    self._check_buckets(storage, stage)
                     if stage.get("resourceFiles"):
                         msg["downloads"] = storage.downloads(stage["resourceFiles"])
                     if stage.get("outputFiles"):
@@ -378,6 +382,34 @@ class DispatchMixin:
                         f"the service could not sign the task's file URLs: {exc}",
                         "servererror",
                     ).to_wire()
+
+    def _check_buckets(self, storage: ObjectStorage, stage: dict[str, Any]) -> None:
+        """Refuse a bucket the task's account may not use (when access is configured)."""
+        access = self.storage_bucket_access
+        if access is None:
+            return
+        allowed = access.get(stage["account"], [])
+        for item in stage.get("resourceFiles") or ():
+            url = item.get("storageContainerUrl")
+            bucket = item.get("autoStorageContainerName")
+            if url:
+                found = storage.container_of(url)
+                bucket = found[0] if found else None
+            if bucket and not any(fnmatch.fnmatchcase(bucket, p) for p in allowed):
+                raise StagingError(
+                    "BlobAccessDenied",
+                    f"The account may not read the bucket {bucket!r}",
+                    ContainerUrl=url or bucket,
+                )
+        for item in stage.get("outputFiles") or ():
+            url = item["destination"]["container"]["containerUrl"]
+            found = storage.container_of(url)
+            if found and not any(fnmatch.fnmatchcase(found[0], p) for p in allowed):
+                raise StagingError(
+                    "BlobAccessDenied",
+                    f"The account may not write to the bucket {found[0]!r}",
+                    ContainerUrl=url,
+                )
 
     def _storage_for(self, stage: dict[str, Any]) -> ObjectStorage:
         if self.storage is not None:

@@ -110,6 +110,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         scoped_job_credentials: bool = False,
         node_unreachable_grace_seconds: float = 120.0,
         storage: Any = None,
+        storage_bucket_access: Mapping[str, list[str]] | None = None,
         transfer_timeout_seconds: float = 60.0,
         clock: Clock = wall_now,
     ) -> None:
@@ -131,6 +132,10 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         self.node_unreachable_grace_seconds = node_unreachable_grace_seconds
         # The object storage that resource and output file URLs are signed for.
         self.storage = storage
+        # Which buckets each account's tasks may use (fnmatch patterns); None: every bucket.
+        self.storage_bucket_access = (
+            None if storage_bucket_access is None else dict(storage_bucket_access)
+        )
         self.transfer_timeout_seconds = transfer_timeout_seconds
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -221,7 +221,7 @@ class JobTasksMixin:
                     (prep.get("constraints") or {}).get("maxWallClockTime")
                 ),
                 "job_prep_dir": None,
-                **stage_request(prep),
+                **stage_request(prep, pool.account),
             }
         )
 
@@ -321,7 +321,7 @@ class JobTasksMixin:
                     "env": env,
                     "wall_clock_seconds": min(wall, RELEASE_MAX_SECONDS),
                     "job_prep_dir": f"{r.job_id}/{prep_id(r.job_spec)}",
-                    **stage_request(release),
+                    **stage_request(release, r.account),
                 }
             )
             conn.execute(

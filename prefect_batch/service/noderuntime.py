@@ -512,7 +512,7 @@ class NodeMixin(SSHNodeMixin):
                 "env": env,
                 "wall_clock_seconds": None,
                 "job_prep_dir": None,
-                **stage_request(start),
+                **stage_request(start, pool.account),
             }
         )
 

@@ -550,3 +550,55 @@ def test_preparation_task_files_are_there_for_the_job_s_tasks(
     task = wait_for_task(client, job, "t")
     assert task.execution_info.exit_code == 0
     assert client.get_task_file(job, "t", "stdout.txt") == b"weights"
+
+
+def test_an_account_uses_only_the_buckets_it_is_given(
+    tmp_path: Path, s3: S3Endpoint, web: HttpFileServer
+) -> None:
+    s3.client().create_bucket(Bucket="other-account-data")
+    s3.client().put_object(Bucket="other-account-data", Key="secret.txt", Body=b"not yours")
+    s3.client().put_object(Bucket=BUCKET, Key="mine/ok.txt", Body=b"yours")
+    with embedded_client(
+        tmp_path / "home",
+        storage=s3.storage(),
+        storage_bucket_access={"local": [BUCKET, "shared-*"]},
+    ) as c:
+        c.create_pool({"id": "p", "vmSize": "local", "targetDedicatedNodes": 1})
+        c.create_job({"id": "j", "poolInfo": {"poolId": "p"}})
+        out = {
+            "filePattern": "x.txt",
+            "destination": {"container": {"containerUrl": "s3://other-account-data/in"}},
+            "uploadOptions": {"uploadCondition": "taskcompletion"},
+        }
+        c.create_tasks(
+            "j",
+            [
+                {
+                    "id": "read-other",
+                    "commandLine": "true",
+                    "resourceFiles": [{"storageContainerUrl": f"{s3.url}/other-account-data"}],
+                },
+                {"id": "write-other", "commandLine": "true", "outputFiles": [out]},
+                {
+                    "id": "own",
+                    "commandLine": "cat mine/ok.txt",
+                    "resourceFiles": [{"autoStorageContainerName": BUCKET, "blobPrefix": "mine/"}],
+                },
+                {  # plain URLs are the user's own business
+                    "id": "http",
+                    "commandLine": "true",
+                    "resourceFiles": [{"httpUrl": web.url("hello.txt"), "filePath": "h.txt"}],
+                },
+            ],
+        )
+        for task_id in ("read-other", "write-other"):
+            category, code, details = _failure(wait_for_task(c, "j", task_id, timeout=30))
+            assert (category, code) == ("usererror", "BlobAccessDenied")
+            assert "other-account-data" in details["ContainerUrl"]
+        assert wait_for_task(c, "j", "own", timeout=30).execution_info.exit_code == 0
+        assert c.get_task_file("j", "own", "stdout.txt") == b"yours"
+        assert wait_for_task(c, "j", "http", timeout=30).execution_info.exit_code == 0
+    assert "in/x.txt" not in {
+        o["Key"]
+        for o in s3.client().list_objects_v2(Bucket="other-account-data").get("Contents", [])
+    }
