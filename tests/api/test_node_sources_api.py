@@ -67,8 +67,11 @@ def test_node_sources_over_rest(remote: BatchClient) -> None:
 
 
 def test_a_server_takes_key_and_known_hosts_files_only_from_its_ssh_directory(
-    store_url: str, tmp_path: Any
+    tmp_path: Any,
 ) -> None:
+    # A server of its own (the module's has the account already); the check is the store's
+    # business on neither SQLite nor PostgreSQL.
+    store_url = f"sqlite:///{tmp_path / 'batch.db'}"
     from tests.api.conftest import running_server
 
     ssh_dir = tmp_path / "ssh"
