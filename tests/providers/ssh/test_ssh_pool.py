@@ -24,6 +24,7 @@ from prefect_batch.models import BatchNode
 from prefect_batch.providers.hostkeys import fingerprint, parse_public_key
 from prefect_batch.testing import embedded_client, gate_command, wait_for_nodes, wait_until
 from prefect_batch.testing.sshd import SSHServer, SSHServers, generate_key
+from prefect_batch.testing.storage import moto_s3_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -266,6 +267,50 @@ def test_an_embedded_job_manager_on_an_ssh_node_is_told_it_needs_a_server(
     failure = manager.execution_info.failure_info
     assert failure is not None and failure.code == "JobManagerNeedsServer"
     assert "prefect-batch server start" in (failure.message or "")
+
+
+def test_ssh_nodes_stage_resource_and_output_files_without_credentials(
+    make_lab: Callable[..., Lab],
+) -> None:
+    with moto_s3_server(buckets=("ssh-data",)) as s3:
+        s3.client().put_object(Bucket="ssh-data", Key="in/words.txt", Body=b"one two three")
+        lab = make_lab(storage=s3.storage())
+        lab.register()
+        client = lab.client
+        lab.pool("staged", 2)
+        wait_for_nodes(client, "staged", 2, timeout=WAIT)
+        client.create_job({"id": "sj", "poolInfo": {"poolId": "staged"}})
+        client.create_tasks(
+            "sj",
+            [
+                {
+                    "id": f"count{i}",
+                    "commandLine": "/bin/sh -c 'wc -w < in/words.txt > count.txt; env'",
+                    "resourceFiles": [{"storageContainerUrl": "s3://ssh-data/in"}],
+                    "outputFiles": [
+                        {
+                            "filePattern": "count.txt",
+                            "destination": {
+                                "container": {
+                                    "containerUrl": "s3://ssh-data/out",
+                                    "path": f"count{i}.txt",
+                                }
+                            },
+                            "uploadOptions": {"uploadCondition": "tasksuccess"},
+                        }
+                    ],
+                }
+                for i in range(4)
+            ],
+        )
+        assert client.wait_for_job("sj", timeout=WAIT).task_counts.succeeded == 4
+        c = s3.client()
+        for i in range(4):
+            body = c.get_object(Bucket="ssh-data", Key=f"out/count{i}.txt")["Body"].read()
+            assert body.strip() == b"3"
+            # The node saw signed URLs, never the storage's keys.
+            env = client.get_task_file("sj", f"count{i}", "stdout.txt").decode()
+            assert s3.secret_access_key not in env and "AWS_SECRET" not in env
 
 
 def test_reimage_and_removal_wipe_the_host_through_its_agent(make_lab: Callable[..., Lab]) -> None:
