@@ -10,7 +10,9 @@ is from ``create_task`` to ``completed`` (the staged bytes are checked). The bas
 ``aws s3 cp`` does — boto3 ``download_file`` with its default transfer settings (ranged GETs on
 10 threads) for the big object, and 10 threads each calling ``download_file`` for the small
 ones — and the same with one streamed ``get_object`` per object; the ratio is against the
-faster. Target: within 1.5x.
+faster. Target: within 1.5x. Last, the dispatch rate of 300 tasks that each list their own
+object when every listing takes ``--latency-ms`` longer (a remote endpoint), resolved one run
+request at a time against the engine's pool of resolver threads.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from prefect_batch.service.dispatcher import STAGE_THREADS  # noqa: E402
 from prefect_batch.testing import embedded_client, wait_for_nodes, wait_for_task  # noqa: E402
-from prefect_batch.testing.storage import moto_s3_server  # noqa: E402
+from prefect_batch.testing.storage import S3Endpoint, moto_s3_server  # noqa: E402
 
 BUCKET = "bench-staging"
 TARGET_RATIO = 1.5
+DISPATCH_TASKS = 300
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -47,6 +51,9 @@ def main() -> None:
     parser.add_argument("--small-bytes", type=int, default=1024)
     parser.add_argument("--big-mb", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2, help="best of this many runs each")
+    parser.add_argument(
+        "--latency-ms", type=float, default=30.0, help="added to each listing in the last part"
+    )
     args = parser.parse_args()
 
     with moto_s3_server() as s3, tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +141,7 @@ def main() -> None:
                     f"{args.small} x {args.small_bytes} B",
                     "small/",
                     (boto_small, boto_small_streams),
-                ),  # noqa: E501
+                ),
                 (f"1 x {args.big_mb} MB", "big/", (boto_big, boto_big_stream)),
             ):
                 times: list[list[float]] = [[], [], []]
@@ -145,6 +152,8 @@ def main() -> None:
                     times[2].append(stack(prefix))
                 rows.append((label, *(min(t) for t in times)))
 
+        resolve = {n: dispatch_rate(s3, Path(tmp), n, args.latency_ms) for n in (1, STAGE_THREADS)}
+
     print(
         f"{'files':<20}{'download_file':>15}{'get_object':>12}{'stack':>9}{'stack/best boto3':>18}"
     )
@@ -154,6 +163,54 @@ def main() -> None:
         worst = max(worst, ratio)
         print(f"{label:<20}{cp:>14.2f}s{stream:>11.2f}s{full:>8.2f}s{ratio:>17.2f}x")
     print(f"target: within {TARGET_RATIO}x of boto3; worst ratio {worst:.2f}x")
+    print(
+        f"{DISPATCH_TASKS} tasks each listing its own object, +{args.latency_ms:g} ms per listing: "
+        + ", ".join(f"{n} resolver thread(s) {rate:.0f} tasks/s" for n, rate in resolve.items())
+    )
+
+
+def dispatch_rate(s3: S3Endpoint, tmp: Path, threads: int, latency_ms: float) -> float:
+    """Tasks/s of a job whose every task lists its own object, each listing ``latency_ms``
+    slower (a remote endpoint's round trip), with ``threads`` resolving run requests at once."""
+    import prefect_batch.service.dispatcher as dispatcher
+
+    c = s3.client()
+    for i in range(DISPATCH_TASKS):
+        c.put_object(Bucket=BUCKET, Key=f"each/{i:04d}", Body=b"x")
+    storage = s3.storage()
+    listing = storage._list
+
+    def remote_list(*args: object, **kwargs: object) -> list[str]:
+        time.sleep(latency_ms / 1000)
+        return listing(*args, **kwargs)  # type: ignore[arg-type]
+
+    storage._list = remote_list  # type: ignore[method-assign]
+    saved, dispatcher.STAGE_THREADS = dispatcher.STAGE_THREADS, threads
+    try:
+        with embedded_client(tmp / f"home-{threads}", storage=storage) as batch:
+            batch.create_pool(
+                {"id": "p", "vmSize": "local", "targetDedicatedNodes": 3, "taskSlotsPerNode": 8}
+            )
+            wait_for_nodes(batch, "p", 3, timeout=60)
+            batch.create_job({"id": "each", "poolInfo": {"poolId": "p"}})
+            started = time.perf_counter()
+            batch.create_tasks(
+                "each",
+                [
+                    {
+                        "id": f"t{i}",
+                        "commandLine": "true",
+                        "resourceFiles": [
+                            {"storageContainerUrl": f"s3://{BUCKET}", "blobPrefix": f"each/{i:04d}"}
+                        ],
+                    }
+                    for i in range(DISPATCH_TASKS)
+                ],
+            )
+            batch.wait_for_job("each", timeout=600)
+            return DISPATCH_TASKS / (time.perf_counter() - started)
+    finally:
+        dispatcher.STAGE_THREADS = saved
 
 
 if __name__ == "__main__":

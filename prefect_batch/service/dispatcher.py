@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 _URL_ONLY = ObjectStorage()
 """Without configured storage, plain http(s) URLs still work (nothing is signed)."""
 
+STAGE_THREADS = 8
+"""How many run requests' files the engine resolves at once (storage round trips overlap)."""
+
 SPREAD_GRACE_SECONDS = 2.0
 """How long a spread pool waits for nodes that are still starting before it fills the others."""
 
@@ -155,6 +158,7 @@ class DispatchMixin:
     storage: ObjectStorage | None
     storage_bucket_access: dict[str, list[str]] | None
     transfer_timeout_seconds: float
+    _stage_pool: Any = None
 
     def _dispatch(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
         by_pool: dict[int, list[Any]] = defaultdict(list)
@@ -352,36 +356,45 @@ class DispatchMixin:
         """Turn the ``stage`` of run requests into URLs the agent fetches and uploads to.
 
         Presigning is local work; listing a container is a storage request (cached a few
-        seconds per prefix, so the tasks of a job that read one prefix list it once). A file
-        that cannot be resolved becomes the run's ``stage_error``: the agent records the task
-        as ended by that pre-processing error, through the usual completion path.
+        seconds per prefix, so the tasks of a job that read one prefix list it once). The run
+        requests of one step are resolved on up to ``STAGE_THREADS`` threads at once, so a step
+        waits about one storage round trip however many tasks it dispatched. A file that cannot
+        be resolved becomes the run's ``stage_error``: the agent records the task as ended by
+        that pre-processing error, through the usual completion path.
         """
-        for msgs in sends.values():
-            for msg in msgs:
-                stage = msg.pop("stage", None)
-                if stage is None:
-                    continue
-                msg["transfer_timeout_seconds"] = self.transfer_timeout_seconds
-                try:
-                    storage = self._storage_for(stage)
-                    self._check_buckets(storage, stage)
-                    if stage.get("resourceFiles"):
-                        msg["downloads"] = storage.downloads(stage["resourceFiles"])
-                    if stage.get("outputFiles"):
-                        msg["uploads"] = storage.uploads(stage["outputFiles"])
-                except StagingError as exc:
-                    msg.pop("downloads", None)
-                    msg.pop("uploads", None)
-                    msg["stage_error"] = exc.to_wire()
-                except Exception as exc:  # noqa: BLE001 - e.g. no credentials: the task fails
-                    log.warning("could not resolve the files of %s", msg.get("key"), exc_info=True)
-                    msg.pop("downloads", None)
-                    msg.pop("uploads", None)
-                    msg["stage_error"] = StagingError(
-                        "BlobDownloadMiscError",
-                        f"the service could not sign the task's file URLs: {exc}",
-                        "servererror",
-                    ).to_wire()
+        staged = [msg for msgs in sends.values() for msg in msgs if "stage" in msg]
+        if len(staged) == 1:
+            self._stage_one(staged[0])
+        elif staged:
+            if self._stage_pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._stage_pool = ThreadPoolExecutor(STAGE_THREADS, thread_name_prefix="stage")
+            list(self._stage_pool.map(self._stage_one, staged))
+
+    def _stage_one(self, msg: dict[str, Any]) -> None:
+        stage = msg.pop("stage")
+        msg["transfer_timeout_seconds"] = self.transfer_timeout_seconds
+        try:
+            storage = self._storage_for(stage)
+            self._check_buckets(storage, stage)
+            if stage.get("resourceFiles"):
+                msg["downloads"] = storage.downloads(stage["resourceFiles"])
+            if stage.get("outputFiles"):
+                msg["uploads"] = storage.uploads(stage["outputFiles"])
+        except StagingError as exc:
+            msg.pop("downloads", None)
+            msg.pop("uploads", None)
+            msg["stage_error"] = exc.to_wire()
+        except Exception as exc:  # noqa: BLE001 - e.g. no credentials: the task fails
+            log.warning("could not resolve the files of %s", msg.get("key"), exc_info=True)
+            msg.pop("downloads", None)
+            msg.pop("uploads", None)
+            msg["stage_error"] = StagingError(
+                "BlobDownloadMiscError",
+                f"the service could not sign the task's file URLs: {exc}",
+                "servererror",
+            ).to_wire()
 
     def _check_buckets(self, storage: ObjectStorage, stage: dict[str, Any]) -> None:
         """Refuse a bucket the task's account may not use (when access is configured)."""

@@ -214,6 +214,9 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         self._nodes.clear()
         self._pools.clear()
         self._close_remote()
+        if self._stage_pool is not None:
+            self._stage_pool.shutdown(wait=False)
+            self._stage_pool = None
 
     def wake(self, *, pools: bool = False) -> None:
         """Look for new work now rather than at the next tick (a request changed something).
