@@ -213,15 +213,20 @@ def schedule_jobs(
         stdout_console().print(list_table(title, JOB_COLUMNS, [job_row(j) for j in made]))
 
 
+def _act(ctx: typer.Context, schedule_id: str, operation: str, json_out: bool) -> None:
+    """Run ``client.<operation>(schedule_id)`` and show the schedule afterwards."""
+    with batch_client(ctx) as client:
+        getattr(client, operation)(schedule_id)
+        schedule = client.get_job_schedule(schedule_id)
+    _show(schedule, json_out)
+
+
 @app.command("disable")
 def disable_schedule(
     ctx: typer.Context, schedule_id: ScheduleId, json_out: JsonOption = False
 ) -> None:
     """Disable a schedule: no new job is created (a running one goes on)."""
-    with batch_client(ctx) as client:
-        client.disable_job_schedule(schedule_id)
-        schedule = client.get_job_schedule(schedule_id)
-    _show(schedule, json_out)
+    _act(ctx, schedule_id, "disable_job_schedule", json_out)
 
 
 @app.command("enable")
@@ -229,10 +234,7 @@ def enable_schedule(
     ctx: typer.Context, schedule_id: ScheduleId, json_out: JsonOption = False
 ) -> None:
     """Enable a disabled schedule: jobs are created again."""
-    with batch_client(ctx) as client:
-        client.enable_job_schedule(schedule_id)
-        schedule = client.get_job_schedule(schedule_id)
-    _show(schedule, json_out)
+    _act(ctx, schedule_id, "enable_job_schedule", json_out)
 
 
 @app.command("terminate")
@@ -240,10 +242,7 @@ def terminate_schedule(
     ctx: typer.Context, schedule_id: ScheduleId, json_out: JsonOption = False
 ) -> None:
     """Terminate a schedule: no more jobs, and its active job is terminated."""
-    with batch_client(ctx) as client:
-        client.terminate_job_schedule(schedule_id)
-        schedule = client.get_job_schedule(schedule_id)
-    _show(schedule, json_out)
+    _act(ctx, schedule_id, "terminate_job_schedule", json_out)
 
 
 @app.command("delete")
