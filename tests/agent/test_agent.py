@@ -657,6 +657,8 @@ def _oldest_python() -> str | None:
     return None
 
 
+# Hosts of an SSH pool may have an old python3; the agent promises 3.8. Only a machine without
+# a 3.8 interpreter to try it with skips this (pyenv's 3.8 is there on the CI machines).
 @pytest.mark.skipif(_oldest_python() is None, reason="no Python 3.8 on this machine")
 def test_agent_runs_on_python_3_8(start_agent: Callable[..., AgentDriver], root: Path) -> None:
     agent = start_agent(LocalNodeSource(python=_oldest_python()))

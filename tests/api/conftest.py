@@ -68,6 +68,8 @@ def database(kind: str, directory: Path) -> Iterator[str]:
         return
     admin_url = os.environ.get(POSTGRES_ENV)
     if not admin_url:
+        # Developer machines without PostgreSQL run the SQLite half; .ci/run starts a cluster,
+        # sets the variable and stops with an error when it cannot, so CI runs both halves.
         pytest.skip(f"{POSTGRES_ENV} is not set (see .ci/run)")
     with postgres_database(admin_url) as url:
         yield url

@@ -13,12 +13,13 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_refuses_addresses_outside_loopback(tmp_path: Path) -> None:
-    # The fixture validates the address before it opens any socket: nothing is contacted.
+    # The fixture validates the address before it opens any socket: nothing is contacted (and
+    # the addresses are from the documentation ranges, TEST-NET-2/3, routed nowhere).
     with pytest.raises(ValueError, match="loopback"):
-        SSHServers(tmp_path, first_address="10.0.0.2")
+        SSHServers(tmp_path, first_address="198.51.100.2")
     with pytest.raises(ValueError, match="loopback"):
         SSHServers(tmp_path, count=2, first_address="127.255.255.255")  # next is 128.0.0.0
-    server = SSHServer("192.168.1.1", 2222, tmp_path / "s", "root", tmp_path / "keys")
+    server = SSHServer("203.0.113.1", 2222, tmp_path / "s", "root", tmp_path / "keys")
     with pytest.raises(ValueError, match="loopback"):
         server.start()
     assert not (tmp_path / "s").exists()
