@@ -411,46 +411,30 @@ def _http_error(exc: BaseException, what: str, phase: str, **values: str) -> _Tr
     import socket
     import urllib.error
 
-    status = getattr(exc, "code", None)
-    prefix = "Blob" if phase == "download" else "FileUpload"
-    if isinstance(exc, urllib.error.HTTPError) and status is not None and phase == "upload":
-        err = _TransferError(
-            "FileUploadFailed",
-            f"{what}: HTTP {status} {exc.reason}",
-            "usererror" if 400 <= status < 500 and status != 429 else "servererror",
-            **values,
+    status = exc.code if isinstance(exc, urllib.error.HTTPError) else None
+    transient = status is None or status >= 500 or status == 429
+    timed_out = False
+    if status is None:
+        reason = getattr(exc, "reason", exc)
+        timed_out = isinstance(exc, (socket.timeout, TimeoutError)) or isinstance(
+            reason, socket.timeout
         )
-        err.retry = status >= 500 or status == 429
-        return err
-    if isinstance(exc, urllib.error.HTTPError) and status is not None:
-        if status == 404:
-            err = _TransferError(
-                "BlobNotFound", f"{what}: the object does not exist (404)", **values
-            )
-        elif status in (401, 403):
-            err = _TransferError("BlobAccessDenied", f"{what}: access denied ({status})", **values)
-        else:
-            err = _TransferError(
-                prefix + "MiscError", f"{what}: HTTP {status} {exc.reason}", "servererror", **values
-            )
-            err.retry = status >= 500 or status == 429
-        return err
-    reason = getattr(exc, "reason", exc)
-    if isinstance(exc, (socket.timeout, TimeoutError)) or isinstance(reason, socket.timeout):
-        err = _TransferError(
-            "BlobDownloadTimedOut" if phase == "download" else "FileUploadFailed",
-            f"{what}: timed out",
-            "servererror",
-            **values,
-        )
+        message = f"{what}: timed out" if timed_out else f"{what}: {reason}"
     else:
-        err = _TransferError(
-            prefix + "MiscError" if phase == "download" else "FileUploadFailed",
-            f"{what}: {reason}",
-            "servererror",
-            **values,
-        )
-    err.retry = True
+        message = f"{what}: HTTP {status} {getattr(exc, 'reason', '')}"
+    category = "servererror" if transient else "usererror"
+    if phase == "upload":
+        code = "FileUploadFailed"
+    elif status == 404:
+        code, message = "BlobNotFound", f"{what}: the object does not exist (404)"
+    elif status in (401, 403):
+        code, message = "BlobAccessDenied", f"{what}: access denied ({status})"
+    elif timed_out:
+        code = "BlobDownloadTimedOut"
+    else:
+        code, category = "BlobDownloadMiscError", "servererror"
+    err = _TransferError(code, message, category, **values)
+    err.retry = transient
     return err
 
 
@@ -1142,7 +1126,7 @@ class Agent:
         return text
 
     def _inside(self, real: str) -> bool:
-        return real == self.root or real.startswith(self.root + os.sep)
+        return _inside_dir(real, self.root)
 
     def _resolve(self, rel: str, what: str) -> str:
         """Absolute path of ``rel`` with symlinks resolved; it must stay inside the root.
@@ -2005,8 +1989,7 @@ class Agent:
         if within is None:
             return
         top = os.path.realpath(self._resolve(self._rel(within, "within"), "within"))
-        real = os.path.realpath(path)
-        if real != top and not real.startswith(top + os.sep):
+        if not _inside_dir(os.path.realpath(path), top):
             raise _Invalid("OperationInvalid", f"path escapes {within!r}: {rel!r}")
 
     def _op_list_files(self, msg: dict[str, Any]) -> None:

@@ -128,11 +128,9 @@ class ObjectStorage:
         """Storage from a prefect-aws ``S3Bucket`` or ``AwsCredentials`` (or MinIO) block."""
         creds = getattr(block, "credentials", block)
         params: dict[str, Any] = {}
-        client_parameters = getattr(creds, "aws_client_parameters", None)
+        client_parameters = getattr(creds, "aws_client_parameters", None)  # AWS and MinIO alike
         if client_parameters is not None:
             params = client_parameters.get_params_override()
-        elif getattr(creds, "minio_root_user", None) is not None:
-            params = dict(getattr(creds, "aws_client_parameters", None) or {})
         session = creds.get_boto3_session() if hasattr(creds, "get_boto3_session") else None
         config = params.get("config")
         return cls(
