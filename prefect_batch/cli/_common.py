@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -274,6 +274,20 @@ def resource_table(title: str, wire: dict[str, Any]) -> Table:
     for key, value in _flatten(wire):
         table.add_row(key, cell(value))
     return table
+
+
+def print_resources(
+    items: Sequence[Any],
+    title: str,
+    columns: Sequence[str],
+    row: Callable[[Any], Sequence[Any]],
+    json_out: bool,
+) -> None:
+    """Print resources as their wire JSON (``--json``) or as a table of ``row(item)`` rows."""
+    if json_out:
+        print_json([item.to_wire() for item in items])
+    else:
+        stdout_console().print(list_table(title, columns, [row(item) for item in items]))
 
 
 def list_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:

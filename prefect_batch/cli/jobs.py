@@ -18,6 +18,7 @@ from prefect_batch.cli._common import (
     fail,
     list_table,
     print_json,
+    print_resources,
     read_body,
     resource_table,
     stderr_console,
@@ -150,10 +151,7 @@ def list_jobs(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """List the jobs of the account."""
     with batch_client(ctx) as client:
         jobs = client.list_jobs()
-    if json_out:
-        print_json([j.to_wire() for j in jobs])
-    else:
-        stdout_console().print(list_table("Jobs", JOB_COLUMNS, [job_row(j) for j in jobs]))
+    print_resources(jobs, "Jobs", JOB_COLUMNS, job_row, json_out)
 
 
 @app.command("show")

@@ -20,6 +20,7 @@ from prefect_batch.cli._common import (
     list_table,
     parse_duration,
     print_json,
+    print_resources,
     resource_table,
     stdout_console,
 )
@@ -98,12 +99,7 @@ def list_nodes(
     """List the nodes of a pool."""
     with batch_client(ctx) as client:
         nodes = client.list_nodes(pool_id)
-    if json_out:
-        print_json([n.to_wire() for n in nodes])
-    else:
-        stdout_console().print(
-            list_table(f"Nodes of pool {pool_id}", NODE_COLUMNS, [node_row(n) for n in nodes])
-        )
+    print_resources(nodes, f"Nodes of pool {pool_id}", NODE_COLUMNS, node_row, json_out)
 
 
 @app.command("show")

@@ -21,6 +21,7 @@ from prefect_batch.cli._common import (
     parse_duration,
     parse_pairs,
     print_json,
+    print_resources,
     read_body,
     resource_table,
     stdout_console,
@@ -141,10 +142,7 @@ def list_pools(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """List the pools of the account."""
     with batch_client(ctx) as client:
         pools = client.list_pools()
-    if json_out:
-        print_json([p.to_wire() for p in pools])
-    else:
-        stdout_console().print(list_table("Pools", POOL_COLUMNS, [pool_row(p) for p in pools]))
+    print_resources(pools, "Pools", POOL_COLUMNS, pool_row, json_out)
 
 
 @app.command("show")

@@ -18,6 +18,7 @@ from prefect_batch.cli._common import (
     batch_client,
     list_table,
     print_json,
+    print_resources,
     read_body,
     resource_table,
     stdout_console,
@@ -178,11 +179,7 @@ def list_schedules(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """List the job schedules of the account."""
     with batch_client(ctx) as client:
         schedules = client.list_job_schedules()
-    if json_out:
-        print_json([s.to_wire() for s in schedules])
-    else:
-        rows = [schedule_row(s) for s in schedules]
-        stdout_console().print(list_table("Job schedules", SCHEDULE_COLUMNS, rows))
+    print_resources(schedules, "Job schedules", SCHEDULE_COLUMNS, schedule_row, json_out)
 
 
 @app.command("show")
@@ -206,11 +203,7 @@ def schedule_jobs(
     """List the jobs a schedule created (that still exist), oldest first."""
     with batch_client(ctx) as client:
         made = client.list_jobs_from_schedule(schedule_id)
-    if json_out:
-        print_json([j.to_wire() for j in made])
-    else:
-        title = f"Jobs of schedule {schedule_id}"
-        stdout_console().print(list_table(title, JOB_COLUMNS, [job_row(j) for j in made]))
+    print_resources(made, f"Jobs of schedule {schedule_id}", JOB_COLUMNS, job_row, json_out)
 
 
 def _act(ctx: typer.Context, schedule_id: str, operation: str, json_out: bool) -> None:

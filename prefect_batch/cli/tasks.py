@@ -17,6 +17,7 @@ from prefect_batch.cli._common import (
     list_table,
     parse_pairs,
     print_json,
+    print_resources,
     read_json_records,
     resource_table,
     stdout_console,
@@ -185,12 +186,7 @@ def list_tasks(
     """List the tasks of a job."""
     with batch_client(ctx) as client:
         tasks = client.list_tasks(job_id, state=state.value if state else None)
-    if json_out:
-        print_json([t.to_wire() for t in tasks])
-    else:
-        stdout_console().print(
-            list_table(f"Tasks of job {job_id}", TASK_COLUMNS, [task_row(t) for t in tasks])
-        )
+    print_resources(tasks, f"Tasks of job {job_id}", TASK_COLUMNS, task_row, json_out)
 
 
 @app.command("show")
