@@ -70,7 +70,7 @@ from prefect_batch.models import (
     BatchTaskCreateOptions,
     BatchTaskCreateResult,
 )
-from prefect_batch.service.base import ServiceBase
+from prefect_batch.service.base import parse_model
 from prefect_batch.service.tasks import MAX_TASKS_PER_COLLECTION
 
 __all__ = ["API_VERSION", "RemoteBatchService"]
@@ -90,7 +90,7 @@ _STATUS_ERRORS: dict[int, type[BatchServiceError]] = {
     409: BatchConflictError,
 }
 
-parse = ServiceBase.parse
+parse = parse_model
 
 
 def _q(segment: str) -> str:
