@@ -299,6 +299,11 @@ class RemoteBatchService:
         """Nodes per state of every pool."""
         return self._list("/nodecounts", BatchPoolNodeCounts)
 
+    def get_account_quotas(self) -> dict[str, int]:
+        """The account's node quotas and the nodes it holds (a prefect-batch extension)."""
+        answer = self._get("/quotas")
+        return {k: v for k, v in answer.items() if not k.startswith("odata.")}
+
     # -- node sources (a prefect-batch extension) ---------------------------------------------
 
     def create_node_source(self, group: Any) -> None:

@@ -87,6 +87,15 @@ class BatchSettings(BaseSettings):
         '(\'{"acct": ["acct-*", "shared-data"]}\', fnmatch patterns). Unset: every bucket the '
         "storage credentials reach, for every account; set it on a server with several accounts.",
     )
+    local_node_limit: int | None = Field(
+        None,
+        ge=0,
+        description="Most local nodes (agent processes) on this machine, over every account's "
+        "pools; default 8 per CPU. A resize past it stops there with a resize error.",
+    )
+    agent_starts_per_second: float = Field(
+        10.0, gt=0, description="How many new nodes' agents the engine starts per second."
+    )
     transfer_timeout_seconds: float = Field(
         60.0, gt=0, description="Timeout of each download or upload request a node makes."
     )
