@@ -59,12 +59,21 @@ def build_engine(
 
     (Shared by ``BatchClient.start_engine`` and ``prefect-batch server start``.)
     """
+    from sqlalchemy.engine import make_url
+
     from prefect_batch.providers.local import LocalNodeSource
+    from prefect_batch.service.confinement import agent_confinement_args
     from prefect_batch.service.pools import LOCAL_NODE_AGENT_SKU
 
+    protect = [settings.home, settings.effective_node_root]
+    if store.is_sqlite and make_url(store.url).database:
+        protect.append(Path(str(make_url(store.url).database)).parent)
+    agent_args = agent_confinement_args(
+        confine=settings.confine_tasks, protect=protect, task_paths=settings.task_paths
+    )
     return Engine(
         store,
-        {LOCAL_NODE_AGENT_SKU: LocalNodeSource()},
+        {LOCAL_NODE_AGENT_SKU: LocalNodeSource(agent_args=agent_args)},
         settings.effective_node_root,
         account_urls=account_urls,
         tick_seconds=settings.engine_tick_seconds,

@@ -96,6 +96,19 @@ class BatchSettings(BaseSettings):
     agent_starts_per_second: float = Field(
         10.0, gt=0, description="How many new nodes' agents the engine starts per second."
     )
+    confine_tasks: bool = Field(
+        False,
+        description="Confine tasks on local nodes (Linux Landlock, no capabilities): a task "
+        "reaches its own directories, the system's read-only trees and task_paths, never the "
+        "service's home, other nodes or /proc. Off by default in this version (tasks that use "
+        "files elsewhere would fail); a server with several accounts needs it on, or "
+        "--allow-unconfined-tasks.",
+    )
+    task_paths: list[Path] = Field(
+        default_factory=list,
+        description="Extra directories confined tasks may read and write (JSON list), e.g. a "
+        "shared data directory; the service's home stays out of reach even inside one.",
+    )
     transfer_timeout_seconds: float = Field(
         60.0, gt=0, description="Timeout of each download or upload request a node makes."
     )

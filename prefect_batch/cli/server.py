@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,20 +56,26 @@ def serve(
     prefect_events: bool = False,
     tls_certfile: Path | None = None,
     tls_keyfile: Path | None = None,
+    allow_unconfined: bool = False,
 ) -> None:
     """Run the server until it is stopped (what ``server start`` does, callable from Python).
 
     With ``prefect_events``, an :class:`~prefect_batch.prefect.watcher.EventWatcher` emits
     Prefect events for every account's nodes, tasks, jobs and pools (needs ``PREFECT_API_URL``).
-    With ``tls_certfile`` and ``tls_keyfile`` (PEM), it serves HTTPS.
+    With ``tls_certfile`` and ``tls_keyfile`` (PEM), it serves HTTPS. Where tasks cannot be
+    confined (or ``confine_tasks`` is off) it warns, and refuses more than one account unless
+    ``allow_unconfined``.
     """
     import uvicorn
 
     from prefect_batch.api import create_app
     from prefect_batch.client import build_engine
     from prefect_batch.service.accounts import AccountOperations
+    from prefect_batch.service.confinement import set_not_dumpable
     from prefect_batch.store import Store
 
+    set_not_dumpable()  # its environ may hold PREFECT_BATCH_ACCOUNT_KEY: not readable by tasks
+    _private_home(settings.home)
     tls = _tls_files(tls_certfile, tls_keyfile)
     scheme = "https" if tls else "http"
     url = (public_url or f"{scheme}://{host}:{port}").rstrip("/")
@@ -81,6 +88,7 @@ def serve(
             err=True,
         )
     names = [a.name for a in ops.list()]
+    _check_confinement(settings, len(names), allow_unconfined)
     if not names:
         typer.echo(
             "No accounts yet: create one with `prefect-batch account create NAME` "
@@ -118,6 +126,37 @@ def serve(
         if watcher is not None:
             watcher.stop()
         store.dispose()
+
+
+def _check_confinement(settings: BatchSettings, accounts: int, allow_unconfined: bool) -> None:
+    """Warn where tasks run unconfined; refuse several accounts there unless allowed."""
+    from prefect_batch.service.confinement import confinement_unavailable
+
+    reason = (
+        confinement_unavailable() if settings.confine_tasks else "PREFECT_BATCH_CONFINE_TASKS=false"
+    )
+    if reason is None:
+        return
+    typer.echo(
+        f"Warning: tasks on local nodes run unconfined ({reason}): a task can read the "
+        "service's store, keys and every other account's files.",
+        err=True,
+    )
+    if accounts > 1 and not allow_unconfined:
+        raise PrefectBatchError(
+            f"refusing to serve {accounts} accounts with unconfined tasks: one account's tasks "
+            "could take over the others; pass --allow-unconfined-tasks if every task is trusted"
+        )
+
+
+def _private_home(home: Path) -> None:
+    """The home (store, keys, node roots) readable by its owner only (0700)."""
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if home.stat().st_uid == os.geteuid():
+            home.chmod(0o700)
+    except OSError as exc:
+        typer.echo(f"Warning: cannot make {home} private: {exc}", err=True)
 
 
 def _tls_files(certfile: Path | None, keyfile: Path | None) -> tuple[Path, Path] | None:
@@ -184,6 +223,13 @@ def start(
     tls_keyfile: Annotated[
         Path | None, typer.Option("--tls-keyfile", help="PEM private key of --tls-certfile.")
     ] = None,
+    allow_unconfined_tasks: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unconfined-tasks",
+            help="Serve several accounts even where tasks cannot be confined (trusted tasks).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the Azure Batch REST API and run every account's pools until stopped."""
     settings = get_settings()
@@ -200,6 +246,7 @@ def start(
             prefect_events=prefect_events,
             tls_certfile=tls_certfile,
             tls_keyfile=tls_keyfile,
+            allow_unconfined=allow_unconfined_tasks,
         )
     except PrefectBatchError as exc:
         fail(exc)

@@ -38,6 +38,7 @@ from prefect_batch.core.states import (
 )
 from prefect_batch.service import lifecycle
 from prefect_batch.service.common import iso, new_node_id
+from prefect_batch.service.confinement import run_confinement
 from prefect_batch.service.dispatcher import (
     NODE_RUNNING,
     base_environment,
@@ -540,6 +541,7 @@ class NodeMixin(SSHNodeMixin):
                 "wall_clock_seconds": None,
                 "job_prep_dir": None,
                 **stage_request(start, pool.account),
+                **run_confinement(start),
             }
         )
 
