@@ -59,12 +59,21 @@ def build_engine(
 
     (Shared by ``BatchClient.start_engine`` and ``prefect-batch server start``.)
     """
+    from sqlalchemy.engine import make_url
+
     from prefect_batch.providers.local import LocalNodeSource
+    from prefect_batch.service.confinement import agent_confinement_args
     from prefect_batch.service.pools import LOCAL_NODE_AGENT_SKU
 
+    protect = [settings.home, settings.effective_node_root]
+    if store.is_sqlite and make_url(store.url).database:
+        protect.append(Path(str(make_url(store.url).database)).parent)
+    agent_args = agent_confinement_args(
+        confine=settings.confine_tasks, protect=protect, task_paths=settings.task_paths
+    )
     return Engine(
         store,
-        {LOCAL_NODE_AGENT_SKU: LocalNodeSource()},
+        {LOCAL_NODE_AGENT_SKU: LocalNodeSource(agent_args=agent_args)},
         settings.effective_node_root,
         account_urls=account_urls,
         tick_seconds=settings.engine_tick_seconds,
@@ -83,6 +92,8 @@ def build_engine(
         storage=storage or storage_from_settings(settings),
         storage_bucket_access=settings.storage_bucket_access,
         transfer_timeout_seconds=settings.transfer_timeout_seconds,
+        local_node_limit=settings.local_node_limit,
+        agent_starts_per_second=settings.agent_starts_per_second,
     )
 
 
@@ -265,6 +276,31 @@ class BatchClient:
     def list_pool_node_counts(self) -> list[BatchPoolNodeCounts]:
         """Nodes per state of every pool (Azure's ``nodecounts``)."""
         return self.service.list_pool_node_counts()
+
+    def get_account_quotas(self) -> dict[str, int]:
+        """This account's node quotas (``dedicatedNodeQuota``, ``lowPriorityNodeQuota``) and
+        the nodes it holds (``dedicatedNodes``)."""
+        return self.service.get_account_quotas()
+
+    def set_account_quota(
+        self, *, dedicated_nodes: int | None = None, low_priority_nodes: int | None = None
+    ) -> dict[str, int]:
+        """Set this account's node quotas (embedded mode only: behind a server the operator
+        sets them with ``prefect-batch account set-quota``, an account never raises its own)."""
+        if self.store is None:
+            raise PrefectBatchError(
+                "a server's quotas are set by its operator: `prefect-batch account set-quota`"
+            )
+        from prefect_batch.service.quotas import set_quota
+
+        set_quota(
+            self.store,
+            self.account_name,
+            dedicated_nodes=dedicated_nodes,
+            low_priority_nodes=low_priority_nodes,
+        )
+        self._wake(pools=True)
+        return self.get_account_quotas()
 
     # -- node sources (a prefect-batch extension) ------------------------------------------
 

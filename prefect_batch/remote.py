@@ -70,7 +70,7 @@ from prefect_batch.models import (
     BatchTaskCreateOptions,
     BatchTaskCreateResult,
 )
-from prefect_batch.service.base import ServiceBase
+from prefect_batch.service.base import parse_model
 from prefect_batch.service.tasks import MAX_TASKS_PER_COLLECTION
 
 __all__ = ["API_VERSION", "RemoteBatchService"]
@@ -90,7 +90,7 @@ _STATUS_ERRORS: dict[int, type[BatchServiceError]] = {
     409: BatchConflictError,
 }
 
-parse = ServiceBase.parse
+parse = parse_model
 
 
 def _q(segment: str) -> str:
@@ -298,6 +298,11 @@ class RemoteBatchService:
     def list_pool_node_counts(self) -> list[BatchPoolNodeCounts]:
         """Nodes per state of every pool."""
         return self._list("/nodecounts", BatchPoolNodeCounts)
+
+    def get_account_quotas(self) -> dict[str, int]:
+        """The account's node quotas and the nodes it holds (a prefect-batch extension)."""
+        answer = self._get("/quotas")
+        return {k: v for k, v in answer.items() if not k.startswith("odata.")}
 
     # -- node sources (a prefect-batch extension) ---------------------------------------------
 

@@ -87,6 +87,28 @@ class BatchSettings(BaseSettings):
         '(\'{"acct": ["acct-*", "shared-data"]}\', fnmatch patterns). Unset: every bucket the '
         "storage credentials reach, for every account; set it on a server with several accounts.",
     )
+    local_node_limit: int | None = Field(
+        None,
+        ge=0,
+        description="Most local nodes (agent processes) on this machine, over every account's "
+        "pools; default 8 per CPU. A resize past it stops there with a resize error.",
+    )
+    agent_starts_per_second: float = Field(
+        10.0, gt=0, description="How many new nodes' agents the engine starts per second."
+    )
+    confine_tasks: bool = Field(
+        False,
+        description="Confine tasks on local nodes (Linux Landlock, no capabilities): a task "
+        "reaches its own directories, the system's read-only trees and task_paths, never the "
+        "service's home, other nodes or /proc. Off by default in this version (tasks that use "
+        "files elsewhere would fail); a server with several accounts needs it on, or "
+        "--allow-unconfined-tasks.",
+    )
+    task_paths: list[Path] = Field(
+        default_factory=list,
+        description="Extra directories confined tasks may read and write (JSON list), e.g. a "
+        "shared data directory; the service's home stays out of reach even inside one.",
+    )
     transfer_timeout_seconds: float = Field(
         60.0, gt=0, description="Timeout of each download or upload request a node makes."
     )

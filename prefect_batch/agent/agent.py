@@ -685,6 +685,190 @@ def _upload_all(
     return first
 
 
+# ------------------------------------------------------------------ confinement
+# Tasks of a confined agent (``--confine``) run under Linux Landlock (kernel >= 5.13), applied in
+# the child just before exec: they may read and execute the system's read-only trees, the
+# interpreter and the paths the service names (``--task-read``); read and write their own task
+# directory, the node's shared and startup directories, the job's preparation directory and the
+# paths the service names (``--task-path``); and nothing else: not the node root, other tasks,
+# other nodes, the service's home, nor any /proc entry. Capabilities are dropped first (an empty
+# bounding set and no_new_privs), so a task of an agent running as root holds none after exec.
+# ctypes only, so the agent stays standard library. Syscall numbers 444-446 are the same on
+# every architecture (they came after the syscall tables were unified).
+
+_LL_CREATE, _LL_ADD, _LL_RESTRICT = 444, 445, 446
+_LL_EXEC, _LL_WRITE, _LL_READ, _LL_READ_DIR = 1, 2, 4, 8
+_LL_FILE_ONLY = _LL_EXEC | _LL_WRITE | _LL_READ | (1 << 14) | (1 << 15)  # + TRUNCATE, IOCTL_DEV
+_LL_RO = _LL_EXEC | _LL_READ | _LL_READ_DIR
+_LL_ALL = (1 << 16) - 1
+_PR_SET_DUMPABLE, _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS = 4, 24, 38
+SYSTEM_READ_PATHS = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/sys",
+    "/run/systemd/resolve",
+)  # fmt: skip
+"""Trees every confined task may read and execute (plus the interpreter's prefix)."""
+DEVICE_FILES = (("/dev/null", _LL_READ | _LL_WRITE), ("/dev/zero", _LL_READ),
+                ("/dev/full", _LL_READ | _LL_WRITE), ("/dev/urandom", _LL_READ),
+                ("/dev/random", _LL_READ))  # fmt: skip
+
+
+def set_not_dumpable() -> bool:
+    """``PR_SET_DUMPABLE=0``: same-user processes cannot read this one's environ or memory."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+class Confinement:
+    """Builds a Landlock ruleset per task in the agent; the child only applies it.
+
+    Args:
+        read_paths: Extra trees tasks may read and execute.
+        write_paths: Extra trees tasks may read and write.
+        protect: Trees no rule may reach (the service's home): a tree that holds one is
+            allowed except for it (its siblings, walked from the top).
+    """
+
+    def __init__(self, read_paths: list, write_paths: list, protect: list) -> None:
+        import ctypes
+
+        self.ct = ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._syscall = libc.syscall
+        self._syscall.restype = ctypes.c_long
+        self._prctl = libc.prctl
+        self._prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+        self.abi = max(
+            int(self._syscall(_LL_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(1))), 0
+        )
+        if self.abi < 1:
+            raise OSError(errno.ENOSYS, "Landlock is not available on this kernel")
+        self.fs = (1 << {1: 13, 2: 14, 3: 15, 4: 15}.get(self.abi, 16)) - 1
+        self.scoped = 3 if self.abi >= 6 else 0  # signals and abstract sockets of others
+
+        class Attr(ctypes.Structure):
+            _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64),
+                        ("scoped", ctypes.c_uint64)]  # fmt: skip
+
+        class Beneath(ctypes.Structure):
+            _pack_ = 1
+            _fields_ = [("access", ctypes.c_uint64), ("fd", ctypes.c_int32)]
+
+        self.Attr, self.Beneath = Attr, Beneath
+        self.protect = [os.path.realpath(p) for p in protect]
+        self.cap_last = self._cap_last() if self._has_caps() else -1
+        prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix,
+                    os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}  # fmt: skip
+        self.base: list = []
+        for path in list(SYSTEM_READ_PATHS) + sorted(prefixes) + list(read_paths):
+            self.base += self._allowed(path, _LL_RO)
+        for path in write_paths:
+            self.base += self._allowed(path, _LL_ALL)
+
+    @staticmethod
+    def _has_caps() -> bool:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("CapEff:"):
+                        return int(line.split()[1], 16) != 0
+        except OSError:
+            pass
+        return os.geteuid() == 0
+
+    @staticmethod
+    def _cap_last() -> int:
+        try:
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return 63
+
+    def _allowed(self, path: str, access: int) -> list:
+        """Rules for ``path``, leaving out every protected tree (and paths inside one)."""
+        real = os.path.realpath(path)
+        if not os.path.exists(real) or any(_inside(real, p) for p in self.protect):
+            return []
+        held = [p for p in self.protect if _inside(p, real)]
+        if not held:
+            return [(real, access)]
+        out: list = []
+        try:
+            names = os.listdir(real)
+        except OSError:
+            return []
+        for name in names:  # the tree holds a protected path: allow its siblings only
+            out += self._allowed(os.path.join(real, name), access)
+        return out
+
+    def task_rules(self, dirs: list, env: dict) -> list:
+        """The rules of one task: the base, its directories, and its PATH's directories."""
+        rules = list(self.base)
+        for entry in (env.get("PATH") or "").split(":"):
+            if entry.startswith("/"):
+                rules += self._allowed(entry, _LL_RO)
+                if os.path.basename(entry.rstrip("/")) == "shims":  # pyenv: its root too
+                    rules += self._allowed(os.path.dirname(entry.rstrip("/")), _LL_RO)
+        for d in dirs:
+            rules.append((os.path.realpath(d), _LL_ALL))
+        rules += list(DEVICE_FILES)
+        return rules
+
+    def build(self, rules: list) -> int:
+        """A ruleset file descriptor (O_CLOEXEC) for ``rules``; the caller closes it."""
+        ct = self.ct
+        attr = self.Attr(self.fs, 0, self.scoped)
+        fd = int(self._syscall(_LL_CREATE, ct.byref(attr), ct.c_size_t(24), ct.c_uint32(0)))
+        if fd < 0:
+            e = ct.get_errno()
+            raise OSError(e, "landlock_create_ruleset: " + os.strerror(e))
+        try:
+            for path, access in rules:
+                try:
+                    pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    isdir = stat.S_ISDIR(os.fstat(pfd).st_mode)
+                    acc = access & (self.fs if isdir else self.fs & _LL_FILE_ONLY)
+                    rule = self.Beneath(acc, pfd)
+                    if self._syscall(_LL_ADD, fd, 1, ct.byref(rule), 0) < 0:
+                        e = ct.get_errno()
+                        raise OSError(e, "landlock_add_rule " + path + ": " + os.strerror(e))
+                finally:
+                    os.close(pfd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def preexec(self, ruleset: int) -> Callable[[], None]:
+        """What the child runs before exec: drop capabilities, no_new_privs, restrict."""
+        prctl, syscall, ct = self._prctl, self._syscall, self.ct
+        caps = range(self.cap_last + 1)
+        fd, flags = ct.c_int(ruleset), ct.c_uint32(0)
+
+        def apply() -> None:
+            for cap in caps:  # an empty bounding set: root gets no capability at exec
+                if prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ct.get_errno() != errno.EINVAL:
+                    raise OSError(ct.get_errno(), "PR_CAPBSET_DROP")
+            if prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                raise OSError(ct.get_errno(), "PR_SET_NO_NEW_PRIVS")
+            if syscall(_LL_RESTRICT, fd, flags) != 0:
+                raise OSError(ct.get_errno(), "landlock_restrict_self")
+
+        return apply
+
+
 class _Run:
     """One task process the agent supervises (its own child, or adopted from an old agent)."""
 
@@ -748,6 +932,7 @@ class _Prep:
         "uploads",
         "transfer_timeout",
         "stage_error",
+        "confine",
     )
 
     def __init__(
@@ -767,6 +952,7 @@ class _Prep:
         self.env_req = env_req
         self.wall = wall
         self.prep_dir = prep_dir
+        self.confine = True
         self.out = -1
         self.err = -1
         self.rec = -1
@@ -818,8 +1004,10 @@ class Agent:
         in_fd: int = 0,
         out_fd: int = 1,
         disk_reserve_bytes: int = DISK_RESERVE_BYTES,
+        confinement: Confinement | None = None,
     ) -> None:
         self.root = os.path.realpath(os.path.abspath(root))
+        self.confinement = confinement
         self.runs_dir = os.path.join(self.root, ".agent", "runs")
         self._make_layout()
         self.in_fd = in_fd
@@ -1309,6 +1497,7 @@ class Agent:
             self._fail_run(key, str(error["code"]), str(error["message"]), rel, error=error)
             return
         p = _Prep(key, argv, rel, task_dir, env_req, wall, prep_dir)
+        p.confine = msg.get("confine") is not False  # false: admin elevation, unconfined
         p.uploads = uploads
         p.transfer_timeout = transfer_timeout
         if downloads:
@@ -1554,18 +1743,37 @@ class Agent:
         search = ""
         cached = False
         retry_spawn = False
+        ruleset = -1
         try:
             env = self._task_env(p.env_req, p.task_dir, p.prep_dir)
             search = env.get("PATH") or os.defpath
             cached = "/" not in prog and (search, prog) in self.which_cache
             path = self._which(prog, search, wd) if "/" not in prog else prog
+            preexec = None
+            if self.confinement is not None and p.confine:
+                ruleset, preexec = self._sandbox(p, env)
             start = time.time()
-            if self.spawn_mode == "posix_spawn":
+            if preexec is not None:
+                popen = subprocess.Popen(
+                    argv,
+                    executable=path,
+                    stdin=self.devnull,
+                    stdout=p.out,
+                    stderr=p.err,
+                    cwd=wd,
+                    env=env,
+                    close_fds=True,
+                    start_new_session=True,
+                    restore_signals=True,
+                    preexec_fn=preexec,
+                )
+                pid = popen.pid
+            elif self.spawn_mode == "posix_spawn":
                 try:
                     pid = self._posix_spawn(path, argv, env, wd, p.out, p.err)
                 except NotImplementedError:  # no POSIX_SPAWN_SETSID here
                     self.spawn_mode = "popen"
-            if self.spawn_mode == "popen":
+            if preexec is None and self.spawn_mode == "popen":
                 popen = subprocess.Popen(
                     argv,
                     executable=path,
@@ -1603,6 +1811,13 @@ class Agent:
             p.close()
             self._fail_run(key, "OperationInvalid", str(exc), rel)
             return
+        except subprocess.SubprocessError as exc:  # the confinement failed in the child
+            p.close()
+            self._fail_run(key, "TaskStartFailed", f"cannot confine the task: {exc}", rel)
+            return
+        finally:
+            if ruleset >= 0:
+                os.close(ruleset)
         run = _Run(key, pid, rel, start)
         run.popen = popen
         run.uploads = p.uploads
@@ -1640,6 +1855,20 @@ class Agent:
             self._diag(f"cannot write run record of {key}: {exc}")
         p.close()
         self._emit({"ev": "started", "key": key, "pid": pid, "time": start})
+
+    def _sandbox(self, p: _Prep, env: dict[str, str]) -> tuple[int, Callable[[], None]]:
+        """The task's ruleset and the child's preexec step; gives the task its own TMPDIR."""
+        assert self.confinement is not None
+        tmp = p.task_dir + "/tmp"
+        os.makedirs(tmp, exist_ok=True)
+        if "TMPDIR" not in p.env_req:
+            env["TMPDIR"] = tmp
+        dirs = [p.task_dir, self.root + "/shared", self.root + "/startup"]
+        if p.prep_dir is not None:
+            dirs.append(p.prep_dir)
+        rules = self.confinement.task_rules(dirs, env)
+        ruleset = self.confinement.build(rules)
+        return ruleset, self.confinement.preexec(ruleset)
 
     def _posix_spawn(
         self, path: str, argv: list[str], env: dict[str, str], wd: str, out: int, err: int
@@ -2253,8 +2482,22 @@ def main(argv: list[str] | None = None) -> int:
         default=DISK_RESERVE_BYTES,
         help="free disk space a resource file download may not use up",
     )
+    parser.add_argument(
+        "--confine", action="store_true", help="run tasks under Landlock (Linux), no capabilities"
+    )
+    parser.add_argument("--task-read", action="append", default=[], help="a tree tasks may read")
+    parser.add_argument("--task-path", action="append", default=[], help="a tree tasks may write")
+    parser.add_argument("--protect", action="append", default=[], help="a tree no task may reach")
     args = parser.parse_args(argv)
     _protect_inherited_fds()
+    set_not_dumpable()  # same-user processes cannot read this agent's environ or memory
+    confinement = None
+    if args.confine:
+        try:
+            confinement = Confinement(args.task_read, args.task_path, args.protect)
+        except OSError as exc:  # refuse to run tasks unconfined when asked to confine them
+            sys.stderr.write(f"agent: cannot confine tasks: {exc}\n")
+            return 3
     agent = Agent(
         args.root,
         reaper=args.reaper,
@@ -2262,6 +2505,7 @@ def main(argv: list[str] | None = None) -> int:
         prep_threads=args.prep_threads,
         prep_mode=args.prep_mode,
         disk_reserve_bytes=args.disk_reserve_bytes,
+        confinement=confinement,
     )
     return agent.serve()
 

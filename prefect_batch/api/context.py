@@ -2,8 +2,11 @@
 
 * :func:`service` — the authenticated account's ``BatchService`` (URLs in answers use the
   address the client called), waking the server's engine on writes;
-* :func:`json_body` — the request's JSON (at most 4 MiB), validated later by the service, so a
-  server rejects exactly what the embedded service rejects, with the same Azure error;
+* :func:`json_body` — the request's JSON (at most 4 MiB, nested at most
+  :data:`MAX_JSON_DEPTH` deep), validated later by the service, so a server rejects exactly what
+  the embedded service rejects, with the same Azure error; a ``Content-MD5`` header, when sent,
+  must match the body (400 ``Md5Mismatch``): the signature covers the header, so this check is
+  what makes a signed body tamper-evident;
 * :func:`conditions` — ``If-Match``, ``If-None-Match``, ``If-Modified-Since``,
   ``If-Unmodified-Since`` turned into a check the service runs on the resource's row inside its
   own transaction (so the check and the change see the same version);
@@ -15,6 +18,10 @@ No Batch rules here.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import json
 from collections.abc import Callable
 from email.utils import format_datetime, parsedate_to_datetime
@@ -41,6 +48,8 @@ from prefect_batch.service.common import etag
 __all__ = [
     "API_VERSIONS",
     "MAX_BODY_BYTES",
+    "MAX_JSON_DEPTH",
+    "check_content_md5",
     "accepted",
     "conditions",
     "created",
@@ -58,6 +67,9 @@ API_VERSIONS = ("2025-06-01",)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 """Largest request body accepted (Azure's addtaskcollection limit is about 1 MB of JSON)."""
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and arrays accepted in a body (Azure's bodies need about 8)."""
 
 
 def base_url(request: Request) -> str:
@@ -102,6 +114,7 @@ async def service(
         base_url=base_url(request),
         wake=engine.wake if engine is not None else None,
         file_sandbox=getattr(state, "ssh_files_dir", None),
+        strict=True,
     )
 
 
@@ -118,12 +131,61 @@ async def json_body(request: Request) -> Any:
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
             raise invalid_request_body(f"more than {MAX_BODY_BYTES} bytes", status_code=413)
+    check_content_md5(request.headers.get("content-md5"), bytes(raw))
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+    except RecursionError as exc:  # the parser gives up far deeper than MAX_JSON_DEPTH
+        raise invalid_request_body(_TOO_DEEP) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid_request_body(f"not JSON: {exc}") from exc
+    if _depth_over(body, MAX_JSON_DEPTH):
+        raise invalid_request_body(_TOO_DEEP)
+    return body
+
+
+def check_content_md5(header: str | None, raw: bytes) -> None:
+    """Refuse a body whose ``Content-MD5`` (base64 of the MD5 digest) does not match it."""
+    if not header:
+        return
+    try:
+        claimed = base64.b64decode(header.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise invalid_header("Content-MD5", header, "not a base64 MD5 digest") from exc
+    if len(claimed) != 16:
+        raise invalid_header("Content-MD5", header, "not a base64 MD5 digest")
+    actual = hashlib.md5(raw, usedforsecurity=False).digest()
+    if not hmac.compare_digest(claimed, actual):
+        raise BatchInvalidRequestError(
+            "Md5Mismatch",
+            "The MD5 value specified in the request did not match the MD5 value calculated by "
+            "the server.",
+            {
+                "UserSpecifiedMd5": header,
+                "ServerCalculatedMd5": base64.b64encode(actual).decode(),
+            },
+        )
+
+
+_TOO_DEEP = f"objects and arrays nested more than {MAX_JSON_DEPTH} deep"
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects/arrays deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def object_body(body: Any, *, required: bool = True) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``prefect-batch account create|list|keys|rotate|delete``: the accounts of a batch server.
+"""``prefect-batch account create|list|keys|rotate|set-quota|delete``: a batch server's accounts.
 
 An account is a name (3-24 lower-case letters and digits, as Azure's) and two base64 keys; a
 client signs its requests with either (SharedKey), so one key can be rotated while clients use
@@ -7,6 +7,8 @@ the other. These commands work on the store itself (``--home`` / ``PREFECT_BATCH
 sees a new or rotated key at once and stops accepting a replaced one within seconds.
 
 Keys are printed only by ``create``, ``keys`` and ``rotate`` (on stdout), and never logged.
+``list`` shows each account's node quotas; ``set-quota`` changes them (a running server applies
+them at its next resize step).
 """
 
 from __future__ import annotations
@@ -100,13 +102,57 @@ def create(
 def list_accounts(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """List the accounts (names only; `account keys NAME` shows keys)."""
     with accounts(ctx) as ops:
-        found = ops.list()
+        found = [(a, ops.quota(a.name)) for a in ops.list()]
     if json_out:
-        print_json([{"accountName": a.name, "creationTime": _when(a.creation_time)} for a in found])
+        print_json(
+            [
+                {"accountName": a.name, "creationTime": _when(a.creation_time), **q.to_wire()}
+                for a, q in found
+            ]
+        )
         return
     stdout_console().print(
         list_table(
-            "Accounts", ["name", "created"], [(a.name, _when(a.creation_time)) for a in found]
+            "Accounts",
+            ["name", "created", "dedicated node quota", "low-priority node quota"],
+            [
+                (a.name, _when(a.creation_time), str(q.dedicated_nodes), str(q.low_priority_nodes))
+                for a, q in found
+            ],
+        )
+    )
+
+
+@app.command("set-quota")
+def set_quota(
+    ctx: typer.Context,
+    name: Name,
+    dedicated: Annotated[
+        int | None,
+        typer.Option("--dedicated-nodes", min=0, help="Most dedicated nodes over all its pools."),
+    ] = None,
+    low_priority: Annotated[
+        int | None,
+        typer.Option("--low-priority-nodes", min=0, help="Most low-priority (spot) nodes."),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Set an account's node quotas (the one not given is kept); print both."""
+    if dedicated is None and low_priority is None:
+        raise typer.BadParameter("give --dedicated-nodes and/or --low-priority-nodes")
+    with accounts(ctx) as ops:
+        quota = ops.set_quota(name, dedicated_nodes=dedicated, low_priority_nodes=low_priority)
+    if json_out:
+        print_json({"accountName": name, **quota.to_wire()})
+        return
+    stdout_console().print(
+        list_table(
+            f"Account {name}",
+            ["quota", "nodes"],
+            [
+                ("dedicated", str(quota.dedicated_nodes)),
+                ("low-priority", str(quota.low_priority_nodes)),
+            ],
         )
     )
 

@@ -11,14 +11,17 @@ One line for a script::
         prefect-batch server start --host 127.0.0.1 --port 8765
 
 makes sure account ``acct`` exists with that primary key before serving. The server binds to
-loopback by default; it speaks plain HTTP, so put a TLS-terminating proxy in front of it before
-binding it to any other address (README, "The batch server").
+loopback by default. With ``--tls-certfile`` and ``--tls-keyfile`` it serves HTTPS itself (the
+certificate file may hold the chain); without them it speaks plain HTTP and warns when bound to
+any other address (put a TLS-terminating proxy in front, README "Security model").
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -51,20 +54,31 @@ def serve(
     public_url: str | None = None,
     log_level: str = "info",
     prefect_events: bool = False,
+    tls_certfile: Path | None = None,
+    tls_keyfile: Path | None = None,
+    allow_unconfined: bool = False,
 ) -> None:
     """Run the server until it is stopped (what ``server start`` does, callable from Python).
 
     With ``prefect_events``, an :class:`~prefect_batch.prefect.watcher.EventWatcher` emits
     Prefect events for every account's nodes, tasks, jobs and pools (needs ``PREFECT_API_URL``).
+    With ``tls_certfile`` and ``tls_keyfile`` (PEM), it serves HTTPS. Where tasks cannot be
+    confined (or ``confine_tasks`` is off) it warns, and refuses more than one account unless
+    ``allow_unconfined``.
     """
     import uvicorn
 
     from prefect_batch.api import create_app
     from prefect_batch.client import build_engine
     from prefect_batch.service.accounts import AccountOperations
+    from prefect_batch.service.confinement import set_not_dumpable
     from prefect_batch.store import Store
 
-    url = (public_url or f"http://{host}:{port}").rstrip("/")
+    set_not_dumpable()  # its environ may hold PREFECT_BATCH_ACCOUNT_KEY: not readable by tasks
+    _private_home(settings.home)
+    tls = _tls_files(tls_certfile, tls_keyfile)
+    scheme = "https" if tls else "http"
+    url = (public_url or f"{scheme}://{host}:{port}").rstrip("/")
     store = Store(settings.effective_database_url)
     ops = AccountOperations(store)
     if settings.account_key is not None:
@@ -74,13 +88,14 @@ def serve(
             err=True,
         )
     names = [a.name for a in ops.list()]
+    _check_confinement(settings, len(names), allow_unconfined)
     if not names:
         typer.echo(
             "No accounts yet: create one with `prefect-batch account create NAME` "
             "(the server sees it at once).",
             err=True,
         )
-    if not _is_loopback(host):
+    if not tls and not _is_loopback(host):
         typer.echo(
             f"Warning: serving plain HTTP on {host}; put a TLS-terminating proxy in front.",
             err=True,
@@ -98,11 +113,65 @@ def serve(
     logging.getLogger("prefect_batch").setLevel(log_level.upper())
     watcher = start_watcher(store) if prefect_events else None
     try:
-        uvicorn.run(app_, host=host, port=port, log_level=log_level, proxy_headers=True)
+        uvicorn.run(
+            app_,
+            host=host,
+            port=port,
+            log_level=log_level,
+            proxy_headers=True,
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
+        )
     finally:
         if watcher is not None:
             watcher.stop()
         store.dispose()
+
+
+def _check_confinement(settings: BatchSettings, accounts: int, allow_unconfined: bool) -> None:
+    """Warn where tasks run unconfined; refuse several accounts there unless allowed."""
+    from prefect_batch.service.confinement import confinement_unavailable
+
+    reason = (
+        confinement_unavailable() if settings.confine_tasks else "PREFECT_BATCH_CONFINE_TASKS=false"
+    )
+    if reason is None:
+        return
+    typer.echo(
+        f"Warning: tasks on local nodes run unconfined ({reason}): a task can read the "
+        "service's store, keys and every other account's files.",
+        err=True,
+    )
+    if accounts > 1 and not allow_unconfined:
+        raise PrefectBatchError(
+            f"refusing to serve {accounts} accounts with unconfined tasks: one account's tasks "
+            "could take over the others; pass --allow-unconfined-tasks if every task is trusted"
+        )
+
+
+def _private_home(home: Path) -> None:
+    """The home (store, keys, node roots) readable by its owner only (0700)."""
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if home.stat().st_uid == os.geteuid():
+            home.chmod(0o700)
+    except OSError as exc:
+        typer.echo(f"Warning: cannot make {home} private: {exc}", err=True)
+
+
+def _tls_files(certfile: Path | None, keyfile: Path | None) -> tuple[Path, Path] | None:
+    """Both TLS files, checked readable, or None; one without the other is an error."""
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise typer.BadParameter("give both --tls-certfile and --tls-keyfile, or neither")
+    import ssl
+
+    try:  # fail at start with a clear message, not on the first connection
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise typer.BadParameter(f"cannot load the TLS certificate and key: {exc}") from exc
+    return certfile, keyfile
 
 
 def start_watcher(store: Any) -> Any:
@@ -132,7 +201,7 @@ def start(
         typer.Option(
             "--public-url",
             help="The URL clients and tasks use (AZ_BATCH_ACCOUNT_URL), e.g. behind a proxy; "
-            "default http://HOST:PORT.",
+            "default http(s)://HOST:PORT.",
         ),
     ] = None,
     log_level: Annotated[
@@ -143,6 +212,22 @@ def start(
         typer.Option(
             "--prefect-events",
             help="Emit Prefect events for node, task, job and pool changes (PREFECT_API_URL).",
+        ),
+    ] = False,
+    tls_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-certfile", help="PEM certificate (and chain): serve HTTPS with --tls-keyfile."
+        ),
+    ] = None,
+    tls_keyfile: Annotated[
+        Path | None, typer.Option("--tls-keyfile", help="PEM private key of --tls-certfile.")
+    ] = None,
+    allow_unconfined_tasks: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unconfined-tasks",
+            help="Serve several accounts even where tasks cannot be confined (trusted tasks).",
         ),
     ] = False,
 ) -> None:
@@ -159,6 +244,9 @@ def start(
             public_url=public_url,
             log_level=log_level,
             prefect_events=prefect_events,
+            tls_certfile=tls_certfile,
+            tls_keyfile=tls_keyfile,
+            allow_unconfined=allow_unconfined_tasks,
         )
     except PrefectBatchError as exc:
         fail(exc)

@@ -10,6 +10,7 @@ from prefect_batch.service.jobs import JobOperations
 from prefect_batch.service.nodes import NodeOperations
 from prefect_batch.service.nodesources import NodeSourceOperations
 from prefect_batch.service.pools import PoolOperations
+from prefect_batch.service.quotas import QuotaOperations
 from prefect_batch.service.schedules import JobScheduleOperations
 from prefect_batch.service.tasks import TaskOperations
 
@@ -25,5 +26,6 @@ class BatchService(
     JobScheduleOperations,
     TaskOperations,
     FileOperations,
+    QuotaOperations,
 ):
     """Every Azure Batch operation of one account, on one store."""

@@ -1,8 +1,8 @@
 """Accounts of a batch server: a name and two base64 keys (primary and secondary), rotatable.
 
 A server authenticates every request against these keys (SharedKey), and an account sees only its
-own pools, jobs and files. The embedded service needs no account row: it acts for one account
-name and trusts its process.
+own pools, jobs and files. Each account has node quotas the operator sets (``set_quota``). The
+embedded service needs no account row: it acts for one account name and trusts its process.
 
 Keys are stored as given (the server needs them to compute HMACs, so they cannot be hashed):
 protect the database like the keys themselves. Nothing here logs a key.
@@ -21,6 +21,7 @@ from sqlalchemy import delete, insert, select, update
 from prefect_batch.api.sharedkey import decode_key, new_key
 from prefect_batch.exceptions import BatchConflictError, BatchNotFoundError, invalid_property
 from prefect_batch.service.common import Clock, now
+from prefect_batch.service.quotas import AccountQuota, read_quota, set_quota
 from prefect_batch.store import Store
 from prefect_batch.store.schema import accounts
 
@@ -161,6 +162,33 @@ class AccountOperations:
                 update(accounts).where(accounts.c.name == name).values({column: new_key()})
             )
         return self.get(name)
+
+    def quota(self, name: str) -> AccountQuota:
+        """The account's node quotas (``service/quotas.py``)."""
+        self.get(name)
+        with self.store.read() as conn:
+            return read_quota(conn, name)
+
+    def set_quota(
+        self,
+        name: str,
+        *,
+        dedicated_nodes: int | None = None,
+        low_priority_nodes: int | None = None,
+    ) -> AccountQuota:
+        """Set an account's node quotas (the one not given keeps its value); returns both.
+
+        Raises:
+            BatchNotFoundError: ``AccountNotFound``.
+            BatchInvalidRequestError: A negative or non-integer quota.
+        """
+        self.get(name)
+        return set_quota(
+            self.store,
+            name,
+            dedicated_nodes=dedicated_nodes,
+            low_priority_nodes=low_priority_nodes,
+        )
 
     def delete(self, name: str) -> None:
         """Remove an account's credentials (its pools and jobs stay in the store)."""

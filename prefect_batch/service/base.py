@@ -2,10 +2,17 @@
 
 An operation object is bound to one account: it sees and changes only that account's pools,
 jobs and tasks (every query filters by ``account``).
+
+Bodies are validated by :meth:`ServiceBase.parse`. Behind the REST API (``strict=True``) a JSON
+body is validated in pydantic's strict JSON mode: ``"taskSlotsPerNode": "4"``, ``"true"`` for a
+boolean or ``1`` for a string is refused (``InvalidPropertyValue`` naming the property) instead of
+being quietly converted, while ISO-8601 durations and dates stay strings as on the wire. Python
+callers (the embedded client) pass typed values and keep pydantic's ordinary conversions.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,9 +25,27 @@ from prefect_batch.service import common
 from prefect_batch.store import Store
 from prefect_batch.store.schema import jobs, pools
 
-__all__ = ["ServiceBase"]
+__all__ = ["ServiceBase", "parse_model"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def parse_model(model: type[M], value: Any, *, strict: bool = False) -> M:
+    """Validate a request (model instance, wire dict or snake_case dict).
+
+    ``strict``: a dict is a JSON body and is validated in pydantic's strict JSON mode.
+    """
+    if isinstance(value, model):
+        return value
+    if isinstance(value, BaseModel):
+        value = value.model_dump(by_alias=True, exclude_none=True)
+    try:
+        if strict and isinstance(value, dict):
+            # The body came as JSON: validate it as JSON, with no type coercion.
+            return model.model_validate_json(json.dumps(value), strict=True)
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise common.validation_error(exc) from exc
 
 
 class ServiceBase:
@@ -35,8 +60,10 @@ class ServiceBase:
         clock: common.Clock = common.now,
         wake: Callable[..., None] | None = None,
         file_sandbox: Path | None = None,
+        strict: bool = False,
     ) -> None:
         self.store = store
+        self.strict = strict
         # Behind a server: SSH host groups may name key and known_hosts files only in
         # <file_sandbox>/<account>; None in-process, where the caller is the machine's own user.
         self.file_sandbox = file_sandbox
@@ -57,17 +84,9 @@ class ServiceBase:
         """
         self._wake(pools=pools)
 
-    @staticmethod
-    def parse(model: type[M], value: Any) -> M:
-        """Validate a request (model instance, wire dict or snake_case dict)."""
-        if isinstance(value, model):
-            return value
-        if isinstance(value, BaseModel):
-            value = value.model_dump(by_alias=True, exclude_none=True)
-        try:
-            return model.model_validate(value)
-        except ValidationError as exc:
-            raise common.validation_error(exc) from exc
+    def parse(self, model: type[M], value: Any) -> M:
+        """Validate a request (model instance, wire dict or snake_case dict); see the module."""
+        return parse_model(model, value, strict=self.strict)
 
     def _pool_row(self, conn: Connection, pool_id: str) -> Any:
         row = conn.execute(

@@ -22,6 +22,7 @@ from prefect_batch.core.states import NodeFillType, PoolState
 from prefect_batch.providers.storage import ObjectStorage, StagingError
 from prefect_batch.service import lifecycle
 from prefect_batch.service.common import iso
+from prefect_batch.service.confinement import run_confinement
 from prefect_batch.store.schema import accounts, jobs, nodes, queue, tasks
 
 __all__ = ["DispatchMixin", "SPREAD_GRACE_SECONDS", "base_environment", "stage_request"]
@@ -331,6 +332,10 @@ class DispatchMixin:
             "job_prep_dir": f"{r.job_id}/{prep.get('id') or 'jobpreparation'}" if prep else None,
             **stage_request(r.spec, pool.account),
             **({"stage_error": unreachable} if unreachable else {}),
+            # An embedded job manager is handed the store itself: it cannot be kept from it.
+            **run_confinement(
+                r.spec, unconfined=r.kind == "jobmanager" and not self.scoped_job_credentials
+            ),
         }
 
     def _store_unreachable_from(self, rt: Any) -> dict[str, Any] | None:

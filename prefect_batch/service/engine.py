@@ -44,6 +44,7 @@ from prefect_batch.service.common import now as wall_now
 from prefect_batch.service.dispatcher import DispatchMixin
 from prefect_batch.service.jobtasks import JobTasksMixin
 from prefect_batch.service.noderuntime import NodeMixin, NodeRuntime
+from prefect_batch.service.quotas import AgentStartLimiter, default_local_node_limit
 from prefect_batch.service.remotenodes import RemoteNodes
 from prefect_batch.service.scheduling import JobScheduleMixin
 from prefect_batch.store import Store
@@ -93,6 +94,8 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
             running tasks are requeued on other nodes.
         autoscale_sample_seconds: How often pools' metrics are sampled for autoscale formulas
             (at least 1 s; Azure: 30 s).
+        local_node_limit: Most local nodes over every account (default 8 per CPU).
+        agent_starts_per_second: How many new nodes (agents) are started per second.
     """
 
     def __init__(
@@ -112,6 +115,8 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         storage: Any = None,
         storage_bucket_access: Mapping[str, list[str]] | None = None,
         transfer_timeout_seconds: float = 60.0,
+        local_node_limit: int | None = None,
+        agent_starts_per_second: float = 10.0,
         clock: Clock = wall_now,
     ) -> None:
         self.store = store
@@ -137,6 +142,11 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
             None if storage_bucket_access is None else dict(storage_bucket_access)
         )
         self.transfer_timeout_seconds = transfer_timeout_seconds
+        # Quotas: local nodes this machine holds over all accounts, and new agents per second.
+        self.local_node_limit = (
+            default_local_node_limit() if local_node_limit is None else local_node_limit
+        )
+        self.agent_starts = AgentStartLimiter(agent_starts_per_second)
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._events: queue_mod.SimpleQueue[tuple[int, int, dict[str, Any]]] = (

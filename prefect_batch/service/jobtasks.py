@@ -21,6 +21,7 @@ from prefect_batch.core.completion import AttemptOutcome, decide
 from prefect_batch.core.states import TaskExecutionResult
 from prefect_batch.service import lifecycle
 from prefect_batch.service.common import iso, seconds
+from prefect_batch.service.confinement import run_confinement
 from prefect_batch.service.dispatcher import (
     base_environment,
     completed_info,
@@ -222,6 +223,7 @@ class JobTasksMixin:
                 ),
                 "job_prep_dir": None,
                 **stage_request(prep, pool.account),
+                **run_confinement(prep),
             }
         )
 
@@ -322,6 +324,7 @@ class JobTasksMixin:
                     "wall_clock_seconds": min(wall, RELEASE_MAX_SECONDS),
                     "job_prep_dir": f"{r.job_id}/{prep_id(r.job_spec)}",
                     **stage_request(release, r.account),
+                    **run_confinement(release),
                 }
             )
             conn.execute(

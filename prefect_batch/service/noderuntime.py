@@ -38,6 +38,7 @@ from prefect_batch.core.states import (
 )
 from prefect_batch.service import lifecycle
 from prefect_batch.service.common import iso, new_node_id
+from prefect_batch.service.confinement import run_confinement
 from prefect_batch.service.dispatcher import (
     NODE_RUNNING,
     base_environment,
@@ -47,6 +48,7 @@ from prefect_batch.service.dispatcher import (
 )
 from prefect_batch.service.nodes import mark_in_flight
 from prefect_batch.service.pools import node_source_of
+from prefect_batch.service.quotas import node_room
 from prefect_batch.service.remotenodes import RemoteNodes
 from prefect_batch.service.sshnodes import SSHNodeMixin
 from prefect_batch.store.schema import nodes, pools, tasks
@@ -198,7 +200,9 @@ class NodeMixin(SSHNodeMixin):
             rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool.pk)).all()
             live = [r for r in rows if not r.leaving]
             missing = pool.target_dedicated - len(live)
-            hosts, short = self._place_nodes(conn, pool, max(missing, 0))
+            grow, short = self._allowed_growth(conn, pool, missing)
+            hosts, no_hosts = self._place_nodes(conn, pool, grow)
+            short = no_hosts or short
             fresh = set()
             for host in hosts:
                 node_id = new_node_id()
@@ -279,6 +283,30 @@ class NodeMixin(SSHNodeMixin):
                 and now >= rt.restart_at
             ):
                 self._connect(rt, pool, now)
+
+    def _allowed_growth(
+        self, conn: Any, pool: Any, missing: int
+    ) -> tuple[int, dict[str, str] | None]:
+        """How many nodes to add now, within the quotas and the agent start rate.
+
+        Returns the count and, once the pool has all a quota lets it have, the resize error
+        that says so (``service/quotas.py``). Nodes the start rate holds back come on a later
+        pass, which is asked for at once.
+        """
+        if missing <= 0:
+            return 0, None
+        room, error = node_room(
+            conn,
+            pool.account,
+            local=self._remote_sku(pool) is None,
+            local_limit=self.local_node_limit,  # type: ignore[attr-defined]
+        )
+        allowed = min(missing, room)
+        grow = self.agent_starts.take(allowed)  # type: ignore[attr-defined]
+        if grow < allowed:
+            self._reconcile_soon = True  # the rest after the bucket refills
+            return grow, None
+        return grow, (error if allowed < missing else None)
 
     def _shrink(self, conn: Any, pool: Any, live: list[Any], count: int) -> None:
         """Mark ``count`` nodes for removal: idle ones first, a job manager's node last."""
@@ -513,6 +541,7 @@ class NodeMixin(SSHNodeMixin):
                 "wall_clock_seconds": None,
                 "job_prep_dir": None,
                 **stage_request(start, pool.account),
+                **run_confinement(start),
             }
         )
 

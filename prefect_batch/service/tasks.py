@@ -107,6 +107,14 @@ class TaskOperations(ServiceBase):
         return BatchCreateTaskCollectionResult(result_values=results)
 
     def _add(self, job_id: str, items: Sequence[Any]) -> list[BatchTaskCreateResult]:
+        # Everything that needs no row is checked before the write transaction opens, so a
+        # large or malformed request never holds the store's write lock while it is parsed.
+        checked: list[dict[str, Any] | _Rejected] = []
+        for item in items:
+            try:
+                checked.append(self._check_task(item))
+            except _Rejected as rej:
+                checked.append(rej)
         now = self.clock()
         with self.store.begin() as conn:
             job = self._job_row(conn, job_id)
@@ -125,7 +133,7 @@ class TaskOperations(ServiceBase):
             seen: set[str] = set()
             for i, item in enumerate(items):
                 try:
-                    spec = self._validate_task(item, job)
+                    spec = self._check_task_in_job(checked[i], job)
                 except _Rejected as rej:
                     results[i] = _error_result(_task_id_of(item), rej.error)
                     continue
@@ -163,7 +171,8 @@ class TaskOperations(ServiceBase):
         self.wake()
         return [r for r in results if r is not None]
 
-    def _validate_task(self, item: Any, job: Any) -> dict[str, Any]:
+    def _check_task(self, item: Any) -> dict[str, Any]:
+        """The task's wire spec, with every check that needs no database row."""
         try:
             opts = self.parse(BatchTaskCreateOptions, item)
             validate_id(opts.id, "id")
@@ -175,27 +184,38 @@ class TaskOperations(ServiceBase):
                         f"{name} is not supported by this version of the service",
                         {"PropertyName": name},
                     )
-            for name, default, code in (
-                ("jobPreparationTask", "jobpreparation", "TaskIdSameAsJobPreparationTask"),
-                ("jobReleaseTask", "jobrelease", "TaskIdSameAsJobReleaseTask"),
-            ):
-                sub = (job.spec or {}).get(name)
-                if sub and (sub.get("id") or default).casefold() == opts.id.casefold():
-                    raise BatchConflictError(
-                        code,
-                        f"The task id is the job's {name} id: {opts.id}",
-                        {"TaskId": opts.id},
-                    )
             split_command_line(opts.command_line)
             validate_resource_files(spec.get("resourceFiles"), "resourceFiles")
             validate_output_files(spec.get("outputFiles"), "outputFiles")
             env = spec.get("environmentSettings") or []
             validate_environment([(e["name"], e.get("value")) for e in env])
+        except BatchServiceError as exc:
+            raise _Rejected(exc) from exc
+        return spec
+
+    @staticmethod
+    def _check_task_in_job(checked: dict[str, Any] | _Rejected, job: Any) -> dict[str, Any]:
+        """The checks of a task that depend on its job (cheap: no parsing happens here)."""
+        if isinstance(checked, _Rejected):
+            raise checked
+        spec = checked
+        try:
+            for name, default, code in (
+                ("jobPreparationTask", "jobpreparation", "TaskIdSameAsJobPreparationTask"),
+                ("jobReleaseTask", "jobrelease", "TaskIdSameAsJobReleaseTask"),
+            ):
+                sub = (job.spec or {}).get(name)
+                if sub and (sub.get("id") or default).casefold() == spec["id"].casefold():
+                    raise BatchConflictError(
+                        code,
+                        f"The task id is the job's {name} id: {spec['id']}",
+                        {"TaskId": spec["id"]},
+                    )
             validate_exit_conditions(spec.get("exitConditions"), job.on_task_failure)
             validate_depends_on(
                 spec.get("dependsOn"),
                 job_uses_task_dependencies=bool(job.uses_task_dependencies),
-                task_id=opts.id,
+                task_id=spec["id"],
             )
         except BatchServiceError as exc:
             raise _Rejected(exc) from exc

@@ -10,6 +10,7 @@ This module knows nothing of pools or jobs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,7 @@ class Store:
         if self.is_sqlite:
             database = parsed.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.engine: Engine = create_engine(
                 url, connect_args={"check_same_thread": False, "timeout": 60}
             )
@@ -47,6 +48,8 @@ class Store:
             self.engine = create_engine(url, pool_pre_ping=True)
         existing = set(inspect(self.engine).get_table_names())
         metadata.create_all(self.engine)
+        if self.is_sqlite:
+            _private_files(parsed.database)
         # A store made before versioning has tables but no schema_info: refuse it too.
         self._check_version(fresh=not existing)
 
@@ -81,6 +84,19 @@ class Store:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+def _private_files(database: str | None) -> None:
+    """The SQLite file and its journals readable by their owner only (they hold the keys)."""
+    if not database or database == ":memory:":
+        return
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(database + suffix)
+        try:
+            if path.exists() and path.stat().st_uid == os.geteuid():
+                path.chmod(0o600)
+        except OSError:
+            pass  # not ours to change
 
 
 def _tune_sqlite(engine: Engine) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "account_quotas",
     "accounts",
     "autoscale_runs",
     "deps",
@@ -60,6 +61,16 @@ accounts = Table(
     Column("key1", Text, nullable=False),
     Column("key2", Text, nullable=False),
     Column("creation_time", Float, nullable=False),
+)
+
+# An account's node quotas (Azure's dedicated and low-priority core quotas, counted in nodes);
+# no row: the defaults. A table of its own so that adding it leaves older stores readable.
+account_quotas = Table(
+    "account_quotas",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("dedicated_nodes", Integer, nullable=False),
+    Column("low_priority_nodes", Integer, nullable=False),
 )
 
 pools = Table(

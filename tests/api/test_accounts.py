@@ -16,6 +16,10 @@ from prefect_batch.exceptions import (
     BatchNotFoundError,
 )
 from prefect_batch.service.accounts import AccountOperations
+from prefect_batch.service.quotas import (
+    DEFAULT_DEDICATED_NODE_QUOTA,
+    DEFAULT_LOW_PRIORITY_NODE_QUOTA,
+)
 from prefect_batch.store import Store
 
 
@@ -85,6 +89,18 @@ def test_account_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert [a["accountName"] for a in listed] == ["team7"]
     assert "primary" not in listed[0]
     assert "team7" in run("list")
+    assert listed[0]["dedicatedNodeQuota"] == DEFAULT_DEDICATED_NODE_QUOTA
+    quota = json.loads(run("set-quota", "team7", "--dedicated-nodes", "4", "--json"))
+    assert quota == {
+        "accountName": "team7",
+        "dedicatedNodeQuota": 4,
+        "lowPriorityNodeQuota": DEFAULT_LOW_PRIORITY_NODE_QUOTA,
+    }
+    run("set-quota", "team7", "--low-priority-nodes", "0")
+    (listed,) = json.loads(run("list", "--json"))
+    assert (listed["dedicatedNodeQuota"], listed["lowPriorityNodeQuota"]) == (4, 0)
+    run("set-quota", "team7", code=2)  # no quota given
+    run("set-quota", "nobody", "--dedicated-nodes", "1", code=1)
     run("create", "team7", code=1)
     run("delete", "team7")
     run("keys", "team7", code=1)

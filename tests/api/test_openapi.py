@@ -82,6 +82,7 @@ def test_every_sdk_path_is_served_or_listed(doc: dict[str, Any]) -> None:
             ("GET", "/nodesources/{nodeSourceName}"),
             ("PUT", "/nodesources/{nodeSourceName}"),
             ("DELETE", "/nodesources/{nodeSourceName}"),
+            ("GET", "/quotas"),
         }
     )
 

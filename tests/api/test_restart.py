@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,9 +37,21 @@ ACCOUNT = "restartacct"
 
 @contextmanager
 def server_process(
-    home: Path, port: int, key: str, store_url: str, log: Path
+    home: Path,
+    port: int,
+    key: str,
+    store_url: str,
+    log: Path,
+    *,
+    extra_args: tuple[str, ...] = (),
+    up: Callable[[str], bool] | None = None,
+    scheme: str = "http",
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`PREFECT_BATCH_ACCOUNT_NAME=.. PREFECT_BATCH_ACCOUNT_KEY=.. prefect-batch server start`."""
+    """`PREFECT_BATCH_ACCOUNT_NAME=.. PREFECT_BATCH_ACCOUNT_KEY=.. prefect-batch server start`.
+
+    ``extra_args`` go to ``server start``; ``up(url)`` tells when it answers (default: plain
+    HTTP ``/openapi.json``).
+    """
     env = {
         **os.environ,
         "PREFECT_BATCH_HOME": str(home),
@@ -65,12 +77,14 @@ def server_process(
         str(port),
         "--log-level",
         "warning",
+        *extra_args,
     ]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _up(url) or proc.poll() is not None, timeout=60)
+        url = f"{scheme}://127.0.0.1:{port}"
+        ready = up or _up
+        wait_for(lambda: ready(url) or proc.poll() is not None, timeout=60)
         assert proc.poll() is None, log.read_text()
         yield proc
     finally:

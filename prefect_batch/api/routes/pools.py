@@ -205,3 +205,17 @@ def list_pool_node_counts(request: Request, svc: Svc, opts: Opts) -> Response:
         svc.list_pool_node_counts(), opts, lambda i: (i.get("poolId") or "",)
     )
     return list_response(items, opts.select, request, "poolnodecounts", marker)
+
+
+@router.get(
+    "/quotas",
+    **spec(
+        "get_account_quotas",
+        "The account's node quotas and the nodes it holds",
+        extension=True,
+        description="`dedicatedNodeQuota` and `lowPriorityNodeQuota` (set by the operator with "
+        "`prefect-batch account set-quota`), and the account's `dedicatedNodes` now.",
+    ),
+)
+def get_account_quotas(svc: Svc) -> Response:
+    return json_response(svc.get_account_quotas())

@@ -1,0 +1,100 @@
+"""Task confinement on local nodes: which agent options confine tasks, and where it works.
+
+A confined agent (``--confine``, see the agent's "confinement" section) starts every task under
+Linux Landlock with no capabilities: a task reaches its own task directory, the node's shared
+and startup directories and its job's preparation directory, reads the system's read-only trees
+and the interpreter, and nothing of the service's home (the store and its keys, other nodes and
+pools, agent state) nor any ``/proc`` entry. This module says which options the engine gives
+its local agents (``confine_tasks``, ``task_paths``), whether this kernel can confine at all,
+and which runs go unconfined: a task whose ``userIdentity`` asks for ``admin`` elevation, and
+an embedded job manager, which is handed the store itself (there is no server to talk to).
+
+What it does not do: confine anything itself (the agent does, in the child, just before exec).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "agent_confinement_args",
+    "confinement_unavailable",
+    "is_admin",
+    "run_confinement",
+    "set_not_dumpable",
+]
+
+_LANDLOCK_CREATE_RULESET = 444  # the same number on every architecture
+_PR_SET_DUMPABLE = 4
+
+
+def confinement_unavailable() -> str | None:
+    """Why tasks cannot be confined on this machine, or None when they can (Landlock)."""
+    if not sys.platform.startswith("linux"):
+        return f"task confinement needs Linux (Landlock); this is {sys.platform}"
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        abi = libc.syscall(_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    except (OSError, AttributeError) as exc:
+        return f"cannot call Landlock: {exc}"
+    if abi < 1:
+        return (
+            "this kernel offers no Landlock (Linux 5.13 or later with lsm=landlock): "
+            f"{os.strerror(ctypes.get_errno())}"
+        )
+    return None
+
+
+def set_not_dumpable() -> bool:
+    """``PR_SET_DUMPABLE=0`` for this process: same-user processes cannot read its
+    ``/proc/<pid>/environ`` or memory, nor ptrace it. True when it took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _python_trees() -> list[str]:
+    """Where this service's Python code lives: tasks running Python need to read it too."""
+    trees = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    for entry in sys.path:
+        if entry and os.path.isdir(entry):
+            trees.add(os.path.realpath(entry))
+    return sorted(trees)
+
+
+def agent_confinement_args(
+    *, confine: bool, protect: list[Path], task_paths: list[Path]
+) -> list[str]:
+    """The local agent's options: ``--confine`` with what tasks may read and write and which
+    trees they must never reach (the home, the node root, the store's directory)."""
+    if not confine:
+        return []
+    args = ["--confine"]
+    for tree in _python_trees():
+        args += ["--task-read", tree]
+    for tree in task_paths:
+        args += ["--task-path", str(tree)]
+    for tree in protect:
+        args += ["--protect", str(tree)]
+    return args
+
+
+def is_admin(spec: dict[str, Any] | None) -> bool:
+    """Whether a task's ``userIdentity`` asks for admin elevation (it then runs unconfined)."""
+    identity = (spec or {}).get("userIdentity") or {}
+    auto = identity.get("autoUser") or {}
+    return auto.get("elevationLevel") == "admin"
+
+
+def run_confinement(spec: dict[str, Any] | None, *, unconfined: bool = False) -> dict[str, Any]:
+    """The ``confine`` field of a run request: ``{"confine": False}`` for an admin task (or
+    when ``unconfined``), else nothing (a confined agent confines every other run)."""
+    return {"confine": False} if unconfined or is_admin(spec) else {}

@@ -1,0 +1,155 @@
+"""Task confinement on local nodes: one account's task cannot reach the service or another account.
+
+Two accounts share one store and one engine, as on a server. A task of account B tries to read
+the store (``batch.db``, which holds every account's keys), the engine's ``/proc/<pid>/environ``,
+the node files of A's pool and A's task output. With confinement on (``confine_tasks``; off by
+default in this version) every read
+fails with a permission error; with ``confine_tasks=False`` the same task reads them all, which
+shows that the confinement is what stops it. A task asking for ``admin`` elevation runs
+unconfined, as Azure's admin tasks run as the node's administrator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from prefect_batch import BatchClient, PrefectBatchError
+from prefect_batch.service.confinement import confinement_unavailable
+from prefect_batch.testing import wait_for_task
+
+PROBE = r"""
+import json, os, sys
+found = {}
+for name, path in json.loads(sys.argv[1]).items():
+    try:
+        if os.path.isdir(path):
+            os.listdir(path)
+        else:
+            open(path, "rb").read(16)
+        found[name] = "read"
+    except OSError as exc:
+        found[name] = type(exc).__name__
+print(json.dumps(found))
+"""
+
+
+def _stdout(home: Path, client: BatchClient, job: str, task: str) -> str:
+    node = client.get_task(job, task).node_info.node_id
+    return (home / "nodes" / node / job / task / "stdout.txt").read_text()
+
+
+def _probe(
+    home: Path, engine_client: BatchClient, confine: bool, *, admin: bool = False
+) -> dict[str, str]:
+    """A's task writes output; B's task then tries to read everything it must not."""
+    a = engine_client
+    a.create_pool({"id": "apool", "vmSize": "local", "targetDedicatedNodes": 1})
+    a.create_job({"id": "ajob", "poolInfo": {"poolId": "apool"}})
+    a.create_task("ajob", {"id": "secret", "commandLine": "echo A-private-output"})
+    done = wait_for_task(a, "ajob", "secret", timeout=60)
+    a_node_root = home / "nodes" / done.node_info.node_id
+    assert "A-private-output" in _stdout(home, a, "ajob", "secret")
+    b = BatchClient("accountb", home=home, engine=False, settings=a.settings)
+    try:
+        b.create_pool({"id": "bpool", "vmSize": "local", "targetDedicatedNodes": 1})
+        b.create_job({"id": "bjob", "poolInfo": {"poolId": "bpool"}})
+        targets = {
+            "store": str(home / "batch.db"),
+            "engine_environ": f"/proc/{os.getpid()}/environ",
+            "other_pool_node": str(a_node_root / "shared"),
+            "other_account_output": str(a_node_root / "ajob" / "secret" / "stdout.txt"),
+        }
+        task: dict = {
+            "id": "probe",
+            "commandLine": f"{sys.executable} -c '{PROBE}' '{json.dumps(targets)}'",
+        }
+        if admin:
+            task["userIdentity"] = {"autoUser": {"elevationLevel": "admin"}}
+        b.create_task("bjob", task)
+        ended = wait_for_task(b, "bjob", "probe", timeout=60)
+        assert ended.execution_info.exit_code == 0, ended.execution_info
+        return json.loads(_stdout(home, b, "bjob", "probe"))
+    finally:
+        b.close()
+
+
+needs_landlock = pytest.mark.skipif(
+    confinement_unavailable() is not None,
+    reason="CI's kernel has Landlock; this guards developer machines without it",
+)
+
+
+@needs_landlock
+def test_a_task_cannot_reach_the_service_or_another_account(
+    client_factory: Callable[..., BatchClient], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    found = _probe(home, client_factory(home, confine_tasks=True), True)
+    assert found == {
+        "store": "PermissionError",
+        "engine_environ": "PermissionError",
+        "other_pool_node": "PermissionError",
+        "other_account_output": "PermissionError",
+    }
+
+
+def test_without_confinement_the_same_task_reads_everything(
+    client_factory: Callable[..., BatchClient], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    found = _probe(home, client_factory(home, confine_tasks=False), False)
+    assert set(found.values()) == {"read"}, found
+
+
+@needs_landlock
+def test_an_admin_task_runs_unconfined(
+    client_factory: Callable[..., BatchClient], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    found = _probe(home, client_factory(home, confine_tasks=True), True, admin=True)
+    assert found["store"] == "read"
+
+
+@needs_landlock
+def test_a_confined_task_keeps_its_own_directories(
+    client_factory: Callable[..., BatchClient], tmp_path: Path
+) -> None:
+    client = client_factory(tmp_path / "home", confine_tasks=True)
+    client.create_pool({"id": "p", "vmSize": "local", "targetDedicatedNodes": 1})
+    client.create_job({"id": "j", "poolInfo": {"poolId": "p"}})
+    script = (
+        "import os, subprocess; "
+        "open('wd.txt', 'w').write('x'); "
+        "open(os.environ['TMPDIR'] + '/t', 'w').write('x'); "
+        "open(os.environ['AZ_BATCH_NODE_SHARED_DIR'] + '/s', 'w').write('x'); "
+        "print(subprocess.run(['/bin/ls', '/usr'], capture_output=True).returncode, "
+        "open('/proc/self/status').readline() if False else 'ok')"
+    )
+    client.create_task("j", {"id": "t", "commandLine": f'{sys.executable} -c "{script}"'})
+    ended = wait_for_task(client, "j", "t", timeout=60)
+    assert ended.execution_info.exit_code == 0, ended.execution_info
+    assert _stdout(tmp_path / "home", client, "j", "t").split() == ["0", "ok"]
+
+
+def test_the_server_refuses_several_accounts_with_unconfined_tasks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect_batch.cli.server import _check_confinement
+    from prefect_batch.testing import fast_settings
+
+    off = fast_settings(tmp_path, confine_tasks=False)
+    _check_confinement(off, 1, False)
+    assert "run unconfined" in capsys.readouterr().err
+    with pytest.raises(PrefectBatchError, match="--allow-unconfined-tasks"):
+        _check_confinement(off, 2, False)
+    _check_confinement(off, 2, True)  # the operator vouches for every task
+    if confinement_unavailable() is None:
+        capsys.readouterr()
+        _check_confinement(fast_settings(tmp_path, confine_tasks=True), 2, False)
+        assert capsys.readouterr().err == ""
