@@ -212,8 +212,15 @@ CHART_LINES = (
 def chart(
     samples: list[dict[str, Any]], now: float, hours: float, width: int = 720, height: int = 180
 ) -> dict[str, Any]:
-    """Polylines (SVG ``points``) of the chart of a pool's samples over the last ``hours``."""
+    """Polylines (SVG ``points``) of the chart of a pool's samples over the last ``hours``.
+
+    The time axis starts at the oldest sample in that window (at least a minute back), so a
+    pool sampled for ten minutes fills the chart rather than its last pixels.
+    """
     start = now - hours * 3600
+    if samples:
+        start = max(start, min(s["time"] for s in samples))
+    start = min(start, now - 60)
     top = max(
         [1.0] + [float(s[m]) for s in samples for m, _, _ in CHART_LINES if s.get(m) is not None]
     )
@@ -233,5 +240,13 @@ def chart(
         "top": int(top) if top == int(top) else round(top, 1),
         "lines": lines,
         "count": len(samples),
-        "hours": hours,
+        "span": _span(now - start),
     }
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.0f} h"
+    if seconds >= 90:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
