@@ -4,8 +4,9 @@ The app serves Azure Batch's REST paths for every account in the store, each req
 with SharedKey (``api/auth.py``). When given an engine it starts it with the app and stops it on
 shutdown (``manage_engine``), and every accepted change wakes it. ``GET /openapi.json`` (and
 ``/docs``) describe the surface without authentication; every other path needs a valid
-signature. Answers carry Azure's ``request-id`` header, and echo ``client-request-id`` when the
-client sends ``return-client-request-id: true``.
+signature, except the web page under ``/ui`` (``prefect_batch.ui``), which signs in with an
+account's key and keeps a signed session cookie. Answers carry Azure's ``request-id``
+header, and echo ``client-request-id`` when the client sends ``return-client-request-id: true``.
 
 What it does not do: listen on a socket (``prefect-batch server start`` runs it with uvicorn), or
 hold any state beyond the store and the engine.
@@ -118,6 +119,7 @@ def create_app(
     manage_engine: bool = True,
     clock: Callable[[], float] = time.time,
     ssh_files_dir: Path | None = None,
+    ui: bool = True,
 ) -> FastAPI:
     """The Azure Batch REST application over ``store``.
 
@@ -131,6 +133,7 @@ def create_app(
         ssh_files_dir: The only directory whose files SSH host groups registered through the
             API may name as key or known_hosts file (the server reads and writes them); None
             allows any path (for tests and trusted deployments).
+        ui: Serve the web page under ``/ui`` (``prefect_batch.ui``).
     """
 
     def account_seen(name: str) -> None:
@@ -162,6 +165,11 @@ def create_app(
     install_error_handlers(app)
     for module in (pools, nodes, jobs, tasks, files, schedules, nodesources):
         app.include_router(module.router)
+    if ui:
+        # The web page (/ui): sign-in with an account's key, then the same service operations.
+        from prefect_batch.ui import mount_ui
+
+        mount_ui(app)
     app.add_middleware(RequestIdMiddleware)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -1,5 +1,6 @@
 """The ``prefect-batch`` command line: ``pool``, ``job``, ``schedule``, ``task``, ``node``,
-``nodesource``, ``file``, ``engine``, ``quickstart``.
+``nodesource``, ``file``, ``engine``, ``server``, ``account``, ``ui`` (the web page),
+``quickstart``.
 
 Every command takes ``--json`` (the Azure wire JSON on stdout, nothing else) and otherwise prints
 rich tables. An error answer of the service prints ``Error <code>: <message>`` on stderr and
@@ -31,6 +32,7 @@ from prefect_batch.cli import (
     schedules,
     server,
     tasks,
+    ui,
 )
 from prefect_batch.cli._common import (
     CliState,
@@ -82,6 +84,7 @@ app.add_typer(files.app, name="file")
 app.add_typer(engine.app, name="engine")
 app.add_typer(server.app, name="server")  # the batch server
 app.add_typer(accounts.app, name="account")  # its accounts and keys
+app.command("ui")(ui.ui)  # the web page over the embedded default's store
 
 
 @app.command("quickstart")

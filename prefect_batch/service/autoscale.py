@@ -57,7 +57,7 @@ from prefect_batch.models import (
 )
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import iso, iso_duration, parse_duration
-from prefect_batch.service.samples import load_series, node_counts
+from prefect_batch.service.samples import CHART_METRICS, load_series, node_counts, recent_samples
 from prefect_batch.store.schema import autoscale_runs, pools
 
 __all__ = [
@@ -335,6 +335,19 @@ class AutoScaleOperations(ServiceBase):
             if conn.execute(select(pools.c.pk).where(pools.c.pk == row.pk)).first():
                 record_run(conn, row.pk, "evaluate", opts.auto_scale_formula, wire, now)
         return AutoScaleRunModel.model_validate(wire)
+
+    def list_pool_samples(
+        self, pool_id: str, *, hours: float = 6.0, metrics: tuple[str, ...] = CHART_METRICS
+    ) -> list[dict[str, Any]]:
+        """The pool's autoscale samples of the last ``hours``, oldest first (an extension).
+
+        Each item: ``time`` (UNIX seconds) and the sampled ``metrics`` by canonical name
+        (``None`` where a sample lacks one). What the web page charts; at most one day back.
+        """
+        since = self.clock() - min(max(hours, 0.0), 24.0) * 3600
+        with self.store.read() as conn:
+            row = self._pool_row(conn, pool_id)
+            return recent_samples(conn, row.pk, since, metrics)
 
 
 def _check_not_deleting(row: Any) -> None:

@@ -49,12 +49,14 @@ from prefect_batch.core.states import JobState, NodeState
 from prefect_batch.store.schema import jobs, nodes, pool_samples, queue
 
 __all__ = [
+    "CHART_METRICS",
     "NODE_FIELDS",
     "SAMPLE_RETENTION_SECONDS",
     "TaskSampler",
     "load_series",
     "node_counts",
     "node_sample",
+    "recent_samples",
     "store_samples",
     "trim_samples",
 ]
@@ -282,6 +284,23 @@ def trim_samples(conn: Connection, pool_pks: Iterable[int], now: float) -> None:
                 pool_samples.c.time < now - SAMPLE_RETENTION_SECONDS,
             )
         )
+
+
+CHART_METRICS = ("$CurrentDedicatedNodes", "$UsableNodeCount", "$RunningTasks", "$ActiveTasks")
+"""The metrics a pool's chart shows by default: nodes, usable nodes, running and queued tasks."""
+
+
+def recent_samples(
+    conn: Connection, pool_pk: int, since: float, metrics: Iterable[str]
+) -> list[dict[str, Any]]:
+    """The pool's samples taken after ``since``, oldest first: ``time`` and each metric."""
+    wanted = [m for m in metrics if m in METRIC_NAMES]
+    rows = conn.execute(
+        select(pool_samples.c.time, *[pool_samples.c.sample[m].as_float() for m in wanted])
+        .where(pool_samples.c.pool_pk == pool_pk, pool_samples.c.time > since)
+        .order_by(pool_samples.c.time, pool_samples.c.pk)
+    ).all()
+    return [{"time": row[0], **dict(zip(wanted, row[1:], strict=True))} for row in rows]
 
 
 def load_series(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 
 from prefect_batch.core.commandline import split_command_line, validate_environment
 from prefect_batch.core.completion import validate_exit_conditions
@@ -492,6 +492,7 @@ class TaskOperations(ServiceBase):
         states: Collection[str] | None = None,
         after: int | None = None,
         limit: int = 1000,
+        failed: bool | None = None,
     ) -> tuple[list[BatchTask], int | None]:
         """One page of a job's tasks in creation order, for the REST API's paged lists.
 
@@ -507,6 +508,15 @@ class TaskOperations(ServiceBase):
                 q = q.where(tasks.c.state.in_(list(states)))
             if after is not None:
                 q = q.where(tasks.c.pk > after)
+            if failed is not None:
+                # Spelled out both ways: NOT over a NULL result would drop the row.
+                failure = and_(tasks.c.state == COMPLETED, tasks.c.result == "failure")
+                other = or_(
+                    tasks.c.state != COMPLETED,
+                    tasks.c.result.is_(None),
+                    tasks.c.result != "failure",
+                )
+                q = q.where(failure if failed else other)
             rows = conn.execute(q.order_by(tasks.c.pk).limit(limit + 1)).all()
             more = len(rows) > limit
             rows = rows[:limit]

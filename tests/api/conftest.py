@@ -11,8 +11,6 @@ in a thread. ``sdk`` is the official ``azure.batch.BatchClient`` signed with the
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from azure.batch import BatchClient as SdkClient
 from azure.core.credentials import AzureNamedKeyCredential
 from sqlalchemy import create_engine, text
@@ -34,15 +31,9 @@ from prefect_batch.service.accounts import Account, AccountOperations
 from prefect_batch.service.engine import Engine
 from prefect_batch.store import Store
 from prefect_batch.testing import fast_settings
+from prefect_batch.testing.webapp import free_port, serve_app
 
 POSTGRES_ENV = "PREFECT_BATCH_TEST_POSTGRES_URL"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -120,22 +111,11 @@ def running_server(
     url = f"http://127.0.0.1:{port}"
     engine = build_engine(store, settings, {account.name: url}, server=True)
     app = create_app(store, engine, account_url=url, manage_engine=False, **app_options)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="test-batch-server", daemon=True)
     engine.start()
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
     try:
-        yield Server(url=url, store=store, engine=engine, home=home, account=account)
+        with serve_app(app, port=port):
+            yield Server(url=url, store=store, engine=engine, home=home, account=account)
     finally:
-        server.should_exit = True
-        thread.join(20)
         engine.stop(kill_tasks=True)
         store.dispose()
 
