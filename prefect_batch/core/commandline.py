@@ -24,6 +24,7 @@ from prefect_batch.exceptions import invalid_property
 
 __all__ = [
     "RESERVED_ENV_PREFIX",
+    "TERMINATE_GRACE_VARIABLE",
     "split_command_line",
     "validate_environment",
 ]
@@ -76,6 +77,18 @@ def split_command_line(command_line: str, prop: str = "commandLine") -> list[str
     return words
 
 
+TERMINATE_GRACE_VARIABLE = "PREFECT_BATCH_TERMINATE_GRACE_SECONDS"
+"""The task option: seconds between SIGTERM and SIGKILL when the task is terminated."""
+
+
+def _is_seconds(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return 0 <= value <= 600
+
+
 def validate_environment(
     settings: Sequence[tuple[str, str | None]], prop: str = "environmentSettings"
 ) -> dict[str, str]:
@@ -122,6 +135,10 @@ def validate_environment(
         if "\x00" in text:
             raise invalid_property(
                 prop, name, f"the value of the environment variable {name} must not contain NUL"
+            )
+        if name == TERMINATE_GRACE_VARIABLE and not _is_seconds(text):
+            raise invalid_property(
+                prop, name, f"{name} must be a number of seconds between 0 and 600"
             )
         env[name] = text
     return env
