@@ -83,9 +83,12 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     ``<dir>/fileuploaderr.txt``; the ``exited`` event then carries ``upload_error`` (``null`` or
     an error with ``"phase": "upload"``). ``transfer_timeout_seconds`` bounds each request.
 
-``kill`` ``{"op":"kill","key":K}`` -> SIGKILL the task's process group; its ``exited`` event
-    says ``"killed": true`` (a run killed before its process started: ``exit_code`` null, no
-    error). Unknown or finished keys: nothing happens, nothing is emitted.
+``kill`` ``{"op":"kill","key":K,"grace_seconds":float|null}`` -> SIGKILL the task's process
+    group; with ``grace_seconds`` > 0, SIGTERM first and SIGKILL only if the group is still
+    there when the grace period ends (so a supervisor such as ``prefect flow-run execute`` can
+    record what it was doing). Its ``exited`` event says ``"killed": true`` (a run killed before
+    its process started: ``exit_code`` null, no error). Unknown or finished keys: nothing
+    happens, nothing is emitted; a second kill during the grace period SIGKILLs at once.
 
 ``recover`` ``{"op":"recover","keys":[..]}`` -> per key, one of:
     * the record has a result: the ``exited`` event again, with ``"recovered": true``;
@@ -193,6 +196,7 @@ MAX_READ_BYTES = 4 * 1024 * 1024
 KEY_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,128}\Z")
 ADOPT_POLL_SECONDS = 0.25
 OWNER_GRACE_SECONDS = 5.0
+MAX_KILL_GRACE_SECONDS = 600.0
 
 _NOT_FOUND = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG)
 _NOT_EXECUTABLE = (errno.EACCES, errno.ENOEXEC, errno.EPERM, errno.EISDIR, errno.ETXTBSY)
@@ -1903,18 +1907,31 @@ class Agent:
             pending.cancelled = True
             return
         run = self.runs.get(key) or self.adopted.get(key)
-        if run is not None and not run.done:
+        if run is None or run.done:
+            return
+        grace = msg.get("grace_seconds")
+        if (
+            not run.killed
+            and isinstance(grace, (int, float))
+            and not isinstance(grace, bool)
+            and grace > 0
+        ):
             run.killed = True
-            self._kill_group(run)
+            self._kill_group(run, signal.SIGTERM)
+            grace = min(float(grace), MAX_KILL_GRACE_SECONDS)
+            self._push_timer(time.monotonic() + grace, "kill", run)
+            return
+        run.killed = True
+        self._kill_group(run)
 
-    def _kill_group(self, run: _Run) -> None:
+    def _kill_group(self, run: _Run, sig: int = signal.SIGKILL) -> None:
         if run.adopted and not _alive(run.pid, run.proc_start, run.start_time):
             return  # not ours: never signal a pid that may have been reused
         try:
-            os.killpg(run.pid, signal.SIGKILL)
+            os.killpg(run.pid, sig)
         except (ProcessLookupError, PermissionError):
             try:
-                os.kill(run.pid, signal.SIGKILL)
+                os.kill(run.pid, sig)
             except OSError:
                 pass
 
@@ -2039,6 +2056,8 @@ class Agent:
                     self._adopted_gone(run)
             elif kind == "grace":
                 self._adopted_gone(run)
+            elif kind == "kill":  # the SIGTERM grace period of a kill op is over
+                self._kill_group(run)
 
     # ------------------------------------------------------------------ recovery
 

@@ -32,6 +32,7 @@ __all__ = [
     "MAX_ENVIRONMENT_NAME_LENGTH",
     "MAX_ENVIRONMENT_VALUE_LENGTH",
     "RESERVED_ENV_PREFIX",
+    "TERMINATE_GRACE_VARIABLE",
     "split_command_line",
     "validate_environment",
 ]
@@ -139,6 +140,18 @@ def _ends_inside_escape(rest: str) -> bool:
     return trailing % 2 == 1
 
 
+TERMINATE_GRACE_VARIABLE = "PREFECT_BATCH_TERMINATE_GRACE_SECONDS"
+"""The task option: seconds between SIGTERM and SIGKILL when the task is terminated."""
+
+
+def _is_seconds(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return 0 <= value <= 600
+
+
 def validate_environment(
     settings: Sequence[tuple[str, str | None]], prop: str = "environmentSettings"
 ) -> dict[str, str]:
@@ -200,6 +213,10 @@ def validate_environment(
                 name,
                 f"the value of the environment variable {name} is longer than "
                 f"{MAX_ENVIRONMENT_VALUE_LENGTH} characters",
+            )
+        if name == TERMINATE_GRACE_VARIABLE and not _is_seconds(text):
+            raise invalid_property(
+                prop, name, f"{name} must be a number of seconds between 0 and 600"
             )
         env[name] = text
     return env

@@ -23,6 +23,7 @@ from prefect_batch.providers.storage import ObjectStorage, StagingError
 from prefect_batch.service import lifecycle
 from prefect_batch.service.common import iso
 from prefect_batch.service.confinement import run_confinement
+from prefect_batch.service.sealing import unseal_environment
 from prefect_batch.store.schema import accounts, jobs, nodes, queue, tasks
 
 __all__ = ["DispatchMixin", "SPREAD_GRACE_SECONDS", "base_environment", "stage_request"]
@@ -313,6 +314,7 @@ class DispatchMixin:
         env = settings_env(
             job_spec.get("commonEnvironmentSettings"), r.spec.get("environmentSettings")
         )
+        env = unseal_environment(conn, env)
         unreachable = None
         if r.kind == "jobmanager":
             # The job manager may add tasks through the Python client from its node.

@@ -47,6 +47,7 @@ from prefect_batch.service.noderuntime import NodeMixin, NodeRuntime
 from prefect_batch.service.quotas import AgentStartLimiter, default_local_node_limit
 from prefect_batch.service.remotenodes import RemoteNodes
 from prefect_batch.service.scheduling import JobScheduleMixin
+from prefect_batch.service.sealing import terminate_grace_seconds
 from prefect_batch.store import Store
 from prefect_batch.store.schema import jobs, node_commands, nodes, pools, tasks
 
@@ -479,7 +480,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         if not mine:
             return
         rows = conn.execute(
-            select(tasks.c.pk, tasks.c.attempt, tasks.c.node_pk).where(
+            select(tasks.c.pk, tasks.c.attempt, tasks.c.node_pk, tasks.c.spec).where(
                 tasks.c.kill_reason.is_not(None),
                 tasks.c.node_pk.in_(mine),
                 tasks.c.state.in_(IN_FLIGHT),
@@ -490,7 +491,8 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
             key = f"t{r.pk}-{r.attempt}"
             if key not in rt.kills_sent:
                 rt.kills_sent.add(key)
-                sends[r.node_pk].append({"op": "kill", "key": key})
+                grace = terminate_grace_seconds(r.spec)
+                sends[r.node_pk].append({"op": "kill", "key": key, "grace_seconds": grace})
 
     # -- dispatch --------------------------------------------------------------------------
 

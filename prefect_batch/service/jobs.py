@@ -29,6 +29,7 @@ from prefect_batch.models import (
 from prefect_batch.service import lifecycle
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import seconds
+from prefect_batch.service.sealing import seal_settings
 from prefect_batch.service.views import job_view
 from prefect_batch.store.schema import job_nodes, job_schedules, jobs, pools, queue, tasks
 
@@ -163,6 +164,13 @@ class JobOperations(ServiceBase):
                     f"A job schedule with the same id exists: {opts.id}",
                     {"JobId": opts.id},
                 )
+            if spec.get("commonEnvironmentSettings"):
+                spec["commonEnvironmentSettings"] = seal_settings(
+                    conn, spec["commonEnvironmentSettings"]
+                )
+            if (spec.get("jobManagerTask") or {}).get("environmentSettings"):
+                jm = spec["jobManagerTask"]
+                jm["environmentSettings"] = seal_settings(conn, jm["environmentSettings"])
             self._insert_job(conn, opts.id, spec, now)
         self.wake()
 

@@ -39,6 +39,7 @@ from prefect_batch.service.common import (
     iso,
     seconds,
 )
+from prefect_batch.service.sealing import seal_settings
 from prefect_batch.service.views import task_view
 from prefect_batch.store.schema import deps, nodes, pools, queue, tasks
 
@@ -137,6 +138,8 @@ class TaskOperations(ServiceBase):
                 except _Rejected as rej:
                     results[i] = _error_result(_task_id_of(item), rej.error)
                     continue
+                if spec.get("environmentSettings"):
+                    spec["environmentSettings"] = seal_settings(conn, spec["environmentSettings"])
                 key = spec["id"].casefold()
                 if key in seen:
                     results[i] = _error_result(spec["id"], _task_exists(spec["id"]))

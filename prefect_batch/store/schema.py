@@ -43,6 +43,7 @@ __all__ = [
     "pools",
     "queue",
     "schema_info",
+    "sealing_keys",
     "tasks",
 ]
 
@@ -364,4 +365,12 @@ schema_info = Table(
     "schema_info",
     metadata,
     Column("version", Integer, primary_key=True),
+)
+
+sealing_keys = Table(
+    "sealing_keys",
+    metadata,
+    # One row (pk 1): the key sealed environment settings are encrypted with (service/sealing.py).
+    Column("pk", Integer, primary_key=True, autoincrement=False),
+    Column("key", String(64), nullable=False),
 )

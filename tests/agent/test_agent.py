@@ -249,6 +249,28 @@ def test_kill_op_kills_the_task(agent: AgentDriver, root: Path) -> None:
     assert not agent.matching("error")
 
 
+def test_kill_with_grace_sends_sigterm_first(agent: AgentDriver, root: Path) -> None:
+    """A task that handles SIGTERM gets to finish its handler: it exits with its own code."""
+    script = "trap 'echo term > got.txt; exit 7' TERM; echo up > up.txt; sleep 30 & wait"
+    agent.run("g", [SH, "-c", script], dir="job/g")
+    agent.event("started", "g")
+    assert wait_until(lambda: bool(read_text(root / "job" / "g" / "wd" / "up.txt")))
+    agent.send(op="kill", key="g", grace_seconds=30)
+    exited = agent.event("exited", "g")
+    assert exited["killed"] is True and exited["exit_code"] == 7
+    assert read_text(root / "job" / "g" / "wd" / "got.txt").strip() == "term"
+
+
+def test_kill_with_grace_sigkills_a_task_ignoring_sigterm(agent: AgentDriver, root: Path) -> None:
+    agent.run("i", [SH, "-c", "trap '' TERM; echo up > up.txt; while :; do sleep 0.1; done"],
+              dir="job/i")
+    agent.event("started", "i")
+    assert wait_until(lambda: bool(read_text(root / "job" / "i" / "wd" / "up.txt")))
+    agent.send(op="kill", key="i", grace_seconds=0.5)
+    exited = agent.event("exited", "i")
+    assert exited["killed"] is True and exited["exit_code"] == 137
+
+
 def test_running_key_cannot_be_started_twice(agent: AgentDriver) -> None:
     agent.run("dup", ["sleep", "30"])
     agent.event("started", "dup")
