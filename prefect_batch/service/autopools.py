@@ -39,6 +39,7 @@ __all__ = [
     "create_auto_pool",
     "end_pool",
     "end_schedule_pool",
+    "mark_pool_deleting",
     "ends_with",
     "new_auto_pool_id",
     "prefixed_errors",
@@ -153,9 +154,14 @@ def end_pool(conn: Any, account: str, pool_id: str | None, now: float) -> None:
     ).one_or_none()
     if row is None or row.state == PoolState.DELETING.value:
         return
+    mark_pool_deleting(conn, row.pk, now)
+
+
+def mark_pool_deleting(conn: Any, pool_pk: int, now: float) -> None:
+    """Move a pool to ``deleting`` with a target of zero (its engine removes it)."""
     conn.execute(
         update(pools)
-        .where(pools.c.pk == row.pk)
+        .where(pools.c.pk == pool_pk)
         .values(
             state=PoolState.DELETING.value,
             state_transition_time=now,

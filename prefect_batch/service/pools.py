@@ -32,6 +32,7 @@ from prefect_batch.models import (
     BatchPoolUpdateOptions,
     BatchSupportedImage,
 )
+from prefect_batch.service.autopools import mark_pool_deleting
 from prefect_batch.service.autoscale import check_create_settings
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import iso, iso_duration, parse_duration
@@ -401,17 +402,7 @@ class PoolOperations(ServiceBase):
                 raise BatchConflictError(
                     "PoolBeingDeleted", f"The pool is being deleted: {row.id}", {"PoolId": row.id}
                 )
-            conn.execute(
-                update(pools)
-                .where(pools.c.pk == row.pk)
-                .values(
-                    state=PoolState.DELETING.value,
-                    state_transition_time=now,
-                    target_dedicated=0,
-                    last_modified=now,
-                    version=pools.c.version + 1,
-                )
-            )
+            mark_pool_deleting(conn, row.pk, now)
             leased = row.lease_owner is not None and (row.lease_expires or 0) > now
         if not leased:
             self.finish_pool_delete(row.pk)
