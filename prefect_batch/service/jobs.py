@@ -119,6 +119,17 @@ def delete_job_rows(conn: Any, row: Any, now: float) -> bool:
     return True
 
 
+def refuse_preemption(spec: dict[str, Any]) -> None:
+    """Refuse ``allowTaskPreemption: true``: no task here is ever preempted by another."""
+    if spec.get("allowTaskPreemption"):
+        raise BatchInvalidRequestError(
+            "UnsupportedProperty",
+            "allowTaskPreemption true is not supported: a running task is never preempted by a "
+            "higher-priority one here",
+            {"PropertyName": "allowTaskPreemption"},
+        )
+
+
 def check_job_spec(spec: dict[str, Any], *, on_schedule: bool = False) -> None:
     """Check a job's wire body beyond its model: its special tasks, and its pool.
 
@@ -131,6 +142,7 @@ def check_job_spec(spec: dict[str, Any], *, on_schedule: bool = False) -> None:
         BatchInvalidRequestError: Naming the offending property (relative to the job).
     """
     _validate_job_tasks(spec)
+    refuse_preemption(spec)
     check_auto_pool(spec, on_schedule=on_schedule)
     pool_info = spec.get("poolInfo") or {}
     if not pool_info.get("poolId") and not auto_pool_of(spec):
@@ -301,12 +313,14 @@ class JobOperations(ServiceBase):
     def update_job(self, job_id: str, job: BatchJobUpdateOptions | dict[str, Any]) -> None:
         """PATCH a job: properties given replace, omitted ones stay."""
         opts = self.parse(BatchJobUpdateOptions, job)
+        refuse_preemption(opts.to_wire())
         self._apply_job_update(job_id, opts.to_wire(), replace=False)
 
     def replace_job(self, job_id: str, job: BatchJobUpdateOptions | dict[str, Any]) -> None:
         """PUT a job: updatable properties not given return to their defaults."""
         opts = self.parse(BatchJobUpdateOptions, job)
         patch = opts.to_wire()
+        refuse_preemption(patch)
         patch.setdefault("priority", 0)
         patch.setdefault("maxParallelTasks", -1)
         patch.setdefault("constraints", {})

@@ -64,6 +64,22 @@ SUPPORTED_IMAGES: list[dict[str, Any]] = [
 ]
 
 MAX_SLOTS_PER_NODE = 256
+_PATCH_WITHOUT_NODES = (
+    "vmSize",
+    "taskSlotsPerNode",
+    "taskSchedulingPolicy",
+    "virtualMachineConfiguration",
+    "enableInterNodeCommunication",
+)
+"""PATCH properties that shape the nodes: applied only while the pool has none (Azure)."""
+_PATCH_UNSUPPORTED = (
+    "applicationPackageReferences",
+    "networkConfiguration",
+    "userAccounts",
+    "mountConfiguration",
+    "upgradePolicy",
+)
+"""PATCH properties this service does not act on: refused rather than kept unused."""
 MIN_RESIZE_TIMEOUT_SECONDS = 0.0  # Azure's floor is 5 minutes; local nodes need none.
 
 
@@ -276,11 +292,23 @@ class PoolOperations(ServiceBase):
         if remove_start_task:
             patch["startTask"] = None
         validate_start_task(patch.get("startTask"))
+        for key in _PATCH_UNSUPPORTED:
+            if patch.get(key):
+                raise BatchInvalidRequestError(
+                    "UnsupportedProperty",
+                    f"{key} is not supported by this service; omit it",
+                    {"PropertyName": key},
+                )
         now = self.clock()
         with self.store.begin() as conn:
             row = self._pool_row(conn, pool_id)
+            self._check_mutable(row)
             spec = dict(row.spec)
-            for key in ("startTask", "metadata", "applicationPackageReferences"):
+            values: dict[str, Any] = {}
+            node_shape = [k for k in _PATCH_WITHOUT_NODES if k in patch]
+            if node_shape:
+                values = self._node_shape_change(conn, row, spec, patch, node_shape)
+            for key in ("startTask", "metadata", "displayName"):
                 if key in patch:
                     if key == "startTask" and not patch[key]:
                         spec.pop(key, None)
@@ -289,9 +317,28 @@ class PoolOperations(ServiceBase):
             conn.execute(
                 update(pools)
                 .where(pools.c.pk == row.pk)
-                .values(spec=spec, last_modified=now, version=pools.c.version + 1)
+                .values(spec=spec, last_modified=now, version=pools.c.version + 1, **values)
             )
         self.wake(pools=True)
+
+    def _node_shape_change(
+        self, conn: Any, row: Any, spec: dict[str, Any], patch: dict[str, Any], keys: list[str]
+    ) -> dict[str, Any]:
+        """Apply PATCH properties that shape the nodes: only while the pool has none (Azure)."""
+        if self._count(conn, row) or row.target_dedicated:
+            raise BatchConflictError(
+                "OperationInvalidForCurrentState",
+                f"{keys[0]} can be changed only while the pool has no nodes (resize it to 0)",
+                {"PoolId": row.id, "PropertyName": keys[0]},
+            )
+        merged = {**spec, **{k: patch[k] for k in keys}}
+        checked = self.check_pool_spec(conn, merged)
+        spec.update({k: patch[k] for k in keys})
+        return {
+            "vm_size": checked["vm_size"],
+            "task_slots_per_node": checked["task_slots_per_node"],
+            "fill_type": checked["fill_type"],
+        }
 
     def replace_pool_properties(
         self, pool_id: str, pool: BatchPoolReplaceOptions | dict[str, Any]
