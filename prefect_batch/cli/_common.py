@@ -32,6 +32,7 @@ from prefect_batch.exceptions import BatchServiceError, PrefectBatchError
 from prefect_batch.models import duration_to_iso
 
 __all__ = [
+    "AutoPoolOptions",
     "CliState",
     "JsonOption",
     "batch_client",
@@ -39,6 +40,7 @@ __all__ = [
     "command_prefix",
     "fail",
     "list_table",
+    "pool_info_option",
     "parse_duration",
     "parse_pairs",
     "print_json",
@@ -65,6 +67,40 @@ class CliState:
 
     home: Path | None = None
     account: str | None = None
+
+
+@dataclass
+class AutoPoolOptions:
+    """``--auto-pool N`` and its companions: a pool of N local nodes made for the job(s)."""
+
+    nodes: int | None
+    prefix: str | None = None
+    keep_alive: bool = False
+    lifetime: str = "job"
+    slots: int | None = None
+
+
+def pool_info_option(pool: str | None, auto: AutoPoolOptions) -> dict[str, Any] | None:
+    """The wire ``poolInfo`` of ``--pool`` or ``--auto-pool`` (None: neither given).
+
+    Raises:
+        typer.BadParameter: Both were given.
+    """
+    if pool is not None and auto.nodes is not None:
+        raise typer.BadParameter("give --pool or --auto-pool, not both", param_hint="--auto-pool")
+    if pool is not None:
+        return {"poolId": pool}
+    if auto.nodes is None:
+        return None
+    spec: dict[str, Any] = {"vmSize": "local", "targetDedicatedNodes": auto.nodes}
+    if auto.slots is not None:
+        spec["taskSlotsPerNode"] = auto.slots
+    body: dict[str, Any] = {"poolLifetimeOption": auto.lifetime, "pool": spec}
+    if auto.prefix:
+        body["autoPoolIdPrefix"] = auto.prefix
+    if auto.keep_alive:
+        body["keepAlive"] = True
+    return {"autoPoolSpecification": body}
 
 
 def _state(ctx: typer.Context) -> CliState:

@@ -13,10 +13,12 @@ from typing import Annotated, Any
 import typer
 
 from prefect_batch.cli._common import (
+    AutoPoolOptions,
     JsonOption,
     batch_client,
     fail,
     list_table,
+    pool_info_option,
     print_json,
     print_resources,
     read_body,
@@ -43,12 +45,19 @@ def job_row(job: BatchJob) -> list[Any]:
     return [
         job.id,
         job.state,
-        job.pool_info.pool_id if job.pool_info else None,
+        job_pool_id(job),
         job.priority,
         job.max_parallel_tasks,
         job.all_tasks_complete_mode,
         job.creation_time,
     ]
+
+
+def job_pool_id(job: BatchJob) -> str | None:
+    """The pool a job runs on: the one it names, or its auto pool."""
+    if job.execution_info is not None and job.execution_info.pool_id:
+        return job.execution_info.pool_id
+    return job.pool_info.pool_id if job.pool_info else None
 
 
 def counts_table(job_id: str, counts: BatchTaskCountsResult) -> Any:
@@ -77,6 +86,24 @@ def create_job(
         ),
     ] = None,
     pool: Annotated[str | None, typer.Option("--pool", help="The pool the tasks run on.")] = None,
+    auto_pool: Annotated[
+        int | None,
+        typer.Option(
+            "--auto-pool",
+            min=0,
+            help="Instead of --pool: a pool of this many local nodes made for the job, "
+            "deleted when the job completes or is deleted.",
+        ),
+    ] = None,
+    auto_pool_prefix: Annotated[
+        str | None, typer.Option("--auto-pool-prefix", help="The auto pool's id prefix.")
+    ] = None,
+    auto_pool_slots: Annotated[
+        int | None, typer.Option("--auto-pool-slots", min=1, help="Task slots per node.")
+    ] = None,
+    keep_alive: Annotated[
+        bool, typer.Option("--keep-alive", help="Keep the auto pool after the job.")
+    ] = False,
     priority: Annotated[
         int | None, typer.Option("--priority", min=-1000, max=1000, help="-1000 to 1000.")
     ] = None,
@@ -113,10 +140,15 @@ def create_job(
 ) -> None:
     """Create a job on a pool (from options, or from Azure wire JSON with --file)."""
     body = read_body(file, job_id, "job")
-    if pool is not None:
-        body["poolInfo"] = {"poolId": pool}
+    pool_info = pool_info_option(
+        pool, AutoPoolOptions(auto_pool, auto_pool_prefix, keep_alive, slots=auto_pool_slots)
+    )
+    if pool_info is not None:
+        body["poolInfo"] = pool_info
     if "poolInfo" not in body:
-        raise typer.BadParameter("give --pool, or --file with poolInfo", param_hint="--pool")
+        raise typer.BadParameter(
+            "give --pool, --auto-pool, or --file with poolInfo", param_hint="--pool"
+        )
     if priority is not None:
         body["priority"] = priority
     constraints = dict(body.get("constraints") or {})
@@ -326,7 +358,7 @@ def wait_job(
     with batch_client(ctx, engine=True) as client:
         job = client.get_job(job_id)
         err = stderr_console()
-        pool_id = job.pool_info.pool_id if job.pool_info else None
+        pool_id = job_pool_id(job)
         if pool_id:
             try:
                 pool = client.get_pool(pool_id)

@@ -14,9 +14,11 @@ from typing import Annotated, Any
 import typer
 
 from prefect_batch.cli._common import (
+    AutoPoolOptions,
     JsonOption,
     batch_client,
     list_table,
+    pool_info_option,
     print_json,
     print_resources,
     read_body,
@@ -25,6 +27,7 @@ from prefect_batch.cli._common import (
 )
 from prefect_batch.cli._common import parse_duration as parse_duration_option
 from prefect_batch.cli.jobs import JOB_COLUMNS, job_row
+from prefect_batch.core.states import PoolLifetimeOption
 from prefect_batch.models import BatchJobSchedule
 
 __all__ = ["app"]
@@ -91,6 +94,27 @@ def create_schedule(
     pool: Annotated[
         str | None, typer.Option("--pool", help="The pool the jobs' tasks run on.")
     ] = None,
+    auto_pool: Annotated[
+        int | None,
+        typer.Option(
+            "--auto-pool",
+            min=0,
+            help="Instead of --pool: a pool of this many local nodes made for the jobs.",
+        ),
+    ] = None,
+    auto_pool_lifetime: Annotated[
+        PoolLifetimeOption,
+        typer.Option(
+            "--auto-pool-lifetime",
+            help="job: a pool per job; jobschedule: one pool for all, gone with the schedule.",
+        ),
+    ] = PoolLifetimeOption.JOB,
+    auto_pool_prefix: Annotated[
+        str | None, typer.Option("--auto-pool-prefix", help="The auto pool's id prefix.")
+    ] = None,
+    keep_alive: Annotated[
+        bool, typer.Option("--keep-alive", help="Keep the auto pool when its lifetime ends.")
+    ] = False,
     every: Annotated[
         str | None,
         typer.Option(
@@ -150,11 +174,16 @@ def create_schedule(
             timing[key] = value
     body["schedule"] = timing
     spec = dict(body.get("jobSpecification") or {})
-    if pool is not None:
-        spec["poolInfo"] = {"poolId": pool}
+    pool_info = pool_info_option(
+        pool,
+        AutoPoolOptions(auto_pool, auto_pool_prefix, keep_alive, auto_pool_lifetime.value),
+    )
+    if pool_info is not None:
+        spec["poolInfo"] = pool_info
     if "poolInfo" not in spec:
         raise typer.BadParameter(
-            "give --pool, or --file with jobSpecification.poolInfo", param_hint="--pool"
+            "give --pool, --auto-pool, or --file with jobSpecification.poolInfo",
+            param_hint="--pool",
         )
     if job_manager is not None:
         spec["jobManagerTask"] = {"id": "jobmanager", "commandLine": job_manager}

@@ -31,6 +31,7 @@ __all__ = [
     "NodeState",
     "OnAllTasksComplete",
     "OnTaskFailure",
+    "PoolLifetimeOption",
     "PoolState",
     "SchedulingState",
     "StartTaskState",
@@ -193,6 +194,15 @@ class NodeFillType(str, Enum):
     """Even out the load: the node with the most free slots first."""
     PACK = "pack"
     """Fill each node to its slots before using the next."""
+
+
+class PoolLifetimeOption(str, Enum):
+    """How long an auto pool lives, and which jobs share it."""
+
+    JOB = "job"
+    """One pool per job: deleted when the job completes or is deleted."""
+    JOB_SCHEDULE = "jobschedule"
+    """One pool for all the jobs of a schedule: deleted when the schedule completes or goes."""
 
 
 class OnAllTasksComplete(str, Enum):

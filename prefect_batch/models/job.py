@@ -43,6 +43,7 @@ from prefect_batch.models.common import (
     ResourceFile,
     UserIdentity,
 )
+from prefect_batch.models.pool import BatchAutoPoolSpecification
 from prefect_batch.models.task import BatchTaskConstraints, BatchTaskFailureInfo
 
 __all__ = [
@@ -106,10 +107,10 @@ class BatchPoolInfo(RequestModel):
     pool_id: NonEmptyStr | None = Field(
         default=None, alias="poolId", description="The id of an existing pool."
     )
-    auto_pool_specification: OpaqueObject | None = Field(
+    auto_pool_specification: BatchAutoPoolSpecification | None = Field(
         default=None,
         alias="autoPoolSpecification",
-        description="A pool created for the job; accepted as opaque JSON.",
+        description="A pool the service creates for the job (or the schedule's jobs).",
     )
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ from prefect_batch.core.states import (
     AllocationState,
     NodeDeallocationOption,
     NodeFillType,
+    PoolLifetimeOption,
     PoolState,
     StartTaskState,
     TaskExecutionResult,
@@ -47,6 +48,7 @@ from prefect_batch.models.task import BatchTaskFailureInfo
 __all__ = [
     "AutoScaleRun",
     "AutoScaleRunError",
+    "BatchAutoPoolSpecification",
     "BatchNodeCounts",
     "BatchNodeRemoveOptions",
     "BatchPool",
@@ -56,6 +58,7 @@ __all__ = [
     "BatchPoolNodeCounts",
     "BatchPoolReplaceOptions",
     "BatchPoolResizeOptions",
+    "BatchPoolSpecification",
     "BatchPoolUpdateOptions",
     "BatchStartTask",
     "BatchStartTaskInfo",
@@ -68,6 +71,8 @@ __all__ = [
 
 TASK_SLOTS_PER_NODE_MAX = 256
 """Most task slots Azure allows per node."""
+AUTO_POOL_ID_PREFIX_MAX = 20
+"""Longest ``autoPoolIdPrefix`` Azure accepts."""
 REMOVE_NODES_MAX = 100
 """Most nodes one remove-nodes request may name."""
 
@@ -206,10 +211,9 @@ class VirtualMachineConfiguration(RequestModel):
     )
 
 
-class BatchPoolCreateOptions(RequestModel):
-    """The body of a create-pool request."""
+class BatchPoolSpecification(RequestModel):
+    """A pool's properties without its id: the ``pool`` of an auto pool specification."""
 
-    id: BatchId = Field(description="Unique (case-insensitively) in the account; 1-64 chars.")
     display_name: DisplayName | None = Field(
         default=None, alias="displayName", description="A display name; up to 1024 characters."
     )
@@ -277,6 +281,35 @@ class BatchPoolCreateOptions(RequestModel):
     upgrade_policy: OpaqueObject | None = Field(
         default=None, alias="upgradePolicy", description="OS upgrade policy; opaque."
     )
+
+
+class BatchPoolCreateOptions(BatchPoolSpecification):
+    """The body of a create-pool request: a pool specification and the pool's id."""
+
+    id: BatchId = Field(description="Unique (case-insensitively) in the account; 1-64 chars.")
+
+
+class BatchAutoPoolSpecification(RequestModel):
+    """A pool the service creates for a job (or for all the jobs of a schedule)."""
+
+    auto_pool_id_prefix: str | None = Field(
+        default=None,
+        alias="autoPoolIdPrefix",
+        max_length=AUTO_POOL_ID_PREFIX_MAX,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="Put before the generated id (``<prefix>_<guid>``); up to 20 characters.",
+    )
+    pool_lifetime_option: PoolLifetimeOption = Field(
+        alias="poolLifetimeOption",
+        description="``job``: a pool per job, gone when it completes; ``jobschedule``: one pool "
+        "for all the schedule's jobs, gone when the schedule completes.",
+    )
+    keep_alive: bool | None = Field(
+        default=None,
+        alias="keepAlive",
+        description="Keep the pool when its lifetime ends (false); the user deletes it then.",
+    )
+    pool: BatchPoolSpecification = Field(description="The pool to create.")
 
 
 class BatchPoolUpdateOptions(RequestModel):

@@ -215,8 +215,17 @@ class DispatchMixin:
         }
         limits = {pk: r for pk, r in job_rows.items() if r.max_parallel_tasks > 0}
         by_key = {str(rt.pk): rt for rt in rts}
+        affinity = _affinities(conn, pool.id, head, rts)
         placed = assign(
-            [QueuedTask(key=r.task_pk, job_key=r.job_pk, required_slots=r.slots) for r in head],
+            [
+                QueuedTask(
+                    key=r.task_pk,
+                    job_key=r.job_pk,
+                    required_slots=r.slots,
+                    node_affinity=affinity.get(r.task_pk),
+                )
+                for r in head
+            ],
             [
                 NodeSlots(node_key=str(rt.pk), free_slots=rt.free_slots, total_slots=rt.total_slots)
                 for rt in rts
@@ -448,3 +457,20 @@ class DispatchMixin:
                 "give the client an S3Bucket/AwsCredentials block",
             )
         return _URL_ONLY
+
+
+def _affinities(conn: Any, pool_id: str, head: list[Any], rts: list[Any]) -> dict[int, str]:
+    """The node (``str(node pk)``) each head task's ``affinityInfo.affinityId`` names, where it
+    names a node of this pool that could take tasks now (``<poolId>/<nodeId>``, as nodes and
+    tasks show it). The hint is soft: the scheduler uses it when that node has room."""
+    node_of = {f"{pool_id}/{rt.node_id}".casefold(): str(rt.pk) for rt in rts}
+    rows = conn.execute(
+        select(tasks.c.pk, tasks.c.spec).where(tasks.c.pk.in_([r.task_pk for r in head]))
+    ).all()
+    out: dict[int, str] = {}
+    for pk, spec in rows:
+        wanted = ((spec or {}).get("affinityInfo") or {}).get("affinityId")
+        node = node_of.get(str(wanted).casefold()) if wanted else None
+        if node is not None:
+            out[pk] = node
+    return out

@@ -27,6 +27,14 @@ from prefect_batch.models import (
     BatchTaskCountsResult,
 )
 from prefect_batch.service import lifecycle
+from prefect_batch.service.autopools import (
+    JOB,
+    auto_pool_of,
+    check_auto_pool,
+    create_auto_pool,
+    end_pool,
+    ends_with,
+)
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import seconds
 from prefect_batch.service.sealing import seal_settings
@@ -107,24 +115,38 @@ def delete_job_rows(conn: Any, row: Any, now: float) -> bool:
         return False
     conn.execute(delete(tasks).where(tasks.c.job_pk == row.pk))
     conn.execute(delete(jobs).where(jobs.c.pk == row.pk))
+    if ends_with(row.spec, JOB):
+        end_pool(conn, row.account, row.pool_id, now)
     return True
 
 
-def check_job_spec(spec: dict[str, Any]) -> None:
-    """Check a job's wire body beyond its model: its special tasks, and a named pool.
+def refuse_preemption(spec: dict[str, Any]) -> None:
+    """Refuse ``allowTaskPreemption: true``: no task here is ever preempted by another."""
+    if spec.get("allowTaskPreemption"):
+        raise BatchInvalidRequestError(
+            "UnsupportedProperty",
+            "allowTaskPreemption true is not supported: a running task is never preempted by a "
+            "higher-priority one here",
+            {"PropertyName": "allowTaskPreemption"},
+        )
+
+
+def check_job_spec(spec: dict[str, Any], *, on_schedule: bool = False) -> None:
+    """Check a job's wire body beyond its model: its special tasks, and its pool.
+
+    Args:
+        spec: The job's (or a schedule's job specification's) wire body.
+        on_schedule: Whether it is a schedule's ``jobSpecification`` (which may share one auto
+            pool between its jobs).
 
     Raises:
         BatchInvalidRequestError: Naming the offending property (relative to the job).
     """
     _validate_job_tasks(spec)
+    refuse_preemption(spec)
+    check_auto_pool(spec, on_schedule=on_schedule)
     pool_info = spec.get("poolInfo") or {}
-    if pool_info.get("autoPoolSpecification"):
-        raise BatchInvalidRequestError(
-            "UnsupportedProperty",
-            "poolInfo.autoPoolSpecification is not supported; create a pool and name it",
-            {"PropertyName": "poolInfo.autoPoolSpecification"},
-        )
-    if not pool_info.get("poolId"):
+    if not pool_info.get("poolId") and not auto_pool_of(spec):
         raise BatchInvalidRequestError(
             "MissingRequiredProperty",
             "A required property was not specified in the request body: poolInfo.poolId",
@@ -172,19 +194,46 @@ class JobOperations(ServiceBase):
                 jm = spec["jobManagerTask"]
                 jm["environmentSettings"] = seal_settings(conn, jm["environmentSettings"])
             self._insert_job(conn, opts.id, spec, now)
-        self.wake()
+        self.wake(pools=True)  # an auto pool may have been created
 
-    def _insert_job(self, conn: Any, job_id: str, spec: dict[str, Any], now: float) -> None:
-        """Add a checked job (``check_job_spec``) as ``active``, with its job manager queued."""
+    def _insert_job(
+        self,
+        conn: Any,
+        job_id: str,
+        spec: dict[str, Any],
+        now: float,
+        *,
+        pool_id: str | None = None,
+        scheduling_error: dict[str, Any] | None = None,
+    ) -> None:
+        """Add a checked job (``check_job_spec``) as ``active``, with its job manager queued.
+
+        A job with an auto pool of lifetime ``job`` gets its pool now; a schedule's job that
+        shares the schedule's pool is given its ``pool_id`` (or the ``scheduling_error`` that
+        kept it from being created). A job whose pool could not be created is ``completed``
+        with that error, and runs nothing.
+        """
+        from prefect_batch.service.pools import PoolOperations
+
         constraints = spec.get("constraints") or {}
         wall = seconds(constraints.get("maxWallClockTime"))
-        pool_id = spec["poolInfo"]["poolId"]
+        auto = auto_pool_of(spec)
+        if auto is None:
+            pool_id = spec["poolInfo"]["poolId"]
+        elif pool_id is None and scheduling_error is None:
+            ops = PoolOperations(self.store, self.account, clock=self.clock)
+            pool_id, scheduling_error = create_auto_pool(conn, ops, auto, now)
+        failed = scheduling_error is not None
         conn.execute(
             insert(jobs).values(
                 account=self.account,
                 id=job_id,
                 id_key=job_id.casefold(),
-                state=JobState.ACTIVE.value,
+                state=(JobState.COMPLETED if failed else JobState.ACTIVE).value,
+                previous_state=JobState.ACTIVE.value if failed else None,
+                previous_state_transition_time=now if failed else None,
+                end_time=now if failed else None,
+                scheduling_error=scheduling_error,
                 state_transition_time=now,
                 creation_time=now,
                 last_modified=now,
@@ -202,7 +251,7 @@ class JobOperations(ServiceBase):
                 spec=spec,
             )
         )
-        if spec.get("jobManagerTask"):
+        if spec.get("jobManagerTask") and not failed:
             self._add_job_manager(conn, job_id, spec, now)
 
     def _add_job_manager(self, conn: Any, job_id: str, spec: dict[str, Any], now: float) -> None:
@@ -272,12 +321,14 @@ class JobOperations(ServiceBase):
     def update_job(self, job_id: str, job: BatchJobUpdateOptions | dict[str, Any]) -> None:
         """PATCH a job: properties given replace, omitted ones stay."""
         opts = self.parse(BatchJobUpdateOptions, job)
+        refuse_preemption(opts.to_wire())
         self._apply_job_update(job_id, opts.to_wire(), replace=False)
 
     def replace_job(self, job_id: str, job: BatchJobUpdateOptions | dict[str, Any]) -> None:
         """PUT a job: updatable properties not given return to their defaults."""
         opts = self.parse(BatchJobUpdateOptions, job)
         patch = opts.to_wire()
+        refuse_preemption(patch)
         patch.setdefault("priority", 0)
         patch.setdefault("maxParallelTasks", -1)
         patch.setdefault("constraints", {})
@@ -328,16 +379,7 @@ class JobOperations(ServiceBase):
                     )
                 values["on_all_tasks_complete"] = new
             if "poolInfo" in patch:
-                pool_id = (patch["poolInfo"] or {}).get("poolId")
-                if pool_id != row.pool_id:
-                    if row.state != JobState.DISABLED.value:
-                        raise BatchConflictError(
-                            "OperationInvalidForCurrentState",
-                            "poolInfo can be changed only while the job is disabled",
-                            {"JobId": row.id, "PropertyName": "poolInfo"},
-                        )
-                    values["pool_id"] = pool_id
-                    values["pool_key"] = lifecycle.pool_key(self.account, pool_id)
+                values.update(_pool_change(row, patch["poolInfo"] or {}, self.account))
             for key, value in patch.items():
                 spec[key] = value
             if replace and "metadata" in patch and not patch["metadata"]:
@@ -415,7 +457,7 @@ class JobOperations(ServiceBase):
                     {"JobId": row.id},
                 )
             lifecycle.terminate_job(conn, row, reason, now)
-        self.wake()
+        self.wake(pools=True)  # an auto pool may have ended with the job
 
     def delete_job(self, job_id: str) -> None:
         """Delete a job, its tasks and (on the nodes) their files."""
@@ -427,7 +469,7 @@ class JobOperations(ServiceBase):
                     "JobBeingDeleted", f"The job is being deleted: {row.id}", {"JobId": row.id}
                 )
             delete_job_rows(conn, row, now)
-        self.wake()
+        self.wake(pools=True)  # an auto pool may have ended with the job
 
     def get_job_task_counts(self, job_id: str) -> BatchTaskCountsResult:
         """Counts of the job's tasks (and their slots) by state, kept exact per transaction."""
@@ -450,6 +492,61 @@ class JobOperations(ServiceBase):
                     "failed": r.s_failed,
                 },
             }
+        )
+
+
+def _pool_change(row: Any, pool_info: dict[str, Any], account: str) -> dict[str, Any]:
+    """The job row's new pool columns for a PATCH/PUT ``poolInfo`` (Azure's rules).
+
+    The pool changes only while the job is disabled. A job on an auto pool keeps it: of its
+    ``autoPoolSpecification`` only ``keepAlive`` may change (lifetime ``job``); a job never
+    moves onto an auto pool, nor off one (that would orphan or clear its pool).
+
+    Raises:
+        BatchConflictError: The job is not disabled.
+        BatchInvalidRequestError: The change is one Azure does not allow, the property named.
+    """
+    current, new = auto_pool_of(row.spec), pool_info.get("autoPoolSpecification")
+    if current is None and new is None:
+        if pool_info.get("poolId") == row.pool_id:
+            return {}
+        _require_disabled(row)
+        return {
+            "pool_id": pool_info.get("poolId"),
+            "pool_key": lifecycle.pool_key(account, pool_info.get("poolId")),
+        }
+    if current is None or new is None:
+        name = "poolInfo.poolId" if new is None else "poolInfo.autoPoolSpecification"
+        raise invalid_property(
+            name,
+            pool_info.get("poolId") if new is None else "autoPoolSpecification",
+            "a job on an auto pool keeps it, and a job on a named pool cannot move onto an auto "
+            "pool; of an auto pool only keepAlive can be changed",
+        )
+    unchanged = {k: v for k, v in current.items() if k != "keepAlive"}
+    if {k: v for k, v in new.items() if k != "keepAlive"} != unchanged:
+        raise invalid_property(
+            "poolInfo.autoPoolSpecification",
+            "autoPoolSpecification",
+            "only keepAlive of a job's auto pool can be changed",
+        )
+    if bool(new.get("keepAlive", False)) != bool(current.get("keepAlive", False)):
+        if current.get("poolLifetimeOption") != "job":
+            raise invalid_property(
+                "poolInfo.autoPoolSpecification.keepAlive",
+                new.get("keepAlive"),
+                "keepAlive can be changed only for an auto pool of lifetime job",
+            )
+        _require_disabled(row)
+    return {}
+
+
+def _require_disabled(row: Any) -> None:
+    if row.state != JobState.DISABLED.value:
+        raise BatchConflictError(
+            "OperationInvalidForCurrentState",
+            "poolInfo can be changed only while the job is disabled",
+            {"JobId": row.id, "PropertyName": "poolInfo"},
         )
 
 

@@ -24,6 +24,7 @@ from prefect_batch.core.states import (
     TaskExecutionResult,
     TaskState,
 )
+from prefect_batch.service.autopools import JOB, end_pool, ends_with
 from prefect_batch.store.schema import deps, job_nodes, jobs, nodes, queue, tasks
 
 __all__ = [
@@ -573,6 +574,7 @@ def finish_job_if_done(conn: Connection, job_pk: int, now: float) -> None:
         ).scalar_one()
         if not left:
             conn.execute(delete(jobs).where(jobs.c.pk == job_pk))
+            _end_auto_pool(conn, job, now)
         return
     if job.state not in (JobState.TERMINATING.value, JobState.DISABLING.value):
         return
@@ -611,6 +613,14 @@ def finish_job_if_done(conn: Connection, job_pk: int, now: float) -> None:
     if target == JobState.COMPLETED.value:
         values["end_time"] = now
     conn.execute(update(jobs).where(jobs.c.pk == job_pk).values(**values))
+    if target == JobState.COMPLETED.value:
+        _end_auto_pool(conn, job, now)
+
+
+def _end_auto_pool(conn: Connection, job: Any, now: float) -> None:
+    """A job's own auto pool (lifetime ``job``, no ``keepAlive``) goes when the job ends."""
+    if ends_with(job.spec, JOB):
+        end_pool(conn, job.account, job.pool_id, now)
 
 
 def running_task_rows(conn: Connection, node_pk: int) -> list[Any]:

@@ -32,6 +32,7 @@ from prefect_batch.models import (
     BatchPoolUpdateOptions,
     BatchSupportedImage,
 )
+from prefect_batch.service.autopools import mark_pool_deleting
 from prefect_batch.service.autoscale import check_create_settings
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import iso, iso_duration, parse_duration
@@ -63,6 +64,22 @@ SUPPORTED_IMAGES: list[dict[str, Any]] = [
 ]
 
 MAX_SLOTS_PER_NODE = 256
+_PATCH_WITHOUT_NODES = (
+    "vmSize",
+    "taskSlotsPerNode",
+    "taskSchedulingPolicy",
+    "virtualMachineConfiguration",
+    "enableInterNodeCommunication",
+)
+"""PATCH properties that shape the nodes: applied only while the pool has none (Azure)."""
+_PATCH_UNSUPPORTED = (
+    "applicationPackageReferences",
+    "networkConfiguration",
+    "userAccounts",
+    "mountConfiguration",
+    "upgradePolicy",
+)
+"""PATCH properties this service does not act on: refused rather than kept unused."""
 MIN_RESIZE_TIMEOUT_SECONDS = 0.0  # Azure's floor is 5 minutes; local nodes need none.
 
 
@@ -138,30 +155,8 @@ class PoolOperations(ServiceBase):
         opts = self.parse(BatchPoolCreateOptions, pool)
         validate_id(opts.id, "id")
         spec = opts.to_wire()
-        # An autoscale pool starts empty; its first evaluation, right away, sets the target.
-        interval = check_create_settings(spec)
-        if interval is not None:
-            spec["autoScaleEvaluationInterval"] = iso_duration(interval)
-        self._check_node_source(node_source_of(spec))
-        if opts.target_low_priority_nodes:
-            raise invalid_property(
-                "targetLowPriorityNodes", opts.target_low_priority_nodes, "local nodes have no spot"
-            )
-        slots = opts.task_slots_per_node or 1
-        if slots > MAX_SLOTS_PER_NODE:
-            raise invalid_property("taskSlotsPerNode", slots, f"at most {MAX_SLOTS_PER_NODE}")
-        fill = "spread"
-        if opts.task_scheduling_policy is not None:
-            fill = str(
-                getattr(
-                    opts.task_scheduling_policy.node_fill_type,
-                    "value",
-                    opts.task_scheduling_policy.node_fill_type,
-                )
-            )
-        timeout = parse_duration(spec.get("resizeTimeout"))
-        validate_start_task(spec.get("startTask"))
-        target = opts.target_dedicated_nodes or 0
+        with self.store.read() as conn:
+            checked = self.check_pool_spec(conn, spec)
         now = self.clock()
         with self.store.begin() as conn:
             exists = conn.execute(
@@ -175,42 +170,74 @@ class PoolOperations(ServiceBase):
                     f"The specified pool already exists: {opts.id}",
                     {"PoolId": opts.id},
                 )
-            conn.execute(
-                insert(pools).values(
-                    account=self.account,
-                    id=opts.id,
-                    id_key=opts.id.casefold(),
-                    state=PoolState.ACTIVE.value,
-                    state_transition_time=now,
-                    allocation_state=(
-                        AllocationState.RESIZING.value if target else AllocationState.STEADY.value
-                    ),
-                    allocation_state_transition_time=now,
-                    creation_time=now,
-                    last_modified=now,
-                    version=1,
-                    vm_size=opts.vm_size,
-                    target_dedicated=target,
-                    target_low_priority=0,
-                    task_slots_per_node=slots,
-                    fill_type=fill,
-                    deallocation_option="requeue",
-                    resize_timeout_seconds=timeout if timeout is not None else 900.0,
-                    spec=spec,
-                    auto_scale_next=now if interval is not None else None,
-                )
-            )
+            self.insert_pool(conn, opts.id, checked, now)
         self.wake(pools=True)
 
-    def _check_node_source(self, sku: str) -> None:
+    def check_pool_spec(self, conn: Any, spec: dict[str, Any]) -> dict[str, Any]:
+        """Check a pool's wire body (without its id) beyond its model; return the row values.
+
+        Raises:
+            BatchInvalidRequestError: Naming the offending property (relative to the pool).
+        """
+        spec = {k: v for k, v in spec.items() if k != "id"}
+        # An autoscale pool starts empty; its first evaluation, right away, sets the target.
+        interval = check_create_settings(spec)
+        if interval is not None:
+            spec["autoScaleEvaluationInterval"] = iso_duration(interval)
+        self._check_node_source(conn, node_source_of(spec))
+        if spec.get("targetLowPriorityNodes"):
+            raise invalid_property(
+                "targetLowPriorityNodes", spec["targetLowPriorityNodes"], "local nodes have no spot"
+            )
+        slots = spec.get("taskSlotsPerNode") or 1
+        if slots > MAX_SLOTS_PER_NODE:
+            raise invalid_property("taskSlotsPerNode", slots, f"at most {MAX_SLOTS_PER_NODE}")
+        fill = (spec.get("taskSchedulingPolicy") or {}).get("nodeFillType") or "spread"
+        timeout = parse_duration(spec.get("resizeTimeout"))
+        validate_start_task(spec.get("startTask"))
+        return {
+            "spec": spec,
+            "vm_size": spec["vmSize"],
+            "target_dedicated": spec.get("targetDedicatedNodes") or 0,
+            "task_slots_per_node": slots,
+            "fill_type": fill,
+            "resize_timeout_seconds": timeout if timeout is not None else 900.0,
+            "autoscale": interval is not None,
+        }
+
+    def insert_pool(self, conn: Any, pool_id: str, checked: dict[str, Any], now: float) -> None:
+        """Add a pool row from :meth:`check_pool_spec`'s values (its id known to be free)."""
+        values = dict(checked)
+        autoscale = values.pop("autoscale")
+        target = values["target_dedicated"]
+        conn.execute(
+            insert(pools).values(
+                account=self.account,
+                id=pool_id,
+                id_key=pool_id.casefold(),
+                state=PoolState.ACTIVE.value,
+                state_transition_time=now,
+                allocation_state=(
+                    AllocationState.RESIZING.value if target else AllocationState.STEADY.value
+                ),
+                allocation_state_transition_time=now,
+                creation_time=now,
+                last_modified=now,
+                version=1,
+                target_low_priority=0,
+                deallocation_option="requeue",
+                auto_scale_next=now if autoscale else None,
+                **values,
+            )
+        )
+
+    def _check_node_source(self, conn: Any, sku: str) -> None:
         """Refuse a node source that is neither local nor a registered SSH host group."""
         if sku in {i["nodeAgentSKUId"] for i in SUPPORTED_IMAGES}:
             return
         group = ssh_group_name(sku)
-        if group is not None:
-            with self.store.read() as conn:
-                if group_row(conn, self.account, group) is not None:
-                    return
+        if group is not None and group_row(conn, self.account, group) is not None:
+            return
         raise invalid_property(
             "virtualMachineConfiguration.nodeAgentSKUId",
             sku,
@@ -265,11 +292,23 @@ class PoolOperations(ServiceBase):
         if remove_start_task:
             patch["startTask"] = None
         validate_start_task(patch.get("startTask"))
+        for key in _PATCH_UNSUPPORTED:
+            if patch.get(key):
+                raise BatchInvalidRequestError(
+                    "UnsupportedProperty",
+                    f"{key} is not supported by this service; omit it",
+                    {"PropertyName": key},
+                )
         now = self.clock()
         with self.store.begin() as conn:
             row = self._pool_row(conn, pool_id)
+            self._check_mutable(row)
             spec = dict(row.spec)
-            for key in ("startTask", "metadata", "applicationPackageReferences"):
+            values: dict[str, Any] = {}
+            node_shape = [k for k in _PATCH_WITHOUT_NODES if k in patch]
+            if node_shape:
+                values = self._node_shape_change(conn, row, spec, patch, node_shape)
+            for key in ("startTask", "metadata", "displayName"):
                 if key in patch:
                     if key == "startTask" and not patch[key]:
                         spec.pop(key, None)
@@ -278,9 +317,28 @@ class PoolOperations(ServiceBase):
             conn.execute(
                 update(pools)
                 .where(pools.c.pk == row.pk)
-                .values(spec=spec, last_modified=now, version=pools.c.version + 1)
+                .values(spec=spec, last_modified=now, version=pools.c.version + 1, **values)
             )
         self.wake(pools=True)
+
+    def _node_shape_change(
+        self, conn: Any, row: Any, spec: dict[str, Any], patch: dict[str, Any], keys: list[str]
+    ) -> dict[str, Any]:
+        """Apply PATCH properties that shape the nodes: only while the pool has none (Azure)."""
+        if self._count(conn, row) or row.target_dedicated:
+            raise BatchConflictError(
+                "OperationInvalidForCurrentState",
+                f"{keys[0]} can be changed only while the pool has no nodes (resize it to 0)",
+                {"PoolId": row.id, "PropertyName": keys[0]},
+            )
+        merged = {**spec, **{k: patch[k] for k in keys}}
+        checked = self.check_pool_spec(conn, merged)
+        spec.update({k: patch[k] for k in keys})
+        return {
+            "vm_size": checked["vm_size"],
+            "task_slots_per_node": checked["task_slots_per_node"],
+            "fill_type": checked["fill_type"],
+        }
 
     def replace_pool_properties(
         self, pool_id: str, pool: BatchPoolReplaceOptions | dict[str, Any]
@@ -391,17 +449,7 @@ class PoolOperations(ServiceBase):
                 raise BatchConflictError(
                     "PoolBeingDeleted", f"The pool is being deleted: {row.id}", {"PoolId": row.id}
                 )
-            conn.execute(
-                update(pools)
-                .where(pools.c.pk == row.pk)
-                .values(
-                    state=PoolState.DELETING.value,
-                    state_transition_time=now,
-                    target_dedicated=0,
-                    last_modified=now,
-                    version=pools.c.version + 1,
-                )
-            )
+            mark_pool_deleting(conn, row.pk, now)
             leased = row.lease_owner is not None and (row.lease_expires or 0) > now
         if not leased:
             self.finish_pool_delete(row.pk)

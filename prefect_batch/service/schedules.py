@@ -38,6 +38,7 @@ from prefect_batch.models import (
     BatchJobScheduleUpdateOptions,
 )
 from prefect_batch.service import lifecycle
+from prefect_batch.service.autopools import end_schedule_pool, prefixed_errors
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.jobs import check_job_spec, delete_job_rows
 from prefect_batch.service.views import job_schedule_view, job_view
@@ -128,6 +129,8 @@ def move_schedule(conn: Any, row: Any, target: JobScheduleState, now: float, **v
             **values,
         )
     )
+    if change.state == COMPLETED:
+        end_schedule_pool(conn, row, now)
 
 
 def _check_schedule(schedule: dict[str, Any]) -> Recurrence:
@@ -156,17 +159,8 @@ def _check_schedule(schedule: dict[str, Any]) -> Recurrence:
 
 def _check_job_specification(spec: dict[str, Any]) -> None:
     """:func:`check_job_spec` on a ``jobSpecification``, naming properties from the body's root."""
-    try:
-        check_job_spec(spec)
-    except BatchInvalidRequestError as exc:
-        name = exc.values.get("PropertyName")
-        if not name:
-            raise
-        full = f"jobSpecification.{name}"
-        values = {**exc.values, "PropertyName": full}
-        raise BatchInvalidRequestError(
-            exc.code, exc.message.replace(name, full, 1), values, status_code=exc.status_code
-        ) from exc
+    with prefixed_errors("jobSpecification"):
+        check_job_spec(spec, on_schedule=True)
 
 
 class JobScheduleOperations(ServiceBase):
@@ -370,7 +364,7 @@ class JobScheduleOperations(ServiceBase):
                 move_schedule(
                     conn, row, JobScheduleState.COMPLETED, now, next_run_time=None, end_time=now
                 )
-        self.wake()
+        self.wake(pools=True)  # the schedule's auto pool may have ended
 
     def delete_job_schedule(self, job_schedule_id: str) -> None:
         """Delete a schedule and its jobs (their tasks stop, their files go).
@@ -389,4 +383,5 @@ class JobScheduleOperations(ServiceBase):
                 move_schedule(conn, row, JobScheduleState.DELETING, now, next_run_time=None)
             else:
                 conn.execute(delete(job_schedules).where(job_schedules.c.pk == row.pk))
-        self.wake()
+                end_schedule_pool(conn, row, now)
+        self.wake(pools=True)  # the schedule's auto pool may have ended

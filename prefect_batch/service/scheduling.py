@@ -23,8 +23,10 @@ from sqlalchemy import delete, select, update
 
 from prefect_batch.core.recurrence import ScheduleStep, advance
 from prefect_batch.core.states import JobScheduleState
+from prefect_batch.service.autopools import auto_pool_of, end_schedule_pool, schedule_pool
 from prefect_batch.service.common import Clock
 from prefect_batch.service.jobs import JobOperations
+from prefect_batch.service.pools import PoolOperations
 from prefect_batch.service.schedules import (
     ACTIVE,
     DELETING,
@@ -54,6 +56,7 @@ class JobScheduleMixin:
     store: Store
     clock: Clock
     _poked: bool
+    _reconcile_soon: bool
     _next_schedules: float = 0.0
     _schedules_checked: float = float("-inf")
     _schedules_poked: bool = False
@@ -114,6 +117,7 @@ class JobScheduleMixin:
             if row.state == DELETING:
                 if not schedule_job_rows(conn, row):
                     conn.execute(delete(job_schedules).where(job_schedules.c.pk == row.pk))
+                    end_schedule_pool(conn, row, now)
                 return
             if row.state == TERMINATING:
                 if all(j.state in FINISHED_JOB_STATES for j in schedule_job_rows(conn, row)):
@@ -134,7 +138,9 @@ class JobScheduleMixin:
                 return
             values: dict[str, Any] = {"next_run_time": step.next_run_time}
             if step.create is not None:
-                values["job_count"] = self._create_scheduled_job(conn, row, now)
+                values["job_count"], values["auto_pool_id"] = self._create_scheduled_job(
+                    conn, row, now
+                )
                 values["last_run_time"] = step.create
             # Neither version nor lastModified: a new job is not a change of the schedule.
             conn.execute(
@@ -143,15 +149,24 @@ class JobScheduleMixin:
                 .values(**values)
             )
 
-    def _create_scheduled_job(self, conn: Any, row: Any, now: float) -> int:
-        """Add the schedule's next job from its ``jobSpecification``; return its number."""
+    def _create_scheduled_job(self, conn: Any, row: Any, now: float) -> tuple[int, str | None]:
+        """Add the schedule's next job from its ``jobSpecification``.
+
+        Returns:
+            The job's number, and the schedule's shared auto pool (lifetime ``jobschedule``).
+        """
         n: int = row.job_count + 1
         ops = JobOperations(self.store, row.account, clock=self.clock)
         job_id = scheduled_job_id(row.id, n)
         spec = {"id": job_id, **row.spec["jobSpecification"]}
-        ops._insert_job(conn, job_id, spec, now)
+        pool = schedule_pool(
+            conn, PoolOperations(self.store, row.account, clock=self.clock), row, now
+        )
+        ops._insert_job(conn, job_id, spec, now, **pool)
+        if auto_pool_of(spec):
+            self._reconcile_soon = True  # its pool (new, or shared) gets nodes at the next step
         log.info("job schedule %s/%s: created job %s", row.account, row.id, job_id)
-        return n
+        return n, pool.get("pool_id", row.auto_pool_id)
 
 
 def _recent_key(row: Any) -> str | None:

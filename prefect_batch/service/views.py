@@ -115,13 +115,19 @@ def job_view(row: Any, base_url: str) -> dict[str, Any]:
             "usesTaskDependencies": bool(row.uses_task_dependencies),
             "onAllTasksComplete": row.on_all_tasks_complete,
             "onTaskFailure": row.on_task_failure,
-            "poolInfo": {"poolId": row.pool_id} if row.pool_id else out.get("poolInfo"),
+            # A job on an auto pool shows its specification; executionInfo has the pool's id.
+            "poolInfo": (
+                out.get("poolInfo")
+                if (out.get("poolInfo") or {}).get("autoPoolSpecification") or not row.pool_id
+                else {"poolId": row.pool_id}
+            ),
             "constraints": constraints or None,
             "executionInfo": _clean(
                 {
                     "startTime": iso(row.start_time),
                     "endTime": iso(row.end_time),
                     "poolId": row.pool_id,
+                    "schedulingError": row.scheduling_error,
                     "terminateReason": row.terminate_reason,
                 }
             ),

@@ -47,7 +47,7 @@ __all__ = [
     "tasks",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bumped whenever a table changes; a store written by another version is refused."""
 
 metadata = MetaData()
@@ -185,6 +185,8 @@ jobs = Table(
     Column("s_succeeded", Integer, nullable=False, default=0),
     Column("s_failed", Integer, nullable=False, default=0),
     Column("n_retries", Integer, nullable=False, default=0),
+    # Why the job could not start (wire ``JobSchedulingError``): its auto pool was not created.
+    Column("scheduling_error", JSON, nullable=True),
     UniqueConstraint("account", "id_key", name="uq_jobs_account_id"),
     Index("ix_jobs_state_deadline", "state", "deadline"),
     sqlite_autoincrement=True,  # never reuse the id of a deleted row
@@ -213,6 +215,8 @@ job_schedules = Table(
     Column("job_count", Integer, nullable=False, default=0),
     Column("last_run_time", Float, nullable=True),
     Column("end_time", Float, nullable=True),
+    # The pool of ``poolLifetimeOption: jobschedule``, shared by the schedule's jobs.
+    Column("auto_pool_id", String(64), nullable=True),
     UniqueConstraint("account", "id_key", name="uq_job_schedules_account_id"),
     Index("ix_job_schedules_state_next", "state", "next_run_time"),
     sqlite_autoincrement=True,  # never reuse the id of a deleted row

@@ -228,3 +228,26 @@ def test_engine_run_with_prefect_events_and_no_api_says_so(cli, monkeypatch):
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         result = cli("engine", "run", "--duration", "1", "--prefect-events")
     assert "--prefect-events without PREFECT_API_URL" in result.stderr
+
+
+def test_job_on_an_auto_pool(cli, home: Path) -> None:
+    job = json.loads(
+        cli("job", "create", "aj", "--auto-pool", "1", "--auto-pool-prefix", "run", "--json").stdout
+    )
+    spec = job["poolInfo"]["autoPoolSpecification"]
+    assert spec["pool"] == {"vmSize": "local", "targetDedicatedNodes": 1}
+    assert spec["poolLifetimeOption"] == "job"
+    pool_id = job["executionInfo"]["poolId"]
+    assert pool_id.startswith("run_")
+    pools = json.loads(cli("pool", "list", "--json").stdout)
+    assert [p["id"] for p in pools] == [pool_id]
+    assert pool_id in cli("job", "list").stdout  # the Pool column shows the auto pool
+    cli("task", "add", "aj", "t", "echo auto")
+    cli("job", "wait", "aj", "--timeout", "120")
+    cli("job", "terminate", "aj")
+    cli("job", "delete", "aj")
+    # Without an engine running the pool waits as "deleting" for one to remove it.
+    after = json.loads(cli("pool", "list", "--json").stdout)
+    assert [(p["id"], p["state"]) for p in after] in ([], [(pool_id, "deleting")])
+    both = cli("job", "create", "x", "--pool", "p", "--auto-pool", "1", expect=2)
+    assert "not both" in both.stderr

@@ -99,3 +99,24 @@ def test_schedule_create_refuses_bad_input(cli, tmp_path: Path) -> None:
     made = json.loads(cli("schedule", "create", "--file", str(body), "--json").stdout)
     assert made["schedule"] == {"recurrenceInterval": "PT1M"}
     assert json.loads(cli("schedule", "list", "--json").stdout)[0]["id"] == "from-file"
+
+
+def test_schedule_with_a_shared_auto_pool(cli) -> None:
+    created = json.loads(
+        cli(
+            "schedule",
+            "create",
+            "shared",
+            "--auto-pool",
+            "0",
+            "--auto-pool-lifetime",
+            "jobschedule",
+            "--keep-alive",
+            "--json",
+        ).stdout
+    )
+    spec = created["jobSpecification"]["poolInfo"]["autoPoolSpecification"]
+    assert spec["poolLifetimeOption"] == "jobschedule"
+    assert spec["keepAlive"] is True
+    bad = cli("schedule", "create", "b", "--auto-pool", "1", "--auto-pool-lifetime", "x", expect=2)
+    assert "--auto-pool-lifetime" in bad.stderr

@@ -650,7 +650,10 @@ def test_pool_info_needs_exactly_one_source() -> None:
     with pytest.raises(ValidationError, match="exactly one"):
         models.BatchPoolInfo()
     with pytest.raises(ValidationError, match="exactly one"):
-        models.BatchPoolInfo(pool_id="p", auto_pool_specification={"poolLifetimeOption": "job"})
+        models.BatchPoolInfo(
+            pool_id="p",
+            auto_pool_specification={"poolLifetimeOption": "job", "pool": {"vmSize": "local"}},
+        )
 
 
 def test_ranges_must_be_ordered() -> None:

@@ -211,8 +211,22 @@ UNBALANCED_QUOTE = {**POOL_SPEC, "jobManagerTask": {"id": "m", "commandLine": "e
                     "poolInfo": {"autoPoolSpecification": {"poolLifetimeOption": "job"}}
                 }
             },
+            "MissingRequiredProperty",
+            "jobSpecification.poolInfo.autoPoolSpecification.pool",
+        ),
+        (
+            {
+                "jobSpecification": {
+                    "poolInfo": {
+                        "autoPoolSpecification": {
+                            "poolLifetimeOption": "job",
+                            "pool": {"vmSize": "local", "id": "named"},
+                        }
+                    }
+                }
+            },
             "UnsupportedProperty",
-            "jobSpecification.poolInfo.autoPoolSpecification",
+            "jobSpecification.poolInfo.autoPoolSpecification.pool.id",
         ),
         ({"colour": "red"}, "UnsupportedProperty", "colour"),
     ],
