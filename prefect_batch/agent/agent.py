@@ -443,12 +443,19 @@ def open_beneath(top: str, rel: str, *, leaf: bool = True) -> tuple[int, os.stat
         raise
 
 
-def check_links(top: str, rel: str, st: os.stat_result, limit: int = MAX_LINK_SCAN) -> None:
+def check_links(
+    top: str,
+    rel: str,
+    st: os.stat_result,
+    limit: int = MAX_LINK_SCAN,
+    deadline: float | None = None,
+) -> None:
     """Refuse a regular file with several hard links unless every link is inside ``top``.
 
     A task may hard-link any file it can reach (``ln /etc/passwd wd/pw``); a file whose links
     are all found below ``top`` (the task's directory) is the task's own. Links are counted by
-    walking ``top`` without following symlinks; past ``limit`` entries the file is refused.
+    walking ``top`` without following symlinks; past ``limit`` entries (or ``deadline``, a
+    ``time.monotonic()`` value) the file is refused.
     """
     if not stat.S_ISREG(st.st_mode) or st.st_nlink <= 1:
         return
@@ -466,6 +473,8 @@ def check_links(top: str, rel: str, st: os.stat_result, limit: int = MAX_LINK_SC
                 found += 1
         if found >= st.st_nlink or seen > limit:
             break
+        if deadline is not None and time.monotonic() > deadline:
+            break
     if found < st.st_nlink:
         raise PathRefused(
             "OperationInvalid",
@@ -482,14 +491,19 @@ def _kind(mode: int) -> str:
 
 
 def scan_beneath(
-    top: str, rel: str, recursive: bool, skip_root: tuple[str, ...] = ()
+    top: str,
+    rel: str,
+    recursive: bool,
+    skip_root: tuple[str, ...] = (),
+    deadline: float | None = None,
 ) -> list[tuple[str, os.stat_result, str]]:
     """(name relative to ``rel``, ``lstat``, kind) of the entries of the directory ``top/rel``.
 
     Kind is ``dir``, ``file``, ``link`` or ``other`` (a FIFO, socket or device). Nothing is
     followed: links are listed as links, whatever they point at (nothing, themselves, outside),
     and only real directories are descended into. Names that are not valid UTF-8 cannot be
-    asked for by name, so they are left out. A ``rel`` that is a file lists that file.
+    asked for by name, so they are left out. A ``rel`` that is a file lists that file. Past
+    ``deadline`` (a ``time.monotonic()`` value) it stops with ``PathRefused("ServerBusy")``.
     """
     fd, st = open_beneath(top, rel)
     out: list[tuple[str, os.stat_result, str]] = []
@@ -500,6 +514,9 @@ def scan_beneath(
     try:
         while stack:
             dfd, prefix = stack.pop()
+            if deadline is not None and time.monotonic() > deadline:
+                os.close(dfd)
+                raise PathRefused("ServerBusy", "the directory is too large to list in time")
             try:
                 _scan_one(dfd, prefix, recursive, skip_root, out, stack)
             finally:

@@ -20,6 +20,8 @@ import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError
 
+from prefect_batch.exceptions import BatchInvalidRequestError
+from prefect_batch.remote import RemoteBatchService
 from tests.api.conftest import Server, database, wait_for
 
 POOL = "hostile"
@@ -127,9 +129,7 @@ def test_a_fifo_never_blocks_the_file_api(sdk: Any, node: str) -> None:
     assert sdk.get_job(JOB).id == JOB
 
 
-def test_recursive_listings_survive_dangling_and_looping_links(
-    sdk: Any, node: str
-) -> None:
+def test_recursive_listings_survive_dangling_and_looping_links(sdk: Any, node: str) -> None:
     tasks = {f.name: f for f in sdk.list_task_files(JOB, "h", recursive=True)}
     nodes = {f.name: f for f in sdk.list_node_files(POOL, node, recursive=True)}
     for name in ("wd/sub/ok.txt", "wd/own1", "wd/new\nline", "stdout.txt"):
@@ -150,12 +150,17 @@ def test_links_are_never_followed(sdk: Any, node: str, name: str) -> None:
     assert _refused(lambda: sdk.get_task_file_properties(JOB, "h", name)) == 400
 
 
-def test_a_hard_link_to_a_file_outside_is_refused(sdk: Any, node: str) -> None:
-    with pytest.raises(HttpResponseError) as info:
-        _download(sdk, "wd/pw")
-    assert info.value.status_code == 400
-    assert info.value.error.code == "InvalidPropertyValue"
-    assert "link" in info.value.error.message.value
+def test_a_hard_link_to_a_file_outside_is_refused(sdk: Any, node: str, server: Server) -> None:
+    # The same over REST with the project's own client, which reads the error body.
+    rest = RemoteBatchService(server.url, server.account.name, server.account.primary)
+    try:
+        with pytest.raises(BatchInvalidRequestError) as info:
+            rest.get_task_file(JOB, "h", "wd/pw")
+    finally:
+        rest.close()
+    assert info.value.code == "InvalidPropertyValue"
+    assert "hard links" in info.value.message
+    assert _refused(lambda: _download(sdk, "wd/pw")) == 400
     assert _refused(lambda: _download(sdk, "wd/pw", node)) == 400
     assert _refused(lambda: _download(sdk, "wd/pw", ocp_range="bytes=0-3")) == 400
     assert _refused(lambda: sdk.get_task_file_properties(JOB, "h", "wd/pw")) == 400
