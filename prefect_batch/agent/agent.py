@@ -111,22 +111,26 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     like ``run``'s dir); with ``ev_id`` it answers ``{"ev":"deleted","dir":D,"ev_id":X}``. A
     failure answers ``{"ev":"error","op":"delete","dir":D,"ev_id":X,"code":..,"message":..}``.
 
-File access (paths relative to the root; ``""`` is the root itself; after resolving symlinks a
-path must stay inside the root, else ``OperationInvalid``):
+File access (paths relative to the root; ``""`` is the root itself). No symlink below the root is
+ever followed: every component is opened relative to its parent with ``O_NOFOLLOW`` (a link on
+the way is ``OperationInvalid``), and checks run on the opened descriptor (``fstat``):
     ``{"op":"list_files","req":R,"path":P,"recursive":bool}`` -> ``{"ev":"files","req":R,
-    "path":P,"files":[{"name","is_directory","content_length","creation_time","last_modified",
-    "file_mode"}]}`` with names relative to ``P`` (``/``-separated) and ``file_mode`` like
-    ``"0o644"``; symlinked directories are listed, not descended into; the root's ``.agent``
-    is not listed. ``{"op":"read_file","req":R,"path":P,"offset":int,"length":int|null}`` ->
+    "path":P,"files":[{"name","is_directory","kind","content_length","creation_time",
+    "last_modified","file_mode"}]}`` with names relative to ``P`` (``/``-separated),
+    ``file_mode`` like ``"0o644"`` and ``kind`` one of ``dir``, ``file``, ``link`` (any
+    symlink, listed from ``lstat``, never followed nor descended into) and ``other`` (FIFO,
+    socket, device); names that are not UTF-8 are left out; the root's ``.agent`` is not listed.
+    ``{"op":"read_file","req":R,"path":P,"offset":int,"length":int|null}`` ->
     ``{"ev":"file","req":R,"path":P,"data_b64":..,"size":total,"last_modified":..,
-    "offset":..}``; regular files only; at most 4 MiB per request (the caller pages);
-    ``length`` 0 reads properties only.
+    "offset":..}``; regular files only, opened ``O_NONBLOCK`` (a FIFO never blocks the agent);
+    a file with several hard links only when every link is inside ``within`` (or the root);
+    at most 4 MiB per request (the caller pages); ``length`` 0 reads properties only.
     ``{"op":"delete_file","req":R,"path":P,"recursive":bool}`` -> ``{"ev":"file_deleted",
     "req":R,"path":P}``; a directory needs ``recursive`` unless empty; a symlink is removed
-    itself (only its parent directory is resolved), never its target. ``run``, ``delete`` and
-    ``delete_file`` refuse paths under ``.agent`` (the agent's own state).
-    Each of the three takes an optional ``"within":D`` (root-relative): the path, symlinks
-    resolved, must then lie inside ``D`` (a task's directory), not merely inside the root.
+    itself, never its target. ``run``, ``delete`` and ``delete_file`` refuse paths under
+    ``.agent`` (the agent's own state).
+    Each of the three takes an optional ``"within":D`` (root-relative): the path must then lie
+    inside ``D`` (a task's directory), not merely inside the root.
     Errors: ``{"ev":"error","op":..,"req":R,"code":"FileNotFound"|"OperationInvalid",
     "message":..}``.
 
@@ -372,6 +376,209 @@ class _TransferError(Exception):
 
 def _inside_dir(real: str, top: str) -> bool:
     return real == top or real.startswith(top + os.sep)
+
+
+# -- files below a directory, never following a link --------------------------------------
+# Shared with the service, which reads local nodes' files with the same rules (so these are
+# public and raise PathRefused, not the protocol's _Invalid).
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_NOFOLLOW | _O_CLOEXEC
+# O_NONBLOCK: opening a FIFO a task left behind returns at once instead of waiting for a writer.
+_LEAF_FLAGS = os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC
+MAX_LINK_SCAN = 20000
+"""Entries a hard-link check looks at before it gives up (and refuses the file)."""
+
+
+class PathRefused(Exception):
+    """A file operation refused; ``code`` is ``FileNotFound`` or ``OperationInvalid``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _refusal(dir_fd: int, part: str, rel: str, exc: OSError) -> PathRefused:
+    """Why opening ``part`` (below ``dir_fd``) failed, as the caller should hear it."""
+    try:
+        mode = os.lstat(part, dir_fd=dir_fd).st_mode
+    except OSError:
+        return PathRefused("FileNotFound", f"{rel}: no such file or directory")
+    if stat.S_ISLNK(mode):
+        return PathRefused("OperationInvalid", f"{rel}: {part} is a symbolic link (not followed)")
+    if exc.errno in (errno.ENOTDIR, errno.ENOENT):
+        return PathRefused("FileNotFound", f"{rel}: no such file or directory")
+    if exc.errno == errno.ENXIO or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return PathRefused("OperationInvalid", f"{rel} is not a regular file or a directory")
+    return PathRefused("OperationInvalid", f"{rel}: {exc.strerror or exc}")
+
+
+def open_beneath(top: str, rel: str, *, leaf: bool = True) -> tuple[int, os.stat_result]:
+    """Open ``top/rel`` (``rel`` ``/``-separated, ``""`` for ``top``) without following any
+    symlink below ``top``: (descriptor, ``fstat`` of it), the caller closes the descriptor.
+
+    Each component is opened relative to its parent's descriptor with ``O_NOFOLLOW``, so a task
+    cannot swap a component for a link between a check and the open. The answer is a regular
+    file or a directory (with ``leaf=False``: a directory); FIFOs, sockets and devices are
+    refused, and the last component is opened ``O_NONBLOCK``.
+    """
+    parts = [p for p in rel.split("/") if p]
+    try:
+        fd = os.open(top, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+    except OSError as exc:
+        raise PathRefused("FileNotFound", f"{rel or '.'}: {exc.strerror or exc}") from None
+    try:
+        for i, part in enumerate(parts):
+            flags = _LEAF_FLAGS if leaf and i == len(parts) - 1 else _DIR_FLAGS
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                raise _refusal(fd, part, rel, exc) from None
+            os.close(fd)
+            fd = child
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise PathRefused("OperationInvalid", f"{rel} is not a regular file or a directory")
+        return fd, st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_links(
+    top: str,
+    rel: str,
+    st: os.stat_result,
+    limit: int = MAX_LINK_SCAN,
+    deadline: float | None = None,
+) -> None:
+    """Refuse a regular file with several hard links unless every link is inside ``top``.
+
+    A task may hard-link any file it can reach (``ln /etc/passwd wd/pw``); a file whose links
+    are all found below ``top`` (the task's directory) is the task's own. Links are counted by
+    walking ``top`` without following symlinks; past ``limit`` entries (or ``deadline``, a
+    ``time.monotonic()`` value) the file is refused.
+    """
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink <= 1:
+        return
+    found = seen = 0
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            seen += 1
+            if seen > limit:
+                break
+            try:
+                other = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
+                found += 1
+        if found >= st.st_nlink or seen > limit:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    if found < st.st_nlink:
+        raise PathRefused(
+            "OperationInvalid",
+            f"{rel} has {st.st_nlink} hard links and not all of them are inside the directory",
+        )
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "link" if stat.S_ISLNK(mode) else "other"
+
+
+def scan_beneath(
+    top: str,
+    rel: str,
+    recursive: bool,
+    skip_root: tuple[str, ...] = (),
+    deadline: float | None = None,
+) -> list[tuple[str, os.stat_result, str]]:
+    """(name relative to ``rel``, ``lstat``, kind) of the entries of the directory ``top/rel``.
+
+    Kind is ``dir``, ``file``, ``link`` or ``other`` (a FIFO, socket or device). Nothing is
+    followed: links are listed as links, whatever they point at (nothing, themselves, outside),
+    and only real directories are descended into. Names that are not valid UTF-8 cannot be
+    asked for by name, so they are left out. A ``rel`` that is a file lists that file. Past
+    ``deadline`` (a ``time.monotonic()`` value) it stops with ``PathRefused("ServerBusy")``.
+    """
+    fd, st = open_beneath(top, rel)
+    out: list[tuple[str, os.stat_result, str]] = []
+    if not stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        return [(os.path.basename(rel), st, "file")]
+    stack = [(fd, "")]
+    try:
+        while stack:
+            dfd, prefix = stack.pop()
+            if deadline is not None and time.monotonic() > deadline:
+                os.close(dfd)
+                raise PathRefused("ServerBusy", "the directory is too large to list in time")
+            try:
+                _scan_one(dfd, prefix, recursive, skip_root, out, stack)
+            finally:
+                os.close(dfd)
+    finally:
+        for dfd, _ in stack:
+            os.close(dfd)
+    out.sort(key=lambda e: e[0])
+    return out
+
+
+def _scan_one(
+    dfd: int,
+    prefix: str,
+    recursive: bool,
+    skip_root: tuple[str, ...],
+    out: list[tuple[str, os.stat_result, str]],
+    stack: list[tuple[int, str]],
+) -> None:
+    try:
+        with os.scandir(dfd) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if not prefix and entry.name in skip_root:
+            continue
+        try:
+            entry.name.encode("utf-8")
+            est = entry.stat(follow_symlinks=False)
+        except (OSError, UnicodeEncodeError):
+            continue
+        kind = _kind(est.st_mode)
+        out.append((prefix + entry.name, est, kind))
+        if kind == "dir" and recursive:
+            try:
+                child = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
+            except OSError:
+                continue
+            stack.append((child, prefix + entry.name + "/"))
+
+
+def remove_beneath(dir_fd: int, name: str) -> None:
+    """Remove ``name`` below the directory ``dir_fd``: a directory with all it holds, anything
+    else (a link included, never its target) by itself; no link is followed on the way."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    try:
+        with os.scandir(fd) as it:
+            names = [e.name for e in it]
+        for child in names:
+            remove_beneath(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
 
 
 def _safe_target(top: str, rel: str, what: str) -> str:
@@ -2220,70 +2427,49 @@ class Agent:
             self._emit({"ev": "deleted", "dir": msg.get("dir"), "ev_id": msg["ev_id"]})
 
     @staticmethod
-    def _file_entry(name: str, st: os.stat_result, is_dir: bool) -> dict[str, Any]:
+    def _file_entry(name: str, st: os.stat_result, kind: str) -> dict[str, Any]:
+        is_dir = kind == "dir"
         return {
             "name": name,
             "is_directory": is_dir,
-            "content_length": 0 if is_dir else st.st_size,
+            "kind": kind,
+            "content_length": st.st_size if kind == "file" else 0,
             "creation_time": getattr(st, "st_birthtime", st.st_ctime),
             "last_modified": st.st_mtime,
             "file_mode": f"0o{stat.S_IMODE(st.st_mode):o}",
         }
 
-    def _confine(self, msg: dict[str, Any], path: str, rel: str) -> None:
-        """With ``within`` (a root-relative directory, e.g. a task's), ``path`` must resolve
-        inside it: a symlink in one task's directory cannot reach another's."""
+    def _within(self, msg: dict[str, Any], rel: str) -> str:
+        """The directory (absolute) that ``rel`` must lie in: ``within`` (e.g. a task's
+        directory) or the root. No link is followed below the root, so this is lexical."""
         within = msg.get("within")
         if within is None:
-            return
-        top = os.path.realpath(self._resolve(self._rel(within, "within"), "within"))
-        if not _inside_dir(os.path.realpath(path), top):
+            return self.root
+        top = self._rel(within, "within")
+        if rel != top and not rel.startswith(top + "/"):
             raise _Invalid("OperationInvalid", f"path escapes {within!r}: {rel!r}")
+        return self.root + "/" + top
+
+    def _open(self, rel: str) -> tuple[int, os.stat_result]:
+        try:
+            return open_beneath(self.root, rel)
+        except PathRefused as exc:
+            raise _Invalid(exc.code, exc.message) from None
 
     def _op_list_files(self, msg: dict[str, Any]) -> None:
         rel = self._rel(msg.get("path", ""), "path", allow_root=True)
-        base = self._resolve(rel, "path")
-        self._confine(msg, base, rel)
+        self._within(msg, rel)
+        skip = (".agent",) if not rel else ()
         try:
-            st = os.stat(base)
-        except OSError as exc:
-            raise _Invalid("FileNotFound", f"{rel}: {exc.strerror}") from exc
-        files: list[dict[str, Any]] = []
-        if not stat.S_ISDIR(st.st_mode):
-            files.append(self._file_entry(os.path.basename(base), st, False))
-        else:
-            recursive = bool(msg.get("recursive"))
-            stack = [(base, "")]
-            while stack:
-                path, prefix = stack.pop()
-                try:
-                    entries = list(os.scandir(path))
-                except OSError:
-                    continue
-                for entry in sorted(entries, key=lambda e: e.name):
-                    if path == self.root and entry.name == ".agent":
-                        continue  # the agent's own state is not a node file
-                    name = prefix + entry.name
-                    try:
-                        if entry.is_symlink():
-                            target = os.path.realpath(entry.path)
-                            if not self._inside(target):
-                                est = entry.stat(follow_symlinks=False)
-                                files.append(self._file_entry(name, est, False))
-                                continue
-                        est = entry.stat()
-                        is_dir = stat.S_ISDIR(est.st_mode)
-                    except OSError:
-                        continue
-                    files.append(self._file_entry(name, est, is_dir))
-                    if is_dir and recursive and not entry.is_symlink():
-                        stack.append((entry.path, name + "/"))
+            found = scan_beneath(self.root, rel, bool(msg.get("recursive")), skip)
+        except PathRefused as exc:
+            raise _Invalid(exc.code, exc.message) from None
+        files = [self._file_entry(name, st, kind) for name, st, kind in found]
         self._emit({"ev": "files", "req": msg.get("req"), "path": rel, "files": files})
 
     def _op_read_file(self, msg: dict[str, Any]) -> None:
         rel = self._rel(msg.get("path"), "path")
-        path = self._resolve(rel, "path")
-        self._confine(msg, path, rel)
+        top = self._within(msg, rel)
         offset = msg.get("offset") or 0
         length = msg.get("length")
         if not isinstance(offset, int) or offset < 0:
@@ -2291,16 +2477,14 @@ class Agent:
         if length is not None and (not isinstance(length, int) or length < 0):
             raise _Invalid("OperationInvalid", "length must be an integer >= 0 or null")
         want = MAX_READ_BYTES if length is None else min(length, MAX_READ_BYTES)
-        try:  # O_NONBLOCK: opening a FIFO a task left behind must not block the agent
-            fd = os.open(path, _OPEN_R | os.O_NONBLOCK)
-        except FileNotFoundError as exc:
-            raise _Invalid("FileNotFound", f"{rel}: {exc.strerror}") from exc
-        except OSError as exc:
-            raise _Invalid("OperationInvalid", f"{rel}: {exc.strerror}") from exc
+        fd, st = self._open(rel)
         try:
-            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise _Invalid("OperationInvalid", f"{rel} is not a regular file")
+            try:
+                check_links(top, rel, st)
+            except PathRefused as exc:
+                raise _Invalid(exc.code, exc.message) from None
             chunks = []
             pos = offset
             while want > 0:
@@ -2327,23 +2511,28 @@ class Agent:
     def _op_delete_file(self, msg: dict[str, Any]) -> None:
         rel = self._rel(msg.get("path"), "path")
         self._own_state(rel, "path")
-        parent = self._resolve(os.path.dirname(rel), "path")
-        self._confine(msg, parent, rel)
-        target = os.path.join(parent, os.path.basename(rel))
+        self._within(msg, rel)
+        parent, _, name = rel.rpartition("/")
         try:
-            st = os.lstat(target)
-        except OSError as exc:
-            raise _Invalid("FileNotFound", f"{rel}: {exc.strerror}") from exc
+            fd, _st = open_beneath(self.root, parent, leaf=False)
+        except PathRefused as exc:
+            raise _Invalid(exc.code, exc.message) from None
         try:
-            if stat.S_ISDIR(st.st_mode):
-                if msg.get("recursive"):
-                    shutil.rmtree(target)
+            try:
+                st = os.lstat(name, dir_fd=fd)
+            except OSError as exc:
+                raise _Invalid("FileNotFound", f"{rel}: {exc.strerror}") from exc
+            try:
+                if stat.S_ISDIR(st.st_mode) and msg.get("recursive"):
+                    remove_beneath(fd, name)
+                elif stat.S_ISDIR(st.st_mode):
+                    os.rmdir(name, dir_fd=fd)
                 else:
-                    os.rmdir(target)
-            else:
-                os.unlink(target)
-        except OSError as exc:
-            raise _Invalid("OperationInvalid", f"cannot delete {rel}: {exc.strerror}") from exc
+                    os.unlink(name, dir_fd=fd)
+            except OSError as exc:
+                raise _Invalid("OperationInvalid", f"cannot delete {rel}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
         self._emit({"ev": "file_deleted", "req": msg.get("req"), "path": rel})
 
     # ------------------------------------------------------------------ ping

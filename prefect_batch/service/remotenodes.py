@@ -580,36 +580,46 @@ class RemoteDir:
                     break
         return bytes(out)
 
-    def properties(self, rel: str, url: str) -> BatchNodeFile:
-        """Size, times and mode of one file or directory."""
+    def _entry(self, calls: AgentCalls, rel: str) -> dict[str, Any]:
+        """The listing entry of ``rel`` (from its parent's listing), as the agent sent it."""
         path = self._path(rel)
         if not path or path == self.base:
             raise invalid_property("filePath", rel, "names the directory itself")
         parent, _, name = path.rpartition("/")
-        with self._session() as calls:
-            answer = self._call(
-                calls, {"op": "list_files", "path": parent, "recursive": False}, rel
-            )
+        answer = self._call(calls, {"op": "list_files", "path": parent, "recursive": False}, rel)
         for entry in answer["files"]:
             if entry["name"] == name:
-                return _file_model(entry, rel, url)
+                return dict(entry)
         raise BatchNotFoundError(
             "FileNotFound", f"The specified file does not exist: {rel}", {"FilePath": rel}
         )
 
+    def properties(self, rel: str, url: str) -> BatchNodeFile:
+        """Size, times and mode of one regular file or directory (links are not followed)."""
+        with self._session() as calls:
+            entry = self._entry(calls, rel)
+            kind = entry.get("kind", "dir" if entry.get("is_directory") else "file")
+            if kind not in ("dir", "file"):
+                what = "a symbolic link" if kind == "link" else "not a regular file"
+                raise invalid_property("filePath", rel, f"is {what}")
+            if kind == "file":  # the agent's checks on the opened file (hard links...)
+                request = {"op": "read_file", "path": self._path(rel), "offset": 0, "length": 0}
+                self._call(calls, request, rel)
+        return _file_model(entry, rel, url)
+
     def delete(self, rel: str, recursive: bool) -> None:
-        """Delete a file, or with ``recursive`` a directory tree."""
+        """Delete a file or link (never a link's target), or with ``recursive`` a directory."""
         path = self._path(rel)
         if path == self.base:
             raise invalid_property("filePath", rel, "cannot delete the root directory")
-        entry = self.properties(rel, "")
-        if entry.is_directory and not recursive:
-            raise BatchConflictError(
-                "OperationInvalidForCurrentState",
-                f"{rel} is a directory; delete it with recursive=True",
-                {"FilePath": rel},
-            )
         with self._session() as calls:
+            entry = self._entry(calls, rel)
+            if entry.get("is_directory") and not recursive:
+                raise BatchConflictError(
+                    "OperationInvalidForCurrentState",
+                    f"{rel} is a directory; delete it with recursive=True",
+                    {"FilePath": rel},
+                )
             self._call(
                 calls, {"op": "delete_file", "path": path, "recursive": bool(recursive)}, rel
             )

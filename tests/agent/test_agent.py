@@ -342,8 +342,92 @@ def test_file_operations_within_a_directory_stay_in_it(agent: AgentDriver, root:
     assert (root / "job" / "b" / "stdout.txt").exists()
     ok = agent.request("read_file", path="job/a/wd/mine.txt", within="job/a")
     assert ok["ev"] == "file" and ok["size"] == len("a's file")
-    # Without "within" the same link stays inside the root, so it is followed.
-    assert agent.request("read_file", path="job/a/wd/peek/stdout.txt")["ev"] == "file"
+    # Without "within" the link stays inside the root, but no link is ever followed.
+    answer = agent.request("read_file", path="job/a/wd/peek/stdout.txt")
+    assert answer["code"] == "OperationInvalid" and "symbolic link" in answer["message"]
+
+
+def _hostile_wd(root: Path) -> Path:
+    """A task directory whose ``wd`` holds what a hostile task leaves behind."""
+    wd = root / "job" / "h" / "wd"
+    (wd / "sub").mkdir(parents=True)
+    (wd / "sub" / "ok.txt").write_text("ok")
+    os.mkfifo(wd / "pipe")
+    (wd / "dangling").symlink_to("nowhere")
+    (wd / "loop").symlink_to("loop")
+    (wd / "inner").symlink_to("sub/ok.txt")
+    os.link("/etc/passwd", wd / "pw")
+    (wd / "own1").write_text("mine")
+    os.link(wd / "own1", wd / "own2")
+    (wd / "new\nline").write_text("nl")
+    (wd / os.fsdecode(b"bad\xffname")).write_text("bad")
+    return wd
+
+
+def test_hostile_entries_are_listed_as_they_are_and_never_followed(
+    agent: AgentDriver, root: Path
+) -> None:
+    _hostile_wd(root)
+    for kw in ({}, {"within": "job/h"}):
+        listing = agent.request("list_files", path="job/h", recursive=True, **kw)
+        kinds = {f["name"]: f["kind"] for f in listing["files"]}
+        assert kinds["wd/sub/ok.txt"] == "file" and kinds["wd/sub"] == "dir"
+        assert (kinds["wd/dangling"], kinds["wd/loop"], kinds["wd/inner"]) == ("link",) * 3
+        assert kinds["wd/pipe"] == "other" and kinds["wd/new\nline"] == "file"
+        assert not [n for n in kinds if n.startswith("wd/bad")]
+    whole = agent.request("list_files", path="", recursive=True)
+    assert "job/h/wd/loop" in {f["name"] for f in whole["files"]}
+
+
+@pytest.mark.parametrize(
+    "name, code",
+    [
+        ("pipe", "OperationInvalid"),
+        ("dangling", "OperationInvalid"),
+        ("loop", "OperationInvalid"),
+        ("inner", "OperationInvalid"),
+        ("loop/x", "OperationInvalid"),
+        ("pw", "OperationInvalid"),
+        ("sub/none", "FileNotFound"),
+        ("own1/x", "FileNotFound"),
+    ],
+)
+def test_hostile_entries_are_refused_on_read(
+    agent: AgentDriver, root: Path, name: str, code: str
+) -> None:
+    _hostile_wd(root)
+    for kw in ({}, {"within": "job/h"}):
+        answer = agent.request("read_file", path=f"job/h/wd/{name}", **kw)
+        assert answer["ev"] == "error" and answer["code"] == code, (name, answer)
+    assert agent.ping()["ev"] == "pong"  # the agent is not wedged
+
+
+def test_hard_links_inside_the_directory_are_served(agent: AgentDriver, root: Path) -> None:
+    wd = _hostile_wd(root)
+    for name in ("own1", "own2"):
+        answer = agent.request("read_file", path=f"job/h/wd/{name}", within="job/h")
+        assert base64.b64decode(answer["data_b64"]) == b"mine"
+    # The same file linked from a sibling task's directory is not the task's own any more.
+    (root / "job" / "other").mkdir()
+    os.link(wd / "own1", root / "job" / "other" / "own3")
+    answer = agent.request("read_file", path="job/h/wd/own1", within="job/h")
+    assert answer["code"] == "OperationInvalid" and "hard links" in answer["message"]
+    nl = agent.request("read_file", path="job/h/wd/new\nline", within="job/h")
+    assert base64.b64decode(nl["data_b64"]) == b"nl"
+
+
+def test_deleting_hostile_entries_removes_the_entries_themselves(
+    agent: AgentDriver, root: Path
+) -> None:
+    wd = _hostile_wd(root)
+    for name in ("pipe", "dangling", "loop", "inner", "pw"):
+        answer = agent.request("delete_file", path=f"job/h/wd/{name}", within="job/h")
+        assert answer["ev"] == "file_deleted", (name, answer)
+        assert not os.path.lexists(wd / name)
+    assert (wd / "sub" / "ok.txt").exists() and Path("/etc/passwd").exists()
+    (wd / "sub" / "up").symlink_to("..")
+    answer = agent.request("delete_file", path="job/h/wd/sub", recursive=True, within="job/h")
+    assert answer["ev"] == "file_deleted" and not (wd / "sub").exists() and wd.exists()
 
 
 def test_file_operations_refuse_to_leave_the_root(

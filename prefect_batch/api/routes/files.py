@@ -17,6 +17,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Request
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.responses import Response, StreamingResponse
 
 from prefect_batch.api.context import list_response, ok
@@ -38,6 +39,15 @@ from prefect_batch.models import BatchNodeFile
 __all__ = ["router"]
 
 router = APIRouter(tags=["files"])
+
+
+class _FilePathConvertor(PathConvertor):
+    """Starlette's ``path``, newlines included: a task may name a file ``"a\\nb"``."""
+
+    regex = "[\\s\\S]*"
+
+
+register_url_convertor("filepath", _FilePathConvertor())
 
 CHUNK_BYTES = 1024 * 1024
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
@@ -187,7 +197,7 @@ def list_task_files(
 
 
 @router.get(
-    "/jobs/{jobId}/tasks/{taskId}/files/{filePath:path}",
+    "/jobs/{jobId}/tasks/{taskId}/files/{filePath:filepath}",
     **spec(
         "download_task_file",
         "Download a task file (or a byte range of it)",
@@ -214,7 +224,7 @@ def download_task_file(
 
 
 @router.head(
-    "/jobs/{jobId}/tasks/{taskId}/files/{filePath:path}",
+    "/jobs/{jobId}/tasks/{taskId}/files/{filePath:filepath}",
     **spec("get_task_file_properties", "A task file's properties, as headers"),
 )
 def get_task_file_properties(
@@ -224,7 +234,7 @@ def get_task_file_properties(
 
 
 @router.delete(
-    "/jobs/{jobId}/tasks/{taskId}/files/{filePath:path}",
+    "/jobs/{jobId}/tasks/{taskId}/files/{filePath:filepath}",
     **spec("delete_task_file", "Delete a task file (or directory, with recursive)"),
 )
 def delete_task_file(
@@ -255,7 +265,7 @@ def list_node_files(
 
 
 @router.get(
-    "/pools/{poolId}/nodes/{nodeId}/files/{filePath:path}",
+    "/pools/{poolId}/nodes/{nodeId}/files/{filePath:filepath}",
     **spec(
         "download_node_file",
         "Download a node file (or a byte range of it)",
@@ -282,7 +292,7 @@ def download_node_file(
 
 
 @router.head(
-    "/pools/{poolId}/nodes/{nodeId}/files/{filePath:path}",
+    "/pools/{poolId}/nodes/{nodeId}/files/{filePath:filepath}",
     **spec("get_node_file_properties", "A node file's properties, as headers"),
 )
 def get_node_file_properties(
@@ -292,7 +302,7 @@ def get_node_file_properties(
 
 
 @router.delete(
-    "/pools/{poolId}/nodes/{nodeId}/files/{filePath:path}",
+    "/pools/{poolId}/nodes/{nodeId}/files/{filePath:filepath}",
     **spec("delete_node_file", "Delete a node file (or directory, with recursive)"),
 )
 def delete_node_file(
