@@ -29,7 +29,9 @@ from prefect_batch.providers.base import (
 
 __all__ = ["LocalNodeSource", "scrub_environment"]
 
-_SECRET_NAMES = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
+_SECRET_NAMES = frozenset(
+    {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_API_AUTH_STRING"}
+)
 _SECRET_PREFIXES = ("PREFECT_BATCH_", "PREFECT_API_KEY")
 _SECRET_PARTS = ("SECRET", "PASSWORD", "TOKEN")
 
@@ -38,8 +40,8 @@ def scrub_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """Copy of ``environ`` without the variables a task must never see.
 
     Drops names starting with ``PREFECT_BATCH_`` or ``PREFECT_API_KEY``, names containing
-    ``SECRET``, ``PASSWORD`` or ``TOKEN`` (in any case), and ``AWS_SECRET_ACCESS_KEY`` /
-    ``AWS_SESSION_TOKEN``.
+    ``SECRET``, ``PASSWORD`` or ``TOKEN`` (in any case), ``AWS_SECRET_ACCESS_KEY`` /
+    ``AWS_SESSION_TOKEN`` and ``PREFECT_API_AUTH_STRING``.
     """
     kept = {}
     for name, value in environ.items():

@@ -12,10 +12,6 @@ processes), so it lives in its own module; every wait is bounded.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -24,78 +20,13 @@ from typing import Any
 
 import pytest
 from flowtest_helpers import wait_for
+from prefect_server import PREFECT, REPO, Server
 
 from prefect_batch import BatchClient
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-PREFECT = [sys.executable, "-m", "prefect"]
 WORK_POOL = "batch-local"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A ``prefect server start`` process and the environment to talk to it."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/api"
-        self.batch_home = root / "batch"
-        self.env = {
-            **os.environ,
-            "PREFECT_HOME": str(root / "prefect-home"),
-            "PREFECT_API_URL": self.url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_UI_ENABLED": "false",
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-            "PREFECT_BATCH_HOME": str(self.batch_home),
-            "PREFECT_BATCH_LEASE_SECONDS": "1.5",
-            "PREFECT_BATCH_ENGINE_TICK_SECONDS": "0.05",
-        }
-        self.log = (root / "server.log").open("wb")
-        self.process = subprocess.Popen(
-            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def healthy(self) -> bool:
-        import httpx
-
-        try:
-            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def cli(self, *args: str, timeout: float = 120) -> str:
-        done = subprocess.run(
-            list(args), env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout
-        )
-        assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
-
-    def client(self) -> Any:
-        from prefect.client.orchestration import SyncPrefectClient
-
-        return SyncPrefectClient(self.url)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the server and its own children
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")

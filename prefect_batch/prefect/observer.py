@@ -1,0 +1,171 @@
+"""The batch worker's one poller: flow runs whose batch task ended without a final state.
+
+A batch task that ends while its flow run is still Pending or Running was killed from outside
+Prefect's supervisor — SIGKILL of its process group (exit 137), a program not found, the wall
+clock exceeded, a node removed with ``terminate`` — so nobody else will say so. The observer
+polls each watched task (one loop per worker, every ``interval`` seconds, not a thread per run)
+and, once the task is completed and the flow run still not final on two looks in a row (the
+supervisor's last state write may be in flight), writes the task's exit code, failure info and
+the tail of its stdout/stderr to the flow run's logs and proposes Crashed. A requeued task is
+active again, so a node lost with ``requeue`` is the service's business, never a Crashed here.
+A flow run cancelled while its task is still queued (no supervisor runs yet to see it) gets its
+task terminated and is marked Cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from prefect_batch.exceptions import BatchNotFoundError, PrefectBatchError
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from prefect_batch.client import BatchClient
+
+__all__ = ["BatchTaskObserver", "Watched"]
+
+log = logging.getLogger(__name__)
+
+TAIL_BYTES = 4000
+"""How much of stdout.txt and stderr.txt a Crashed flow run gets in its logs."""
+
+
+@dataclass
+class Watched:
+    """One submitted flow run: where its batch task is."""
+
+    client: BatchClient
+    account: str
+    job_id: str
+    task_id: str
+    mode: str = "task"
+    ended_looks: int = 0
+
+    @property
+    def infrastructure_pid(self) -> str:
+        return f"{self.account}/{self.job_id}/{self.task_id}"
+
+
+def _state(task: Any) -> str:
+    return str(getattr(task.state, "value", task.state))
+
+
+def _tail(client: BatchClient, job_id: str, task_id: str, name: str) -> str:
+    try:
+        props = client.get_task_file_properties(job_id, task_id, name)
+        size = (props.properties.content_length if props.properties else None) or 0
+        offset = max(0, size - TAIL_BYTES)
+        data = client.get_task_file(job_id, task_id, name, offset=offset)
+    except PrefectBatchError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    return ("..." + text) if offset else text
+
+
+def crash_report(w: Watched, task: Any) -> tuple[str, str]:
+    """(Crashed message, log text) for a batch task that ended under a non-final flow run."""
+    info = task.execution_info
+    code = info.exit_code if info is not None else None
+    failure = info.failure_info if info is not None else None
+    why = f"exit code {code}" if code is not None else "no exit code"
+    if failure is not None:
+        why += f"; {failure.code}: {failure.message}"
+    message = f"batch task {w.infrastructure_pid} ended ({why}) before the flow run finished"
+    parts = [message]
+    for name in ("stdout.txt", "stderr.txt"):
+        text = _tail(w.client, w.job_id, w.task_id, name)
+        if text.strip():
+            parts.append(f"--- {name} (tail) ---\n{text.rstrip()}")
+    return message, "\n".join(parts)
+
+
+class BatchTaskObserver:
+    """Polls the batch tasks of one worker's flow runs; proposes Crashed when one died."""
+
+    def __init__(self, worker: Any, interval: float = 2.0) -> None:
+        self.worker = worker
+        self.interval = interval
+        self._watched: dict[UUID, Watched] = {}
+        self._stopped = anyio.Event()
+
+    def watch(self, flow_run_id: UUID, watched: Watched) -> None:
+        self._watched[flow_run_id] = watched
+
+    def watching(self) -> list[UUID]:
+        return list(self._watched)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """The loop (started by the worker in its task group); ends when the worker stops."""
+        while not self._stopped.is_set():
+            with anyio.move_on_after(self.interval):
+                await self._stopped.wait()
+            if self._stopped.is_set():
+                return
+            try:
+                await self.check_once()
+            except Exception:  # one bad look must not end the worker's observing
+                log.exception("batch task observer: a poll failed")
+
+    async def check_once(self) -> None:
+        for flow_run_id, w in list(self._watched.items()):
+            try:
+                task = await anyio.to_thread.run_sync(w.client.get_task, w.job_id, w.task_id)
+            except BatchNotFoundError:
+                task = None
+            if task is not None and _state(task) == "active":
+                await self._cancel_if_cancelling(flow_run_id, w)
+                continue
+            if task is not None and _state(task) != "completed":
+                w.ended_looks = 0
+                continue
+            flow_run = await self.worker.client.read_flow_run(flow_run_id)
+            state = flow_run.state
+            if state is None or state.is_final() or state.is_scheduled() or state.is_paused():
+                self._watched.pop(flow_run_id, None)
+                continue
+            w.ended_looks += 1
+            if w.ended_looks < 2:
+                continue
+            self._watched.pop(flow_run_id, None)
+            if task is None:
+                message = f"batch task {w.infrastructure_pid} was deleted"
+                text = message
+            else:
+                message, text = await anyio.to_thread.run_sync(crash_report, w, task)
+            self.worker.get_flow_run_logger(flow_run).error(text)
+            await self.worker._propose_crashed_state(flow_run, message)
+
+    async def _cancel_if_cancelling(self, flow_run_id: UUID, w: Watched) -> None:
+        """A run cancelled while its task is still queued: nobody runs it, so end it here.
+
+        (Prefect's own worker-side cancellation of pending runs is off unless
+        PREFECT_WORKER_ENABLE_CANCELLATION is set; a queued batch task can wait for hours.)
+        """
+        flow_run = await self.worker.client.read_flow_run(flow_run_id)
+        if flow_run.state is None or not flow_run.state.is_cancelling():
+            return
+        try:
+            if w.mode == "jobmanager":
+                await anyio.to_thread.run_sync(w.client.terminate_job, w.job_id)
+            else:
+                await anyio.to_thread.run_sync(w.client.terminate_task, w.job_id, w.task_id)
+        except BatchNotFoundError:
+            pass
+        self._watched.pop(flow_run_id, None)
+        await self.worker._mark_flow_run_as_cancelled(
+            flow_run,
+            state_updates={
+                "message": f"cancelled while queued as batch task {w.infrastructure_pid}"
+            },
+        )
+        self.worker.get_flow_run_logger(flow_run).info(
+            "terminated queued batch task %s", w.infrastructure_pid
+        )

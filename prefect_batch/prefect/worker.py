@@ -1,0 +1,361 @@
+"""The Prefect worker type ``batch``: each flow run of a work pool becomes a batch task.
+
+``prefect work-pool create my-pool --type batch`` then ``prefect worker start --pool my-pool``:
+the worker submits every flow run of the pool as a batch task (mode ``task``: a task of one
+long-lived job per work pool and priority, task id = the flow-run id, so a resubmission finds the
+task there and adds nothing) or as the job manager task of a job of its own (mode
+``jobmanager``: its own batch tasks run beside it and end with it). The task's command is
+``python -m prefect flow-run execute <id>``, Prefect's supervisor, which observes cancellation
+and, on SIGTERM (a terminate, a node removed with ``requeue``), relinquishes the run to the
+service's requeue instead of marking it crashed.
+
+``PREFECT_API_KEY`` and ``PREFECT_API_AUTH_STRING`` never reach ``environmentSettings`` in
+clear: they travel as sealed ``PREFECT_BATCH_SECRET_*`` settings (``service/sealing.py``), and
+only the node's process sees them. ``run()`` returns once the task is added; one
+:class:`~prefect_batch.prefect.observer.BatchTaskObserver` per worker reports tasks that ended
+without the flow run reaching a final state as Crashed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import threading
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import anyio.abc
+from prefect.exceptions import InfrastructureNotAvailable, InfrastructureNotFound
+from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
+from pydantic import Field, PrivateAttr
+
+from prefect_batch.exceptions import BatchConflictError, BatchNotFoundError
+from prefect_batch.prefect.blocks import BatchAccount, BatchPool
+from prefect_batch.prefect.observer import BatchTaskObserver, Watched
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from prefect.client.schemas.objects import Flow as APIFlow
+    from prefect.client.schemas.objects import FlowRun, WorkPool
+    from prefect.client.schemas.responses import DeploymentResponse
+
+    from prefect_batch.client import BatchClient
+
+__all__ = ["BatchJobConfiguration", "BatchVariables", "BatchWorker", "BatchWorkerResult"]
+
+SECRET_VARIABLES = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
+"""Delivered sealed (``PREFECT_BATCH_SECRET_<NAME>``), never as plain environment settings."""
+SECRET_PREFIX = "PREFECT_BATCH_SECRET_"
+_NOT_ID = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class BatchJobConfiguration(BaseJobConfiguration):
+    """How one flow run becomes a batch task (built from the work pool's base job template)."""
+
+    account: BatchAccount | None = Field(default=None)
+    pool_id: str | None = Field(default=None)
+    pool: BatchPool | None = Field(default=None)
+    mode: Literal["task", "jobmanager"] = Field(default="task")
+    job_id: str | None = Field(default=None)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    required_slots: int = Field(default=1, ge=1)
+    max_wall_clock_seconds: int | None = Field(default=None, gt=0)
+    resource_files: list[dict[str, Any]] = Field(default_factory=list)
+    output_files: list[dict[str, Any]] = Field(default_factory=list)
+    python: str = Field(default="python3")
+    api_url: str | None = Field(default=None)
+    terminate_grace_seconds: float = Field(default=30, ge=0, le=600)
+    _work_pool_name: str = PrivateAttr(default="default")
+
+    def prepare_for_flow_run(
+        self,
+        flow_run: FlowRun,
+        deployment: DeploymentResponse | None = None,
+        flow: APIFlow | None = None,
+        work_pool: WorkPool | None = None,
+        worker_name: str | None = None,
+        worker_id: UUID | None = None,
+    ) -> None:
+        configured = self.command
+        super().prepare_for_flow_run(
+            flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
+        )
+        if not configured:
+            self.command = " ".join(
+                [shlex.quote(self.python), "-m", "prefect", "flow-run", "execute", str(flow_run.id)]
+            )
+        if self.api_url:
+            self.env["PREFECT_API_URL"] = self.api_url
+        # On SIGTERM (a terminate, a node removed with requeue) the supervisor leaves the run
+        # to the service's requeue instead of proposing Crashed.
+        self.env.setdefault("PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR", "relinquish")
+        self.env.pop("PREFECT__FLOW_RUN_ID", None)
+        self.env["PREFECT__FLOW_RUN_ID"] = str(flow_run.id)
+        self._work_pool_name = work_pool.name if work_pool is not None else "default"
+
+    def resolved_job_id(self, flow_run_id: str, pool_id: str) -> str:
+        """The job id: the template with ``{work_pool}``, ``{pool_id}``, ``{priority}`` and
+        ``{flow_run_id}`` filled in, made a valid id (letters, digits, ``-``, ``_``; 64)."""
+        template = self.job_id or (
+            "prefect-{flow_run_id}"
+            if self.mode == "jobmanager"
+            else "prefect-{work_pool}-{pool_id}-p{priority}"
+        )
+        pool = _NOT_ID.sub("-", self._work_pool_name).strip("-") or "pool"
+        job_id = template.format(
+            work_pool=pool, pool_id=pool_id, priority=self.priority, flow_run_id=flow_run_id
+        )
+        return _NOT_ID.sub("-", job_id)[:64]
+
+    def task_environment(self) -> list[dict[str, str]]:
+        """The task's ``environmentSettings``: secrets sealed, the grace period as an option."""
+        out = []
+        for name, value in sorted(self.env.items()):
+            if value is None:
+                continue
+            out.append(
+                {
+                    "name": (SECRET_PREFIX + name) if name in SECRET_VARIABLES else name,
+                    "value": value,
+                }
+            )
+        out.append(
+            {
+                "name": "PREFECT_BATCH_TERMINATE_GRACE_SECONDS",
+                "value": f"{self.terminate_grace_seconds:g}",
+            }
+        )
+        return out
+
+
+class BatchVariables(BaseVariables):
+    """The work pool's form: what a deployment's ``job_variables`` may override."""
+
+    account: BatchAccount | None = Field(
+        default=None,
+        description="The batch account block; empty: the embedded service of the worker's "
+        "PREFECT_BATCH_HOME, whose local nodes the worker itself runs.",
+    )
+    pool_id: str | None = Field(
+        default=None, description="The batch pool the flow runs go to (it must exist)."
+    )
+    pool: BatchPool | None = Field(
+        default=None, description="A BatchPool block, ensured on first use (instead of pool_id)."
+    )
+    mode: Literal["task", "jobmanager"] = Field(
+        default="task",
+        description="task: a task of one job per work pool and priority; jobmanager: the job "
+        "manager task of a job of its own.",
+    )
+    job_id: str | None = Field(
+        default=None,
+        description="Job id template ({work_pool}, {pool_id}, {priority}, {flow_run_id}); "
+        "default prefect-{work_pool}-{pool_id}-p{priority} (task mode) or "
+        "prefect-{flow_run_id} (jobmanager mode).",
+    )
+    priority: int = Field(default=0, ge=-1000, le=1000, description="The job's priority.")
+    required_slots: int = Field(default=1, ge=1, description="Task slots the flow run needs.")
+    max_wall_clock_seconds: int | None = Field(
+        default=None, gt=0, description="Longest the flow run may run on its node."
+    )
+    resource_files: list[dict[str, Any]] = Field(
+        default_factory=list, description="Azure Batch resourceFiles downloaded before it runs."
+    )
+    output_files: list[dict[str, Any]] = Field(
+        default_factory=list, description="Azure Batch outputFiles uploaded after it runs."
+    )
+    python: str = Field(
+        default="python3",
+        description="The Python on the node that has Prefect (e.g. a start task's venv).",
+    )
+    api_url: str | None = Field(
+        default=None,
+        description="PREFECT_API_URL as the node reaches it (SSH/EC2 nodes); the worker's own "
+        "when empty.",
+    )
+    terminate_grace_seconds: float = Field(
+        default=30, ge=0, le=600, description="SIGTERM to SIGKILL when the task is terminated."
+    )
+
+
+class BatchWorkerResult(BaseWorkerResult):
+    """The submission's result: the task was added (its end is the observer's business)."""
+
+
+class BatchWorker(BaseWorker[BatchJobConfiguration, BatchVariables, BatchWorkerResult]):
+    """Runs each flow run of a work pool as a batch task on a prefect-batch pool."""
+
+    type = "batch"
+    job_configuration = BatchJobConfiguration
+    job_configuration_variables = BatchVariables
+    _description = (
+        "Execute flow runs as tasks on a prefect-batch pool (local processes, SSH hosts, EC2)."
+    )
+    _display_name = "Batch"
+    _documentation_url = "https://learn.microsoft.com/azure/batch/jobs-and-tasks"
+    _logo_url = BatchAccount._logo_url
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batch_clients: dict[tuple[Any, ...], BatchClient] = {}
+        self._ensured: set[tuple[Any, ...]] = set()
+        self._lock = threading.Lock()
+        self.observer = BatchTaskObserver(self)
+
+    async def __aenter__(self) -> BatchWorker:
+        await super().__aenter__()
+        assert self._runs_task_group is not None
+        self._runs_task_group.start_soon(self.observer.run)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.observer.stop()
+        try:
+            await super().__aexit__(*exc_info)
+        finally:
+            for client in self._batch_clients.values():
+                await anyio.to_thread.run_sync(client.close)
+            self._batch_clients.clear()
+
+    # -- batch side (sync; called in threads) --------------------------------------------------
+
+    def batch_client(self, account: BatchAccount | None) -> BatchClient:
+        """One client per account for the worker's life (embedded: it runs the local nodes)."""
+        account = account or BatchAccount()
+        key = (account.service_url, account.account_name, account.home)
+        with self._lock:
+            client = self._batch_clients.get(key)
+            if client is None:
+                client = self._batch_clients[key] = account.get_client(engine=True)
+            return client
+
+    def _pool_id(self, client: BatchClient, configuration: BatchJobConfiguration) -> str:
+        if configuration.pool is not None:
+            key = (id(client), configuration.pool.pool_id)
+            if key not in self._ensured:
+                configuration.pool.ensure(client)
+                self._ensured.add(key)
+            return configuration.pool.pool_id
+        if not configuration.pool_id:
+            raise ValueError("the batch work pool names no pool: set pool_id or pool")
+        return configuration.pool_id
+
+    def _ensure_job(self, client: BatchClient, job_id: str, pool_id: str, priority: int) -> None:
+        key = (id(client), job_id)
+        if key in self._ensured:
+            return
+        try:
+            client.create_job(
+                {
+                    "id": job_id,
+                    "poolInfo": {"poolId": pool_id},
+                    "priority": priority,
+                    "displayName": "Prefect flow runs",
+                }
+            )
+        except BatchConflictError as exc:
+            if exc.code != "JobExists":
+                raise
+            job = client.get_job(job_id)
+            if (
+                job.pool_info is None
+                or (job.pool_info.pool_id or "").casefold() != pool_id.casefold()
+            ):
+                raise ValueError(
+                    f"job {job_id!r} runs on pool "
+                    f"{job.pool_info.pool_id if job.pool_info else None!r}, not {pool_id!r}: "
+                    "give job_id a template with {pool_id}"
+                ) from exc
+        self._ensured.add(key)
+
+    def submit_task(self, flow_run: FlowRun, configuration: BatchJobConfiguration) -> Watched:
+        """Add the flow run's task (idempotent: an existing task or job is the submission)."""
+        client = self.batch_client(configuration.account)
+        pool_id = self._pool_id(client, configuration)
+        run_id = str(flow_run.id)
+        job_id = configuration.resolved_job_id(run_id, pool_id)
+        task: dict[str, Any] = {
+            "id": run_id,
+            "displayName": f"flow run {flow_run.name}"[:1024],
+            "commandLine": configuration.command,
+            "environmentSettings": configuration.task_environment(),
+            "requiredSlots": configuration.required_slots,
+            "constraints": {"maxTaskRetryCount": 0},
+        }
+        if configuration.max_wall_clock_seconds:
+            task["constraints"]["maxWallClockTime"] = f"PT{configuration.max_wall_clock_seconds}S"
+        if configuration.resource_files:
+            task["resourceFiles"] = configuration.resource_files
+        if configuration.output_files:
+            task["outputFiles"] = configuration.output_files
+        if configuration.mode == "jobmanager":
+            task.update(killJobOnCompletion=True, runExclusive=False)
+            try:
+                client.create_job(
+                    {
+                        "id": job_id,
+                        "poolInfo": {"poolId": pool_id},
+                        "priority": configuration.priority,
+                        "jobManagerTask": task,
+                    }
+                )
+            except BatchConflictError as exc:
+                if exc.code != "JobExists":
+                    raise
+        else:
+            self._ensure_job(client, job_id, pool_id, configuration.priority)
+            try:
+                client.create_task(job_id, task)
+            except BatchConflictError as exc:
+                if exc.code != "TaskExists":
+                    raise
+        return Watched(client, client.account_name, job_id, run_id, configuration.mode)
+
+    # -- Prefect side --------------------------------------------------------------------------
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: BatchJobConfiguration,
+        task_status: anyio.abc.TaskStatus[str] | None = None,
+    ) -> BatchWorkerResult:
+        watched = await anyio.to_thread.run_sync(self.submit_task, flow_run, configuration)
+        self.observer.watch(flow_run.id, watched)
+        identifier = watched.infrastructure_pid
+        self.get_flow_run_logger(flow_run).info("submitted as batch task %s", identifier)
+        if task_status is not None:
+            task_status.started(identifier)
+        return BatchWorkerResult(status_code=0, identifier=identifier)
+
+    async def kill_infrastructure(
+        self,
+        infrastructure_pid: str,
+        configuration: BatchJobConfiguration,
+        grace_seconds: int = 30,
+    ) -> None:
+        """Terminate the flow run's batch task (its job in ``jobmanager`` mode)."""
+        account, _, rest = infrastructure_pid.partition("/")
+        job_id, _, task_id = rest.partition("/")
+        if not job_id or not task_id:
+            raise InfrastructureNotFound(f"not a batch task: {infrastructure_pid!r}")
+        client = await anyio.to_thread.run_sync(self.batch_client, configuration.account)
+        if client.account_name != account:
+            raise InfrastructureNotAvailable(
+                f"batch task {infrastructure_pid} is in account {account!r}, this worker's "
+                f"configuration uses {client.account_name!r}"
+            )
+
+        def terminate() -> None:
+            try:
+                task = client.get_task(job_id, task_id)
+            except BatchNotFoundError as exc:
+                raise InfrastructureNotFound(f"no batch task {infrastructure_pid}") from exc
+            if str(getattr(task.state, "value", task.state)) == "completed":
+                raise InfrastructureNotFound(f"batch task {infrastructure_pid} already ended")
+            if configuration.mode == "jobmanager":
+                client.terminate_job(job_id)
+            else:
+                client.terminate_task(job_id, task_id)
+
+        await anyio.to_thread.run_sync(terminate)

@@ -1,0 +1,340 @@
+"""The ``batch`` worker type against a real ``prefect server start`` and a real worker process.
+
+One Prefect server and one ``prefect worker start --type batch`` subprocess for the module; the
+worker runs the embedded batch service's engine (local nodes) under a temporary
+PREFECT_BATCH_HOME, and the test reads the same store with an engine-less client. The worker
+finds the type through the ``prefect.collections`` entry point exactly as pyproject.toml
+declares it (a dist-info written from it, first on PYTHONPATH, stands for ``pip install``).
+Flow runs come from deployments made with the Prefect client; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomllib
+from flowtest_helpers import wait_for
+from prefect_server import PREFECT, REPO, Server
+
+from prefect_batch import BatchClient
+
+pytestmark = pytest.mark.slow
+
+WORK_POOL = "batch-test"
+API_KEY = "pk-test-7f3c1d0e9b2a-secret"
+AUTH_STRING = "admin:auth-4b6e8a2c-secret"
+
+FLOWS = """
+import os, signal, sys, time, hashlib
+from prefect import flow, get_run_logger
+
+
+@flow(log_prints=True)
+def hello():
+    print("hello from node", os.environ.get("AZ_BATCH_NODE_ID"))
+    return 42
+
+
+@flow
+def fail():
+    raise ValueError("boom from the flow")
+
+
+@flow
+def die():
+    print("about to be killed", file=sys.stderr, flush=True)
+    time.sleep(1)  # the supervisor relays the flow process's output to the task's files
+    os.kill(os.getppid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@flow
+def sleepy(marker: str, seconds: float = 4.0):
+    with open(marker, "a") as f:
+        f.write(os.environ.get("AZ_BATCH_NODE_ID", "?") + "\\n")
+    time.sleep(seconds)
+    return "slept"
+
+
+@flow
+def probe():
+    for name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"):
+        value = os.environ.get(name, "")
+        get_run_logger().info("%s sha256 %s", name, hashlib.sha256(value.encode()).hexdigest())
+"""
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _entry_point_dist(root: Path) -> Path:
+    """A dist-info carrying pyproject's entry points, as ``pip install`` would write it."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    points = project["entry-points"]["prefect.collections"]
+    dist = root / "dist" / "prefect_batch-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: prefect-batch\nVersion: 0.1.0\n")
+    lines = ["[prefect.collections]"] + [f"{k} = {v}" for k, v in points.items()]
+    (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    return dist.parent
+
+
+class Harness:
+    def __init__(self, server: Server, root: Path) -> None:
+        self.server = server
+        self.root = root
+        self.code = root / "code"
+        self.code.mkdir()
+        (self.code / "wflows.py").write_text(FLOWS)
+        dist = _entry_point_dist(root)
+        self.env = {
+            **server.env,
+            "PYTHONPATH": os.pathsep.join([str(dist), str(REPO)]),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
+        }
+        self.batch = BatchClient(home=server.batch_home, engine=False)
+        self.flow_ids: dict[str, Any] = {}
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            list(args), env=self.env, cwd=self.root, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, f"{args}:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def start_worker(self) -> None:
+        worker_env = {
+            **self.env,
+            "PREFECT_API_KEY": API_KEY,
+            "PREFECT_API_AUTH_STRING": AUTH_STRING,
+        }
+        self.worker_log = (self.root / "worker.log").open("wb")
+        self.worker = subprocess.Popen(
+            [*PREFECT, "worker", "start", "--pool", WORK_POOL, "--type", "batch"],
+            env=worker_env,
+            cwd=self.root,
+            stdout=self.worker_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            os.killpg(self.worker.pid, 15)
+            try:
+                self.worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.worker.pid, 9)
+                self.worker.wait(timeout=10)
+            self.worker_log.close()
+        self.batch.close()
+
+    def run(self, flow: str, *, parameters: dict[str, Any] | None = None, **job_variables: Any):
+        with self.server.client() as client:
+            if flow not in self.flow_ids:
+                self.flow_ids[flow] = client.create_flow_from_name(flow)
+            variables = {"pool_id": "p", **job_variables}
+            deployment_id = client.create_deployment(
+                flow_id=self.flow_ids[flow],
+                name=f"{flow}-{abs(hash(tuple(sorted(map(str, variables.items())))))}",
+                entrypoint=f"wflows.py:{flow}",
+                work_pool_name=WORK_POOL,
+                job_variables=variables,
+                pull_steps=[
+                    {
+                        "prefect.deployments.steps.set_working_directory": {
+                            "directory": str(self.code)
+                        }
+                    }
+                ],
+            )
+            return client.create_flow_run_from_deployment(
+                deployment_id, parameters=parameters or {}
+            ).id
+
+    def flow_run(self, run_id: Any) -> Any:
+        with self.server.client() as client:
+            return client.read_flow_run(run_id)
+
+    def wait_state(self, run_id: Any, *names: str, timeout: float = 60) -> Any:
+        def done() -> Any:
+            fr = self.flow_run(run_id)
+            return fr if fr.state is not None and fr.state.name in names else None
+
+        return wait_for(done, timeout=timeout, interval=0.5, what=f"flow run in {names}")
+
+    def logs(self, run_id: Any) -> str:
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        with self.server.client() as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        return "\n".join(log.message for log in logs)
+
+    def wait_logs(self, run_id: Any, *needles: str) -> str:
+        """The flow run's logs once they contain every needle (logs are sent in batches)."""
+
+        def probe() -> str | None:
+            text = self.logs(run_id)
+            return text if all(n in text for n in needles) else None
+
+        return wait_for(probe, timeout=30, interval=0.5, what=f"logs with {needles}")
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    root = tmp_path_factory.mktemp("worker")
+    server = Server(root)
+    h = None
+    try:
+        wait_for(server.healthy, timeout=90, interval=0.5, what="prefect server health")
+        h = Harness(server, root)
+        h.batch.create_pool(
+            {"id": "p", "vmSize": "local", "targetDedicatedNodes": 2, "taskSlotsPerNode": 2}
+        )
+        h.batch.create_pool({"id": "empty", "vmSize": "local", "targetDedicatedNodes": 0})
+        h.cli(*PREFECT, "work-pool", "create", WORK_POOL, "--type", "batch")
+        h.start_worker()
+        yield h
+    finally:
+        if h is not None:
+            h.stop()
+        server.stop()
+
+
+def _task(h: Harness, run_id: Any) -> Any:
+    pid = h.flow_run(run_id).infrastructure_pid
+    _account, job_id, task_id = pid.split("/")
+    return h.batch.get_task(job_id, task_id)
+
+
+def _ended_task(h: Harness, run_id: Any) -> Any:
+    """The batch task once it completed (the supervisor exits after the final state is set)."""
+    return wait_for(
+        lambda: (t := _task(h, run_id)).state.value == "completed" and t,
+        timeout=30,
+        interval=0.3,
+        what="batch task completed",
+    )
+
+
+def test_work_pool_gets_the_default_base_job_template(harness: Harness) -> None:
+    from prefect_batch.prefect.worker import BatchWorker
+
+    with harness.server.client() as client:
+        pool = client.read_work_pool(WORK_POOL)
+    assert pool.type == "batch"
+    assert pool.base_job_template == BatchWorker.get_default_base_job_template()
+
+
+def test_a_flow_run_completes_on_a_node_with_its_logs(harness: Harness) -> None:
+    run_id = harness.run("hello")
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed")
+    assert fr.state.name == "Completed"
+    assert fr.infrastructure_pid == f"local/prefect-{WORK_POOL}-p-p0/{run_id}"
+    task = _ended_task(harness, run_id)
+    assert task.id == str(run_id) and task.execution_info.exit_code == 0
+    harness.wait_logs(run_id, f"hello from node {task.node_info.node_id}")
+
+
+def test_a_failing_flow_is_failed_not_crashed(harness: Harness) -> None:
+    run_id = harness.run("fail")
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed")
+    assert fr.state.name == "Failed"
+    harness.wait_logs(run_id, "boom from the flow")
+
+
+def test_a_killed_task_is_crashed_with_its_stderr(harness: Harness) -> None:
+    run_id = harness.run("die")
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed")
+    assert fr.state.name == "Crashed"
+    assert "exit code 137" in fr.state.message
+    harness.wait_logs(run_id, "stderr.txt (tail)", "about to be killed")
+
+
+def test_job_variables_set_priority_and_slots(harness: Harness) -> None:
+    run_id = harness.run("hello", priority=7, required_slots=2)
+    harness.wait_state(run_id, "Completed", "Failed", "Crashed")
+    task = _task(harness, run_id)
+    assert task.required_slots == 2
+    assert harness.batch.get_job(f"prefect-{WORK_POOL}-p-p7").priority == 7
+
+
+def test_cancel_while_running(harness: Harness, tmp_path: Path) -> None:
+    from prefect.states import Cancelling
+
+    marker = tmp_path / "started"
+    run_id = harness.run("sleepy", parameters={"marker": str(marker), "seconds": 60})
+    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    with harness.server.client() as client:
+        client.set_flow_run_state(run_id, Cancelling(), force=True)
+    fr = harness.wait_state(run_id, "Cancelled", "Crashed", "Completed", timeout=60)
+    assert fr.state.name == "Cancelled"
+    _ended_task(harness, run_id)
+
+
+def test_cancel_while_queued(harness: Harness) -> None:
+    from prefect.states import Cancelling
+
+    run_id = harness.run("hello", pool_id="empty")
+    wait_for(
+        lambda: harness.flow_run(run_id).infrastructure_pid,
+        timeout=30,
+        interval=0.3,
+        what="submitted",
+    )
+    assert _task(harness, run_id).state.value == "active"
+    with harness.server.client() as client:
+        client.set_flow_run_state(run_id, Cancelling(), force=True)
+    fr = harness.wait_state(run_id, "Cancelled", timeout=60)
+    assert "cancelled while queued" in fr.state.message
+    _ended_task(harness, run_id)
+
+
+def test_a_node_removed_with_requeue_reruns_the_flow_once(harness: Harness, tmp_path: Path) -> None:
+    marker = tmp_path / "attempts"
+    run_id = harness.run("sleepy", parameters={"marker": str(marker), "seconds": 5})
+    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    node = _task(harness, run_id).node_info.node_id
+    harness.batch.remove_nodes("p", {"nodeList": [node], "nodeDeallocationOption": "requeue"})
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=90)
+    assert fr.state.name == "Completed"
+    task = _task(harness, run_id)
+    assert task.execution_info.requeue_count == 1
+    assert len(marker.read_text().split()) == 2
+    with harness.server.client() as client:
+        states = client.read_flow_run_states(run_id)
+    assert [s.name for s in states].count("Completed") == 1
+    harness.batch.resize_pool("p", {"targetDedicatedNodes": 2})
+
+
+def test_no_secret_is_stored_or_logged_but_the_node_gets_them(harness: Harness) -> None:
+    run_id = harness.run("probe")
+    harness.wait_state(run_id, "Completed", "Failed", "Crashed")
+    harness.wait_logs(
+        run_id,
+        f"PREFECT_API_KEY sha256 {_sha(API_KEY)}",
+        f"PREFECT_API_AUTH_STRING sha256 {_sha(AUTH_STRING)}",
+    )
+    task = _task(harness, run_id)
+    names = {e.name for e in task.environment_settings}
+    assert "PREFECT_BATCH_SECRET_PREFECT_API_KEY" in names and "PREFECT_API_KEY" not in names
+    dump = "\n".join(
+        "\n".join(sqlite3.connect(db).iterdump()) for db in harness.server.batch_home.rglob("*.db")
+    )
+    assert dump and API_KEY not in dump and AUTH_STRING not in dump
+    for path in harness.server.batch_home.rglob("*"):
+        if path.is_file() and not path.name.endswith((".db", ".db-wal", ".db-shm")):
+            data = path.read_bytes()
+            assert API_KEY.encode() not in data and AUTH_STRING.encode() not in data, path
+    worker_log = (harness.root / "worker.log").read_bytes()
+    assert API_KEY.encode() not in worker_log and AUTH_STRING.encode() not in worker_log
