@@ -1964,7 +1964,14 @@ class Agent:
             if self.confinement is not None and p.confine:
                 ruleset, preexec = self._sandbox(p, env)
             start = time.time()
-            if preexec is not None:
+            if preexec is None and self.spawn_mode == "posix_spawn":
+                try:
+                    pid = self._posix_spawn(path, argv, env, wd, p.out, p.err)
+                except NotImplementedError:  # no POSIX_SPAWN_SETSID here
+                    self.spawn_mode = "popen"
+            if preexec is not None or self.spawn_mode == "popen":
+                # A confined task needs preexec_fn (Landlock is applied in the child), so it
+                # always goes through Popen; preexec_fn=None is Popen's own default.
                 popen = subprocess.Popen(
                     argv,
                     executable=path,
@@ -1977,25 +1984,6 @@ class Agent:
                     start_new_session=True,
                     restore_signals=True,
                     preexec_fn=preexec,
-                )
-                pid = popen.pid
-            elif self.spawn_mode == "posix_spawn":
-                try:
-                    pid = self._posix_spawn(path, argv, env, wd, p.out, p.err)
-                except NotImplementedError:  # no POSIX_SPAWN_SETSID here
-                    self.spawn_mode = "popen"
-            if preexec is None and self.spawn_mode == "popen":
-                popen = subprocess.Popen(
-                    argv,
-                    executable=path,
-                    stdin=self.devnull,
-                    stdout=p.out,
-                    stderr=p.err,
-                    cwd=wd,
-                    env=env,
-                    close_fds=True,
-                    start_new_session=True,
-                    restore_signals=True,
                 )
                 pid = popen.pid
         except _Invalid as exc:

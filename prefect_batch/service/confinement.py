@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prefect_batch.agent.agent import set_not_dumpable  # one copy: the agent is stdlib-only
+
 __all__ = [
     "agent_confinement_args",
     "confinement_unavailable",
@@ -29,7 +31,6 @@ __all__ = [
 ]
 
 _LANDLOCK_CREATE_RULESET = 444  # the same number on every architecture
-_PR_SET_DUMPABLE = 4
 
 
 def confinement_unavailable() -> str | None:
@@ -48,17 +49,6 @@ def confinement_unavailable() -> str | None:
             f"{os.strerror(ctypes.get_errno())}"
         )
     return None
-
-
-def set_not_dumpable() -> bool:
-    """``PR_SET_DUMPABLE=0`` for this process: same-user processes cannot read its
-    ``/proc/<pid>/environ`` or memory, nor ptrace it. True when it took effect."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _python_trees() -> list[str]:
