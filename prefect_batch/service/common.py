@@ -24,6 +24,7 @@ __all__ = [
     "iso_duration",
     "new_node_id",
     "parse_duration",
+    "refuse_unsupported",
     "seconds",
     "validation_error",
 ]
@@ -136,3 +137,19 @@ def chunked(items: list[Any], size: int) -> Iterable[list[Any]]:
     """Consecutive slices of ``items`` of at most ``size``."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def refuse_unsupported(
+    spec: dict[str, Any],
+    names: Iterable[str],
+    *,
+    prefix: str = "",
+    reason: str = "is not supported by this version of the service",
+) -> None:
+    """Refuse with ``UnsupportedProperty`` the first of ``names`` that ``spec`` sets."""
+    for name in names:
+        if spec.get(name):
+            prop = f"{prefix}{name}"
+            raise BatchInvalidRequestError(
+                "UnsupportedProperty", f"{prop} {reason}", {"PropertyName": prop}
+            )

@@ -36,7 +36,7 @@ from prefect_batch.service.autopools import (
     ends_with,
 )
 from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.common import seconds
+from prefect_batch.service.common import refuse_unsupported, seconds
 from prefect_batch.service.sealing import seal_settings
 from prefect_batch.service.views import job_view
 from prefect_batch.store.schema import job_nodes, job_schedules, jobs, pools, queue, tasks
@@ -565,13 +565,7 @@ def _validate_job_tasks(spec: dict[str, Any]) -> None:
         sub = spec.get(name)
         if not sub:
             continue
-        for prop in _UNSUPPORTED_SUB_PROPERTIES:
-            if sub.get(prop):
-                raise BatchInvalidRequestError(
-                    "UnsupportedProperty",
-                    f"{name}.{prop} is not supported by this version of the service",
-                    {"PropertyName": f"{name}.{prop}"},
-                )
+        refuse_unsupported(sub, _UNSUPPORTED_SUB_PROPERTIES, prefix=f"{name}.")
         split_command_line(sub["commandLine"], f"{name}.commandLine")
         validate_resource_files(sub.get("resourceFiles"), f"{name}.resourceFiles")
         validate_output_files(sub.get("outputFiles"), f"{name}.outputFiles")

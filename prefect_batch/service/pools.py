@@ -35,7 +35,7 @@ from prefect_batch.models import (
 from prefect_batch.service.autopools import mark_pool_deleting
 from prefect_batch.service.autoscale import check_create_settings
 from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.common import iso, iso_duration, parse_duration
+from prefect_batch.service.common import iso, iso_duration, parse_duration, refuse_unsupported
 from prefect_batch.service.nodesources import group_row, registered_images, ssh_group_name
 from prefect_batch.service.samples import NODE_METRIC_NAMES
 from prefect_batch.service.views import node_view, pool_view
@@ -292,13 +292,9 @@ class PoolOperations(ServiceBase):
         if remove_start_task:
             patch["startTask"] = None
         validate_start_task(patch.get("startTask"))
-        for key in _PATCH_UNSUPPORTED:
-            if patch.get(key):
-                raise BatchInvalidRequestError(
-                    "UnsupportedProperty",
-                    f"{key} is not supported by this service; omit it",
-                    {"PropertyName": key},
-                )
+        refuse_unsupported(
+            patch, _PATCH_UNSUPPORTED, reason="is not supported by this service; omit it"
+        )
         now = self.clock()
         with self.store.begin() as conn:
             row = self._pool_row(conn, pool_id)

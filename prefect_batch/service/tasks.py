@@ -37,6 +37,7 @@ from prefect_batch.service.common import (
     DEFAULT_RETENTION_SECONDS,
     chunked,
     iso,
+    refuse_unsupported,
     seconds,
 )
 from prefect_batch.service.sealing import seal_settings
@@ -180,13 +181,7 @@ class TaskOperations(ServiceBase):
             opts = self.parse(BatchTaskCreateOptions, item)
             validate_id(opts.id, "id")
             spec = opts.to_wire()
-            for name in _UNSUPPORTED_TASK_PROPERTIES:
-                if spec.get(name):
-                    raise BatchInvalidRequestError(
-                        "UnsupportedProperty",
-                        f"{name} is not supported by this version of the service",
-                        {"PropertyName": name},
-                    )
+            refuse_unsupported(spec, _UNSUPPORTED_TASK_PROPERTIES)
             split_command_line(opts.command_line)
             validate_resource_files(spec.get("resourceFiles"), "resourceFiles")
             validate_output_files(spec.get("outputFiles"), "outputFiles")
