@@ -68,6 +68,8 @@ def node_page(
     request: Request, session: Session, svc: BatchService, pool_id: str, node_id: str
 ) -> Response:
     node = svc.get_node(pool_id, node_id).to_wire()
+    # A node's start task is its pool's (as of the node's last boot, the pool's now).
+    start_task = node.get("startTask") or svc.get_pool(pool_id).to_wire().get("startTask")
     metrics = svc.get_node_metrics(pool_id, node_id)
     try:
         files = [f.to_wire() for f in svc.list_node_files(pool_id, node_id, recursive=True)]
@@ -79,6 +81,7 @@ def node_page(
         session=session,
         pool_id=pool_id,
         node=node,
+        start_task=start_task,
         metrics=metrics,
         files=[f for f in files if not f.get("isDirectory")][:500],
         colour=views.NODE_COLOURS.get(node.get("state") or "unknown"),
