@@ -23,7 +23,10 @@ This module does not map errors to HTTP responses; it only defines them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 __all__ = [
     "AgentError",
@@ -36,6 +39,7 @@ __all__ = [
     "IllegalTransitionError",
     "PrefectBatchError",
     "invalid_property",
+    "validation_error",
 ]
 
 
@@ -147,3 +151,34 @@ def invalid_property(name: str, value: Any, reason: str) -> BatchInvalidRequestE
         f"{name}: {reason}",
         {"PropertyName": name, "PropertyValue": value, "Reason": reason},
     )
+
+
+def validation_error(exc: ValidationError) -> BatchInvalidRequestError:
+    """Turn a pydantic error into Azure's InvalidPropertyValue naming the wire field."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
+    kind = first.get("type", "")
+    if kind == "missing":
+        return BatchInvalidRequestError(
+            "MissingRequiredProperty",
+            f"A required property was not specified in the request body: {loc}",
+            {"PropertyName": loc},
+        )
+    if kind == "extra_forbidden":
+        return BatchInvalidRequestError(
+            "UnsupportedProperty",
+            f"The property is not supported: {loc}",
+            {"PropertyName": loc},
+        )
+    value = first.get("input")
+    return BatchInvalidRequestError(
+        "InvalidPropertyValue",
+        f"The value provided for one of the properties in the request body is invalid: "
+        f"{loc}: {first.get('msg')}",
+        {"PropertyName": loc, "PropertyValue": _short(value), "Reason": first.get("msg", "")},
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= 200 else text[:197] + "..."

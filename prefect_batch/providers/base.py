@@ -1,6 +1,6 @@
-"""Talking to node agents: the JSON-lines channel, agent connections and node sources.
+"""Talking to node agents: the JSON-lines channel and agent connections.
 
-A node source (``local`` processes, an SSH host group, an EC2 template) starts one node agent
+A node provider (:mod:`prefect_batch.providers.contract`) starts one node agent
 (:mod:`prefect_batch.agent`) per node and hands back an :class:`AgentConnection`. The connection
 frames messages over whatever byte streams reach the agent (a subprocess's pipes, a paramiko
 channel's files) through an :class:`AgentChannel`, and delivers every event the agent emits to a
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -26,7 +25,6 @@ __all__ = [
     "AgentChannel",
     "AgentConnection",
     "EventCallback",
-    "NodeSource",
     "ProcessHandle",
 ]
 
@@ -259,24 +257,3 @@ class AgentConnection:
         # Let the reader deliver the agent's last events before reporting it gone.
         self.channel.wait_closed(timeout=1.0 if timeout is None else max(timeout, 0.1))
         return code
-
-
-class NodeSource(ABC):
-    """Where nodes come from: starts one agent per node and connects to it.
-
-    Subclasses set :attr:`name` (the pool's node source, e.g. ``"local"``) and implement
-    :meth:`start_agent`. Node sources do not decide how many nodes a pool has, and do not
-    schedule tasks: the service does.
-    """
-
-    name: str = ""
-
-    @abstractmethod
-    def start_agent(self, node_id: str, root: Path, on_event: EventCallback) -> AgentConnection:
-        """Start (or connect to) the agent for ``node_id`` with node root ``root``.
-
-        Args:
-            node_id: The node's id (used in logs and thread names).
-            root: The node root directory on that node (``AZ_BATCH_NODE_ROOT_DIR``).
-            on_event: Receives every event the agent emits, then ``{"ev": "closed", ...}``.
-        """

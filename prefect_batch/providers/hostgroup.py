@@ -24,12 +24,24 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from prefect_batch.exceptions import AgentError
 from prefect_batch.providers.hostkeys import known_hosts_name, parse_public_key
 
-__all__ = ["DEFAULT_NODE_ROOT", "SSHHost", "SSHHostGroup", "check_root", "load_private_key"]
+__all__ = [
+    "DEFAULT_NODE_ROOT",
+    "SSHHost",
+    "SSHHostGroup",
+    "check_root",
+    "host_id",
+    "load_private_key",
+]
 
 DEFAULT_NODE_ROOT = "~/.prefect-batch-node"
 _ADDRESS_RE = re.compile(r"\A[A-Za-z0-9_.:%-]{1,253}\Z")
 _USER_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
 _NAME_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+
+
+def host_id(user: str | None, address: str, port: int = 22) -> str:
+    """``user@address:port``: how a group and the service name a host (a node's machine id)."""
+    return f"{user}@{address}:{port}"
 
 
 def check_root(value: str) -> str:
@@ -94,7 +106,7 @@ class SSHHost(BaseModel):
     @property
     def id(self) -> str:
         """``user@address:port``: how the group and the service name this host."""
-        return f"{self.user}@{self.address}:{self.port}"
+        return host_id(self.user, self.address, self.port)
 
     @property
     def known_hosts_name(self) -> str:

@@ -6,28 +6,41 @@ not reach it, and with an environment from which secrets are removed: tasks inhe
 environment, so anything the service knows (account keys, API keys, cloud credentials) must not
 be there. The agent's stderr (diagnostics only) goes to ``<root>/.agent/agent.log``.
 
-This module does not sandbox tasks (they run as the service's user, on the same machine) and
-does not limit their resources; nodes are as many as the pool asks for, not as many as the CPUs.
+As a :class:`~prefect_batch.providers.contract.NodeProvider` (the ``local`` kind, pools name it
+``batch.node.local``): every node it is asked for is placed at once, in a directory under the
+service's node root; releasing a node removes that directory.
+
+This module does not confine tasks (the agent does, when asked) and does not limit their
+resources or count nodes (the service's quotas do).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from prefect_batch.agent import AGENT_PATH
-from prefect_batch.exceptions import AgentError
-from prefect_batch.providers.base import (
-    AgentChannel,
-    AgentConnection,
-    EventCallback,
-    NodeSource,
+from prefect_batch.exceptions import AgentError, BatchInvalidRequestError
+from prefect_batch.providers.base import AgentChannel, AgentConnection, EventCallback
+from prefect_batch.providers.contract import (
+    NodeProvider,
+    NodeRef,
+    NodeSlot,
+    Placement,
+    PoolRef,
+    ProviderTraits,
 )
+from prefect_batch.providers.kinds import LOCAL_NODE_AGENT_SKU, BuildContext
 
-__all__ = ["LocalNodeSource", "scrub_environment"]
+__all__ = ["TRAITS", "LocalNodeSource", "scrub_environment"]
+
+TRAITS = ProviderTraits(same_machine=True, local_node_limit=True)
+"""Local nodes: on this machine, restarted a few times before their tasks go elsewhere."""
 
 _SECRET_NAMES = frozenset(
     {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_API_AUTH_STRING"}
@@ -56,7 +69,7 @@ def scrub_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return kept
 
 
-class LocalNodeSource(NodeSource):
+class LocalNodeSource(NodeProvider):
     """Runs each node's agent as a local subprocess.
 
     Args:
@@ -66,7 +79,9 @@ class LocalNodeSource(NodeSource):
             always scrubbed with :func:`scrub_environment`.
     """
 
+    kind = "local"
     name = "local"
+    traits = TRAITS
 
     def __init__(
         self,
@@ -74,7 +89,9 @@ class LocalNodeSource(NodeSource):
         python: str | None = None,
         agent_args: Sequence[str] = (),
         environ: Mapping[str, str] | None = None,
+        sku: str = LOCAL_NODE_AGENT_SKU,
     ) -> None:
+        super().__init__(sku)
         self.python = python or sys.executable
         self.agent_args = list(agent_args)
         self.environ = environ
@@ -110,3 +127,58 @@ class LocalNodeSource(NodeSource):
         assert proc.stdin is not None and proc.stdout is not None
         channel = AgentChannel(node_id, proc.stdin, proc.stdout, on_event)
         return AgentConnection(node_id, root, channel, proc)
+
+    # -- the provider contract ---------------------------------------------------------------
+
+    def place(self, pool: PoolRef, node_ids: Sequence[str], in_use: Collection[str]) -> Placement:
+        """Every node asked for, each in its own directory under the service's node root."""
+        return Placement([NodeSlot(node_id=n) for n in node_ids])
+
+    def connect(self, node: NodeRef, on_event: EventCallback) -> AgentConnection:
+        """Start the node's agent as a subprocess of this machine."""
+        return self.start_agent(node.node_id, Path(node.root), on_event)
+
+    def release(self, request_id: str, node: NodeRef, *, wipe_only: bool = False) -> None:
+        """Remove the node's directory (a reimage too: the next agent makes it again)."""
+        shutil.rmtree(node.root, ignore_errors=True)
+
+
+# -- the kind ----------------------------------------------------------------------------------
+
+
+def validate_registration(body: Any) -> dict[str, Any]:
+    """Local nodes come with the service: there is nothing to register."""
+    raise BatchInvalidRequestError(
+        "InvalidPropertyValue",
+        f"{LOCAL_NODE_AGENT_SKU} is always there; it is not registered",
+        {"PropertyName": "kind", "PropertyValue": "local"},
+    )
+
+
+def supported_image(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``list_supported_images`` entry of local nodes."""
+    return {
+        "nodeAgentSKUId": LOCAL_NODE_AGENT_SKU,
+        "imageReference": {
+            "publisher": "prefect-batch",
+            "offer": "local",
+            "sku": "process",
+            "version": "latest",
+        },
+        "osType": "linux",
+        "capabilities": ["LocalProcess"],
+        "verificationType": "verified",
+    }
+
+
+def machine_ids(spec: Mapping[str, Any]) -> set[str]:
+    """Local nodes hold no machine of their own."""
+    return set()
+
+
+def files(spec: Mapping[str, Any]) -> list[str]:
+    return []
+
+
+def build_provider(sku: str, spec: Mapping[str, Any], context: BuildContext) -> LocalNodeSource:
+    return LocalNodeSource(sku=sku)

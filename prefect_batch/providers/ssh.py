@@ -32,8 +32,8 @@ running under the old agent → ``adopted``, then ``exited`` when the old one re
 agent killed (no result can be known) → ``lost``, which the service requeues, so such a task
 runs again (``requeueCount`` + 1) — only after its first process has ended.
 
-What this module does not do: decide how many nodes a pool has (the service does, with
-:meth:`SSHNodeSource.allocate`), reconnect by itself (a dropped session ends the connection
+What this module does not do: decide how many nodes a pool has (the engine does, and asks
+:meth:`SSHNodeSource.place` for hosts), reconnect by itself (a dropped session ends the connection
 with a ``closed`` event; the service starts the agent again with backoff), install Python on
 hosts, or isolate tasks (they run as the SSH user). Host keys are never accepted silently.
 """
@@ -46,15 +46,24 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Collection
-from pathlib import Path
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import paramiko
 
 from prefect_batch.agent import AGENT_PATH, AGENT_VERSION
 from prefect_batch.exceptions import AgentError, HostKeyError
-from prefect_batch.providers.base import AgentChannel, AgentConnection, EventCallback, NodeSource
+from prefect_batch.providers.agentcalls import AgentCalls, wipe_node_root
+from prefect_batch.providers.base import AgentChannel, AgentConnection, EventCallback
+from prefect_batch.providers.contract import (
+    NodeProvider,
+    NodeRef,
+    NodeSlot,
+    Placement,
+    PoolRef,
+    ProviderTraits,
+    ResizeError,
+)
 from prefect_batch.providers.hostgroup import (
     DEFAULT_NODE_ROOT,
     SSHHost,
@@ -71,6 +80,7 @@ from prefect_batch.providers.hostkeys import (
 
 __all__ = [
     "DEFAULT_NODE_ROOT",
+    "TRAITS",
     "SSHAgentConnection",
     "SSHAgentProcess",
     "SSHHost",
@@ -79,6 +89,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+TRAITS = ProviderTraits(unreachable_grace=True, wipe_fresh_nodes=True)
+"""SSH nodes: hosts that outlive their nodes, whose agents run tasks on across a lost link."""
 
 _MARK = "@pb "
 _MAX_PREAMBLE_LINES = 1000
@@ -209,38 +222,40 @@ class SSHAgentConnection(AgentConnection):
         self.address = host.address
 
 
-class SSHNodeSource(NodeSource):
-    """Nodes on the hosts of an :class:`SSHHostGroup`, one agent per host.
+class SSHNodeSource(NodeProvider):
+    """Nodes on the hosts of an :class:`SSHHostGroup`, one node per host at a time.
 
-    Node ↔ host: the service asks :meth:`allocate` for free hosts, records which host each
-    node got, tells this object with :meth:`bind` (also after a restart, from its records) and
-    :meth:`release`\\ s a host when the node leaves. :meth:`start_agent` starts the agent of a
-    bound node (or binds the node to the first free host when the service never did);
-    :meth:`start_agent_on` starts one on a given host.
+    :meth:`place` gives new nodes hosts that no node of the account holds; :meth:`connect`
+    starts a node's agent on its host (:meth:`start_agent_on`); :meth:`release` empties the
+    node's root through an agent of its own, and the host is free for the next node.
 
     Args:
         group: The host group (a dict is validated into one).
+        sku: The ``nodeAgentSKUId`` pools name it by (default ``batch.node.ssh.<name>``).
     """
 
+    kind = "ssh"
     name = "ssh"
+    traits = TRAITS
 
-    def __init__(self, group: SSHHostGroup | dict[str, Any]) -> None:
+    def __init__(self, group: SSHHostGroup | dict[str, Any], *, sku: str | None = None) -> None:
         self.group = group if isinstance(group, SSHHostGroup) else SSHHostGroup(**group)
+        super().__init__(sku or f"batch.node.ssh.{self.group.name}")
         self._hosts = {h.id: h for h in self.group.hosts}
         self._lock = threading.Lock()
-        self._bound: dict[str, str] = {}
+        self._released: set[str] = set()
         self._pkey: paramiko.PKey | None = None
         self._policy = HostKeyPolicy(
             trust_on_first_use=self.group.trust_on_first_use, known_hosts=self.group.known_hosts
         )
         self._agent_name, self._agent_data = _agent_payload()
 
-    # -- hosts and nodes -------------------------------------------------------------------
+    # -- hosts -----------------------------------------------------------------------------
 
     @property
     def node_agent_sku_id(self) -> str:
         """The id pools name this source by (``nodeAgentSKUId``): ``batch.node.ssh.<name>``."""
-        return f"batch.node.ssh.{self.group.name}"
+        return self.sku
 
     @property
     def hosts(self) -> list[SSHHost]:
@@ -258,56 +273,64 @@ class SSHNodeSource(NodeSource):
         """The node root on a host as configured (``~/…`` until an agent reports its path)."""
         return self.group.root_of(self.host(host_id))
 
-    def allocate(self, count: int, in_use: Collection[str] = ()) -> list[str]:
-        """Up to ``count`` host ids that are neither in ``in_use`` nor bound here, in order.
+    # -- the provider contract ---------------------------------------------------------------
 
-        Fewer come back when the group has fewer free hosts; nothing is reserved until
-        :meth:`bind`.
-        """
-        with self._lock:
-            taken = set(in_use) | set(self._bound.values())
-        return [h.id for h in self.group.hosts if h.id not in taken][: max(count, 0)]
+    def place(self, pool: PoolRef, node_ids: Sequence[str], in_use: Collection[str]) -> Placement:
+        """A free host for each node, in the group's order; AllocationFailed for the rest."""
+        taken = set(in_use)
+        free = [h for h in self.group.hosts if h.id not in taken]
+        slots = [
+            NodeSlot(
+                node_id=node_id,
+                machine_id=host.id,
+                address=host.address,
+                root=self.group.root_of(host),
+                vm_size=self.group.vm_size,
+            )
+            for node_id, host in zip(node_ids, free)
+        ]
+        if len(slots) == len(node_ids):
+            return Placement(slots)
+        total = len(self.group.hosts)
+        return Placement(
+            slots,
+            ResizeError(
+                "AllocationFailed",
+                f"The SSH host group {self.group.name!r} has {len(free)} free host(s) of {total} "
+                f"for the {len(node_ids)} more node(s) pool {pool.pool_id} asked for (a host runs "
+                "one node at a time); the pool keeps the nodes it got",
+            ),
+        )
 
-    def bind(self, node_id: str, host_id: str) -> None:
-        """Record that ``node_id`` is the node on ``host_id``."""
-        self.host(host_id)
-        with self._lock:
-            other = next((n for n, h in self._bound.items() if h == host_id), None)
-            if other is not None and other != node_id:
-                raise AgentError(f"host {host_id} is already node {other}")
-            self._bound[node_id] = host_id
+    def connect(self, node: NodeRef, on_event: EventCallback) -> SSHAgentConnection:
+        """Start the node's agent on its host, with the node's root."""
+        if node.machine_id is None:
+            raise AgentError(f"node {node.node_id} has no host of group {self.group.name!r}")
+        return self.start_agent_on(node.machine_id, node.node_id, on_event, root=node.root)
 
-    def release(self, node_id: str) -> str | None:
-        """Forget the node's host (it may be allocated again); returns the host id."""
+    def release(self, request_id: str, node: NodeRef, *, wipe_only: bool = False) -> None:
+        """Empty the node's root on its host through an agent of its own (the host stays)."""
         with self._lock:
-            return self._bound.pop(node_id, None)
-
-    def host_of(self, node_id: str) -> str | None:
-        """The host id bound to ``node_id``, if any."""
+            if request_id in self._released:
+                return
+        if node.machine_id is None:
+            return
+        box: list[AgentCalls] = []
+        conn = self.start_agent_on(
+            node.machine_id,
+            f"{node.node_id}-wipe",
+            lambda m: bool(box) and box[0].deliver(m),
+            root=node.root,
+        )
+        try:
+            box.append(AgentCalls(conn, f"host {node.machine_id}"))
+            wipe_node_root(box[0])
+        finally:
+            conn.close()
         with self._lock:
-            return self._bound.get(node_id)
+            self._released.add(request_id)
 
     # -- agents ----------------------------------------------------------------------------
-
-    def start_agent(
-        self, node_id: str, root: Path | str | None, on_event: EventCallback
-    ) -> SSHAgentConnection:
-        """Start the agent of ``node_id`` on its bound host (binding a free host if none).
-
-        ``root`` is ignored: a host's node root comes from the group (the service's own
-        ``root`` for a node is a local path); see :meth:`node_root`.
-        """
-        host_id = self.host_of(node_id)
-        if host_id is None:
-            with self._lock:
-                taken = set(self._bound.values())
-                free = [h.id for h in self.group.hosts if h.id not in taken]
-                if not free:
-                    raise AgentError(
-                        f"SSH host group {self.group.name!r} has no free host for node {node_id}"
-                    )
-                host_id = self._bound[node_id] = free[0]
-        return self.start_agent_on(host_id, node_id, on_event)
 
     def start_agent_on(
         self,

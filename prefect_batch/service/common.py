@@ -12,9 +12,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pydantic import ValidationError
-
-from prefect_batch.exceptions import BatchInvalidRequestError
+from prefect_batch.exceptions import BatchInvalidRequestError, validation_error
 
 __all__ = [
     "DEFAULT_RETENTION_SECONDS",
@@ -100,37 +98,6 @@ def seconds(value: Any, limit_unlimited: float = 10 * 365 * 86400) -> float | No
 def new_node_id() -> str:
     """A fresh, unique node id (Azure-style ``tvmps_`` prefix)."""
     return "tvmps_" + uuid.uuid4().hex[:20]
-
-
-def validation_error(exc: ValidationError) -> BatchInvalidRequestError:
-    """Turn a pydantic error into Azure's InvalidPropertyValue naming the wire field."""
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
-    kind = first.get("type", "")
-    if kind == "missing":
-        return BatchInvalidRequestError(
-            "MissingRequiredProperty",
-            f"A required property was not specified in the request body: {loc}",
-            {"PropertyName": loc},
-        )
-    if kind == "extra_forbidden":
-        return BatchInvalidRequestError(
-            "UnsupportedProperty",
-            f"The property is not supported: {loc}",
-            {"PropertyName": loc},
-        )
-    value = first.get("input")
-    return BatchInvalidRequestError(
-        "InvalidPropertyValue",
-        f"The value provided for one of the properties in the request body is invalid: "
-        f"{loc}: {first.get('msg')}",
-        {"PropertyName": loc, "PropertyValue": _short(value), "Reason": first.get("msg", "")},
-    )
-
-
-def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else value
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def chunked(items: list[Any], size: int) -> Iterable[list[Any]]:

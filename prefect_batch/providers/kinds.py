@@ -1,0 +1,155 @@
+"""The kinds of node source, in one table: adding a kind is one entry here plus its module.
+
+A pool's ``nodeAgentSKUId`` names its node source: ``batch.node.local`` (the service's own
+machine, always there) or ``batch.node.<kind>.<name>`` for a node source an account registered
+(``batch.node.ssh.<group>``, ``batch.node.ec2.<template>``). Each :class:`ProviderKind` says
+how a registration of that kind is validated into what is stored (never key material), what
+``list_supported_images`` shows for it, which machines a stored spec names, and how a
+:class:`~prefect_batch.providers.contract.NodeProvider` is built from it. Its module is
+imported only when one of those is needed (an SSH kind pulls in paramiko, EC2 boto3).
+
+A kind's module defines:
+
+* ``TRAITS`` — the :class:`~prefect_batch.providers.contract.ProviderTraits` of its nodes;
+* ``validate_registration(body) -> dict`` — the spec to store (raises
+  ``BatchInvalidRequestError`` naming the field);
+* ``supported_image(name, spec) -> dict`` — its ``list_supported_images`` entry;
+* ``machine_ids(spec) -> set[str]`` — the machines a spec names (to refuse dropping one in use);
+* ``files(spec) -> list[str]`` — spec fields naming files on the service's machine;
+* ``build_provider(sku, spec, context) -> NodeProvider``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from prefect_batch.providers.contract import NodeProvider, ProviderTraits, RecordStore
+
+__all__ = [
+    "KINDS",
+    "LOCAL_NODE_AGENT_SKU",
+    "BuildContext",
+    "ProviderKind",
+    "kind_of_sku",
+    "registered_kind",
+    "sku_of",
+]
+
+LOCAL_NODE_AGENT_SKU = "batch.node.local"
+"""The node source of pools whose nodes are agent processes on the service's machine."""
+
+SKU_PREFIX = "batch.node."
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What building a provider from a stored spec may use.
+
+    Attributes:
+        account: The account that registered the node source.
+        records: The provider's durable records.
+        resolve_secret: The value of a Prefect ``Secret`` block by name (never logged).
+    """
+
+    account: str
+    records: RecordStore
+    resolve_secret: Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class ProviderKind:
+    """One kind of node source.
+
+    Attributes:
+        name: The kind (``local``, ``ssh``, ...); pools name ``batch.node.<name>.<source>``.
+        module: The module that implements it (imported on first use).
+        registered: Accounts register node sources of this kind (stored in ``node_sources``);
+            ``local`` is not registered: the service brings it.
+        registration_field: The field of the REST resource that holds the registered spec.
+    """
+
+    name: str
+    module: str
+    registered: bool = True
+    registration_field: str = "spec"
+    _loaded: list[ModuleType] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def sku_prefix(self) -> str:
+        return f"{SKU_PREFIX}{self.name}."
+
+    def impl(self) -> ModuleType:
+        """The kind's module."""
+        if not self._loaded:
+            self._loaded.append(importlib.import_module(self.module))
+        return self._loaded[0]
+
+    @property
+    def traits(self) -> ProviderTraits:
+        traits: ProviderTraits = self.impl().TRAITS
+        return traits
+
+    def sku(self, name: str) -> str:
+        """The ``nodeAgentSKUId`` of the node source ``name`` of this kind."""
+        return self.sku_prefix + name
+
+    def validate(self, body: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = self.impl().validate_registration(body)
+        return spec
+
+    def image(self, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        image: dict[str, Any] = self.impl().supported_image(name, spec)
+        return image
+
+    def machine_ids(self, spec: Mapping[str, Any]) -> set[str]:
+        ids: set[str] = self.impl().machine_ids(spec)
+        return ids
+
+    def files(self, spec: Mapping[str, Any]) -> list[str]:
+        paths: list[str] = self.impl().files(spec)
+        return paths
+
+    def build(self, sku: str, spec: Mapping[str, Any], context: BuildContext) -> NodeProvider:
+        provider: NodeProvider = self.impl().build_provider(sku, spec, context)
+        return provider
+
+
+KINDS: dict[str, ProviderKind] = {
+    kind.name: kind
+    for kind in (
+        ProviderKind("local", "prefect_batch.providers.local", registered=False),
+        ProviderKind("ssh", "prefect_batch.providers.sshkind", registration_field="hostGroup"),
+    )
+}
+"""Every kind of node source, by name."""
+
+
+def kind_of_sku(sku: str) -> tuple[ProviderKind, str] | None:
+    """The kind and source name a ``nodeAgentSKUId`` names, or None for no known kind.
+
+    ``batch.node.local`` is the ``local`` kind with the name ``""``.
+    """
+    if sku == LOCAL_NODE_AGENT_SKU:
+        return KINDS["local"], ""
+    if not sku.startswith(SKU_PREFIX):
+        return None
+    kind_name, dot, name = sku[len(SKU_PREFIX) :].partition(".")
+    kind = KINDS.get(kind_name)
+    if kind is None or not kind.registered or not dot or not name:
+        return None
+    return kind, name
+
+
+def registered_kind(name: str) -> ProviderKind | None:
+    """The kind ``name`` if accounts register node sources of it."""
+    kind = KINDS.get(name)
+    return kind if kind is not None and kind.registered else None
+
+
+def sku_of(kind: str, name: str) -> str:
+    """The ``nodeAgentSKUId`` of the registered node source ``name`` of ``kind``."""
+    return KINDS[kind].sku(name)
