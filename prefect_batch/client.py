@@ -61,9 +61,9 @@ def build_engine(
     """
     from sqlalchemy.engine import make_url
 
+    from prefect_batch.providers.kinds import LOCAL_NODE_AGENT_SKU
     from prefect_batch.providers.local import LocalNodeSource
     from prefect_batch.service.confinement import agent_confinement_args
-    from prefect_batch.service.pools import LOCAL_NODE_AGENT_SKU
 
     protect = [settings.home, settings.effective_node_root]
     if store.is_sqlite and make_url(store.url).database:

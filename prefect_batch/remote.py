@@ -308,17 +308,17 @@ class RemoteBatchService:
 
     def create_node_source(self, group: Any) -> None:
         """Register an SSH host group (validated here first; key material is refused)."""
-        from prefect_batch.service.nodesources import registration_spec
+        from prefect_batch.providers.kinds import registration_body
 
-        self._send("POST", "/nodesources", body=registration_spec(group), expect=(201,))
+        self._send("POST", "/nodesources", body=registration_body(group), expect=(201,))
 
     def update_node_source(self, name: str, group: Any) -> None:
         """Replace a registered SSH host group."""
-        from prefect_batch.service.nodesources import registration_spec
+        from prefect_batch.providers.kinds import registration_body
 
         if isinstance(group, dict) and "name" not in group:
             group = {**group, "name": name}
-        self._send("PUT", f"/nodesources/{_q(name)}", body=registration_spec(group))
+        self._send("PUT", f"/nodesources/{_q(name)}", body=registration_body(group))
 
     def get_node_source(self, name: str) -> BatchNodeSource:
         """One registered SSH host group."""

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect_batch.agent.agent import AGENT_VERSION, PROTOCOL_VERSION
+
 __all__ = ["AGENT_PATH", "AGENT_VERSION", "PROTOCOL_VERSION"]
 
 AGENT_PATH: Path = Path(__file__).resolve().with_name("agent.py")
 """Path of the agent script, to spawn or to ship as text."""
-
-PROTOCOL_VERSION = 1
-"""Version of the JSON-lines protocol the agent speaks (``"v"`` in ``hello``)."""
-
-AGENT_VERSION = "0.1.0"
-"""Version the agent reports in its ``hello`` event."""

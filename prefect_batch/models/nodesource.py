@@ -10,7 +10,7 @@ This module only describes the resource; it stores nothing.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
@@ -27,8 +27,9 @@ class BatchNodeSource(ResponseModel):
         alias="nodeAgentSKUId",
         description="What a pool names as virtualMachineConfiguration.nodeAgentSKUId.",
     )
-    kind: Literal["ssh"] = Field("ssh", description="The kind of node source.")
-    host_group: dict[str, Any] = Field(
+    kind: str = Field("ssh", description="The kind of node source (`ssh`, ...).")
+    host_group: dict[str, Any] | None = Field(
+        default=None,
         alias="hostGroup",
         description="The group as registered (SSHHostGroup field names): hosts, user, key file "
         "path or Prefect Secret block name, known_hosts, node root, declared size. Never a key.",

@@ -283,9 +283,9 @@ group = hosts.to_host_group()  # the SSH node source's configuration, key includ
             client: An open ``BatchClient``.
         """
         from prefect_batch.exceptions import BatchNotFoundError
-        from prefect_batch.service.nodesources import registration_spec
+        from prefect_batch.providers.kinds import registration_body
 
-        wanted = registration_spec(self)
+        wanted = registration_body(self)
         try:
             current = client.get_node_source(self.group_name)
         except BatchNotFoundError:

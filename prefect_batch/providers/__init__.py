@@ -29,9 +29,6 @@ from prefect_batch.providers.contract import (
 )
 from prefect_batch.providers.local import LocalNodeSource, scrub_environment
 
-NodeSource = NodeProvider
-"""The name node providers had before the contract had more than ``start_agent``."""
-
 __all__ = [
     "AgentChannel",
     "AgentConnection",
@@ -40,7 +37,6 @@ __all__ = [
     "NodeProvider",
     "NodeRef",
     "NodeSlot",
-    "NodeSource",
     "Placement",
     "PoolRef",
     "ProcessHandle",

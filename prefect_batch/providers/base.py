@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from prefect_batch.agent import PROTOCOL_VERSION
 from prefect_batch.exceptions import AgentError
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "AgentConnection",
     "EventCallback",
     "ProcessHandle",
+    "hello",
 ]
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,11 @@ EventCallback = Callable[[dict[str, Any]], None]
 """Receives each event from an agent (on the channel's reader thread); must not block long."""
 
 _READ_CHUNK = 1 << 16
+
+
+def hello(node_id: str, pool_id: str) -> dict[str, Any]:
+    """The ``hello`` request that tells a new agent which node it is (protocol v1)."""
+    return {"op": "hello", "v": PROTOCOL_VERSION, "node_id": node_id, "pool_id": pool_id}
 
 
 def _encode(msg: dict[str, Any]) -> bytes:

@@ -262,5 +262,5 @@ class NodeProvider(ABC):
         """Report losses and preemptions found on the provider's own (default: none)."""
         self._report = report
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most providers keep nothing running
         """The engine stops: stop background work (default: nothing to stop)."""

@@ -15,7 +15,7 @@ A kind's module defines:
   ``BatchInvalidRequestError`` naming the field);
 * ``supported_image(name, spec) -> dict`` — its ``list_supported_images`` entry;
 * ``machine_ids(spec) -> set[str]`` — the machines a spec names (to refuse dropping one in use);
-* ``files(spec) -> list[str]`` — spec fields naming files on the service's machine;
+* ``files(spec) -> list[tuple[str, str]]`` — (field, path) of files on the service's machine;
 * ``build_provider(sku, spec, context) -> NodeProvider``.
 """
 
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from prefect_batch.exceptions import invalid_property
 from prefect_batch.providers.contract import NodeProvider, ProviderTraits, RecordStore
 
 __all__ = [
@@ -36,7 +37,11 @@ __all__ = [
     "ProviderKind",
     "kind_of_sku",
     "registered_kind",
+    "registration",
+    "registration_body",
+    "register_kind",
     "sku_of",
+    "sku_traits",
 ]
 
 LOCAL_NODE_AGENT_SKU = "batch.node.local"
@@ -109,8 +114,8 @@ class ProviderKind:
         ids: set[str] = self.impl().machine_ids(spec)
         return ids
 
-    def files(self, spec: Mapping[str, Any]) -> list[str]:
-        paths: list[str] = self.impl().files(spec)
+    def files(self, spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+        paths: list[tuple[str, str]] = self.impl().files(spec)
         return paths
 
     def build(self, sku: str, spec: Mapping[str, Any], context: BuildContext) -> NodeProvider:
@@ -144,6 +149,19 @@ def kind_of_sku(sku: str) -> tuple[ProviderKind, str] | None:
     return kind, name
 
 
+def sku_traits(sku: str) -> ProviderTraits:
+    """The traits of the kind a ``nodeAgentSKUId`` names (defaults for an unknown one)."""
+    found = kind_of_sku(sku)
+    return found[0].traits if found is not None else ProviderTraits()
+
+
+def register_kind(kind: ProviderKind) -> None:
+    """Add a kind to :data:`KINDS` (a kind this package does not ship, e.g. a test double)."""
+    if kind.name in KINDS and KINDS[kind.name].module != kind.module:
+        raise ValueError(f"a different node source kind {kind.name!r} is registered")
+    KINDS[kind.name] = kind
+
+
 def registered_kind(name: str) -> ProviderKind | None:
     """The kind ``name`` if accounts register node sources of it."""
     kind = KINDS.get(name)
@@ -153,3 +171,33 @@ def registered_kind(name: str) -> ProviderKind | None:
 def sku_of(kind: str, name: str) -> str:
     """The ``nodeAgentSKUId`` of the registered node source ``name`` of ``kind``."""
     return KINDS[kind].sku(name)
+
+
+def registration(body: Any) -> tuple[ProviderKind, dict[str, Any]]:
+    """The kind a registration is of (its ``kind``, ``ssh`` when it names none) and its spec.
+
+    ``body`` is a dict of the kind's fields, a block with ``node_source_spec()``, or the
+    kind's own model.
+
+    Raises:
+        BatchInvalidRequestError: An unknown kind, or the kind refuses the body.
+    """
+    fields = body.node_source_spec() if hasattr(body, "node_source_spec") else body
+    name = fields.get("kind") if isinstance(fields, Mapping) else None
+    kind = registered_kind(str(name or "ssh"))
+    if kind is None:
+        known = ", ".join(k.name for k in KINDS.values() if k.registered)
+        raise invalid_property("kind", name, f"must be one of: {known}")
+    return kind, kind.validate(fields)
+
+
+def registration_body(body: Any) -> dict[str, Any]:
+    """A registration as a client sends it: validated by its kind, without key material.
+
+    An SSH host group goes as its fields; another kind's spec carries ``kind`` too.
+
+    Raises:
+        BatchInvalidRequestError: The kind is unknown or refuses the body.
+    """
+    kind, spec = registration(body)
+    return spec if kind.name == "ssh" else {"kind": kind.name, **spec}

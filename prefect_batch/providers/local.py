@@ -42,9 +42,7 @@ __all__ = ["TRAITS", "LocalNodeSource", "scrub_environment"]
 TRAITS = ProviderTraits(same_machine=True, local_node_limit=True)
 """Local nodes: on this machine, restarted a few times before their tasks go elsewhere."""
 
-_SECRET_NAMES = frozenset(
-    {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_API_AUTH_STRING"}
-)
+_SECRET_NAMES = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_API_AUTH_STRING"})
 _SECRET_PREFIXES = ("PREFECT_BATCH_", "PREFECT_API_KEY")
 _SECRET_PARTS = ("SECRET", "PASSWORD", "TOKEN")
 
@@ -176,7 +174,7 @@ def machine_ids(spec: Mapping[str, Any]) -> set[str]:
     return set()
 
 
-def files(spec: Mapping[str, Any]) -> list[str]:
+def files(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     return []
 
 

@@ -287,7 +287,7 @@ class SSHNodeSource(NodeProvider):
                 root=self.group.root_of(host),
                 vm_size=self.group.vm_size,
             )
-            for node_id, host in zip(node_ids, free)
+            for node_id, host in zip(node_ids, free, strict=False)
         ]
         if len(slots) == len(node_ids):
             return Placement(slots)

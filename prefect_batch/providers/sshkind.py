@@ -115,9 +115,9 @@ def machine_ids(spec: Mapping[str, Any]) -> set[str]:
     }
 
 
-def files(spec: Mapping[str, Any]) -> list[str]:
-    """The group's files on the service's machine: its key file and known_hosts file."""
-    return [str(spec[f]) for f in ("private_key_path", "known_hosts") if spec.get(f)]
+def files(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, path) of the group's files on the service's machine: key and known_hosts."""
+    return [(f, str(spec[f])) for f in ("private_key_path", "known_hosts") if spec.get(f)]
 
 
 def default_root(spec: Mapping[str, Any]) -> str:

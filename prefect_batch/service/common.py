@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from prefect_batch.exceptions import BatchInvalidRequestError, validation_error
+from prefect_batch.providers.kinds import LOCAL_NODE_AGENT_SKU
 
 __all__ = [
     "DEFAULT_RETENTION_SECONDS",
@@ -24,6 +25,7 @@ __all__ = [
     "parse_duration",
     "refuse_unsupported",
     "seconds",
+    "node_source_of",
     "validation_error",
 ]
 
@@ -120,3 +122,9 @@ def refuse_unsupported(
             raise BatchInvalidRequestError(
                 "UnsupportedProperty", f"{prop} {reason}", {"PropertyName": prop}
             )
+
+
+def node_source_of(spec: dict[str, Any]) -> str:
+    """The node source (``nodeAgentSKUId``) a pool spec names; local by default."""
+    vmc = spec.get("virtualMachineConfiguration") or {}
+    return vmc.get("nodeAgentSKUId") or LOCAL_NODE_AGENT_SKU

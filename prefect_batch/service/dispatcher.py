@@ -352,18 +352,19 @@ class DispatchMixin:
     def _store_unreachable_from(self, rt: Any) -> dict[str, Any] | None:
         """Why a job manager on this node could not reach the service, or None.
 
-        Embedded, a job manager gets the store's URL; an SSH host cannot open this machine's
-        SQLite file. Behind a server it gets the server's URL instead, which hosts can reach.
+        Embedded, a job manager gets the store's URL; a node on another machine cannot open
+        this machine's SQLite file. Behind a server it gets the server's URL instead, which
+        other machines can reach.
         """
-        if getattr(rt, "host_id", None) is None or self.scoped_job_credentials:
+        if rt.traits.same_machine or self.scoped_job_credentials:
             return None
         if not self.job_manager_env.get("PREFECT_BATCH_DATABASE_URL", "").startswith("sqlite"):
             return None
         return {
             "code": "JobManagerNeedsServer",
-            "message": "A job manager on an SSH node reaches the service through a batch server "
-            "(prefect-batch server start) or a shared PostgreSQL store; this service's SQLite "
-            "file is on another machine",
+            "message": "A job manager on another machine reaches the service through a batch "
+            "server (prefect-batch server start) or a shared PostgreSQL store; this service's "
+            "SQLite file is on this machine",
             "category": "usererror",
             "values": {"NodeId": rt.node_id},
         }

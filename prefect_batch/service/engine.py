@@ -38,14 +38,15 @@ from sqlalchemy import bindparam, delete, or_, select, update
 from prefect_batch.core.completion import AttemptOutcome
 from prefect_batch.core.states import NODE_TRANSITIONS, NodeState
 from prefect_batch.service import lifecycle
+from prefect_batch.service.agentstarts import AgentStarts
 from prefect_batch.service.autoscaler import AutoScalerMixin
 from prefect_batch.service.common import Clock
 from prefect_batch.service.common import now as wall_now
 from prefect_batch.service.dispatcher import DispatchMixin
 from prefect_batch.service.jobtasks import JobTasksMixin
 from prefect_batch.service.noderuntime import NodeMixin, NodeRuntime
+from prefect_batch.service.providers import ProviderDirectory
 from prefect_batch.service.quotas import AgentStartLimiter, default_local_node_limit
-from prefect_batch.service.remotenodes import RemoteNodes
 from prefect_batch.service.scheduling import JobScheduleMixin
 from prefect_batch.service.sealing import terminate_grace_seconds
 from prefect_batch.store import Store
@@ -86,7 +87,8 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
 
     Args:
         store: The database.
-        node_sources: Node sources by ``nodeAgentSKUId`` (e.g. ``batch.node.local``).
+        node_sources: The engine's own providers by ``nodeAgentSKUId`` (``batch.node.local``);
+            registered node sources are built from the store.
         node_root: Where local nodes keep their directories.
         account_urls: Base URL per account, for ``AZ_BATCH_ACCOUNT_URL``.
         tick_seconds: How often an idle engine looks for work other processes added.
@@ -121,7 +123,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         clock: Clock = wall_now,
     ) -> None:
         self.store = store
-        self.node_sources = dict(node_sources)
+        self.providers = ProviderDirectory(store, node_sources)
         self.node_root = Path(node_root)
         self.account_urls = dict(account_urls or {})
         self.tick_seconds = tick_seconds
@@ -132,9 +134,9 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         self.job_manager_env = dict(job_manager_env or {})
         # Behind a server, a job manager gets a key for its job only, not the store.
         self.scoped_job_credentials = scoped_job_credentials
-        # SSH nodes: agents started on worker threads; an unreachable node's running tasks are
-        # requeued only after this grace period (its agent keeps running them meanwhile).
-        self.remote = RemoteNodes(store)
+        # Agents start on worker threads; a node of a kind with unreachable_grace keeps its
+        # running tasks this long once unreachable (its agent keeps running them meanwhile).
+        self.starts = AgentStarts(store)
         self.node_unreachable_grace_seconds = node_unreachable_grace_seconds
         # The object storage that resource and output file URLs are signed for.
         self.storage = storage
@@ -224,7 +226,8 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
             log.exception("could not release leases")
         self._nodes.clear()
         self._pools.clear()
-        self._close_remote()
+        self.starts.close()
+        self.providers.close()
         if self._stage_pool is not None:
             self._stage_pool.shutdown(wait=False)
             self._stage_pool = None

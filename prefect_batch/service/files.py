@@ -1,13 +1,14 @@
 """Task and node files: list, read (with ranges), properties, delete.
 
-Local nodes keep their directories on this machine, so their files are read from disk here
-(``service/localfiles.py``); SSH nodes keep theirs on their hosts, and their files are listed,
-read and deleted through the node's agent (``service/remotenodes.py``). Both follow the agent's
-rules: no symlink below the node root is followed, only regular files and directories are
-served (a FIFO never blocks a request), a file with several hard links only when all of them are
-inside the directory asked about, and task files stay inside the task's directory. Removing a
-directory on an SSH node that an engine holds is queued as a node command, which that engine's
-agent carries out.
+Nodes on this machine (their provider's ``same_machine`` trait) keep their directories here,
+so their files are read from disk (``service/localfiles.py``); other nodes keep theirs on their
+machines, and their files are listed, read and deleted through the node's agent
+(``service/agentfiles.py``). Both follow the agent's rules: no symlink below the node root is
+followed, only regular files and directories are served (a FIFO never blocks a request), a
+file with several hard links only when all of them are inside the directory asked about, and
+task files stay inside the task's directory. Removing a
+directory on another machine is queued as a node command, which the agent of the engine that
+holds the node carries out.
 """
 
 from __future__ import annotations
@@ -23,19 +24,21 @@ from prefect_batch.exceptions import (
     BatchServiceError,
 )
 from prefect_batch.models import BatchNodeFile
+from prefect_batch.providers.kinds import sku_traits
+from prefect_batch.service.agentfiles import AgentDir
 from prefect_batch.service.base import ServiceBase
+from prefect_batch.service.common import node_source_of
 from prefect_batch.service.localfiles import LocalDir
-from prefect_batch.service.pools import LOCAL_NODE_AGENT_SKU, node_source_of
-from prefect_batch.service.remotenodes import RemoteDir
+from prefect_batch.service.providers import node_ref
 from prefect_batch.store.schema import node_commands, nodes, pools
 
 __all__ = ["FileOperations", "queue_dir_deletion"]
 
 
 def queue_dir_deletion(conn: Any, node_pk: int | None, rel_dir: str, now: float) -> None:
-    """Remove ``rel_dir`` under a node's root: at once for a local node, else through its agent.
+    """Remove ``rel_dir`` under a node's root: at once on this machine, else through its agent.
 
-    Local nodes live on this machine, so their directories go now — a job deleted and created
+    A node on this machine has its directories removed now — a job deleted and created
     again under the same id must not lose its new files to a deletion that ran late.
     """
     if node_pk is None:
@@ -47,7 +50,7 @@ def queue_dir_deletion(conn: Any, node_pk: int | None, rel_dir: str, now: float)
     ).one_or_none()
     if row is None:
         return
-    if node_source_of(row.spec) == LOCAL_NODE_AGENT_SKU:
+    if sku_traits(node_source_of(row.spec)).same_machine:
         if rel_dir.strip("/"):
             try:
                 LocalDir(Path(row.root_dir)).delete(rel_dir, recursive=True)
@@ -66,7 +69,7 @@ class FileOperations(ServiceBase):
 
     # -- task files ------------------------------------------------------------------------
 
-    def _task_dir(self, job_id: str, task_id: str) -> tuple[LocalDir | RemoteDir, str, str]:
+    def _task_dir(self, job_id: str, task_id: str) -> tuple[LocalDir | AgentDir, str, str]:
         from prefect_batch.service.tasks import TaskOperations
 
         with self.store.read() as conn:
@@ -80,7 +83,7 @@ class FileOperations(ServiceBase):
                     {"TaskId": row.id},
                 )
             node = conn.execute(
-                select(nodes, pools.c.spec.label("pool_spec"))
+                select(nodes, pools.c.spec.label("pool_spec"), pools.c.id.label("pool_id"))
                 .join(pools, pools.c.pk == nodes.c.pool_pk)
                 .where(nodes.c.pk == node_pk)
             ).one_or_none()
@@ -90,8 +93,8 @@ class FileOperations(ServiceBase):
                     f"The node that ran the task is gone: {row.id}",
                     {"TaskId": row.id},
                 )
-            if node.host_id is not None:
-                return self._remote_dir(node, f"{job.id}/{row.id}"), job.id, row.id
+            if not sku_traits(node_source_of(node.pool_spec)).same_machine:
+                return self._agent_dir(node, f"{job.id}/{row.id}"), job.id, row.id
         task_dir = LocalDir(Path(node.root_dir), f"{job.id}/{row.id}")
         if not task_dir.exists():
             raise BatchConflictError(
@@ -145,11 +148,11 @@ class FileOperations(ServiceBase):
 
     # -- node files ------------------------------------------------------------------------
 
-    def _node_root(self, pool_id: str, node_id: str) -> LocalDir | RemoteDir:
+    def _node_root(self, pool_id: str, node_id: str) -> LocalDir | AgentDir:
         with self.store.read() as conn:
             pool = self._pool_row(conn, pool_id)
             row = conn.execute(
-                select(nodes, pools.c.spec.label("pool_spec"))
+                select(nodes, pools.c.spec.label("pool_spec"), pools.c.id.label("pool_id"))
                 .join(pools, pools.c.pk == nodes.c.pool_pk)
                 .where(nodes.c.pool_pk == pool.pk, nodes.c.node_id == node_id)
             ).one_or_none()
@@ -157,20 +160,17 @@ class FileOperations(ServiceBase):
             raise BatchNotFoundError(
                 "NodeNotFound", f"The specified node does not exist: {node_id}", {"NodeId": node_id}
             )
-        if row.host_id is not None:
-            return self._remote_dir(row, "")
+        if not sku_traits(node_source_of(row.pool_spec)).same_machine:
+            return self._agent_dir(row, "")
         return LocalDir(Path(row.root_dir))
 
-    def _remote_dir(self, node: Any, base: str) -> RemoteDir:
-        """A directory (``base`` under the root) of the SSH node of a ``nodes`` row."""
-        return RemoteDir(
+    def _agent_dir(self, node: Any, base: str) -> AgentDir:
+        """A directory (``base`` under the root) of the node of a ``nodes`` row, by its agent."""
+        return AgentDir(
             store=self.store,
-            account=self.account,
-            pool_spec=node.pool_spec,
+            sku=node_source_of(node.pool_spec),
             node_pk=node.pk,
-            node_id=node.node_id,
-            host_id=node.host_id,
-            root=node.root_dir,
+            node=node_ref(node, node.pool_id),
             base=base,
         )
 

@@ -1,7 +1,7 @@
 """Files of local nodes, read from this machine's disk with the node agent's rules, in bounded time.
 
 :class:`LocalDir` is a directory of a local node (a task's directory, or the node root) with the
-same methods as :class:`~prefect_batch.service.remotenodes.RemoteDir`, so the file operations
+same methods as :class:`~prefect_batch.service.agentfiles.AgentDir`, so the file operations
 treat both alike. It uses the agent's own helpers (``open_beneath``, ``check_links``,
 ``scan_beneath``, ``remove_beneath``), so a local and an SSH node refuse the same things:
 

@@ -9,18 +9,20 @@ for their deallocation option's condition — running tasks requeued or ended (`
 (``retaineddata``) — then run. A node whose agent died is restarted and asked to ``recover`` its
 tasks; only a node that cannot be restarted has its tasks requeued elsewhere.
 
-Nodes of an SSH host group (``batch.node.ssh.<name>``) each take a free host of the group,
-recorded on the node row so that a restarted engine rebinds it. Their agents start on worker
-threads (``service/remotenodes.py``) and the outcome comes back as an event; an unreachable SSH
-node keeps its running tasks for ``node_unreachable_grace_seconds`` (its agent runs them on and a
-reconnect collects their results) before they are requeued elsewhere. Their directories are
-wiped through an agent, never on this machine's file system.
+Every kind of node source is driven the same way, through its provider
+(:mod:`prefect_batch.providers.contract`): the provider places new nodes (a machine each, for a
+kind that has machines, recorded on the node row so that a restarted engine finds it again),
+their agents start on worker threads (``service/agentstarts.py``) and the outcome comes back as
+an event, and a node that leaves is released by its provider. What differs between kinds comes
+from the provider's traits: a node whose kind has ``unreachable_grace`` keeps its running tasks
+for ``node_unreachable_grace_seconds`` once unreachable (its agent runs them on and a reconnect
+collects their results) before they are requeued elsewhere, other nodes after a few failed
+restarts; a kind with ``wipe_fresh_nodes`` has a new node's root emptied through its agent.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +38,12 @@ from prefect_batch.core.states import (
     NodeState,
     TaskExecutionResult,
 )
+from prefect_batch.exceptions import AgentError
+from prefect_batch.providers.base import hello
+from prefect_batch.providers.contract import NodeProvider, NodeRef, PoolRef, ProviderTraits
 from prefect_batch.service import lifecycle
-from prefect_batch.service.common import iso, new_node_id
+from prefect_batch.service.agentstarts import AgentStarts
+from prefect_batch.service.common import iso, new_node_id, node_source_of
 from prefect_batch.service.confinement import run_confinement
 from prefect_batch.service.dispatcher import (
     NODE_RUNNING,
@@ -47,10 +53,8 @@ from prefect_batch.service.dispatcher import (
     stage_request,
 )
 from prefect_batch.service.nodes import mark_in_flight
-from prefect_batch.service.pools import node_source_of
+from prefect_batch.service.providers import ProviderDirectory, machines_in_use
 from prefect_batch.service.quotas import node_room
-from prefect_batch.service.remotenodes import RemoteNodes
-from prefect_batch.service.sshnodes import SSHNodeMixin
 from prefect_batch.store.schema import nodes, pools, tasks
 
 __all__ = ["NodeMixin", "NodeRuntime", "REQUEUE_AFTER_FAILURES", "RESTART_DELAYS_SECONDS"]
@@ -90,16 +94,21 @@ class NodeRuntime:
     generation: int = 0
     """Counts agent connections; events of an older connection are dropped."""
     held: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
-    host_id: str | None = None
-    """The SSH host of a node of an SSH host group; None for a local node."""
+    account: str = ""
+    pool_id: str = ""
+    machine_id: str | None = None
+    """The machine the node runs on (an SSH host, an instance); None when it has none."""
     address: str | None = None
-    """The node's IP address (its host's address)."""
+    """The node's IP address (its machine's address)."""
+    dedicated: bool = True
+    traits: ProviderTraits = field(default_factory=ProviderTraits)
+    """What the node's kind of provider is like."""
     connecting: bool = False
     """An agent start runs on a worker thread; its outcome arrives as an event."""
     unreachable_since: float | None = None
-    """When an SSH node's agent was last lost; its grace period counts from here."""
+    """When the node's agent was last lost; a grace period counts from here."""
     wipe: bool = False
-    """Empty the node root before the next agent start (a fresh node, a reimage)."""
+    """Empty the node root before the next agent says hello (a fresh node, a reimage)."""
     abandoned: set[str] = field(default_factory=set)
     """Attempts requeued after the grace period: killed if the host comes back."""
 
@@ -109,6 +118,18 @@ class NodeRuntime:
         self.failures += 1
         delay = RESTART_DELAYS_SECONDS[min(self.failures - 1, len(RESTART_DELAYS_SECONDS) - 1)]
         self.restart_at = now + delay
+
+    def ref(self) -> NodeRef:
+        """The node as its provider is told of it."""
+        return NodeRef(
+            account=self.account,
+            pool_id=self.pool_id,
+            node_id=self.node_id,
+            root=str(self.root),
+            machine_id=self.machine_id,
+            address=self.address,
+            dedicated=self.dedicated,
+        )
 
     @property
     def accepting(self) -> bool:
@@ -122,14 +143,14 @@ class NodeRuntime:
         )
 
 
-class NodeMixin(SSHNodeMixin):
-    """Node lifecycle for the engine (SSH hosts and agent starts: :class:`SSHNodeMixin`)."""
+class NodeMixin:
+    """Node lifecycle for the engine, for every kind of provider."""
 
     store: Any
     clock: Any
-    node_sources: dict[str, Any]
+    providers: ProviderDirectory
     node_root: Path
-    remote: RemoteNodes
+    starts: AgentStarts
     node_unreachable_grace_seconds: float
     account_urls: dict[str, str]
     _nodes: dict[int, NodeRuntime]
@@ -190,33 +211,29 @@ class NodeMixin(SSHNodeMixin):
     def _reconcile(self, pool: Any, now: float) -> None:
         """Bring the pool's nodes to its target: attach, create, or mark nodes for removal."""
         if pool.state == "deleting":
-            self._release_remote_nodes(pool)
-            self._detach_pool(pool.pk)  # type: ignore[attr-defined]
-            from prefect_batch.service.pools import PoolOperations
-
-            PoolOperations(self.store, pool.account, clock=self.clock).finish_pool_delete(pool.pk)
+            self._release_pool(pool)
             return
+        traits = self.providers.traits(node_source_of(pool.spec))
         with self.store.begin() as conn:
             rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool.pk)).all()
             live = [r for r in rows if not r.leaving]
             missing = pool.target_dedicated - len(live)
             grow, short = self._allowed_growth(conn, pool, missing)
-            hosts, no_hosts = self._place_nodes(conn, pool, grow)
-            short = no_hosts or short
+            slots, not_placed = self._place_nodes(conn, pool, grow)
+            short = not_placed or short
             fresh = set()
-            for host in hosts:
-                node_id = new_node_id()
+            for slot in slots:
                 conn.execute(
                     insert(nodes).values(
-                        node_id=node_id,
+                        node_id=slot.node_id,
                         pool_pk=pool.pk,
                         account=pool.account,
                         state=NodeState.CREATING.value,
                         state_transition_time=now,
                         scheduling_state="enabled",
                         allocation_time=now,
-                        vm_size=(host.vm_size if host else None) or pool.vm_size,
-                        root_dir=host.root if host else str(self.node_root / node_id),
+                        vm_size=slot.vm_size or pool.vm_size,
+                        root_dir=slot.root or str(self.node_root / slot.node_id),
                         total_slots=pool.task_slots_per_node,
                         running_tasks=0,
                         running_slots=0,
@@ -224,12 +241,13 @@ class NodeMixin(SSHNodeMixin):
                         total_tasks_succeeded=0,
                         leaving=False,
                         boot_id=0,
-                        host_id=host.id if host else None,
-                        ip_address=host.address if host else None,
+                        host_id=slot.machine_id,
+                        ip_address=slot.address,
+                        dedicated=slot.dedicated,
                     )
                 )
-                if host is not None:
-                    fresh.add(node_id)  # a host may hold an earlier node's files: wipe them
+                if traits.wipe_fresh_nodes:
+                    fresh.add(slot.node_id)  # the machine may hold an earlier node's files
             if missing < 0:
                 self._shrink(conn, pool, live, -missing)
             rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool.pk)).all()
@@ -245,7 +263,7 @@ class NodeMixin(SSHNodeMixin):
                         "allocation_state_transition_time": now,
                     }
                     if short is not None and not done:
-                        # Not enough free hosts: the pool keeps the nodes it got.
+                        # Not every node could be placed: the pool keeps the nodes it got.
                         values["resize_errors"] = [short]
                     elif timed_out and not done:
                         values["resize_errors"] = [
@@ -269,8 +287,12 @@ class NodeMixin(SSHNodeMixin):
                 schedulable=r.scheduling_state == "enabled",
                 leaving=bool(r.leaving),
                 pending_op=r.pending_op,
-                host_id=r.host_id,
+                account=pool.account,
+                pool_id=pool.id,
+                machine_id=r.host_id,
                 address=r.ip_address,
+                dedicated=bool(r.dedicated),
+                traits=traits,
                 wipe=r.node_id in fresh,
             )
             self._nodes[r.pk] = rt
@@ -283,6 +305,71 @@ class NodeMixin(SSHNodeMixin):
                 and now >= rt.restart_at
             ):
                 self._connect(rt, pool, now)
+
+    def _provider(self, pool: Any) -> NodeProvider | None:
+        """The pool's provider (None when its node source is not there).
+
+        Raises:
+            AgentError: It cannot be built now (e.g. its Secret block cannot be loaded).
+        """
+        return self.providers.get(pool.account, node_source_of(pool.spec))
+
+    def _place_nodes(
+        self, conn: Any, pool: Any, count: int
+    ) -> tuple[list[Any], dict[str, Any] | None]:
+        """Where ``count`` new nodes go, by the pool's provider.
+
+        Returns the slots placed and, when the provider placed fewer, the pool's resize error;
+        the pool then keeps the nodes it got.
+        """
+        if count <= 0:
+            return [], None
+        sku = node_source_of(pool.spec)
+        try:
+            provider = self._provider(pool)
+        except AgentError as exc:
+            return [], {"code": "AllocationFailed", "message": f"{sku}: {exc}"}
+        if provider is None:
+            return [], {
+                "code": "AllocationFailed",
+                "message": f"The node source {sku} is not registered",
+            }
+        in_use = set(machines_in_use(conn, pool.account)) | self.starts.reserved(pool.account)
+        placement = provider.place(
+            PoolRef(
+                account=pool.account,
+                pool_id=pool.id,
+                vm_size=pool.vm_size,
+                task_slots_per_node=pool.task_slots_per_node,
+                inter_node_communication=bool(pool.spec.get("enableInterNodeCommunication")),
+            ),
+            [new_node_id() for _ in range(count)],
+            in_use,
+        )
+        error = placement.error.wire() if placement.error is not None else None
+        return list(placement.slots), error
+
+    def _release_pool(self, pool: Any) -> None:
+        """A deleted pool: stop its nodes' agents and tasks, then release every node."""
+        for rt in [r for r in self._nodes.values() if r.pool_pk == pool.pk]:
+            self._disconnect(rt, kill=True)
+        self._detach_pool(pool.pk)  # type: ignore[attr-defined]
+        from prefect_batch.service.pools import PoolOperations
+
+        ops = PoolOperations(self.store, pool.account, clock=self.clock)
+        refs = ops.finish_pool_delete(pool.pk, release=False)
+        for ref in refs:
+            self._release(pool.account, node_source_of(pool.spec), ref, f"delete-{pool.pk}")
+
+    def _release(self, account: str, sku: str, ref: NodeRef, why: str) -> None:
+        """Release a departed node through its provider, off the engine thread."""
+        try:
+            provider = self.providers.get(account, sku)
+        except AgentError as exc:  # a later node on the machine empties it anyway
+            log.warning("cannot release %s: %s", ref.node_id, exc)
+            return
+        if provider is not None:
+            self.starts.release(provider, f"{why}-{ref.node_id}", ref)
 
     def _allowed_growth(
         self, conn: Any, pool: Any, missing: int
@@ -298,7 +385,7 @@ class NodeMixin(SSHNodeMixin):
         room, error = node_room(
             conn,
             pool.account,
-            local=self._remote_sku(pool) is None,
+            local=self.providers.traits(node_source_of(pool.spec)).local_node_limit,
             local_limit=self.local_node_limit,  # type: ignore[attr-defined]
         )
         allowed = min(missing, room)
@@ -334,29 +421,62 @@ class NodeMixin(SSHNodeMixin):
     # -- agents ----------------------------------------------------------------------------
 
     def _connect(self, rt: NodeRuntime, pool: Any, now: float) -> None:
-        if self._remote_sku(pool) is not None:
-            self._connect_remote(rt, pool, now)
-            return
-        source = self.node_sources.get(node_source_of(pool.spec))
+        """Start the node's agent on a worker thread; the outcome comes back as an event."""
         with self.store.begin() as conn:
             self._set_state(conn, rt, NodeState.STARTING, now)
         rt.connect_time = now
         rt.restart_at = None
-        if source is None:
-            self._node_failed(rt, "NodeSourceNotFound", "no such node source in this engine")
+        try:
+            provider = self._provider(pool)
+        except Exception as exc:  # noqa: BLE001 - e.g. its Secret block cannot be loaded
+            self._node_failed(rt, "NodeSourceUnavailable", f"{rt.machine_id or rt.node_id}: {exc}")
+            return
+        if provider is None:
+            sku = node_source_of(pool.spec)
+            self._node_failed(rt, "NodeSourceNotFound", f"the node source {sku} is not there")
             return
         rt.generation += 1
-        generation = rt.generation
-        try:
-            rt.connection = source.start_agent(
-                rt.node_id,
-                rt.root,
-                lambda msg: self._on_event(rt.pk, msg, generation),  # type: ignore[attr-defined]
+        rt.connecting = True
+        wipe, rt.wipe = rt.wipe, False
+        self.starts.start(
+            provider,
+            rt.pk,
+            rt.ref(),
+            rt.generation,
+            self._on_event,  # type: ignore[attr-defined]
+            wipe=wipe,
+        )
+
+    def _on_agent_started(
+        self, conn: Any, rt: NodeRuntime, msg: dict[str, Any], now: float
+    ) -> None:
+        """A node's agent is up (a worker started it): greet it."""
+        rt.connecting = False
+        agent = msg["connection"]
+        if agent.closed:  # it went away before the engine saw it
+            agent.close()
+            self._record_node_failure(
+                conn, rt, "NodeAgentLost", f"{rt.machine_id or rt.node_id}: the agent exited", now
             )
-            rt.connection.send({"op": "hello", "v": 1, "node_id": rt.node_id, "pool_id": pool.id})
-        except Exception as exc:  # noqa: BLE001 - any failure makes the node unusable
-            rt.connection = None
-            self._node_failed(rt, "NodeAgentStartFailed", str(exc))
+            return
+        rt.connection = agent
+        self.starts.set_live(rt.pk, msg["calls"])
+        root = msg.get("root")
+        if root and str(root) != str(rt.root):
+            rt.root = Path(str(root))
+            conn.execute(update(nodes).where(nodes.c.pk == rt.pk).values(root_dir=str(root)))
+        try:
+            agent.send(hello(rt.node_id, rt.pool_id))
+        except Exception:  # noqa: BLE001 - a broken session shows up as a "closed" event
+            log.debug("hello to %s failed", rt.node_id, exc_info=True)
+
+    def _stale_event(self, msg: dict[str, Any]) -> None:
+        """An event for a node gone or reconnected: close an agent that came up meanwhile."""
+        if msg.get("ev") == "_agent_started":
+            try:
+                msg["connection"].close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing a stale agent connection failed", exc_info=True)
 
     def _node_failed(self, rt: NodeRuntime, code: str, message: str) -> None:
         now = self.clock()
@@ -368,26 +488,27 @@ class NodeMixin(SSHNodeMixin):
     ) -> None:
         """An agent could not be started: the node is unusable and retried with backoff.
 
-        Its running tasks go back to the queue once the node is given up on: a local node
-        after ``REQUEUE_AFTER_FAILURES`` failed starts in a row; an SSH node once it has been
-        unreachable for ``node_unreachable_grace_seconds`` (until then its agent on the host
-        keeps running them, and a reconnect collects their results).
+        Its running tasks go back to the queue once the node is given up on: after
+        ``REQUEUE_AFTER_FAILURES`` failed starts in a row, or, for a kind with
+        ``unreachable_grace``, once it has been unreachable for
+        ``node_unreachable_grace_seconds`` (until then its agent keeps running them, and a
+        reconnect collects their results).
         """
         rt.connecting = False
         rt.lost(now)
         if rt.unreachable_since is None:
             rt.unreachable_since = now
         values: dict[str, Any] = {"errors": [{"code": code, "message": message}]}
-        if rt.host_id is None:
-            give_up = rt.failures >= REQUEUE_AFTER_FAILURES
-        else:
+        if rt.traits.unreachable_grace:
             give_up = now - rt.unreachable_since >= self.node_unreachable_grace_seconds
+        else:
+            give_up = rt.failures >= REQUEUE_AFTER_FAILURES
         if give_up:
             # The node cannot be reached again: its tasks run elsewhere (at least once).
             in_flight = lifecycle.running_task_rows(conn, rt.pk)
             lifecycle.requeue_tasks(conn, in_flight, now)
             values.update(running_tasks=0, running_slots=0)
-            if rt.host_id is not None and in_flight:
+            if rt.traits.unreachable_grace and in_flight:
                 rt.abandoned.update(f"t{r.pk}-{r.attempt}" for r in in_flight)
                 rt.free_slots = rt.total_slots
                 values["errors"] = [
@@ -411,8 +532,7 @@ class NodeMixin(SSHNodeMixin):
         if rt.connecting:  # an agent start still running: drop what it brings
             rt.generation += 1
             rt.connecting = False
-        if rt.host_id is not None:
-            self.remote.set_live(rt.pk, None)
+        self.starts.set_live(rt.pk, None)
         if conn is None:
             return
         try:
@@ -431,10 +551,9 @@ class NodeMixin(SSHNodeMixin):
         # now and running a task twice at once.
         rt.connection = None
         rt.lost(now)
-        if rt.host_id is not None:
-            self.remote.set_live(rt.pk, None)
-            if rt.unreachable_since is None:
-                rt.unreachable_since = now  # the grace period starts
+        self.starts.set_live(rt.pk, None)
+        if rt.unreachable_since is None:
+            rt.unreachable_since = now  # a grace period starts
         self._set_state(
             conn,
             rt,
@@ -672,10 +791,9 @@ class NodeMixin(SSHNodeMixin):
             )
             conn.execute(delete(nodes).where(nodes.c.pk == rt.pk))
             self._nodes.pop(rt.pk, None)
-            if rt.host_id is not None:
-                self._wipe_host_later(rt, self._pools.get(rt.pool_pk))  # through an agent
-            else:
-                shutil.rmtree(rt.root, ignore_errors=True)
+            pool = self._pools.get(rt.pool_pk)
+            if pool is not None:
+                self._release(rt.account, node_source_of(pool.spec), rt.ref(), "remove")
             self._next_lease = 0.0  # type: ignore[attr-defined]  # settle the pool's size
             return
         target = NodeState.REIMAGING if op == "reimage" else NodeState.REBOOTING
@@ -699,9 +817,6 @@ class NodeMixin(SSHNodeMixin):
                 .where(tasks.c.files_node_pk == rt.pk)
                 .values(files_node_pk=None, retention_deadline=None)
             )
-            if rt.host_id is not None:
-                rt.wipe = True  # through the next agent, before it says hello
-            else:
-                shutil.rmtree(rt.root, ignore_errors=True)
+            rt.wipe = True  # through the next agent, before it says hello
         rt.restart_at = now  # the agent comes back at the next reconcile, start task and all
         self._next_lease = 0.0  # type: ignore[attr-defined]

@@ -6,7 +6,6 @@ removed by the engine that holds the pool's lease, which compares target and act
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
@@ -32,36 +31,27 @@ from prefect_batch.models import (
     BatchPoolUpdateOptions,
     BatchSupportedImage,
 )
+from prefect_batch.providers.contract import NodeRef
+from prefect_batch.providers.kinds import KINDS
 from prefect_batch.service.autopools import mark_pool_deleting
 from prefect_batch.service.autoscale import check_create_settings
 from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.common import iso, iso_duration, parse_duration, refuse_unsupported
-from prefect_batch.service.nodesources import group_row, registered_images, ssh_group_name
+from prefect_batch.service.common import (
+    iso,
+    iso_duration,
+    node_source_of,
+    parse_duration,
+    refuse_unsupported,
+)
+from prefect_batch.service.nodesources import pool_sku_is_known, registered_images
+from prefect_batch.service.providers import directory_of, node_ref
 from prefect_batch.service.samples import NODE_METRIC_NAMES
 from prefect_batch.service.views import node_view, pool_view
 from prefect_batch.store.schema import nodes, pools
 
-__all__ = ["LOCAL_NODE_AGENT_SKU", "PoolOperations", "SUPPORTED_IMAGES"]
+__all__ = ["PoolOperations"]
 
 NODE_METRIC_FIELDS = [n for n in NODE_METRIC_NAMES.values() if n != "time"]
-
-LOCAL_NODE_AGENT_SKU = "batch.node.local"
-"""The node source of pools whose nodes are agent processes on the service's machine."""
-
-SUPPORTED_IMAGES: list[dict[str, Any]] = [
-    {
-        "nodeAgentSKUId": LOCAL_NODE_AGENT_SKU,
-        "imageReference": {
-            "publisher": "prefect-batch",
-            "offer": "local",
-            "sku": "process",
-            "version": "latest",
-        },
-        "osType": "linux",
-        "capabilities": ["LocalProcess"],
-        "verificationType": "verified",
-    }
-]
 
 MAX_SLOTS_PER_NODE = 256
 _PATCH_WITHOUT_NODES = (
@@ -95,21 +85,16 @@ def validate_start_task(start: dict[str, Any] | None) -> None:
     validate_resource_files(start.get("resourceFiles"), "startTask.resourceFiles")
 
 
-def node_source_of(spec: dict[str, Any]) -> str:
-    """The node source (``nodeAgentSKUId``) a pool spec names; local by default."""
-    vmc = spec.get("virtualMachineConfiguration") or {}
-    return vmc.get("nodeAgentSKUId") or LOCAL_NODE_AGENT_SKU
-
-
 class PoolOperations(ServiceBase):
     """Pool and node operations of one account."""
 
     def list_supported_images(self) -> list[BatchSupportedImage]:
         """The node sources pools can use (Azure's "supported images"): local processes and
-        the account's registered SSH host groups (``batch.node.ssh.<name>``)."""
+        the account's registered node sources (``batch.node.<kind>.<name>``)."""
+        local = KINDS["local"].image("", {})
         with self.store.read() as conn:
             registered = registered_images(conn, self.account)
-        return [BatchSupportedImage.model_validate(i) for i in [*SUPPORTED_IMAGES, *registered]]
+        return [BatchSupportedImage.model_validate(i) for i in [local, *registered]]
 
     def list_pool_node_counts(self) -> list[BatchPoolNodeCounts]:
         """Nodes per state of every pool of the account (Azure's ``nodecounts``)."""
@@ -232,17 +217,14 @@ class PoolOperations(ServiceBase):
         )
 
     def _check_node_source(self, conn: Any, sku: str) -> None:
-        """Refuse a node source that is neither local nor a registered SSH host group."""
-        if sku in {i["nodeAgentSKUId"] for i in SUPPORTED_IMAGES}:
-            return
-        group = ssh_group_name(sku)
-        if group is not None and group_row(conn, self.account, group) is not None:
+        """Refuse a node source that is neither local nor one the account registered."""
+        if pool_sku_is_known(conn, self.account, sku):
             return
         raise invalid_property(
             "virtualMachineConfiguration.nodeAgentSKUId",
             sku,
-            "unknown node source; see list_supported_images (register an SSH host group with "
-            "create_node_source)",
+            "unknown node source; see list_supported_images (register one, e.g. an SSH host "
+            "group, with create_node_source)",
         )
 
     def get_pool(self, pool_id: str) -> BatchPool:
@@ -451,24 +433,35 @@ class PoolOperations(ServiceBase):
             self.finish_pool_delete(row.pk)
         self.wake(pools=True)
 
-    def finish_pool_delete(self, pool_pk: int) -> None:
-        """Remove a deleting pool's nodes (rows, queued work, directories) and the pool.
+    def finish_pool_delete(self, pool_pk: int, *, release: bool = True) -> list[NodeRef]:
+        """Remove a deleting pool's nodes (rows, queued work) and the pool; returns its nodes.
 
-        Local nodes' directories are removed here. An SSH node's host is emptied through an
-        agent by the engine that holds the pool, or else by the next node that takes the host.
+        With ``release``, nodes on this machine are released here (their directories
+        removed); the engine that holds a pool releases every node through its provider
+        instead. A node on another machine that no engine releases is emptied by the next
+        node that takes the machine.
         """
         from prefect_batch.service.lifecycle import requeue_tasks, running_task_rows
 
         now = self.clock()
         with self.store.begin() as conn:
+            pool = conn.execute(select(pools).where(pools.c.pk == pool_pk)).one_or_none()
             node_rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool_pk)).all()
             for n in node_rows:
                 requeue_tasks(conn, running_task_rows(conn, n.pk), now)
             conn.execute(delete(nodes).where(nodes.c.pool_pk == pool_pk))
             conn.execute(delete(pools).where(pools.c.pk == pool_pk))
-        for n in node_rows:
-            if n.host_id is None:  # a local node; an SSH host is wiped through its agent
-                shutil.rmtree(n.root_dir, ignore_errors=True)
+        if pool is None:
+            return []
+        refs = [node_ref(n, pool.id) for n in node_rows]
+        sku = node_source_of(pool.spec)
+        directory = directory_of(self.store)
+        if release and refs and directory.traits(sku).same_machine:
+            provider = directory.get(pool.account, sku)
+            for ref in refs:
+                if provider is not None:
+                    provider.release(f"delete-{pool_pk}-{ref.node_id}", ref)
+        return refs
 
     def _check_mutable(self, row: Any) -> None:
         if row.state == PoolState.DELETING.value:

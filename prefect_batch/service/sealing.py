@@ -72,9 +72,7 @@ def seal_settings(conn: Any, settings: list[dict[str, Any]] | None) -> list[dict
     out = []
     for e in settings:
         value = e.get("value") or ""
-        if str(e.get("name", "")).startswith(SECRET_PREFIX) and not value.startswith(
-            SEALED_PREFIX
-        ):
+        if str(e.get("name", "")).startswith(SECRET_PREFIX) and not value.startswith(SEALED_PREFIX):
             token = fernet.encrypt(value.encode("utf-8")).decode("ascii")
             e = {**e, "value": SEALED_PREFIX + token}
         out.append(e)

@@ -41,13 +41,14 @@ __all__ = [
     "nodes",
     "pool_samples",
     "pools",
+    "provider_records",
     "queue",
     "schema_info",
     "sealing_keys",
     "tasks",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Bumped whenever a table changes; a store written by another version is refused."""
 
 metadata = MetaData()
@@ -142,6 +143,8 @@ nodes = Table(
     # The SSH host (``user@address:port``) a node of an SSH host group runs on; NULL for local
     # nodes. One node per host in an account: two engines can never take the same host.
     Column("host_id", String(330), nullable=True),
+    # False for a low-priority (spot) node.
+    Column("dedicated", Boolean, nullable=False, default=True),
     Index("ix_nodes_pool", "pool_pk"),
     UniqueConstraint("account", "host_id", name="uq_nodes_account_host"),
     sqlite_autoincrement=True,  # never reuse the id of a deleted row
@@ -362,6 +365,20 @@ node_sources = Table(
     Column("last_modified", Float, nullable=False),
     Column("version", Integer, nullable=False, default=1),
     UniqueConstraint("account", "name", name="uq_node_sources_account_name"),
+    sqlite_autoincrement=True,  # never reuse the id of a deleted row
+)
+
+provider_records = Table(
+    "provider_records",
+    metadata,
+    # What a node provider must keep across restarts of the service (launch requests, client
+    # tokens), as key -> JSON, per account and node source (``nodeAgentSKUId``).
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("account", String(64), nullable=False),
+    Column("sku", String(200), nullable=False),
+    Column("key", String(300), nullable=False),
+    Column("value", JSON, nullable=False),
+    UniqueConstraint("account", "sku", "key", name="uq_provider_records_key"),
     sqlite_autoincrement=True,  # never reuse the id of a deleted row
 )
 

@@ -262,8 +262,9 @@ def test_kill_with_grace_sends_sigterm_first(agent: AgentDriver, root: Path) -> 
 
 
 def test_kill_with_grace_sigkills_a_task_ignoring_sigterm(agent: AgentDriver, root: Path) -> None:
-    agent.run("i", [SH, "-c", "trap '' TERM; echo up > up.txt; while :; do sleep 0.1; done"],
-              dir="job/i")
+    agent.run(
+        "i", [SH, "-c", "trap '' TERM; echo up > up.txt; while :; do sleep 0.1; done"], dir="job/i"
+    )
     agent.event("started", "i")
     assert wait_until(lambda: bool(read_text(root / "job" / "i" / "wd" / "up.txt")))
     agent.send(op="kill", key="i", grace_seconds=0.5)

@@ -55,8 +55,7 @@ def test_a_job_runs_on_its_auto_pool_which_goes_with_the_job(sdk) -> None:
 
     sdk.create_task("auto-job", models.BatchTaskCreateOptions(id="t", command_line="echo hello"))
     task = wait_for(
-        lambda: (t := sdk.get_task("auto-job", "t")).state == models.BatchTaskState.COMPLETED
-        and t,
+        lambda: (t := sdk.get_task("auto-job", "t")).state == models.BatchTaskState.COMPLETED and t,
         timeout=60,
     )
     assert task.execution_info.exit_code == 0

@@ -14,7 +14,7 @@ import pytest
 
 from prefect_batch.agent import AGENT_PATH
 from prefect_batch.exceptions import AgentError
-from prefect_batch.providers import AgentConnection, LocalNodeSource, NodeSource
+from prefect_batch.providers import AgentConnection, LocalNodeSource, NodeProvider
 from prefect_batch.providers.local import scrub_environment
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,7 +47,7 @@ def test_scrub_environment_drops_secrets_only() -> None:
 
 def test_local_source_is_a_node_source() -> None:
     source = LocalNodeSource()
-    assert isinstance(source, NodeSource) and source.name == "local"
+    assert isinstance(source, NodeProvider) and source.name == "local"
     command = source.agent_command(Path("/nodes/n1"))
     assert command[0] == sys.executable and str(AGENT_PATH) in command
     assert command[-2:] == ["--root", "/nodes/n1"]

@@ -199,9 +199,7 @@ def test_a_schedule_with_pools_per_job_ends_each_with_its_job(h: Harness) -> Non
 
 
 def test_terminating_a_schedule_ends_its_shared_pool(h: Harness) -> None:
-    h.svc.create_job_schedule(
-        {"id": "s", "schedule": {}, "jobSpecification": auto("jobschedule")}
-    )
+    h.svc.create_job_schedule({"id": "s", "schedule": {}, "jobSpecification": auto("jobschedule")})
     h.step()
     pool_id = h.svc.get_job("s:job-1").execution_info.pool_id
     h.svc.terminate_job_schedule("s")

@@ -117,7 +117,9 @@ def test_sign_in_is_required_and_the_cookie_is_strict(
     browser.find_element(By.ID, "account-name").send_keys(server.account.name)
     browser.find_element(By.ID, "account-key").send_keys(scene["other"].primary)  # wrong key
     browser.find_element(By.ID, "signin-button").click()
-    assert browser.find_element(By.ID, "signin-error").is_displayed()
+    # The refusal is a new page: wait for it rather than reading the form it replaces.
+    error = _wait(browser, lambda: browser.find_elements(By.ID, "signin-error"))[0]
+    assert error.is_displayed()
     assert browser.get_cookie("pb_session") is None
 
     browser.find_element(By.ID, "account-name").send_keys(server.account.name)

@@ -129,21 +129,27 @@ def make_source(servers: SSHServers, tmp_path: Path) -> Callable[..., SSHNodeSou
 
 @pytest.fixture
 def start_node() -> Iterator[Callable[..., Node]]:
-    """``start_node(source, node_id, host_id=None)``: start an agent; all killed at the end."""
-    nodes: list[Node] = []
+    """``start_node(source, node_id, host_id=None)``: start an agent; all killed at the end.
+
+    Without ``host_id`` the node takes the group's first host that no running node this fixture
+    started from the same source holds (as the source's ``place`` would).
+    """
+    nodes: list[tuple[SSHNodeSource, Node]] = []
 
     def start(source: SSHNodeSource, node_id: str = "node-1", host_id: str | None = None) -> Node:
         events = Events()
         if host_id is None:
-            conn = source.start_agent(node_id, None, events)
-        else:
-            conn = source.start_agent_on(host_id, node_id, events)
+            held = {n.conn.host.id for s, n in nodes if s is source and not n.conn.closed}
+            free = [h.id for h in source.hosts if h.id not in held]
+            assert free, "every host of the group runs a node of this test"
+            host_id = free[0]
+        conn = source.start_agent_on(host_id, node_id, events)
         node = Node(conn, events)
-        nodes.append(node)
+        nodes.append((source, node))
         return node
 
     yield start
-    for node in nodes:
+    for _, node in nodes:
         if not node.conn.closed:
             node.conn.kill(tasks=True, grace_seconds=5)
             node.conn.wait(10)

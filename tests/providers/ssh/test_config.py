@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from prefect_batch.exceptions import AgentError, HostKeyError
+from prefect_batch.providers.contract import NodeRef, PoolRef
 from prefect_batch.providers.hostkeys import (
     HostKeyPolicy,
     fingerprint,
@@ -124,31 +125,33 @@ def test_paths_under_home_are_expanded() -> None:
     assert g.known_hosts == Path.home() / "kh"
 
 
-def test_allocate_bind_release() -> None:
+POOL = PoolRef(account="a", pool_id="p", vm_size="standard_d1", task_slots_per_node=1)
+
+
+def test_place_gives_free_hosts_in_order_and_says_why_not_for_the_rest() -> None:
     source = SSHNodeSource(group())
     ids = [h.id for h in source.hosts]
-    assert source.node_agent_sku_id == "batch.node.ssh.ssh"
-    assert source.allocate(2) == ids[:2]
-    assert source.allocate(5, in_use=[ids[0]]) == ids[1:]
-    assert source.allocate(0) == [] and source.allocate(-1) == []
-    source.bind("n1", ids[1])
-    assert source.host_of("n1") == ids[1]
-    assert source.allocate(3) == [ids[0], ids[2]]
-    source.bind("n1", ids[1])  # idempotent
-    with pytest.raises(AgentError, match="already node n1"):
-        source.bind("n2", ids[1])
-    with pytest.raises(AgentError, match="no host"):
-        source.bind("n2", "nobody@nowhere:22")
+    assert source.sku == source.node_agent_sku_id == "batch.node.ssh.ssh"
+    placed = source.place(POOL, ["n1", "n2"], ())
+    assert [(s.node_id, s.machine_id) for s in placed.slots] == [("n1", ids[0]), ("n2", ids[1])]
+    assert placed.error is None
+    assert placed.slots[0].address == source.hosts[0].address
+    assert placed.slots[2 - 1].root == source.node_root(ids[1])
+    short = source.place(POOL, ["a", "b", "c"], in_use=[ids[0]])
+    assert [s.machine_id for s in short.slots] == ids[1:]
+    assert short.error is not None and short.error.code == "AllocationFailed"
+    assert "2 free host(s) of 3 for the 3 more node(s) pool p" in short.error.message
+    assert source.place(POOL, [], ()).slots == []
     assert source.node_root(ids[2]) == "/srv/pb"
-    assert source.release("n1") == ids[1] and source.release("n1") is None
-    assert source.allocate(3) == ids
+    with pytest.raises(AgentError, match="no host"):
+        source.host("nobody@nowhere:22")
 
 
-def test_start_agent_without_a_free_host_is_an_agent_error() -> None:
+def test_connect_without_a_host_is_an_agent_error() -> None:
     source = SSHNodeSource(group(hosts=[{"address": "h", "user": "u", "host_key": ED25519}]))
-    source.bind("n1", source.hosts[0].id)
-    with pytest.raises(AgentError, match="no free host for node n2"):
-        source.start_agent("n2", None, lambda m: None)
+    node = NodeRef(account="a", pool_id="p", node_id="n2", root="/srv/pb")
+    with pytest.raises(AgentError, match="node n2 has no host"):
+        source.connect(node, lambda m: None)
 
 
 def test_unreadable_private_key_text_is_an_agent_error() -> None:

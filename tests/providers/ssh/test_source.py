@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from prefect_batch.exceptions import AgentError, HostKeyError
+from prefect_batch.providers.contract import PoolRef
 from prefect_batch.providers.ssh import SSHNodeSource
 from prefect_batch.testing.fixtures import gate_command, wait_until
 from prefect_batch.testing.sshd import SSHServers, generate_key
@@ -62,12 +63,11 @@ def test_three_hosts_run_tasks_and_report_exits(
     servers: SSHServers, make_source: MakeSource, start_node: StartNode, tmp_path: Path
 ) -> None:
     source = make_source()
-    hosts = source.allocate(3)
-    assert hosts == [h.id for h in source.hosts]
-    nodes = []
-    for i, host_id in enumerate(hosts):
-        source.bind(f"node-{i}", host_id)
-        nodes.append(start_node(source, f"node-{i}"))
+    pool = PoolRef(account="a", pool_id="p", vm_size="standard_d1", task_slots_per_node=1)
+    placement = source.place(pool, ["node-0", "node-1", "node-2"], ())
+    assert placement.error is None
+    assert [s.machine_id for s in placement.slots] == [h.id for h in source.hosts]
+    nodes = [start_node(source, s.node_id, s.machine_id) for s in placement.slots]
     for i, node in enumerate(nodes):
         hello = node.hello()
         assert hello["v"] == 1 and hello["root"] == str(tmp_path / servers[i].address)
@@ -306,7 +306,7 @@ def test_unreachable_host_is_a_clear_error(make_source: MakeSource, servers: SSH
     }
     source = make_source(hosts=[host], connect_timeout_seconds=2)
     with pytest.raises(AgentError, match=f"cannot connect to .*127.0.0.5:{port}"):
-        source.start_agent("n", None, lambda m: None)
+        source.start_agent_on(source.hosts[0].id, "n", lambda m: None)
 
 
 def test_silent_host_times_out_within_the_connect_timeout(
@@ -325,7 +325,7 @@ def test_silent_host_times_out_within_the_connect_timeout(
         }
         source = make_source(hosts=[host], connect_timeout_seconds=0.5)
         with pytest.raises(AgentError, match="cannot connect to"):
-            source.start_agent("n", None, lambda m: None)
+            source.start_agent_on(source.hosts[0].id, "n", lambda m: None)
     finally:
         listener.close()
 
@@ -336,7 +336,7 @@ def test_key_not_authorized_is_a_clear_error(make_source: MakeSource, tmp_path: 
     source = make_source(private_key_path=str(stranger))
     fp = keygen_fingerprint(stranger.with_name("stranger.pub"))
     with pytest.raises(AgentError, match="authentication as .* failed") as info:
-        source.start_agent("n", None, lambda m: None)
+        source.start_agent_on(source.hosts[0].id, "n", lambda m: None)
     assert fp in str(info.value) and not isinstance(info.value, HostKeyError)
 
 
@@ -362,7 +362,7 @@ def test_sshd_killed_mid_task_then_restarted_result_is_collected(
     node.run("quick", ["/bin/true"])
     node.events.event("exited", "quick")
     node.events.event("started", "t1-1")
-    host = source.host(source.host_of("node-1") or "")
+    host = node.conn.host
     server = next(s for s in servers if s.address == host.address)
 
     server.kill()  # the listener and the session's sshd die; the agent sees its stdin close
