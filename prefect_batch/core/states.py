@@ -369,7 +369,24 @@ JOB_SCHEDULE_TRANSITIONS: Mapping[JobScheduleState, frozenset[JobScheduleState]]
 }
 
 _ANY_NODE = frozenset(NodeState)
-NODE_TRANSITIONS: Mapping[NodeState, frozenset[NodeState]] = {
+_PREEMPTIBLE = frozenset(
+    {
+        NodeState.CREATING,
+        NodeState.STARTING,
+        NodeState.WAITING_FOR_START_TASK,
+        NodeState.IDLE,
+        NodeState.RUNNING,
+        NodeState.OFFLINE,
+        NodeState.START_TASK_FAILED,
+        NodeState.UNUSABLE,
+        NodeState.UNKNOWN,
+        NodeState.REBOOTING,
+        NodeState.REIMAGING,
+    }
+)
+"""States a node may be preempted from: any while its machine is held."""
+
+_NODE_EDGES: Mapping[NodeState, frozenset[NodeState]] = {
     # X -> UNKNOWN: the engine that ran the node stopped.
     NodeState.CREATING: frozenset(
         {NodeState.STARTING, NodeState.UNUSABLE, NodeState.LEAVING_POOL, NodeState.UNKNOWN}
@@ -455,6 +472,11 @@ NODE_TRANSITIONS: Mapping[NodeState, frozenset[NodeState]] = {
     NodeState.UPGRADING_OS: frozenset({NodeState.STARTING, NodeState.UNUSABLE}),
     NodeState.DEALLOCATED: frozenset({NodeState.STARTING, NodeState.LEAVING_POOL}),
     NodeState.DEALLOCATING: frozenset({NodeState.DEALLOCATED, NodeState.UNUSABLE}),
+}
+# X -> PREEMPTED: the node's provider reclaimed its machine (a spot reclaim).
+NODE_TRANSITIONS: Mapping[NodeState, frozenset[NodeState]] = {
+    state: edges | {NodeState.PREEMPTED} if state in _PREEMPTIBLE else edges
+    for state, edges in _NODE_EDGES.items()
 }
 assert set(NODE_TRANSITIONS) == set(_ANY_NODE)
 

@@ -1,9 +1,10 @@
-"""The registered node source resource (an SSH host group): a prefect-batch extension.
+"""The registered node source resource (an SSH host group, ...): a prefect-batch extension.
 
-Azure Batch has no such resource: its images are fixed. Here an account registers the SSH host
-groups its pools may take nodes from, and each shows up in ``list_supported_images`` as
-``batch.node.ssh.<name>``. The group's configuration keeps the field names of
-:class:`prefect_batch.providers.hostgroup.SSHHostGroup` and never holds key material.
+Azure Batch has no such resource: its images are fixed. Here an account registers the node
+sources its pools may take nodes from, and each shows up in ``list_supported_images`` as
+``batch.node.<kind>.<name>``. An SSH host group (``hostGroup``) keeps the field names of
+:class:`prefect_batch.providers.hostgroup.SSHHostGroup`; another kind's registration is its
+``spec``. Neither ever holds key material.
 
 This module only describes the resource; it stores nothing.
 """
@@ -20,7 +21,7 @@ __all__ = ["BatchNodeSource"]
 
 
 class BatchNodeSource(ResponseModel):
-    """A registered node source: an SSH host group pools name as ``batch.node.ssh.<name>``."""
+    """A registered node source pools name as ``batch.node.<kind>.<name>``."""
 
     name: str = Field(description="The group's name (1-64 letters, digits, '-' or '_').")
     node_agent_sku_id: str = Field(
@@ -33,6 +34,10 @@ class BatchNodeSource(ResponseModel):
         alias="hostGroup",
         description="The group as registered (SSHHostGroup field names): hosts, user, key file "
         "path or Prefect Secret block name, known_hosts, node root, declared size. Never a key.",
+    )
+    spec: dict[str, Any] | None = Field(
+        default=None,
+        description="The registration of a kind other than `ssh`, as stored. Never a key.",
     )
     hosts_in_use: dict[str, str] = Field(
         default_factory=dict,

@@ -37,6 +37,7 @@ from sqlalchemy import bindparam, delete, or_, select, update
 
 from prefect_batch.core.completion import AttemptOutcome
 from prefect_batch.core.states import NODE_TRANSITIONS, NodeState
+from prefect_batch.providers.contract import ProviderEvent
 from prefect_batch.service import lifecycle
 from prefect_batch.service.agentstarts import AgentStarts
 from prefect_batch.service.autoscaler import AutoScalerMixin
@@ -123,7 +124,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         clock: Clock = wall_now,
     ) -> None:
         self.store = store
-        self.providers = ProviderDirectory(store, node_sources)
+        self.providers = ProviderDirectory(store, node_sources, report=self._on_provider_event)
         self.node_root = Path(node_root)
         self.account_urls = dict(account_urls or {})
         self.tick_seconds = tick_seconds
@@ -167,6 +168,9 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         self._next_poll = 0.0
         self._poked = False
         self._reconcile_soon = False
+        self._short: dict[int, float] = {}
+        self.pool_passes = 0
+        """Passes over the pools held (leases renewed, sizes reconciled) since the start."""
         self.error: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -308,6 +312,10 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         self._events.put((node_pk, generation, msg))
         self._wake.set()
 
+    def _on_provider_event(self, event: ProviderEvent) -> None:
+        # Called from any provider thread: handled on the engine thread like agent events.
+        self._on_event(0, {"ev": "_provider", "event": event})
+
     def _drain(self) -> list[tuple[int, int, dict[str, Any]]]:
         out = []
         while True:
@@ -341,6 +349,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         self._pools = mine
         for pool in mine.values():
             self._reconcile(pool, now)
+        self.pool_passes += 1
 
     def _detach_pool(self, pool_pk: int) -> None:
         for rt in [r for r in self._nodes.values() if r.pool_pk == pool_pk]:
@@ -357,6 +366,9 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         started: list[dict[str, Any]] = []
         attempts: list[lifecycle.Attempt] = []
         for node_pk, generation, msg in events:
+            if node_pk == 0 and msg.get("ev") == "_provider":
+                self._on_provider_report(conn, msg["event"], now)
+                continue
             rt = self._nodes.get(node_pk)
             if rt is None or generation != rt.generation:
                 self._stale_event(msg)

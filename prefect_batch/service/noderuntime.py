@@ -40,7 +40,13 @@ from prefect_batch.core.states import (
 )
 from prefect_batch.exceptions import AgentError
 from prefect_batch.providers.base import hello
-from prefect_batch.providers.contract import NodeProvider, NodeRef, PoolRef, ProviderTraits
+from prefect_batch.providers.contract import (
+    NodeProvider,
+    NodeRef,
+    PoolRef,
+    ProviderEvent,
+    ProviderTraits,
+)
 from prefect_batch.service import lifecycle
 from prefect_batch.service.agentstarts import AgentStarts
 from prefect_batch.service.common import iso, new_node_id, node_source_of
@@ -57,13 +63,21 @@ from prefect_batch.service.providers import ProviderDirectory, machines_in_use
 from prefect_batch.service.quotas import node_room
 from prefect_batch.store.schema import nodes, pools, tasks
 
-__all__ = ["NodeMixin", "NodeRuntime", "REQUEUE_AFTER_FAILURES", "RESTART_DELAYS_SECONDS"]
+__all__ = [
+    "PREEMPTED_SHOWN_SECONDS",
+    "REQUEUE_AFTER_FAILURES",
+    "RESTART_DELAYS_SECONDS",
+    "NodeMixin",
+    "NodeRuntime",
+]
 
 log = logging.getLogger("prefect_batch.engine")
 
 RESTART_DELAYS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 REQUEUE_AFTER_FAILURES = 3
 """Agent starts that may fail in a row before a node's tasks are requeued elsewhere."""
+PREEMPTED_SHOWN_SECONDS = 600.0
+"""How long a preempted node stays listed (in state ``preempted``) after its replacement."""
 
 _BUSY_STATE = bindparam("b_state")
 
@@ -155,6 +169,8 @@ class NodeMixin:
     account_urls: dict[str, str]
     _nodes: dict[int, NodeRuntime]
     _pools: dict[int, Any]
+    _short: dict[int, float]
+    """Pool -> the resize (its allocation state's time) whose placement came up short."""
 
     # -- state -----------------------------------------------------------------------------
 
@@ -215,12 +231,19 @@ class NodeMixin:
             return
         traits = self.providers.traits(node_source_of(pool.spec))
         with self.store.begin() as conn:
+            self._forget_preempted(conn, pool, now)
             rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool.pk)).all()
             live = [r for r in rows if not r.leaving]
             missing = pool.target_dedicated - len(live)
+            if self._short.get(pool.pk) == pool.allocation_state_transition_time:
+                # This resize already came up short: wait for the next resize or evaluation
+                # rather than asking the provider again on every pass.
+                missing = min(missing, 0)
             grow, short = self._allowed_growth(conn, pool, missing)
             slots, not_placed = self._place_nodes(conn, pool, grow)
             short = not_placed or short
+            if short is not None:
+                self._short[pool.pk] = pool.allocation_state_transition_time
             fresh = set()
             for slot in slots:
                 conn.execute(
@@ -274,7 +297,9 @@ class NodeMixin:
                             }
                         ]
                     conn.execute(update(pools).where(pools.c.pk == pool.pk).values(**values))
-            attach = [r for r in rows if r.pk not in self._nodes]
+            attach = [
+                r for r in rows if r.pk not in self._nodes and r.state != NodeState.PREEMPTED.value
+            ]
         for r in attach:
             rt = NodeRuntime(
                 pk=r.pk,
@@ -305,6 +330,70 @@ class NodeMixin:
                 and now >= rt.restart_at
             ):
                 self._connect(rt, pool, now)
+
+    def _forget_preempted(self, conn: Any, pool: Any, now: float) -> None:
+        """Delete the rows of the pool's preempted nodes once they have been shown long enough."""
+        conn.execute(
+            delete(nodes).where(
+                nodes.c.pool_pk == pool.pk,
+                nodes.c.state == NodeState.PREEMPTED.value,
+                nodes.c.state_transition_time < now - PREEMPTED_SHOWN_SECONDS,
+            )
+        )
+
+    # -- what providers report -------------------------------------------------------------
+
+    def _on_provider_report(self, conn: Any, event: ProviderEvent, now: float) -> None:
+        """A provider lost a node's machine or had it preempted: its tasks run elsewhere.
+
+        Either way the node's running tasks are requeued (``requeueCount`` + 1, ``retryCount``
+        unchanged), the provider is asked to release the node once, and the pool's next pass
+        places a replacement. A lost node leaves the pool; a preempted one stays listed as
+        ``preempted`` for ``PREEMPTED_SHOWN_SECONDS``.
+        """
+        rt = next((r for r in self._nodes.values() if r.node_id == event.node_id), None)
+        if rt is None:
+            log.debug("provider event for a node this engine does not hold: %s", event)
+            return
+        log.warning("node %s %s: %s", rt.node_id, event.kind, event.message)
+        in_flight = lifecycle.running_task_rows(conn, rt.pk)
+        lifecycle.requeue_tasks(conn, in_flight, now)
+        if event.kind == "preempted":
+            self._preempted(conn, rt, event, now)
+        else:
+            self._carry_out(conn, rt, "remove", now)
+
+    def _preempted(self, conn: Any, rt: NodeRuntime, event: ProviderEvent, now: float) -> None:
+        self._disconnect(rt, kill=True)
+        rt.held.clear()
+        self._drop_node_work(conn, rt, now)
+        rt.leaving = True
+        self._set_state(
+            conn,
+            rt,
+            NodeState.PREEMPTED,
+            now,
+            leaving=True,
+            pending_op=None,
+            pending_option=None,
+            running_tasks=0,
+            running_slots=0,
+            errors=[{"code": event.code, "message": event.message}],
+        )
+        self._nodes.pop(rt.pk, None)
+        pool = self._pools.get(rt.pool_pk)
+        if pool is not None:
+            self._release(rt.account, node_source_of(pool.spec), rt.ref(), "preempted")
+        self._next_lease = 0.0  # type: ignore[attr-defined]  # place the replacement
+
+    def _drop_node_work(self, conn: Any, rt: NodeRuntime, now: float) -> None:
+        """The node's disk is gone or emptied: its jobs' preparation and its kept files too."""
+        self._forget_node_jobs(conn, rt.pk, reimage=True, now=now)  # type: ignore[attr-defined]
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.files_node_pk == rt.pk)
+            .values(files_node_pk=None, retention_deadline=None)
+        )
 
     def _provider(self, pool: Any) -> NodeProvider | None:
         """The pool's provider (None when its node source is not there).
@@ -354,6 +443,7 @@ class NodeMixin:
         for rt in [r for r in self._nodes.values() if r.pool_pk == pool.pk]:
             self._disconnect(rt, kill=True)
         self._detach_pool(pool.pk)  # type: ignore[attr-defined]
+        self._short.pop(pool.pk, None)
         from prefect_batch.service.pools import PoolOperations
 
         ops = PoolOperations(self.store, pool.account, clock=self.clock)
@@ -749,10 +839,9 @@ class NodeMixin:
             if in_flight:
                 continue  # terminate: kills are on their way; taskcompletion: let them finish
             if r.pending_option == "retaineddata":
-                # Wait until the retained files are actually deleted, not just until their
-                # deadline passed: ``_retention`` clears ``retention_deadline`` when it sends the
-                # deletion. (Fix: with ``> now`` the node could be rebooted between the deadline
-                # and the deletion, and the deletion, sent to a dead agent, was lost for good.)
+                # Wait until the retained files are deleted, not just until their deadline
+                # passed: ``_retention`` clears ``retention_deadline`` when it sends the
+                # deletion, which must reach a live agent.
                 kept = conn.execute(
                     select(func.count())
                     .select_from(tasks)
@@ -770,9 +859,8 @@ class NodeMixin:
         now: float,
         sends: dict[int, list[dict[str, Any]]] | None = None,
     ) -> None:
-        # Deliver what this step queued for the node (a retention deletion, ...) before its agent
-        # is killed. (Fix: sends go out after the transaction, when the connection is already
-        # gone, so they were dropped - a retaineddata reboot left the task files behind.)
+        # Deliver what this step queued for the node (a retention deletion, ...) now: the
+        # step's sends go out after its transaction, when this agent is already gone.
         pending = sends.pop(rt.pk, None) if sends is not None else None
         if pending and rt.connection is not None:
             try:
@@ -783,12 +871,7 @@ class NodeMixin:
         rt.held.clear()
         if op == "remove":
             self._set_state(conn, rt, NodeState.LEAVING_POOL, now)
-            self._forget_node_jobs(conn, rt.pk, reimage=True, now=now)  # type: ignore[attr-defined]
-            conn.execute(
-                update(tasks)
-                .where(tasks.c.files_node_pk == rt.pk)
-                .values(files_node_pk=None, retention_deadline=None)
-            )
+            self._drop_node_work(conn, rt, now)
             conn.execute(delete(nodes).where(nodes.c.pk == rt.pk))
             self._nodes.pop(rt.pk, None)
             pool = self._pools.get(rt.pool_pk)
@@ -811,12 +894,7 @@ class NodeMixin:
         rt.boot_id += 1
         rt.pending_op = None
         if op == "reimage":
-            self._forget_node_jobs(conn, rt.pk, reimage=True, now=now)  # type: ignore[attr-defined]
-            conn.execute(
-                update(tasks)
-                .where(tasks.c.files_node_pk == rt.pk)
-                .values(files_node_pk=None, retention_deadline=None)
-            )
+            self._drop_node_work(conn, rt, now)
             rt.wipe = True  # through the next agent, before it says hello
         rt.restart_at = now  # the agent comes back at the next reconcile, start task and all
         self._next_lease = 0.0  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, insert, select, update
 from prefect_batch.core.commandline import split_command_line, validate_environment
 from prefect_batch.core.ids import validate_id
 from prefect_batch.core.staging import validate_resource_files
-from prefect_batch.core.states import AllocationState, PoolState
+from prefect_batch.core.states import AllocationState, NodeState, PoolState
 from prefect_batch.exceptions import (
     BatchConflictError,
     BatchInvalidRequestError,
@@ -453,7 +453,8 @@ class PoolOperations(ServiceBase):
             conn.execute(delete(pools).where(pools.c.pk == pool_pk))
         if pool is None:
             return []
-        refs = [node_ref(n, pool.id) for n in node_rows]
+        # A preempted node was released when it was preempted.
+        refs = [node_ref(n, pool.id) for n in node_rows if n.state != NodeState.PREEMPTED.value]
         sku = node_source_of(pool.spec)
         directory = directory_of(self.store)
         if release and refs and directory.traits(sku).same_machine:

@@ -20,7 +20,12 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from prefect_batch.exceptions import AgentError
-from prefect_batch.providers.contract import NodeProvider, NodeRef, ProviderTraits
+from prefect_batch.providers.contract import (
+    NodeProvider,
+    NodeRef,
+    ProviderTraits,
+    ReportCallback,
+)
 from prefect_batch.providers.kinds import BuildContext, ProviderKind, kind_of_sku, sku_traits
 from prefect_batch.store.schema import node_sources, nodes, provider_records
 
@@ -140,13 +145,30 @@ class ProviderDirectory:
     Args:
         store: The store holding the registered node sources.
         own: Providers the engine brings, by ``nodeAgentSKUId`` (``batch.node.local``).
+        report: Where every provider here reports the losses and preemptions it finds
+            (:meth:`~prefect_batch.providers.contract.NodeProvider.watch`); None for a
+            directory that only reads files.
     """
 
-    def __init__(self, store: Any, own: Mapping[str, NodeProvider] | None = None) -> None:
+    def __init__(
+        self,
+        store: Any,
+        own: Mapping[str, NodeProvider] | None = None,
+        *,
+        report: ReportCallback | None = None,
+    ) -> None:
         self.store = store
         self.own = dict(own or {})
+        self._report = report
         self._lock = threading.Lock()
         self._built: dict[tuple[str, str], tuple[int, NodeProvider]] = {}
+        for provider in self.own.values():
+            self._watch(provider)
+
+    def _watch(self, provider: NodeProvider) -> NodeProvider:
+        if self._report is not None:
+            provider.watch(self._report)
+        return provider
 
     def traits(self, sku: str) -> ProviderTraits:
         """What nodes of this node source are like (default traits for an unknown one)."""
@@ -189,7 +211,7 @@ class ProviderDirectory:
             records=StoreRecords(self.store, account, sku),
             resolve_secret=resolve_secret,
         )
-        built = kind.build(sku, row.spec, context)
+        built = self._watch(kind.build(sku, row.spec, context))
         with self._lock:
             old = self._built.get(key)
             self._built[key] = (row.version, built)
@@ -207,7 +229,7 @@ class ProviderDirectory:
                     records=StoreRecords(self.store, account, sku),
                     resolve_secret=resolve_secret,
                 )
-                cached = self._built[key] = (0, kind.build(sku, {}, context))
+                cached = self._built[key] = (0, self._watch(kind.build(sku, {}, context)))
             return cached[1]
 
     def close(self) -> None:
