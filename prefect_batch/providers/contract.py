@@ -228,13 +228,22 @@ class NodeProvider(ABC):
         self._report: ReportCallback | None = None
 
     @abstractmethod
-    def place(self, pool: PoolRef, node_ids: Sequence[str], in_use: Collection[str]) -> Placement:
+    def place(
+        self,
+        pool: PoolRef,
+        node_ids: Sequence[str],
+        in_use: Collection[str],
+        *,
+        dedicated: bool = True,
+    ) -> Placement:
         """Place new nodes of ``pool``; called on the engine thread, so no blocking I/O.
 
         Args:
             pool: The pool.
             node_ids: Ids of the nodes wanted, in order; the placement covers a prefix of them.
             in_use: Machine ids the account's nodes hold now (and ones still being emptied).
+            dedicated: False for low-priority (spot) nodes; asked only of a provider whose
+                traits have ``low_priority``.
         """
 
     @abstractmethod

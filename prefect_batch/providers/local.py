@@ -128,7 +128,14 @@ class LocalNodeSource(NodeProvider):
 
     # -- the provider contract ---------------------------------------------------------------
 
-    def place(self, pool: PoolRef, node_ids: Sequence[str], in_use: Collection[str]) -> Placement:
+    def place(
+        self,
+        pool: PoolRef,
+        node_ids: Sequence[str],
+        in_use: Collection[str],
+        *,
+        dedicated: bool = True,
+    ) -> Placement:
         """Every node asked for, each in its own directory under the service's node root."""
         return Placement([NodeSlot(node_id=n) for n in node_ids])
 

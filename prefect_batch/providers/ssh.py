@@ -275,7 +275,14 @@ class SSHNodeSource(NodeProvider):
 
     # -- the provider contract ---------------------------------------------------------------
 
-    def place(self, pool: PoolRef, node_ids: Sequence[str], in_use: Collection[str]) -> Placement:
+    def place(
+        self,
+        pool: PoolRef,
+        node_ids: Sequence[str],
+        in_use: Collection[str],
+        *,
+        dedicated: bool = True,
+    ) -> Placement:
         """A free host for each node, in the group's order; AllocationFailed for the rest."""
         taken = set(in_use)
         free = [h for h in self.group.hosts if h.id not in taken]

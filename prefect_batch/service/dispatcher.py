@@ -107,14 +107,16 @@ NODE_RUNNING = (
 )
 
 
-def base_environment(account: str, base_url: str, pool_id: str, node_id: str) -> dict[str, str]:
+def base_environment(
+    account: str, base_url: str, pool_id: str, node_id: str, *, dedicated: bool = True
+) -> dict[str, str]:
     """The ``AZ_BATCH_*`` variables every task on a node gets (the agent adds the paths)."""
     return {
         "AZ_BATCH_ACCOUNT_NAME": account,
         "AZ_BATCH_ACCOUNT_URL": base_url,
         "AZ_BATCH_POOL_ID": pool_id,
         "AZ_BATCH_NODE_ID": node_id,
-        "AZ_BATCH_NODE_IS_DEDICATED": "true",
+        "AZ_BATCH_NODE_IS_DEDICATED": "true" if dedicated else "false",
     }
 
 
@@ -329,7 +331,9 @@ class DispatchMixin:
             # The job manager may add tasks through the Python client from its node.
             env.update(self._job_manager_credentials(conn, pool.account, r.job_id, base_url))
             unreachable = self._store_unreachable_from(rt)
-        env.update(base_environment(pool.account, base_url, pool.id, rt.node_id))
+        env.update(
+            base_environment(pool.account, base_url, pool.id, rt.node_id, dedicated=rt.dedicated)
+        )
         env["AZ_BATCH_JOB_ID"] = r.job_id
         env["AZ_BATCH_TASK_ID"] = r.id
         prep = job_spec.get("jobPreparationTask")

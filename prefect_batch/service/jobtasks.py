@@ -209,7 +209,9 @@ class JobTasksMixin:
             job_spec.get("commonEnvironmentSettings"), prep.get("environmentSettings")
         )
         base_url = self.account_urls.get(pool.account, "embedded://local")
-        env.update(base_environment(pool.account, base_url, pool.id, rt.node_id))
+        env.update(
+            base_environment(pool.account, base_url, pool.id, rt.node_id, dedicated=rt.dedicated)
+        )
         env.update(AZ_BATCH_JOB_ID=job_id, AZ_BATCH_TASK_ID=pid)
         sends[rt.pk].append(
             {
@@ -311,7 +313,9 @@ class JobTasksMixin:
                 release.get("environmentSettings"),
             )
             base_url = self.account_urls.get(r.account, "embedded://local")
-            env.update(base_environment(r.account, base_url, r.pool_id, rt.node_id))
+            env.update(
+                base_environment(r.account, base_url, r.pool_id, rt.node_id, dedicated=rt.dedicated)
+            )
             env.update(AZ_BATCH_JOB_ID=r.job_id, AZ_BATCH_TASK_ID=rid)
             wall = seconds(release.get("maxWallClockTime")) or RELEASE_MAX_SECONDS
             sends[rt.pk].append(

@@ -157,6 +157,10 @@ class NodeRuntime:
         )
 
 
+def _is_dedicated(row: Any) -> bool:
+    return row.dedicated is not False
+
+
 class NodeMixin:
     """Node lifecycle for the engine, for every kind of provider."""
 
@@ -170,7 +174,7 @@ class NodeMixin:
     _nodes: dict[int, NodeRuntime]
     _pools: dict[int, Any]
     _short: dict[int, float]
-    """Pool -> the resize (its allocation state's time) whose placement came up short."""
+    """Pool -> when its placement last came up short; a later resize asks again."""
 
     # -- state -----------------------------------------------------------------------------
 
@@ -233,17 +237,26 @@ class NodeMixin:
         with self.store.begin() as conn:
             self._forget_preempted(conn, pool, now)
             rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool.pk)).all()
-            live = [r for r in rows if not r.leaving]
-            missing = pool.target_dedicated - len(live)
-            if self._short.get(pool.pk) == pool.allocation_state_transition_time:
-                # This resize already came up short: wait for the next resize or evaluation
-                # rather than asking the provider again on every pass.
-                missing = min(missing, 0)
-            grow, short = self._allowed_growth(conn, pool, missing)
-            slots, not_placed = self._place_nodes(conn, pool, grow)
-            short = not_placed or short
+            targets = self._targets(pool, traits)
+            live = {
+                dedicated: [r for r in rows if not r.leaving and _is_dedicated(r) == dedicated]
+                for dedicated in targets
+            }
+            # A resize whose placement already came up short waits for the next resize or
+            # evaluation rather than asking the provider again on every pass.
+            blocked = pool.allocation_state_transition_time <= self._short.get(pool.pk, -1.0)
+            slots: list[Any] = []
+            short = None
+            for dedicated, target in targets.items():
+                missing = target - len(live[dedicated])
+                if blocked:
+                    missing = min(missing, 0)
+                grow, capped = self._allowed_growth(conn, pool, missing, dedicated=dedicated)
+                placed, not_placed = self._place_nodes(conn, pool, grow, dedicated=dedicated)
+                slots += placed
+                short = short or not_placed or capped
             if short is not None:
-                self._short[pool.pk] = pool.allocation_state_transition_time
+                self._short[pool.pk] = now  # (the pool turns steady at ``now`` below)
             fresh = set()
             for slot in slots:
                 conn.execute(
@@ -271,12 +284,18 @@ class NodeMixin:
                 )
                 if traits.wipe_fresh_nodes:
                     fresh.add(slot.node_id)  # the machine may hold an earlier node's files
-            if missing < 0:
-                self._shrink(conn, pool, live, -missing)
+            for dedicated, target in targets.items():
+                if len(live[dedicated]) > target:
+                    self._shrink(conn, pool, live[dedicated], len(live[dedicated]) - target)
             rows = conn.execute(select(nodes).where(nodes.c.pool_pk == pool.pk)).all()
-            live_count = sum(1 for r in rows if not r.leaving)
             if pool.allocation_state == AllocationState.RESIZING.value:
-                done = live_count == pool.target_dedicated and not any(r.leaving for r in rows)
+                counts = {d: 0 for d in targets}
+                for r in rows:
+                    if not r.leaving:
+                        counts[_is_dedicated(r)] = counts.get(_is_dedicated(r), 0) + 1
+                done = counts == targets and not any(
+                    r.leaving and r.state != NodeState.PREEMPTED.value for r in rows
+                )
                 timed_out = now - pool.allocation_state_transition_time > (
                     pool.resize_timeout_seconds or 900.0
                 )
@@ -316,7 +335,7 @@ class NodeMixin:
                 pool_id=pool.id,
                 machine_id=r.host_id,
                 address=r.ip_address,
-                dedicated=bool(r.dedicated),
+                dedicated=_is_dedicated(r),
                 traits=traits,
                 wipe=r.node_id in fresh,
             )
@@ -330,6 +349,11 @@ class NodeMixin:
                 and now >= rt.restart_at
             ):
                 self._connect(rt, pool, now)
+
+    def _targets(self, pool: Any, traits: ProviderTraits) -> dict[bool, int]:
+        """Nodes wanted by market (True: dedicated, False: low-priority)."""
+        low = (pool.target_low_priority or 0) if traits.low_priority else 0
+        return {True: pool.target_dedicated, False: low}
 
     def _forget_preempted(self, conn: Any, pool: Any, now: float) -> None:
         """Delete the rows of the pool's preempted nodes once they have been shown long enough."""
@@ -404,9 +428,9 @@ class NodeMixin:
         return self.providers.get(pool.account, node_source_of(pool.spec))
 
     def _place_nodes(
-        self, conn: Any, pool: Any, count: int
+        self, conn: Any, pool: Any, count: int, *, dedicated: bool = True
     ) -> tuple[list[Any], dict[str, Any] | None]:
-        """Where ``count`` new nodes go, by the pool's provider.
+        """Where ``count`` new (dedicated or low-priority) nodes go, by the pool's provider.
 
         Returns the slots placed and, when the provider placed fewer, the pool's resize error;
         the pool then keeps the nodes it got.
@@ -434,6 +458,7 @@ class NodeMixin:
             ),
             [new_node_id() for _ in range(count)],
             in_use,
+            dedicated=dedicated,
         )
         error = placement.error.wire() if placement.error is not None else None
         return list(placement.slots), error
@@ -462,7 +487,7 @@ class NodeMixin:
             self.starts.release(provider, f"{why}-{ref.node_id}", ref)
 
     def _allowed_growth(
-        self, conn: Any, pool: Any, missing: int
+        self, conn: Any, pool: Any, missing: int, *, dedicated: bool = True
     ) -> tuple[int, dict[str, str] | None]:
         """How many nodes to add now, within the quotas and the agent start rate.
 
@@ -477,6 +502,7 @@ class NodeMixin:
             pool.account,
             local=self.providers.traits(node_source_of(pool.spec)).local_node_limit,
             local_limit=self.local_node_limit,  # type: ignore[attr-defined]
+            dedicated=dedicated,
         )
         allowed = min(missing, room)
         grow = self.agent_starts.take(allowed)  # type: ignore[attr-defined]
@@ -739,7 +765,9 @@ class NodeMixin:
         conn.execute(update(nodes).where(nodes.c.pk == rt.pk).values(start_task_info=info))
         env = settings_env(start.get("environmentSettings"))
         base_url = self.account_urls.get(pool.account, "embedded://local")
-        env.update(base_environment(pool.account, base_url, pool.id, rt.node_id))
+        env.update(
+            base_environment(pool.account, base_url, pool.id, rt.node_id, dedicated=rt.dedicated)
+        )
         sends[rt.pk].append(
             {
                 "op": "run",

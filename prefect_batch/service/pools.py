@@ -32,7 +32,7 @@ from prefect_batch.models import (
     BatchSupportedImage,
 )
 from prefect_batch.providers.contract import NodeRef
-from prefect_batch.providers.kinds import KINDS
+from prefect_batch.providers.kinds import KINDS, sku_traits
 from prefect_batch.service.autopools import mark_pool_deleting
 from prefect_batch.service.autoscale import check_create_settings
 from prefect_batch.service.base import ServiceBase
@@ -85,6 +85,14 @@ def validate_start_task(start: dict[str, Any] | None) -> None:
     validate_resource_files(start.get("resourceFiles"), "startTask.resourceFiles")
 
 
+def check_low_priority(sku: str, count: int | None) -> None:
+    """Refuse low-priority nodes from a node source that has none."""
+    if count and not sku_traits(sku).low_priority:
+        raise invalid_property(
+            "targetLowPriorityNodes", count, f"the node source {sku} has no low-priority nodes"
+        )
+
+
 class PoolOperations(ServiceBase):
     """Pool and node operations of one account."""
 
@@ -108,28 +116,33 @@ class PoolOperations(ServiceBase):
                 .scalars()
                 .all()
             )
-            counts: dict[str, dict[str, int]] = defaultdict(dict)
-            for pool_id, state, n in conn.execute(
-                select(pools.c.id, nodes.c.state, func.count())
+            counts: dict[tuple[str, bool], dict[str, int]] = defaultdict(dict)
+            dedicated = nodes.c.dedicated.is_not(False)
+            for pool_id, is_dedicated, state, n in conn.execute(
+                select(pools.c.id, dedicated, nodes.c.state, func.count())
                 .join(pools, pools.c.pk == nodes.c.pool_pk)
                 .where(pools.c.account == self.account)
-                .group_by(pools.c.id, nodes.c.state)
+                .group_by(pools.c.id, dedicated, nodes.c.state)
             ).all():
-                counts[pool_id][state] = n
+                counts[(pool_id, bool(is_dedicated))][state] = n
         # Node states are lower-case on the wire ("waitingforstarttask"); the counts' names are
         # camelCase ("waitingForStartTask").
         names = {
             (f.alias or n).lower(): f.alias or n for n, f in BatchNodeCounts.model_fields.items()
         }
+
+        def of(found: dict[str, int]) -> dict[str, int]:
+            return {
+                **{names.get(st, st): n for st, n in found.items()},
+                "total": sum(found.values()),
+            }
+
         return [
             BatchPoolNodeCounts.model_validate(
                 {
                     "poolId": pid,
-                    "dedicated": {
-                        **{names.get(st, st): n for st, n in counts[pid].items()},
-                        "total": sum(counts[pid].values()),
-                    },
-                    "lowPriority": {"total": 0},
+                    "dedicated": of(counts[(pid, True)]),
+                    "lowPriority": of(counts[(pid, False)]),
                 }
             )
             for pid in pool_ids
@@ -169,11 +182,9 @@ class PoolOperations(ServiceBase):
         interval = check_create_settings(spec)
         if interval is not None:
             spec["autoScaleEvaluationInterval"] = iso_duration(interval)
-        self._check_node_source(conn, node_source_of(spec))
-        if spec.get("targetLowPriorityNodes"):
-            raise invalid_property(
-                "targetLowPriorityNodes", spec["targetLowPriorityNodes"], "local nodes have no spot"
-            )
+        sku = node_source_of(spec)
+        self._check_node_source(conn, sku)
+        check_low_priority(sku, spec.get("targetLowPriorityNodes"))
         slots = spec.get("taskSlotsPerNode") or 1
         if slots > MAX_SLOTS_PER_NODE:
             raise invalid_property("taskSlotsPerNode", slots, f"at most {MAX_SLOTS_PER_NODE}")
@@ -184,6 +195,7 @@ class PoolOperations(ServiceBase):
             "spec": spec,
             "vm_size": spec["vmSize"],
             "target_dedicated": spec.get("targetDedicatedNodes") or 0,
+            "target_low_priority": spec.get("targetLowPriorityNodes") or 0,
             "task_slots_per_node": slots,
             "fill_type": fill,
             "resize_timeout_seconds": timeout if timeout is not None else 900.0,
@@ -194,7 +206,7 @@ class PoolOperations(ServiceBase):
         """Add a pool row from :meth:`check_pool_spec`'s values (its id known to be free)."""
         values = dict(checked)
         autoscale = values.pop("autoscale")
-        target = values["target_dedicated"]
+        target = values["target_dedicated"] + values["target_low_priority"]
         conn.execute(
             insert(pools).values(
                 account=self.account,
@@ -209,7 +221,6 @@ class PoolOperations(ServiceBase):
                 creation_time=now,
                 last_modified=now,
                 version=1,
-                target_low_priority=0,
                 deallocation_option="requeue",
                 auto_scale_next=now if autoscale else None,
                 **values,
@@ -253,12 +264,16 @@ class PoolOperations(ServiceBase):
             ]
 
     @staticmethod
-    def _count(conn: Any, row: Any) -> int:
-        return conn.execute(
-            select(func.count())
-            .select_from(nodes)
-            .where(nodes.c.pool_pk == row.pk, nodes.c.leaving.is_(False))
-        ).scalar_one()
+    def _count(conn: Any, row: Any) -> tuple[int, int]:
+        """(dedicated, low-priority) nodes of the pool not leaving it."""
+        counts = dict(
+            conn.execute(
+                select(nodes.c.dedicated.is_not(False), func.count())
+                .where(nodes.c.pool_pk == row.pk, nodes.c.leaving.is_(False))
+                .group_by(nodes.c.dedicated.is_not(False))
+            ).all()
+        )
+        return counts.get(True, 0), counts.get(False, 0)
 
     def update_pool(self, pool_id: str, update_options: BatchPoolUpdateOptions | dict) -> None:
         """PATCH a pool: given properties replace, omitted ones stay (start task, metadata)."""
@@ -303,7 +318,7 @@ class PoolOperations(ServiceBase):
         self, conn: Any, row: Any, spec: dict[str, Any], patch: dict[str, Any], keys: list[str]
     ) -> dict[str, Any]:
         """Apply PATCH properties that shape the nodes: only while the pool has none (Azure)."""
-        if self._count(conn, row) or row.target_dedicated:
+        if any(self._count(conn, row)) or row.target_dedicated or row.target_low_priority:
             raise BatchConflictError(
                 "OperationInvalidForCurrentState",
                 f"{keys[0]} can be changed only while the pool has no nodes (resize it to 0)",
@@ -354,13 +369,10 @@ class PoolOperations(ServiceBase):
     def resize_pool(self, pool_id: str, resize: BatchPoolResizeOptions | dict) -> None:
         """Ask for a new node count; nodes come and go as the engine gets to it."""
         opts = self.parse(BatchPoolResizeOptions, resize)
-        if opts.target_low_priority_nodes:
-            raise invalid_property(
-                "targetLowPriorityNodes", opts.target_low_priority_nodes, "local nodes have no spot"
-            )
         now = self.clock()
         with self.store.begin() as conn:
             row = self._pool_row(conn, pool_id)
+            check_low_priority(node_source_of(row.spec), opts.target_low_priority_nodes)
             self._check_mutable(row)
             if row.spec.get("enableAutoScale"):
                 raise BatchConflictError(
@@ -374,6 +386,7 @@ class PoolOperations(ServiceBase):
                 )
             values: dict[str, Any] = {
                 "target_dedicated": opts.target_dedicated_nodes or 0,
+                "target_low_priority": opts.target_low_priority_nodes or 0,
                 "allocation_state": AllocationState.RESIZING.value,
                 "allocation_state_transition_time": now,
                 "last_modified": now,
@@ -400,12 +413,13 @@ class PoolOperations(ServiceBase):
                     "OperationInvalidForCurrentState",
                     "The formula sizes this pool; disable autoscale to stop its resize.",
                 )
-            current = self._count(conn, row)
+            dedicated, low_priority = self._count(conn, row)
             conn.execute(
                 update(pools)
                 .where(pools.c.pk == row.pk)
                 .values(
-                    target_dedicated=current,
+                    target_dedicated=dedicated,
+                    target_low_priority=low_priority,
                     allocation_state=AllocationState.STEADY.value,
                     allocation_state_transition_time=now,
                     last_modified=now,

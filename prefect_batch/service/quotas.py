@@ -132,19 +132,21 @@ def set_quota(
     return new
 
 
-def held_nodes(conn: Any, account: str) -> int:
-    """The account's nodes over all its pools, leaving ones not counted."""
+def held_nodes(conn: Any, account: str, *, dedicated: bool = True) -> int:
+    """The account's dedicated (or low-priority) nodes over all its pools, leaving ones not
+    counted."""
+    market = nodes.c.dedicated.is_not(False) if dedicated else nodes.c.dedicated.is_(False)
     return int(
         conn.execute(
             select(func.count())
             .select_from(nodes)
-            .where(nodes.c.account == account, nodes.c.leaving.is_(False))
+            .where(nodes.c.account == account, nodes.c.leaving.is_(False), market)
         ).scalar_one()
     )
 
 
 def node_room(
-    conn: Any, account: str, *, local: bool, local_limit: int
+    conn: Any, account: str, *, local: bool, local_limit: int, dedicated: bool = True
 ) -> tuple[int, dict[str, str] | None]:
     """How many more nodes the account may get now, and the resize error when that is the cap.
 
@@ -152,12 +154,13 @@ def node_room(
     for a local pool, every account's local nodes (this machine's limit).
     """
     quota = read_quota(conn, account)
-    held = held_nodes(conn, account)
-    room = quota.dedicated_nodes - held
+    held = held_nodes(conn, account, dedicated=dedicated)
+    limit = quota.dedicated_nodes if dedicated else quota.low_priority_nodes
+    room = limit - held
     error = {
-        "code": "AccountCoreQuotaReached",
-        "message": f"The account's dedicated node quota ({quota.dedicated_nodes}) is reached: "
-        f"it holds {held} node(s); the pool keeps the nodes it got "
+        "code": "AccountCoreQuotaReached" if dedicated else "AccountLowPriorityCoreQuotaReached",
+        "message": f"The account's {'dedicated' if dedicated else 'low-priority'} node quota "
+        f"({limit}) is reached: it holds {held} node(s); the pool keeps the nodes it got "
         "(the operator raises it with `prefect-batch account set-quota`)",
     }
     if local:
@@ -218,4 +221,5 @@ class QuotaOperations(ServiceBase):
         with self.store.read() as conn:
             quota = read_quota(conn, self.account)
             held = held_nodes(conn, self.account)
-        return {**quota.to_wire(), "dedicatedNodes": held, "lowPriorityNodes": 0}
+            low = held_nodes(conn, self.account, dedicated=False)
+        return {**quota.to_wire(), "dedicatedNodes": held, "lowPriorityNodes": low}

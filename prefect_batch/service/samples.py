@@ -12,9 +12,9 @@ What a sample holds, for the jobs whose pool is this one:
   completed since the previous sample (absent from an engine's first sample of a pool made
   before the engine's first sample: it has no base to count from); and the ``...TaskSlots``
   extensions, the same tasks counted by ``requiredSlots``;
-* **node counts** -- ``$CurrentDedicatedNodes`` (nodes not leaving the pool),
-  ``$UsableNodeCount`` (of those, idle or running), ``$CurrentLowPriorityNodes`` and
-  ``$PreemptedNodeCount`` (0: no node source has Spot nodes);
+* **node counts** -- ``$CurrentDedicatedNodes`` and ``$CurrentLowPriorityNodes`` (nodes of
+  each kind not leaving the pool), ``$UsableNodeCount`` (of those, idle or running) and
+  ``$PreemptedNodeCount`` (nodes listed as ``preempted``);
 * **node metrics** -- from the agents' answers to the ``metrics`` request sent at the previous
   sample: ``$CPUPercent`` (0-100), ``$MemoryBytes`` and ``$DiskBytes`` (bytes in use) as the
   mean over nodes; ``$DiskReadBytes``, ``$DiskWriteBytes``, ``$DiskReadOps``,
@@ -144,12 +144,17 @@ def node_counts(conn: Connection, pool_pks: Iterable[int]) -> dict[int, dict[str
     if not pks:
         return out
     rows = conn.execute(
-        select(nodes.c.pool_pk, nodes.c.state, func.count())
-        .where(nodes.c.pool_pk.in_(pks), nodes.c.leaving.is_(False))
-        .group_by(nodes.c.pool_pk, nodes.c.state)
+        select(nodes.c.pool_pk, nodes.c.state, nodes.c.dedicated, nodes.c.leaving, func.count())
+        .where(nodes.c.pool_pk.in_(pks))
+        .group_by(nodes.c.pool_pk, nodes.c.state, nodes.c.dedicated, nodes.c.leaving)
     ).all()
-    for pool_pk, state, n in rows:
-        out[pool_pk]["$CurrentDedicatedNodes"] += n
+    for pool_pk, state, dedicated, leaving, n in rows:
+        if state == "preempted":
+            out[pool_pk]["$PreemptedNodeCount"] += n
+        if leaving:
+            continue
+        current = "$CurrentLowPriorityNodes" if dedicated is False else "$CurrentDedicatedNodes"
+        out[pool_pk][current] += n
         if state in _USABLE:
             out[pool_pk]["$UsableNodeCount"] += n
     return out

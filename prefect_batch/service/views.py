@@ -24,7 +24,7 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def pool_view(row: Any, base_url: str, current_nodes: int) -> dict[str, Any]:
+def pool_view(row: Any, base_url: str, current_nodes: tuple[int, int]) -> dict[str, Any]:
     """The wire ``BatchPool`` of a pool row."""
     spec = dict(row.spec)
     out = dict(spec)
@@ -41,8 +41,8 @@ def pool_view(row: Any, base_url: str, current_nodes: int) -> dict[str, Any]:
             "allocationStateTransitionTime": iso(row.allocation_state_transition_time),
             "vmSize": row.vm_size,
             "resizeTimeout": iso_duration(row.resize_timeout_seconds),
-            "currentDedicatedNodes": current_nodes,
-            "currentLowPriorityNodes": 0,
+            "currentDedicatedNodes": current_nodes[0],
+            "currentLowPriorityNodes": current_nodes[1],
             "targetDedicatedNodes": row.target_dedicated,
             "targetLowPriorityNodes": row.target_low_priority,
             "enableAutoScale": bool(spec.get("enableAutoScale", False)),
@@ -79,7 +79,7 @@ def node_view(row: Any, pool_id: str, base_url: str) -> dict[str, Any]:
             "runningTasksCount": row.running_tasks,
             "runningTaskSlotsCount": row.running_slots,
             "totalTasksSucceeded": row.total_tasks_succeeded,
-            "isDedicated": True,
+            "isDedicated": row.dedicated is not False,
             "errors": row.errors or None,
             "nodeAgentInfo": (
                 {"version": info.get("agent_version"), "lastUpdateTime": iso(row.last_heartbeat)}

@@ -165,7 +165,14 @@ class DoubleProvider(NodeProvider):
         self._local = LocalNodeSource()
         self._closed = threading.Event()
 
-    def place(self, pool: PoolRef, node_ids: Sequence[str], in_use: Collection[str]) -> Placement:
+    def place(
+        self,
+        pool: PoolRef,
+        node_ids: Sequence[str],
+        in_use: Collection[str],
+        *,
+        dedicated: bool = True,
+    ) -> Placement:
         """A machine per node, within the capacity and the quota; the rest is a resize error."""
         cloud = self.cloud
         with cloud.lock:
@@ -180,7 +187,13 @@ class DoubleProvider(NodeProvider):
                 root = self.root / machine_id
                 cloud.machines[machine_id] = Machine(machine_id, node_id, root)
                 slots.append(
-                    NodeSlot(node_id, machine_id=machine_id, address="127.0.0.1", root=str(root))
+                    NodeSlot(
+                        node_id,
+                        machine_id=machine_id,
+                        address="127.0.0.1",
+                        root=str(root),
+                        dedicated=dedicated,
+                    )
                 )
         if count == len(node_ids):
             return Placement(slots)

@@ -39,12 +39,13 @@ def _source(client: BatchClient, tmp_path: Path, **spec: Any) -> tuple[str, Doub
     return name, cloud_of(client.account_name, name)
 
 
-def _pool(client: BatchClient, pool_id: str, source: str, nodes: int) -> None:
+def _pool(client: BatchClient, pool_id: str, source: str, nodes: int, low: int = 0) -> None:
     client.create_pool(
         {
             "id": pool_id,
             "vmSize": "double-1",
             "targetDedicatedNodes": nodes,
+            "targetLowPriorityNodes": low,
             "virtualMachineConfiguration": {
                 "imageReference": {"publisher": "prefect-batch", "offer": "double", "sku": source},
                 "nodeAgentSKUId": f"batch.node.double.{source}",
@@ -164,6 +165,12 @@ def _running_task(client: BatchClient, pool_id: str, gate: Path) -> tuple[str, s
     return f"{pool_id}-job", task.node_info.node_id
 
 
+def _requeued(client: BatchClient, job_id: str, task_id: str) -> Any:
+    task = client.get_task(job_id, task_id)
+    info = task.execution_info
+    return task if info is not None and info.requeue_count == 1 else None
+
+
 def test_a_machine_that_vanishes_loses_its_node_and_its_task_runs_again(
     client: BatchClient, tmp_path: Path
 ) -> None:
@@ -174,8 +181,7 @@ def test_a_machine_that_vanishes_loses_its_node_and_its_task_runs_again(
     job, first = _running_task(client, "vanish", gate)
     cloud.vanish(first)
     # Requeued at once (not after the 300 s unreachable grace) and run on a replacement.
-    task = wait_for_task(client, job, "t", ("active", "running"), timeout=30)
-    assert task.execution_info.requeue_count == 1
+    task = wait_until(lambda: _requeued(client, job, "t"), timeout=30, message="the task requeued")
     assert task.execution_info.retry_count == 0
     nodes = wait_for_nodes(client, "vanish", 1, timeout=60, states=("idle", "running"))
     assert nodes[0].id != first
@@ -192,7 +198,7 @@ def test_a_preempted_node_shows_preempted_and_its_task_is_not_charged_a_retry(
     client: BatchClient, tmp_path: Path
 ) -> None:
     name, cloud = _source(client, tmp_path)
-    _pool(client, "spot", name, 1)
+    _pool(client, "spot", name, 0, low=1)
     wait_for_nodes(client, "spot", 1, timeout=60)
     gate = tmp_path / "gate"
     job, first = _running_task(client, "spot", gate)
@@ -206,7 +212,9 @@ def test_a_preempted_node_shows_preempted_and_its_task_is_not_charged_a_retry(
     replacement = wait_until(replaced, timeout=60, message="preempted node and a replacement")
     preempted = client.get_node("spot", first)
     assert [e.code for e in preempted.errors or []] == ["NodePreempted"]
-    assert client.get_pool("spot").current_dedicated_nodes == 1
+    pool = client.get_pool("spot")
+    assert (pool.current_dedicated_nodes, pool.current_low_priority_nodes) == (0, 1)
+    assert replacement[0].is_dedicated is False
     gate.touch()
     task = wait_for_task(client, job, "t", timeout=60)
     assert task.execution_info.exit_code == 0
@@ -227,3 +235,59 @@ def test_removed_nodes_are_released_once(client: BatchClient, tmp_path: Path) ->
     wait_for_nodes(client, "shrink", 1, timeout=60)
     assert sum(cloud.releases.values()) == 2
     _delete_and_check_releases(client, "shrink", cloud)
+
+
+def test_low_priority_nodes_are_counted_apart_and_told_to_their_tasks(
+    client: BatchClient, tmp_path: Path
+) -> None:
+    name, cloud = _source(client, tmp_path)
+    _pool(client, "mixed", name, 1, low=2)
+    nodes = wait_for_nodes(client, "mixed", 3, timeout=60)
+    assert sorted(n.is_dedicated for n in nodes) == [False, False, True]
+    pool = client.get_pool("mixed")
+    assert (pool.current_dedicated_nodes, pool.current_low_priority_nodes) == (1, 2)
+    (counts,) = [c for c in client.list_pool_node_counts() if c.pool_id == "mixed"]
+    assert (counts.dedicated.total, counts.low_priority.total) == (1, 2)
+    assert counts.low_priority.idle == 2
+    assert client.get_account_quotas()["lowPriorityNodes"] == 2
+    client.create_job({"id": "mj", "poolInfo": {"poolId": "mixed"}})
+    client.create_tasks(
+        "mj",
+        [
+            {"id": f"t{i}", "commandLine": "/bin/sh -c 'echo $AZ_BATCH_NODE_IS_DEDICATED'"}
+            for i in range(6)
+        ],
+    )
+    told = {}
+    for i in range(6):
+        task = wait_for_task(client, "mj", f"t{i}", timeout=60)
+        told[task.node_info.node_id] = client.get_task_file("mj", f"t{i}", "stdout.txt").strip()
+    by_node = {n.id: n.is_dedicated for n in nodes}
+    assert all(text == (b"true" if by_node[node] else b"false") for node, text in told.items())
+    # The low-priority quota caps the low-priority nodes alone.
+    client.set_account_quota(low_priority_nodes=3)
+    client.resize_pool("mixed", {"targetDedicatedNodes": 2, "targetLowPriorityNodes": 5})
+    pool = wait_until(lambda: _steady(client, "mixed"), timeout=60, message="steady")
+    assert [e.code for e in pool.resize_errors or []] == ["AccountLowPriorityCoreQuotaReached"]
+    nodes = wait_for_nodes(client, "mixed", 5, timeout=60)
+    assert sorted(n.is_dedicated for n in nodes) == [False, False, False, True, True]
+    _delete_and_check_releases(client, "mixed", cloud)
+
+
+def test_low_priority_nodes_are_refused_for_a_source_without_them(client: BatchClient) -> None:
+    with pytest.raises(BatchInvalidRequestError) as err:
+        client.create_pool(
+            {
+                "id": "nolow",
+                "vmSize": "local",
+                "targetDedicatedNodes": 1,
+                "targetLowPriorityNodes": 1,
+            }
+        )
+    assert err.value.values["PropertyName"] == "targetLowPriorityNodes"
+    assert not client.pool_exists("nolow")
+    client.create_pool({"id": "nolow", "vmSize": "local", "targetDedicatedNodes": 0})
+    with pytest.raises(BatchInvalidRequestError) as err:
+        client.resize_pool("nolow", {"targetLowPriorityNodes": 2})
+    assert err.value.values["PropertyName"] == "targetLowPriorityNodes"
+    assert client.get_pool("nolow").allocation_state == "steady"
