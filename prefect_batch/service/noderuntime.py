@@ -53,6 +53,7 @@ from prefect_batch.service.dispatcher import (
     stage_request,
 )
 from prefect_batch.service.nodes import mark_in_flight
+from prefect_batch.service.pools import PoolOperations
 from prefect_batch.service.providers import ProviderDirectory, machines_in_use
 from prefect_batch.service.quotas import node_room
 from prefect_batch.store.schema import nodes, pools, tasks
@@ -354,8 +355,6 @@ class NodeMixin:
         for rt in [r for r in self._nodes.values() if r.pool_pk == pool.pk]:
             self._disconnect(rt, kill=True)
         self._detach_pool(pool.pk)  # type: ignore[attr-defined]
-        from prefect_batch.service.pools import PoolOperations
-
         ops = PoolOperations(self.store, pool.account, clock=self.clock)
         refs = ops.finish_pool_delete(pool.pk, release=False)
         for ref in refs:
