@@ -40,7 +40,8 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 def _module_level(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
     """The imports that run when the module is imported: at the top level and inside top-level
-    ``if``/``try``/``with`` blocks, but not in functions, classes or ``if TYPE_CHECKING:``."""
+    ``if``/``try``/``with`` blocks and class bodies, but not in functions or under
+    ``if TYPE_CHECKING:``."""
     for stmt in body:
         if isinstance(stmt, ast.Import | ast.ImportFrom):
             yield stmt
@@ -53,7 +54,7 @@ def _module_level(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]
                 yield from _module_level(block)
             for handler in stmt.handlers:
                 yield from _module_level(handler.body)
-        elif isinstance(stmt, ast.With):
+        elif isinstance(stmt, ast.With | ast.ClassDef):
             yield from _module_level(stmt.body)
 
 
@@ -94,7 +95,7 @@ def import_graph(sources: Mapping[str, tuple[str, bool]]) -> dict[str, set[str]]
                     if name in known and name != module:
                         edges.add(name)
         graph[module] = edges
-    # A module's own parent packages are loaded before it; they are not edges of a cycle.
+    # A module's parent packages are already being imported when it runs: no cycle through them.
     for module, edges in graph.items():
         edges.difference_update(
             ".".join(module.split(".")[:end]) for end in range(1, module.count(".") + 1)
@@ -144,9 +145,8 @@ def function_level_imports(source: str, filename: str) -> list[str]:
             else:
                 continue
             for name in names:
-                if node.__class__ is ast.ImportFrom and node.level:
-                    found.append(f"{filename}:{node.lineno}: imports {name}")
-                elif name.split(".")[0] == "prefect_batch":
+                # A relative import stays inside the package.
+                if name.startswith(".") or name.split(".")[0] == "prefect_batch":
                     found.append(f"{filename}:{node.lineno}: imports {name}")
     return sorted(set(found))
 
@@ -206,6 +206,7 @@ def _graph(**modules: str) -> dict[str, set[str]]:
             "p__b": "import p.a",
         },
         {"p__a": "if X:\n    import p.b", "p__b": "from .a import f"},
+        {"p__a": "class C:\n    from p.b import f", "p__b": "import p.a"},
     ],
 )
 def test_cycle_checker_flags(modules: dict[str, str]) -> None:
