@@ -40,7 +40,7 @@ from azure.batch import models  # noqa: E402
 from azure.core.credentials import AzureNamedKeyCredential  # noqa: E402
 
 from prefect_batch import BatchClient  # noqa: E402
-from prefect_batch.api.sharedkey import new_key  # noqa: E402
+from prefect_batch.core.sharedkey import new_key  # noqa: E402
 
 TRUE = shutil.which("true") or "/bin/true"
 ACCOUNT = "bench"

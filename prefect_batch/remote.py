@@ -3,7 +3,7 @@
 :class:`RemoteBatchService` has the method names, arguments, returns and errors of
 :class:`~prefect_batch.service.BatchService`, so :class:`~prefect_batch.BatchClient` (and so the
 CLI) works the same against a server as embedded. Every request is signed with SharedKey exactly
-as the azure-batch SDK signs it (``api/sharedkey.py``); lists follow ``odata.nextLink``; error
+as the azure-batch SDK signs it (``core/sharedkey.py``); lists follow ``odata.nextLink``; error
 answers become the same ``BatchServiceError`` subclasses the embedded service raises, with
 Azure's code, message and values.
 
@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
-from prefect_batch.api.sharedkey import authorization_header, decode_key, http_date
+from prefect_batch.core.sharedkey import authorization_header, decode_key, http_date
 from prefect_batch.exceptions import (
     BatchAuthenticationError,
     BatchConflictError,
@@ -203,7 +204,7 @@ class RemoteBatchService:
             raise _error(response)
 
     def _sign(self, request: httpx.Request) -> None:
-        request.headers["ocp-date"] = http_date()
+        request.headers["ocp-date"] = http_date(datetime.now(timezone.utc))
         if request.method not in ("GET", "HEAD") and "content-length" not in request.headers:
             request.headers["content-length"] = "0"
         path, _, query = request.url.raw_path.decode("ascii").partition("?")

@@ -3,9 +3,8 @@
 ``create_app(store, engine=None)`` builds the FastAPI application that ``prefect-batch server
 start`` serves; the official ``azure-batch`` SDK talks to it unchanged. Modules:
 
-* ``sharedkey`` — the SharedKey string to sign and signature (stdlib only; the HTTP client in
-  ``prefect_batch.remote`` signs with it too);
-* ``auth`` — verifying requests and keeping accounts apart;
+* ``auth`` — verifying requests (the SharedKey scheme itself is ``prefect_batch.core.sharedkey``,
+  which the HTTP client in ``prefect_batch.remote`` signs with too) and keeping accounts apart;
 * ``errors`` — the one mapping of errors to Azure's OData error body and HTTP status;
 * ``odata`` — ``$filter``, ``$select``, ``maxresults`` paging with ``odata.nextLink``;
 * ``context`` — what a route gets per request: the account's service, conditions, responses;

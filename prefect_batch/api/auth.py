@@ -1,7 +1,7 @@
 """SharedKey authentication of requests, and the account a request acts for.
 
 Every Batch route depends on :func:`authenticated`, which runs the app's :class:`Authenticator`:
-it rebuilds the string the client signed (``api/sharedkey.py``, exactly as the azure-batch SDK
+it rebuilds the string the client signed (``core/sharedkey.py``, exactly as the azure-batch SDK
 signs), computes the HMAC with each of the account's two keys and compares in constant time. It
 rejects, in this order:
 
@@ -36,7 +36,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 
 from prefect_batch.api.errors import authentication_failed, invalid_header, missing_header
-from prefect_batch.api.sharedkey import (
+from prefect_batch.core.sharedkey import (
     decode_key,
     derive_job_key,
     in_job_scope,

@@ -8,6 +8,7 @@ Modules, one concept each:
 * :mod:`~prefect_batch.core.completion` — retry or complete after a task attempt ends.
 * :mod:`~prefect_batch.core.dependencies` — task dependencies: checks and resolution.
 * :mod:`~prefect_batch.core.scheduler` — placing queued tasks on free node slots.
+* :mod:`~prefect_batch.core.sharedkey` — SharedKey signing, account keys and job keys.
 
 Nothing here does I/O, reads a clock, starts a thread or imports a service library
 (``tests/test_architecture.py`` enforces it). The I/O shell (``store/``, ``service/``, ``api/``,

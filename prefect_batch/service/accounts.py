@@ -18,7 +18,7 @@ from typing import Literal
 
 from sqlalchemy import delete, insert, select, update
 
-from prefect_batch.api.sharedkey import decode_key, new_key
+from prefect_batch.core.sharedkey import decode_key, new_key
 from prefect_batch.exceptions import BatchConflictError, BatchNotFoundError, invalid_property
 from prefect_batch.service.common import Clock, now
 from prefect_batch.service.quotas import AccountQuota, read_quota, set_quota

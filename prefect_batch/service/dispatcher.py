@@ -9,6 +9,7 @@ expressions costs more than running them.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import logging
 from collections import defaultdict
@@ -18,6 +19,7 @@ from sqlalchemy import bindparam, delete, select, update
 
 from prefect_batch.core.commandline import split_command_line
 from prefect_batch.core.scheduler import NodeSlots, QueuedTask, assign
+from prefect_batch.core.sharedkey import decode_key, derive_job_key, job_scoped_name
 from prefect_batch.core.states import NodeFillType, PoolState
 from prefect_batch.providers.storage import ObjectStorage, StagingError
 from prefect_batch.service import lifecycle
@@ -297,7 +299,7 @@ class DispatchMixin:
         """What a job manager needs to reach the service with the Python client.
 
         Behind a server: the server's URL and a key good for this job only (derived from the
-        account's primary key; see ``api/sharedkey.py``). Embedded: the store itself (there is no
+        account's primary key; see ``core/sharedkey.py``). Embedded: the store itself (there is no
         authentication boundary on one machine's SQLite file).
         """
         env = {"PREFECT_BATCH_ENGINE": "false"}
@@ -305,10 +307,6 @@ class DispatchMixin:
             env.update(self.job_manager_env)
             env["PREFECT_BATCH_ACCOUNT_NAME"] = account
             return env
-        import base64
-
-        from prefect_batch.api.sharedkey import decode_key, derive_job_key, job_scoped_name
-
         primary = conn.execute(select(accounts.c.key1).where(accounts.c.name == account)).scalar()
         if primary is None:
             return env

@@ -7,8 +7,8 @@ machines, and their files are listed, read and deleted through the node's agent
 followed, only regular files and directories are served (a FIFO never blocks a request), a
 file with several hard links only when all of them are inside the directory asked about, and
 task files stay inside the task's directory. Removing a
-directory on another machine is queued as a node command, which the agent of the engine that
-holds the node carries out.
+directory on another machine is queued as a node command (``rows.queue_dir_deletion``), which
+the agent of the engine that holds the node carries out.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from prefect_batch.exceptions import (
     BatchConflictError,
     BatchNotFoundError,
-    BatchServiceError,
 )
 from prefect_batch.models import BatchNodeFile
 from prefect_batch.providers.kinds import sku_traits
@@ -30,38 +29,10 @@ from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import node_source_of
 from prefect_batch.service.localfiles import LocalDir
 from prefect_batch.service.providers import node_ref
-from prefect_batch.store.schema import node_commands, nodes, pools
+from prefect_batch.service.tasks import TaskOperations
+from prefect_batch.store.schema import nodes, pools
 
-__all__ = ["FileOperations", "queue_dir_deletion"]
-
-
-def queue_dir_deletion(conn: Any, node_pk: int | None, rel_dir: str, now: float) -> None:
-    """Remove ``rel_dir`` under a node's root: at once on this machine, else through its agent.
-
-    A node on this machine has its directories removed now — a job deleted and created
-    again under the same id must not lose its new files to a deletion that ran late.
-    """
-    if node_pk is None:
-        return
-    row = conn.execute(
-        select(nodes.c.root_dir, pools.c.spec)
-        .join(pools, pools.c.pk == nodes.c.pool_pk)
-        .where(nodes.c.pk == node_pk)
-    ).one_or_none()
-    if row is None:
-        return
-    if sku_traits(node_source_of(row.spec)).same_machine:
-        if rel_dir.strip("/"):
-            try:
-                LocalDir(Path(row.root_dir)).delete(rel_dir, recursive=True)
-            except BatchServiceError:
-                pass  # gone already, or a task made it something else: nothing to keep
-        return
-    conn.execute(
-        insert(node_commands).values(
-            node_pk=node_pk, op={"op": "delete", "dir": rel_dir}, creation_time=now
-        )
-    )
+__all__ = ["FileOperations"]
 
 
 class FileOperations(ServiceBase):
@@ -70,8 +41,6 @@ class FileOperations(ServiceBase):
     # -- task files ------------------------------------------------------------------------
 
     def _task_dir(self, job_id: str, task_id: str) -> tuple[LocalDir | AgentDir, str, str]:
-        from prefect_batch.service.tasks import TaskOperations
-
         with self.store.read() as conn:
             job = self._job_row(conn, job_id)
             row = TaskOperations._task_row(self, conn, job, task_id)  # type: ignore[arg-type]

@@ -37,42 +37,20 @@ from prefect_batch.service.autopools import (
 )
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.common import refuse_unsupported, seconds
+from prefect_batch.service.pools import PoolOperations
+from prefect_batch.service.rows import queue_dir_deletion
 from prefect_batch.service.sealing import seal_settings
+from prefect_batch.service.tasks import TaskOperations
 from prefect_batch.service.views import job_view
 from prefect_batch.store.schema import job_nodes, job_schedules, jobs, pools, queue, tasks
 
-__all__ = ["JobOperations", "check_job_spec", "delete_job_rows", "disable_job_rows"]
+__all__ = ["JobOperations", "check_job_spec", "delete_job_rows"]
 
 IN_FLIGHT = lifecycle.IN_FLIGHT
 _UNSUPPORTED_SUB_PROPERTIES = (
     "containerSettings",
     "applicationPackageReferences",
 )
-
-
-def disable_job_rows(conn: Any, job: Any, option: str, now: float) -> None:
-    """Disable a job: dequeue its tasks; requeue or stop running ones per ``option``."""
-    conn.execute(delete(queue).where(queue.c.job_pk == job.pk))
-    if option in ("requeue", "terminate"):
-        conn.execute(
-            update(tasks)
-            .where(tasks.c.job_pk == job.pk, tasks.c.state.in_(IN_FLIGHT))
-            .values(kill_reason=option)
-        )
-    conn.execute(
-        update(jobs)
-        .where(jobs.c.pk == job.pk)
-        .values(
-            state=JobState.DISABLING.value,
-            previous_state=job.state,
-            previous_state_transition_time=job.state_transition_time,
-            state_transition_time=now,
-            last_modified=now,
-            version=jobs.c.version + 1,
-            disable_option=option,
-        )
-    )
-    lifecycle.finish_job_if_done(conn, job.pk, now)
 
 
 def delete_job_rows(conn: Any, row: Any, now: float) -> bool:
@@ -82,8 +60,6 @@ def delete_job_rows(conn: Any, row: Any, now: float) -> bool:
         Whether the job row is gone. While tasks of it still run it stays ``deleting``: their
         rows (and then the job's) go when their ends are reported.
     """
-    from prefect_batch.service.files import queue_dir_deletion
-
     conn.execute(delete(queue).where(queue.c.job_pk == row.pk))
     in_flight = conn.execute(
         select(tasks.c.pk).where(tasks.c.job_pk == row.pk, tasks.c.state.in_(IN_FLIGHT))
@@ -213,8 +189,6 @@ class JobOperations(ServiceBase):
         kept it from being created). A job whose pool could not be created is ``completed``
         with that error, and runs nothing.
         """
-        from prefect_batch.service.pools import PoolOperations
-
         constraints = spec.get("constraints") or {}
         wall = seconds(constraints.get("maxWallClockTime"))
         auto = auto_pool_of(spec)
@@ -256,8 +230,6 @@ class JobOperations(ServiceBase):
 
     def _add_job_manager(self, conn: Any, job_id: str, spec: dict[str, Any], now: float) -> None:
         """The job manager is the job's first task: queued at once, before the others."""
-        from prefect_batch.service.tasks import TaskOperations
-
         jm = dict(spec["jobManagerTask"])
         job = self._job_row(conn, job_id)
         if jm.get("runExclusive", True):
@@ -404,7 +376,7 @@ class JobOperations(ServiceBase):
                     f"The job cannot be disabled while it is {row.state}: {row.id}",
                     {"JobId": row.id, "JobState": row.state},
                 )
-            disable_job_rows(conn, row, option, now)
+            lifecycle.disable_job_rows(conn, row, option, now)
         self.wake()
 
     def enable_job(self, job_id: str) -> None:

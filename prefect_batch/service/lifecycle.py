@@ -1,5 +1,7 @@
 """Task and job lifecycle in the store: queueing, completion, requeue, dependencies, job end.
 
+Disabling and terminating a job are here too, since a task's exit options can do either.
+
 These functions run inside a write transaction (``conn``) and work on batches, because the
 engine applies many task results per transaction. The decisions themselves (retry or not, which
 exit options apply, legal state edges) come from the pure ``core``; this module turns them into
@@ -31,11 +33,13 @@ __all__ = [
     "JobDelta",
     "Attempt",
     "complete_attempts",
+    "disable_job_rows",
     "enqueue_job_tasks",
     "enqueue_tasks",
     "finish_job_if_done",
     "pool_key",
     "requeue_tasks",
+    "running_task_rows",
     "terminate_job",
 ]
 
@@ -399,8 +403,6 @@ def complete_attempts(
         if action == JobAction.TERMINATE:
             terminate_job(conn, job, "TaskFailed", now)
         elif action == JobAction.DISABLE:
-            from prefect_batch.service.jobs import disable_job_rows
-
             disable_job_rows(conn, job, "requeue", now)
     for job_pk in job_manager_done:
         job = conn.execute(select(jobs).where(jobs.c.pk == job_pk)).one()
@@ -545,6 +547,31 @@ def terminate_job(conn: Connection, job: Any, reason: str, now: float) -> None:
             last_modified=now,
             version=jobs.c.version + 1,
             terminate_reason=reason,
+        )
+    )
+    finish_job_if_done(conn, job.pk, now)
+
+
+def disable_job_rows(conn: Connection, job: Any, option: str, now: float) -> None:
+    """Disable a job: dequeue its tasks; requeue or stop running ones per ``option``."""
+    conn.execute(delete(queue).where(queue.c.job_pk == job.pk))
+    if option in ("requeue", "terminate"):
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.job_pk == job.pk, tasks.c.state.in_(IN_FLIGHT))
+            .values(kill_reason=option)
+        )
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.pk == job.pk)
+        .values(
+            state=JobState.DISABLING.value,
+            previous_state=job.state,
+            previous_state_transition_time=job.state_transition_time,
+            state_transition_time=now,
+            last_modified=now,
+            version=jobs.c.version + 1,
+            disable_option=option,
         )
     )
     finish_job_if_done(conn, job.pk, now)

@@ -59,6 +59,7 @@ from prefect_batch.service.dispatcher import (
     stage_request,
 )
 from prefect_batch.service.nodes import mark_in_flight
+from prefect_batch.service.pools import PoolOperations
 from prefect_batch.service.providers import ProviderDirectory, machines_in_use
 from prefect_batch.service.quotas import node_room
 from prefect_batch.store.schema import nodes, pools, tasks
@@ -469,8 +470,6 @@ class NodeMixin:
             self._disconnect(rt, kill=True)
         self._detach_pool(pool.pk)  # type: ignore[attr-defined]
         self._short.pop(pool.pk, None)
-        from prefect_batch.service.pools import PoolOperations
-
         ops = PoolOperations(self.store, pool.account, clock=self.clock)
         refs = ops.finish_pool_delete(pool.pk, release=False)
         for ref in refs:

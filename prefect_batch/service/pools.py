@@ -43,6 +43,7 @@ from prefect_batch.service.common import (
     parse_duration,
     refuse_unsupported,
 )
+from prefect_batch.service.lifecycle import requeue_tasks, running_task_rows
 from prefect_batch.service.nodesources import pool_sku_is_known, registered_images
 from prefect_batch.service.providers import directory_of, node_ref
 from prefect_batch.service.samples import NODE_METRIC_NAMES
@@ -455,8 +456,6 @@ class PoolOperations(ServiceBase):
         instead. A node on another machine that no engine releases is emptied by the next
         node that takes the machine.
         """
-        from prefect_batch.service.lifecycle import requeue_tasks, running_task_rows
-
         now = self.clock()
         with self.store.begin() as conn:
             pool = conn.execute(select(pools).where(pools.c.pk == pool_pk)).one_or_none()

@@ -28,6 +28,7 @@ from prefect_batch.exceptions import (
 from prefect_batch.models import (
     BatchCreateTaskCollectionResult,
     BatchTask,
+    BatchTaskConstraints,
     BatchTaskCreateOptions,
     BatchTaskCreateResult,
 )
@@ -40,6 +41,7 @@ from prefect_batch.service.common import (
     refuse_unsupported,
     seconds,
 )
+from prefect_batch.service.rows import queue_dir_deletion
 from prefect_batch.service.sealing import seal_settings
 from prefect_batch.service.views import task_view
 from prefect_batch.store.schema import deps, nodes, pools, queue, tasks
@@ -542,8 +544,6 @@ class TaskOperations(ServiceBase):
             constraints = constraints.to_wire()
         if "constraints" in constraints:
             constraints = constraints["constraints"] or {}
-        from prefect_batch.models import BatchTaskConstraints
-
         c = self.parse(BatchTaskConstraints, constraints).to_wire()
         now = self.clock()
         with self.store.begin() as conn:
@@ -672,8 +672,6 @@ class TaskOperations(ServiceBase):
 
     def delete_task(self, job_id: str, task_id: str) -> None:
         """Delete a task and its files; a running one is killed first."""
-        from prefect_batch.service.files import queue_dir_deletion
-
         now = self.clock()
         with self.store.begin() as conn:
             job = self._job_row(conn, job_id)

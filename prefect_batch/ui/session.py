@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prefect_batch.api.auth import KeyRing
-from prefect_batch.api.sharedkey import decode_key
+from prefect_batch.core.sharedkey import decode_key
 
 __all__ = ["COOKIE_NAME", "DEFAULT_MAX_AGE_SECONDS", "Session", "Sessions"]
 

@@ -17,11 +17,16 @@ from azure.core.pipeline import PipelineContext, PipelineRequest
 from azure.core.rest import HttpRequest
 
 from prefect_batch.api.auth import KeyRing
-from prefect_batch.api.sharedkey import authorization_header, http_date, new_key
+from prefect_batch.core.sharedkey import authorization_header, http_date, new_key
 from prefect_batch.service.accounts import AccountOperations
 from tests.api.conftest import Server
 
 API = {"api-version": "2025-06-01"}
+
+
+def now_date() -> str:
+    """The ``ocp-date`` of a request sent now."""
+    return http_date(datetime.now(timezone.utc))
 
 
 def send(
@@ -40,7 +45,7 @@ def send(
     """One request signed like the SDK does (or not at all, with ``sign=False``)."""
     account = account or server.account.name
     key = key or server.account.primary
-    hdrs = {"ocp-date": http_date(date)}
+    hdrs = {"ocp-date": http_date(date or datetime.now(timezone.utc))}
     hdrs.update(headers or {})
     content = None
     if body is not None:
@@ -92,7 +97,7 @@ def error(response: httpx.Response) -> tuple[str, dict[str, str]]:
 )
 def test_signature_is_the_sdks(method: str, url: str, headers: dict[str, str], body: Any) -> None:
     key = new_key()
-    request = HttpRequest(method, url, headers={"ocp-date": http_date(), **headers}, json=body)
+    request = HttpRequest(method, url, headers={"ocp-date": now_date(), **headers}, json=body)
     BatchSharedKeyAuthPolicy(AzureNamedKeyCredential("acct", key)).on_request(
         PipelineRequest(request, PipelineContext(None))
     )
@@ -189,7 +194,7 @@ def test_date_inside_15_minutes(server: Server, minutes: int) -> None:
 def test_a_changed_query_breaks_the_signature(server: Server) -> None:
     with httpx.Client(base_url=server.url) as http:
         request = http.build_request(
-            "GET", "/pools", params={**API, "maxresults": "5"}, headers={"ocp-date": http_date()}
+            "GET", "/pools", params={**API, "maxresults": "5"}, headers={"ocp-date": now_date()}
         )
         raw_path, _, query = request.url.raw_path.decode().partition("?")
         auth = authorization_header(
@@ -207,7 +212,7 @@ def test_a_changed_query_breaks_the_signature(server: Server) -> None:
 
 def test_api_version_is_required_and_checked(server: Server) -> None:
     with httpx.Client(base_url=server.url) as http:
-        request = http.build_request("GET", "/pools", headers={"ocp-date": http_date()})
+        request = http.build_request("GET", "/pools", headers={"ocp-date": now_date()})
         raw_path, _, query = request.url.raw_path.decode().partition("?")
         request.headers["Authorization"] = authorization_header(
             "GET", raw_path, query, list(request.headers.items()), "acct", server.account.primary

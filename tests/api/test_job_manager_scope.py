@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from prefect_batch import BatchAuthenticationError, BatchClient
-from prefect_batch.api.sharedkey import decode_key, derive_job_key, job_scoped_name
+from prefect_batch.core.sharedkey import decode_key, derive_job_key, job_scoped_name
 from prefect_batch.testing import wait_until
 from tests.api.conftest import Server
 

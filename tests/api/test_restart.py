@@ -18,7 +18,7 @@ from azure.batch import BatchClient as SdkClient
 from azure.batch import models
 from azure.core.credentials import AzureNamedKeyCredential
 
-from prefect_batch.api.sharedkey import new_key
+from prefect_batch.core.sharedkey import new_key
 from prefect_batch.testing import gate_command
 from tests.api.conftest import database, free_port, wait_for
 

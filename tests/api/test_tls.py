@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from prefect_batch.api.sharedkey import new_key
+from prefect_batch.core.sharedkey import new_key
 from tests.api.conftest import free_port
 from tests.api.test_restart import ACCOUNT, server_process
 

@@ -14,7 +14,8 @@ a Content-Length signs ``0``; query parameters with an empty value are left out.
 ``base64(HMAC-SHA256(base64decode(key), utf8(string)))``.
 
 Both sides use this module: the server (``api/auth.py``) to verify, the HTTP client
-(``remote.py``) to sign. Standard library only; no I/O.
+(``remote.py``) to sign, the service to make account keys and job keys. Standard library only;
+no I/O and no clock: the caller passes the date it signs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
+import secrets
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -62,7 +63,7 @@ KEY_BYTES = 64
 
 def new_key() -> str:
     """A fresh random account key, base64 like Azure's (88 characters)."""
-    return base64.b64encode(os.urandom(KEY_BYTES)).decode("ascii")
+    return base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode("ascii")
 
 
 def decode_key(key: str) -> bytes:
@@ -80,9 +81,8 @@ def decode_key(key: str) -> bytes:
     return raw
 
 
-def http_date(when: datetime | None = None) -> str:
-    """An RFC 1123 date (``Tue, 24 Nov 2026 05:06:32 GMT``), now by default."""
-    when = when or datetime.now(timezone.utc)
+def http_date(when: datetime) -> str:
+    """``when`` as an RFC 1123 date (``Tue, 24 Nov 2026 05:06:32 GMT``)."""
     return format_datetime(when.astimezone(timezone.utc), usegmt=True)
 
 
