@@ -14,8 +14,10 @@ A kind's module defines:
 * ``validate_registration(body) -> dict`` — the spec to store (raises
   ``BatchInvalidRequestError`` naming the field);
 * ``supported_image(name, spec) -> dict`` — its ``list_supported_images`` entry;
-* ``machine_ids(spec) -> set[str]`` — the machines a spec names (to refuse dropping one in use);
-* ``files(spec) -> list[tuple[str, str]]`` — (field, path) of files on the service's machine;
+* ``machine_ids(spec) -> set[str]`` — the machines a spec names (to refuse dropping one in use;
+  none when the module has no such function);
+* ``files(spec) -> list[tuple[str, str]]`` — (field, path) of files on the service's machine
+  (none when the module has no such function);
 * ``build_provider(sku, spec, context) -> NodeProvider``.
 """
 
@@ -35,6 +37,7 @@ __all__ = [
     "LOCAL_NODE_AGENT_SKU",
     "BuildContext",
     "ProviderKind",
+    "image_entry",
     "kind_of_sku",
     "registered_kind",
     "registration",
@@ -111,12 +114,12 @@ class ProviderKind:
         return image
 
     def machine_ids(self, spec: Mapping[str, Any]) -> set[str]:
-        ids: set[str] = self.impl().machine_ids(spec)
-        return ids
+        named = getattr(self.impl(), "machine_ids", None)
+        return set(named(spec)) if named is not None else set()
 
     def files(self, spec: Mapping[str, Any]) -> list[tuple[str, str]]:
-        paths: list[tuple[str, str]] = self.impl().files(spec)
-        return paths
+        named = getattr(self.impl(), "files", None)
+        return list(named(spec)) if named is not None else []
 
     def build(self, sku: str, spec: Mapping[str, Any], context: BuildContext) -> NodeProvider:
         provider: NodeProvider = self.impl().build_provider(sku, spec, context)
@@ -131,6 +134,24 @@ KINDS: dict[str, ProviderKind] = {
     )
 }
 """Every kind of node source, by name."""
+
+
+def image_entry(
+    sku: str, offer: str, image_sku: str, capability: str, *, verified: bool = False
+) -> dict[str, Any]:
+    """A node source as an Azure "supported image" (``list_supported_images``)."""
+    return {
+        "nodeAgentSKUId": sku,
+        "imageReference": {
+            "publisher": "prefect-batch",
+            "offer": offer,
+            "sku": image_sku,
+            "version": "latest",
+        },
+        "osType": "linux",
+        "capabilities": [capability],
+        "verificationType": "verified" if verified else "unverified",
+    }
 
 
 def kind_of_sku(sku: str) -> tuple[ProviderKind, str] | None:

@@ -35,7 +35,7 @@ from prefect_batch.providers.contract import (
     PoolRef,
     ProviderTraits,
 )
-from prefect_batch.providers.kinds import LOCAL_NODE_AGENT_SKU, BuildContext
+from prefect_batch.providers.kinds import LOCAL_NODE_AGENT_SKU, BuildContext, image_entry
 
 __all__ = ["TRAITS", "LocalNodeSource", "scrub_environment"]
 
@@ -162,27 +162,7 @@ def validate_registration(body: Any) -> dict[str, Any]:
 
 def supported_image(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     """The ``list_supported_images`` entry of local nodes."""
-    return {
-        "nodeAgentSKUId": LOCAL_NODE_AGENT_SKU,
-        "imageReference": {
-            "publisher": "prefect-batch",
-            "offer": "local",
-            "sku": "process",
-            "version": "latest",
-        },
-        "osType": "linux",
-        "capabilities": ["LocalProcess"],
-        "verificationType": "verified",
-    }
-
-
-def machine_ids(spec: Mapping[str, Any]) -> set[str]:
-    """Local nodes hold no machine of their own."""
-    return set()
-
-
-def files(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
-    return []
+    return image_entry(LOCAL_NODE_AGENT_SKU, "local", "process", "LocalProcess", verified=True)
 
 
 def build_provider(sku: str, spec: Mapping[str, Any], context: BuildContext) -> LocalNodeSource:

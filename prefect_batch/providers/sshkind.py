@@ -22,7 +22,7 @@ from prefect_batch.exceptions import (
     validation_error,
 )
 from prefect_batch.providers.hostgroup import DEFAULT_NODE_ROOT, SSHHostGroup, host_id
-from prefect_batch.providers.kinds import KINDS, BuildContext
+from prefect_batch.providers.kinds import KINDS, BuildContext, image_entry
 from prefect_batch.providers.ssh import TRAITS, SSHNodeSource
 
 __all__ = [
@@ -93,18 +93,7 @@ def validate_registration(group: Any) -> dict[str, Any]:
 
 def supported_image(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     """A group as an Azure "supported image"."""
-    return {
-        "nodeAgentSKUId": KINDS["ssh"].sku(name),
-        "imageReference": {
-            "publisher": "prefect-batch",
-            "offer": "ssh",
-            "sku": name,
-            "version": "latest",
-        },
-        "osType": "linux",
-        "capabilities": ["SSHHostGroup"],
-        "verificationType": "unverified",
-    }
+    return image_entry(KINDS["ssh"].sku(name), "ssh", name, "SSHHostGroup")
 
 
 def machine_ids(spec: Mapping[str, Any]) -> set[str]:

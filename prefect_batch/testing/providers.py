@@ -50,7 +50,7 @@ from prefect_batch.providers.contract import (
     ReportCallback,
     ResizeError,
 )
-from prefect_batch.providers.kinds import BuildContext, ProviderKind, register_kind
+from prefect_batch.providers.kinds import BuildContext, ProviderKind, image_entry, register_kind
 from prefect_batch.providers.local import LocalNodeSource
 
 __all__ = [
@@ -60,9 +60,7 @@ __all__ = [
     "DoubleProvider",
     "build_provider",
     "cloud_of",
-    "files",
     "install",
-    "machine_ids",
     "supported_image",
     "validate_registration",
 ]
@@ -289,27 +287,7 @@ def validate_registration(body: Any) -> dict[str, Any]:
 
 
 def supported_image(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "nodeAgentSKUId": KIND.sku(name),
-        "imageReference": {
-            "publisher": "prefect-batch",
-            "offer": "double",
-            "sku": name,
-            "version": "latest",
-        },
-        "osType": "linux",
-        "capabilities": ["TestDouble"],
-        "verificationType": "unverified",
-    }
-
-
-def machine_ids(spec: Mapping[str, Any]) -> set[str]:
-    """A cloud source names no machines: they are made as nodes are placed."""
-    return set()
-
-
-def files(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
-    return []
+    return image_entry(KIND.sku(name), "double", name, "TestDouble")
 
 
 def build_provider(sku: str, spec: Mapping[str, Any], context: BuildContext) -> DoubleProvider:
