@@ -131,9 +131,8 @@ class JobTasksMixin:
             (dropped if failed_on(pk, node) else kept).append((pk, node))
         if dropped and rts and slots_of:
             # Place a task dropped here on another node with room where its job's preparation
-            # did not fail. (Fix: it stayed queued and, being at the head of the queue with the
-            # same free slots, was given the same node again on every pass: the job's last
-            # task never ran although the pool's other nodes were idle.)
+            # did not fail: left queued, it would be given the same node again on every pass
+            # (it heads the queue, the free slots are the same) and never run.
             free = {str(rt.pk): rt.free_slots for rt in rts}
             for pk, node in kept:
                 free[node] -= slots_of[pk]

@@ -607,8 +607,8 @@ def finish_job_if_done(conn: Connection, job_pk: int, now: float) -> None:
         return
     # Every disable option, "wait" included, keeps the job "disabling" until its running tasks
     # are dealt with (Azure: "the Job remains in the disabling state until ... all Tasks have
-    # been dealt with according to the disableTasks option"); for "wait" that is when they end.
-    # (Fix: "wait" used to move to "disabled" at once while its tasks still ran.)
+    # been dealt with according to the disableTasks option"); for "wait" that is when they end,
+    # never while they still run.
     in_flight = conn.execute(
         select(func.count())
         .select_from(tasks)

@@ -259,9 +259,9 @@ class TaskOperations(ServiceBase):
 
         A parent in the batch counts only if it is itself added: dropping a task can leave a
         task of the batch that depends on it without its parent, so this repeats until nothing
-        more is dropped. (Fix: a parent refused in the same batch used to count as present; a
-        child naming it by id then broke the whole request with a raw database error, and a
-        child naming it by range was added without any parent and ran at once.)
+        more is dropped. A parent refused in the same batch does not count as present: a child
+        naming it, by id or by range, gets its own ``InvalidPropertyValue`` result
+        (``dependsOn``) and is never added without its parent.
         """
         while True:
             kept = self._drop_missing_parents(conn, job, staged, results)
@@ -381,9 +381,8 @@ class TaskOperations(ServiceBase):
                 if state == COMPLETED:
                     if action != "block":
                         continue  # satisfied already
-                    # Blocked, but recorded as a pending parent like any other, so that
-                    # reactivating that parent can unblock this task (Fix: no dependency row
-                    # was kept for it, so the task stayed blocked after the parent succeeded).
+                    # Blocked, but recorded as a pending parent like any other (a dependency
+                    # row), so that reactivating that parent and its success unblock this task.
                     blocked.add(pk)
                 n_pending += 1
                 dep_rows.append({"child_pk": pk, "parent_pk": ppk})
@@ -556,8 +555,7 @@ class TaskOperations(ServiceBase):
             spec = dict(row.spec)
             spec["constraints"] = c
             # Replace, as Azure's task update (PUT) does: a constraint not given returns to its
-            # default. (Fix: the columns the engine enforces used to keep the old values of
-            # omitted constraints while the stored spec had dropped them.)
+            # default, in the stored spec and in the columns the engine enforces alike.
             retries = c.get("maxTaskRetryCount")
             retention = seconds(c.get("retentionTime"))
             values: dict[str, Any] = {
@@ -666,7 +664,7 @@ class TaskOperations(ServiceBase):
                 lifecycle.enqueue_tasks(conn, job._mapping, [(row.pk, row.required_slots)])
             # Its dependents were blocked by its failure; now that it may run again they wait
             # for it instead (it still counts in their pending_parents), unless another parent
-            # blocks them. (Fix: they used to stay blocked even after it succeeded.)
+            # blocks them, and run once it succeeds.
             _unblock_children_of(conn, row.pk)
         self.wake()
 
@@ -682,8 +680,7 @@ class TaskOperations(ServiceBase):
                 )
                 queue_dir_deletion(conn, row.node_pk, f"{job.id}/{row.id}", now)
             else:
-                # (Fix: the running case used to ``return`` here, skipping ``wake()``, so the
-                # kill waited for the engine's next tick.)
+                # Either way the engine is woken below, so a kill goes out at once.
                 conn.execute(delete(queue).where(queue.c.task_pk == row.pk))
                 conn.execute(delete(tasks).where(tasks.c.pk == row.pk))
                 delta = lifecycle.JobDelta()
