@@ -137,16 +137,22 @@ class ProviderEvent:
     Attributes:
         node_id: The node.
         kind: ``lost`` (the machine is gone: the node's tasks are requeued and the node
-            leaves) or ``preempted`` (a spot reclaim: the node becomes ``preempted``, its
-            tasks are requeued without charging their retry count, a replacement is placed).
+            leaves), ``preempted`` (a spot reclaim: the node becomes ``preempted``, its
+            tasks are requeued without charging their retry count, a replacement is placed)
+            or ``failed`` (a node placed at once whose machine could then not be had, e.g. a
+            launch refused for capacity or quota: the node leaves, ``error`` becomes the
+            pool's resize error, and the pool is not grown again until its next resize).
         code: An error code for the node's errors (``NodeMachineLost``, ...).
         message: What happened.
+        error: For ``failed``: the pool's resize error (default ``AllocationFailed`` with
+            ``message``).
     """
 
     node_id: str
     kind: str
     code: str
     message: str
+    error: ResizeError | None = None
 
 
 ReportCallback = Callable[[ProviderEvent], None]

@@ -46,6 +46,7 @@ from prefect_batch.providers.contract import (
     PoolRef,
     ProviderEvent,
     ProviderTraits,
+    ResizeError,
 )
 from prefect_batch.service import lifecycle
 from prefect_batch.service.agentstarts import AgentStarts
@@ -385,8 +386,23 @@ class NodeMixin:
         lifecycle.requeue_tasks(conn, in_flight, now)
         if event.kind == "preempted":
             self._preempted(conn, rt, event, now)
-        else:
-            self._carry_out(conn, rt, "remove", now)
+            return
+        self._carry_out(conn, rt, "remove", now)
+        if event.kind == "failed":
+            self._placement_failed(conn, rt.pool_pk, event, now)
+
+    def _placement_failed(self, conn: Any, pool_pk: int, event: ProviderEvent, now: float) -> None:
+        """A placed node's machine could not be had: the pool's resize ends with the error."""
+        error = event.error or ResizeError("AllocationFailed", f"{event.node_id}: {event.message}")
+        self._short[pool_pk] = now  # not grown again until the next resize or evaluation
+        values: dict[str, Any] = {"resize_errors": [error.wire()]}
+        pool = self._pools.get(pool_pk)
+        if pool is not None and pool.allocation_state == AllocationState.RESIZING.value:
+            values.update(
+                allocation_state=AllocationState.STEADY.value,
+                allocation_state_transition_time=now,
+            )
+        conn.execute(update(pools).where(pools.c.pk == pool_pk).values(**values))
 
     def _preempted(self, conn: Any, rt: NodeRuntime, event: ProviderEvent, now: float) -> None:
         self._disconnect(rt, kill=True)

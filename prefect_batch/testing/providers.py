@@ -18,6 +18,7 @@ public client like any other kind::
     cloud = cloud_of(client.account_name, "cloud")
     cloud.vanish(node_id)        # the machine is gone: its node is lost
     cloud.preempt(node_id)       # a spot reclaim
+    cloud.fail(node_id)          # its launch was refused after all (capacity, quota)
     cloud.releases               # node id -> how many times it was released
 
 Every built provider of one source (an engine's, a file operation's) shares its
@@ -125,11 +126,28 @@ class DoubleCloud:
         """The node's machine is reclaimed (a spot interruption)."""
         self._take_away(node_id, "preempted", "NodePreempted", "the machine was preempted")
 
-    def _take_away(self, node_id: str, kind: str, code: str, message: str) -> None:
+    def fail(self, node_id: str, code: str = "InsufficientInstanceCapacity") -> None:
+        """The node's machine could not be had after all (a launch refused by the cloud)."""
+        error = ResizeError(
+            "AccountCoreQuotaReached" if "Limit" in code else "AllocationFailed",
+            f"{self.name} could not launch a machine for {node_id}",
+            {"code": code},
+        )
+        self._take_away(node_id, "failed", code, "the launch was refused", error)
+
+    def _take_away(
+        self,
+        node_id: str,
+        kind: str,
+        code: str,
+        message: str,
+        error: ResizeError | None = None,
+    ) -> None:
         machine = self.machine_of(node_id)
         machine.gone = True
         if self.report is not None:  # first the report, then the agent's own end
-            self.report(ProviderEvent(node_id, kind, code, f"{machine.machine_id}: {message}"))
+            text = f"{machine.machine_id}: {message}"
+            self.report(ProviderEvent(node_id, kind, code, text, error))
         for agent in list(machine.agents):
             agent.kill(tasks=True, grace_seconds=2)
 

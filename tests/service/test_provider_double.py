@@ -291,3 +291,42 @@ def test_low_priority_nodes_are_refused_for_a_source_without_them(client: BatchC
         client.resize_pool("nolow", {"targetLowPriorityNodes": 2})
     assert err.value.values["PropertyName"] == "targetLowPriorityNodes"
     assert client.get_pool("nolow").allocation_state == "steady"
+
+
+def test_a_launch_refused_after_placement_ends_the_resize_with_its_error(
+    client: BatchClient, tmp_path: Path
+) -> None:
+    name, cloud = _source(client, tmp_path, bootSeconds=2.0)
+    _pool(client, "refused", name, 2)
+    first = wait_until(
+        lambda: [n.id for n in client.list_nodes("refused") if n.state == "starting"],
+        timeout=30,
+        message="a node starting",
+    )[0]
+    cloud.fail(first)
+    pool = wait_until(
+        lambda: (p := _steady(client, "refused")) is not None and p.resize_errors and p,
+        timeout=30,
+        message="steady with a resize error",
+    )
+    (error,) = pool.resize_errors
+    assert error.code == "AllocationFailed"
+    assert {v.name: v.value for v in error.error_values or []} == {
+        "code": "InsufficientInstanceCapacity"
+    }
+    nodes = wait_for_nodes(client, "refused", 1, timeout=60)
+    assert first not in {n.id for n in nodes}
+    assert cloud.releases[first] == 1
+    engine = client._engine
+    assert engine is not None
+    calls = cloud.place_calls
+    for _ in range(3):  # the pool is not grown again until its next resize
+        client.service.wake(pools=True)
+        wait_until(
+            lambda passes=engine.pool_passes: engine.pool_passes > passes,
+            timeout=10,
+            message="a pool pass",
+        )
+    assert cloud.place_calls == calls
+    assert client.get_pool("refused").target_dedicated_nodes == 2
+    _delete_and_check_releases(client, "refused", cloud)
