@@ -9,6 +9,7 @@ home of the test's own, for tests that restart or share a service. Every client 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -18,7 +19,11 @@ from typing import Any
 import pytest
 
 from prefect_batch import BatchClient, PrefectBatchError
+from prefect_batch.service.statewrites import STRICT_ENV
 from prefect_batch.testing import check_invariants, embedded_client
+
+# A task or job state write along an edge its table lacks raises instead of being refused.
+os.environ.setdefault(STRICT_ENV, "1")
 
 _counter = itertools.count()
 

@@ -310,8 +310,15 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
         }
     ),
     # DISABLING -> DISABLED: running tasks were dealt with.
+    # DISABLING -> ACTIVE: enable requested while its running tasks were still being dealt with.
     JobState.DISABLING: frozenset(
-        {JobState.DISABLED, JobState.TERMINATING, JobState.COMPLETED, JobState.DELETING}
+        {
+            JobState.ACTIVE,
+            JobState.DISABLED,
+            JobState.TERMINATING,
+            JobState.COMPLETED,
+            JobState.DELETING,
+        }
     ),
     # DISABLED -> ENABLING/ACTIVE: enable requested.
     JobState.DISABLED: frozenset(

@@ -20,12 +20,13 @@ from sqlalchemy import bindparam, delete, select, update
 from prefect_batch.core.commandline import split_command_line
 from prefect_batch.core.scheduler import NodeSlots, QueuedTask, assign
 from prefect_batch.core.sharedkey import decode_key, derive_job_key, job_scoped_name
-from prefect_batch.core.states import NodeFillType, PoolState
+from prefect_batch.core.states import NodeFillType, PoolState, TaskState
 from prefect_batch.providers.storage import ObjectStorage, StagingError
 from prefect_batch.service import lifecycle
 from prefect_batch.service.common import iso
 from prefect_batch.service.confinement import run_confinement
 from prefect_batch.service.sealing import unseal_environment
+from prefect_batch.service.statewrites import task_edge
 from prefect_batch.store.schema import accounts, jobs, nodes, queue, tasks
 
 __all__ = ["DispatchMixin", "SPREAD_GRACE_SECONDS", "base_environment", "stage_request"]
@@ -64,20 +65,16 @@ _JOBS_OF_HEAD = select(jobs.c.pk, jobs.c.max_parallel_tasks, jobs.c.n_running, j
     jobs.c.pk.in_(bindparam("pks", expanding=True))
 )
 _DEQUEUE = delete(queue).where(queue.c.task_pk.in_(bindparam("pks", expanding=True)))
-_MARK_PREPARING = (
-    update(tasks)
-    .where(tasks.c.pk == bindparam("b_pk"))
-    .values(
-        state=PREPARING,
-        previous_state=tasks.c.state,
-        previous_state_transition_time=tasks.c.state_transition_time,
-        state_transition_time=bindparam("b_now"),
-        last_modified=bindparam("b_now"),
-        version=tasks.c.version + 1,
-        node_pk=bindparam("b_node"),
-        attempt=tasks.c.attempt + 1,
-        node_info=None,
-    )
+_MARK_PREPARING = task_edge((TaskState.ACTIVE,), TaskState.PREPARING).statement(
+    tasks.c.pk == bindparam("b_pk"),
+    previous_state=tasks.c.state,
+    previous_state_transition_time=tasks.c.state_transition_time,
+    state_transition_time=bindparam("b_now"),
+    last_modified=bindparam("b_now"),
+    version=tasks.c.version + 1,
+    node_pk=bindparam("b_node"),
+    attempt=tasks.c.attempt + 1,
+    node_info=None,
 )
 _RUN_ROWS = (
     select(
@@ -247,9 +244,10 @@ class DispatchMixin:
             return
         pks = [pk for pk, _ in placed]
         conn.execute(_DEQUEUE, {"pks": pks})
-        conn.execute(
-            _MARK_PREPARING,
+        _MARK_PREPARING.execute(
+            conn,
             [{"b_pk": pk, "b_node": int(node), "b_now": now} for pk, node in placed],
+            expected=len(placed),
         )
         deltas: dict[int, lifecycle.JobDelta] = defaultdict(lifecycle.JobDelta)
         per_node: dict[int, list[int]] = defaultdict(lambda: [0, 0])

@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, or_, select, update
 
 from prefect_batch.core.completion import AttemptOutcome
-from prefect_batch.core.states import NODE_TRANSITIONS, NodeState
+from prefect_batch.core.states import NODE_TRANSITIONS, NodeState, TaskState
 from prefect_batch.providers.contract import ProviderEvent
 from prefect_batch.service import lifecycle
 from prefect_batch.service.agentstarts import AgentStarts
@@ -50,6 +50,7 @@ from prefect_batch.service.providers import ProviderDirectory
 from prefect_batch.service.quotas import AgentStartLimiter, default_local_node_limit
 from prefect_batch.service.scheduling import JobScheduleMixin
 from prefect_batch.service.sealing import terminate_grace_seconds
+from prefect_batch.service.statewrites import task_edge
 from prefect_batch.store import Store
 from prefect_batch.store.schema import jobs, node_commands, nodes, pools, tasks
 
@@ -65,21 +66,15 @@ POLL_OTHERS_SECONDS = 0.1
 node commands, release tasks)."""
 
 # Hot statements, built once (building SQLAlchemy expressions costs more than running them).
-_MARK_STARTED = (
-    update(tasks)
-    .where(
-        tasks.c.pk == bindparam("b_pk"),
-        tasks.c.attempt == bindparam("b_attempt"),
-        tasks.c.state == PREPARING,
-    )
-    .values(
-        state=RUNNING,
-        previous_state=PREPARING,
-        previous_state_transition_time=tasks.c.state_transition_time,
-        state_transition_time=bindparam("b_start"),
-        start_time=bindparam("b_start"),
-        version=tasks.c.version + 1,
-    )
+_MARK_STARTED = task_edge((TaskState.PREPARING,), TaskState.RUNNING).statement(
+    tasks.c.pk == bindparam("b_pk"),
+    tasks.c.attempt == bindparam("b_attempt"),
+    only_from=True,
+    previous_state=PREPARING,
+    previous_state_transition_time=tasks.c.state_transition_time,
+    state_transition_time=bindparam("b_start"),
+    start_time=bindparam("b_start"),
+    version=tasks.c.version + 1,
 )
 
 
@@ -418,7 +413,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
             elif ev == "error":
                 log.warning("agent on %s: %s", rt.node_id, msg.get("message"))
         if started:
-            conn.execute(_MARK_STARTED, started)
+            _MARK_STARTED.execute(conn, started)
         effects = lifecycle.complete_attempts(conn, attempts, now)
         for node_pk, freed in effects.node_slots_freed.items():
             rt = self._nodes.get(node_pk)

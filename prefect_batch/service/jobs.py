@@ -40,6 +40,7 @@ from prefect_batch.service.common import refuse_unsupported, seconds
 from prefect_batch.service.pools import PoolOperations
 from prefect_batch.service.rows import queue_dir_deletion
 from prefect_batch.service.sealing import seal_settings
+from prefect_batch.service.statewrites import job_edge
 from prefect_batch.service.tasks import TaskOperations
 from prefect_batch.service.views import job_view
 from prefect_batch.store.schema import job_nodes, job_schedules, jobs, pools, queue, tasks
@@ -47,6 +48,18 @@ from prefect_batch.store.schema import job_nodes, job_schedules, jobs, pools, qu
 __all__ = ["JobOperations", "check_job_spec", "delete_job_rows"]
 
 IN_FLIGHT = lifecycle.IN_FLIGHT
+_DELETING = job_edge(
+    (
+        JobState.ACTIVE,
+        JobState.DISABLING,
+        JobState.DISABLED,
+        JobState.ENABLING,
+        JobState.TERMINATING,
+        JobState.COMPLETED,
+    ),
+    JobState.DELETING,
+)
+_ENABLED = job_edge((JobState.DISABLED, JobState.DISABLING), JobState.ACTIVE)
 _UNSUPPORTED_SUB_PROPERTIES = (
     "containerSettings",
     "applicationPackageReferences",
@@ -76,15 +89,13 @@ def delete_job_rows(conn: Any, row: Any, now: float) -> bool:
     for node_pk in node_pks:
         queue_dir_deletion(conn, node_pk, row.id, now)
     if in_flight:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.pk == row.pk)
-            .values(
-                state=JobState.DELETING.value,
-                previous_state=row.state,
-                state_transition_time=now,
-                version=jobs.c.version + 1,
-            )
+        _DELETING.write(
+            conn,
+            jobs.c.pk == row.pk,
+            expected=1,
+            previous_state=row.state,
+            state_transition_time=now,
+            version=jobs.c.version + 1,
         )
         # Rows of tasks still running go when their ends are reported; the rest now.
         conn.execute(delete(tasks).where(tasks.c.job_pk == row.pk, tasks.c.state.not_in(IN_FLIGHT)))
@@ -390,18 +401,16 @@ class JobOperations(ServiceBase):
                     f"The job cannot be enabled while it is {row.state}: {row.id}",
                     {"JobId": row.id, "JobState": row.state},
                 )
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.pk == row.pk)
-                .values(
-                    state=JobState.ACTIVE.value,
-                    previous_state=row.state,
-                    previous_state_transition_time=row.state_transition_time,
-                    state_transition_time=now,
-                    last_modified=now,
-                    version=jobs.c.version + 1,
-                    disable_option=None,
-                )
+            _ENABLED.write(
+                conn,
+                jobs.c.pk == row.pk,
+                expected=1,
+                previous_state=row.state,
+                previous_state_transition_time=row.state_transition_time,
+                state_transition_time=now,
+                last_modified=now,
+                version=jobs.c.version + 1,
+                disable_option=None,
             )
             fresh = conn.execute(select(jobs).where(jobs.c.pk == row.pk)).one()
             lifecycle.enqueue_job_tasks(conn, fresh._mapping)

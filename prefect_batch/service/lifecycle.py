@@ -27,6 +27,7 @@ from prefect_batch.core.states import (
     TaskState,
 )
 from prefect_batch.service.autopools import JOB, end_pool, ends_with
+from prefect_batch.service.statewrites import job_edge, task_edge
 from prefect_batch.store.schema import deps, job_nodes, jobs, nodes, queue, tasks
 
 __all__ = [
@@ -48,6 +49,7 @@ PREPARING = TaskState.PREPARING.value
 RUNNING = TaskState.RUNNING.value
 COMPLETED = TaskState.COMPLETED.value
 IN_FLIGHT = (PREPARING, RUNNING)
+_IN_FLIGHT_STATES = (TaskState.PREPARING, TaskState.RUNNING)
 
 
 def pool_key(account: str, pool_id: str | None) -> str | None:
@@ -202,46 +204,38 @@ _SELECT_ATTEMPTS = select(
     tasks.c.start_time,
     tasks.c.kind,
 ).where(tasks.c.pk.in_(bindparam("pks", expanding=True)))
-_COMPLETE = (
-    update(tasks)
-    .where(tasks.c.pk == bindparam("b_pk"))
-    .values(
-        state=COMPLETED,
-        previous_state=bindparam("b_prev_state"),
-        previous_state_transition_time=bindparam("b_prev_time"),
-        state_transition_time=bindparam("b_now"),
-        last_modified=bindparam("b_now"),
-        version=tasks.c.version + 1,
-        start_time=bindparam("b_start"),
-        end_time=bindparam("b_end"),
-        exit_code=bindparam("b_exit"),
-        result=bindparam("b_result"),
-        failure_info=bindparam("b_failure"),
-        node_pk=None,
-        kill_reason=None,
-        files_node_pk=bindparam("b_files_node"),
-        retention_deadline=bindparam("b_retention"),
-        dependency_action=bindparam("b_dep"),
-    )
+_COMPLETE = task_edge(_IN_FLIGHT_STATES, TaskState.COMPLETED).statement(
+    tasks.c.pk == bindparam("b_pk"),
+    previous_state=bindparam("b_prev_state"),
+    previous_state_transition_time=bindparam("b_prev_time"),
+    state_transition_time=bindparam("b_now"),
+    last_modified=bindparam("b_now"),
+    version=tasks.c.version + 1,
+    start_time=bindparam("b_start"),
+    end_time=bindparam("b_end"),
+    exit_code=bindparam("b_exit"),
+    result=bindparam("b_result"),
+    failure_info=bindparam("b_failure"),
+    node_pk=None,
+    kill_reason=None,
+    files_node_pk=bindparam("b_files_node"),
+    retention_deadline=bindparam("b_retention"),
+    dependency_action=bindparam("b_dep"),
 )
-_RETRY = (
-    update(tasks)
-    .where(tasks.c.pk == bindparam("b_pk"))
-    .values(
-        state=ACTIVE,
-        previous_state=RUNNING,
-        previous_state_transition_time=bindparam("b_prev_time"),
-        state_transition_time=bindparam("b_now"),
-        last_modified=bindparam("b_now"),
-        version=tasks.c.version + 1,
-        start_time=bindparam("b_start"),
-        end_time=bindparam("b_end"),
-        exit_code=bindparam("b_exit"),
-        retry_count=tasks.c.retry_count + 1,
-        last_retry_time=bindparam("b_now"),
-        node_pk=None,
-        kill_reason=None,
-    )
+_RETRY = task_edge(_IN_FLIGHT_STATES, TaskState.ACTIVE).statement(
+    tasks.c.pk == bindparam("b_pk"),
+    previous_state=RUNNING,
+    previous_state_transition_time=bindparam("b_prev_time"),
+    state_transition_time=bindparam("b_now"),
+    last_modified=bindparam("b_now"),
+    version=tasks.c.version + 1,
+    start_time=bindparam("b_start"),
+    end_time=bindparam("b_end"),
+    exit_code=bindparam("b_exit"),
+    retry_count=tasks.c.retry_count + 1,
+    last_retry_time=bindparam("b_now"),
+    node_pk=None,
+    kill_reason=None,
 )
 _NODE_COUNTS = (
     update(nodes)
@@ -379,11 +373,11 @@ def complete_attempts(
     if completed_updates:
         for u in completed_updates:
             u["b_now"] = now
-        conn.execute(_COMPLETE, completed_updates)
+        _COMPLETE.execute(conn, completed_updates, expected=len(completed_updates))
     if retry_updates:
         for u in retry_updates:
             u["b_now"] = now
-        conn.execute(_RETRY, retry_updates)
+        _RETRY.execute(conn, retry_updates, expected=len(retry_updates))
     if requeue_pks:
         _mark_requeued(conn, requeue_pks, now)
     if deleted:
@@ -420,22 +414,30 @@ def complete_attempts(
     return effects
 
 
+_REQUEUE = task_edge(_IN_FLIGHT_STATES, TaskState.ACTIVE)
+_TERMINATING = job_edge(
+    (JobState.ACTIVE, JobState.DISABLING, JobState.DISABLED, JobState.ENABLING),
+    JobState.TERMINATING,
+)
+_TERMINATED = job_edge((JobState.TERMINATING,), JobState.COMPLETED)
+_DISABLING = job_edge((JobState.ACTIVE,), JobState.DISABLING)
+_DISABLED = job_edge((JobState.DISABLING,), JobState.DISABLED)
+
+
 def _mark_requeued(conn: Connection, pks: Sequence[int], now: float) -> None:
-    conn.execute(
-        update(tasks)
-        .where(tasks.c.pk.in_(list(pks)))
-        .values(
-            state=ACTIVE,
-            previous_state=tasks.c.state,
-            previous_state_transition_time=tasks.c.state_transition_time,
-            state_transition_time=now,
-            last_modified=now,
-            version=tasks.c.version + 1,
-            requeue_count=tasks.c.requeue_count + 1,
-            last_requeue_time=now,
-            node_pk=None,
-            kill_reason=None,
-        )
+    _REQUEUE.write(
+        conn,
+        tasks.c.pk.in_(list(pks)),
+        expected=len(set(pks)),
+        previous_state=tasks.c.state,
+        previous_state_transition_time=tasks.c.state_transition_time,
+        state_transition_time=now,
+        last_modified=now,
+        version=tasks.c.version + 1,
+        requeue_count=tasks.c.requeue_count + 1,
+        last_requeue_time=now,
+        node_pk=None,
+        kill_reason=None,
     )
 
 
@@ -536,18 +538,16 @@ def terminate_job(conn: Connection, job: Any, reason: str, now: float) -> None:
             )
             .values(release_state="pending")
         )
-    conn.execute(
-        update(jobs)
-        .where(jobs.c.pk == job.pk)
-        .values(
-            state=JobState.TERMINATING.value,
-            previous_state=job.state,
-            previous_state_transition_time=job.state_transition_time,
-            state_transition_time=now,
-            last_modified=now,
-            version=jobs.c.version + 1,
-            terminate_reason=reason,
-        )
+    _TERMINATING.write(
+        conn,
+        jobs.c.pk == job.pk,
+        expected=1,
+        previous_state=job.state,
+        previous_state_transition_time=job.state_transition_time,
+        state_transition_time=now,
+        last_modified=now,
+        version=jobs.c.version + 1,
+        terminate_reason=reason,
     )
     finish_job_if_done(conn, job.pk, now)
 
@@ -561,18 +561,16 @@ def disable_job_rows(conn: Connection, job: Any, option: str, now: float) -> Non
             .where(tasks.c.job_pk == job.pk, tasks.c.state.in_(IN_FLIGHT))
             .values(kill_reason=option)
         )
-    conn.execute(
-        update(jobs)
-        .where(jobs.c.pk == job.pk)
-        .values(
-            state=JobState.DISABLING.value,
-            previous_state=job.state,
-            previous_state_transition_time=job.state_transition_time,
-            state_transition_time=now,
-            last_modified=now,
-            version=jobs.c.version + 1,
-            disable_option=option,
-        )
+    _DISABLING.write(
+        conn,
+        jobs.c.pk == job.pk,
+        expected=1,
+        previous_state=job.state,
+        previous_state_transition_time=job.state_transition_time,
+        state_transition_time=now,
+        last_modified=now,
+        version=jobs.c.version + 1,
+        disable_option=option,
     )
     finish_job_if_done(conn, job.pk, now)
 
@@ -624,13 +622,9 @@ def finish_job_if_done(conn: Connection, job_pk: int, now: float) -> None:
         ).scalar_one()
     if in_flight:
         return
-    target = (
-        JobState.COMPLETED.value
-        if job.state == JobState.TERMINATING.value
-        else JobState.DISABLED.value
-    )
+    edge = _TERMINATED if job.state == JobState.TERMINATING.value else _DISABLED
+    target = edge.to
     values: dict[str, Any] = {
-        "state": target,
         "previous_state": job.state,
         "previous_state_transition_time": job.state_transition_time,
         "state_transition_time": now,
@@ -639,7 +633,7 @@ def finish_job_if_done(conn: Connection, job_pk: int, now: float) -> None:
     }
     if target == JobState.COMPLETED.value:
         values["end_time"] = now
-    conn.execute(update(jobs).where(jobs.c.pk == job_pk).values(**values))
+    edge.write(conn, jobs.c.pk == job_pk, expected=1, **values)
     if target == JobState.COMPLETED.value:
         _end_auto_pool(conn, job, now)
 

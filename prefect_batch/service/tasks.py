@@ -43,6 +43,7 @@ from prefect_batch.service.common import (
 )
 from prefect_batch.service.rows import queue_dir_deletion
 from prefect_batch.service.sealing import seal_settings
+from prefect_batch.service.statewrites import task_edge
 from prefect_batch.service.views import task_view
 from prefect_batch.store.schema import deps, nodes, pools, queue, tasks
 
@@ -59,6 +60,8 @@ _UNSUPPORTED_TASK_PROPERTIES = (
 ACTIVE = TaskState.ACTIVE.value
 COMPLETED = TaskState.COMPLETED.value
 IN_FLIGHT = lifecycle.IN_FLIGHT
+_ENDED = task_edge((TaskState.ACTIVE,), TaskState.COMPLETED)
+_REACTIVATED = task_edge((TaskState.COMPLETED,), TaskState.ACTIVE)
 
 
 class _Rejected(Exception):
@@ -584,25 +587,23 @@ class TaskOperations(ServiceBase):
                 )
             else:
                 conn.execute(delete(queue).where(queue.c.task_pk == row.pk))
-                conn.execute(
-                    update(tasks)
-                    .where(tasks.c.pk == row.pk)
-                    .values(
-                        state=COMPLETED,
-                        previous_state=row.state,
-                        previous_state_transition_time=row.state_transition_time,
-                        state_transition_time=now,
-                        last_modified=now,
-                        version=tasks.c.version + 1,
-                        end_time=now,
-                        result="failure",
-                        failure_info={
-                            "category": "usererror",
-                            "code": "TaskEnded",
-                            "message": "Task Was Ended by User Request",
-                        },
-                        dependency_action="block",
-                    )
+                _ENDED.write(
+                    conn,
+                    tasks.c.pk == row.pk,
+                    expected=1,
+                    previous_state=row.state,
+                    previous_state_transition_time=row.state_transition_time,
+                    state_transition_time=now,
+                    last_modified=now,
+                    version=tasks.c.version + 1,
+                    end_time=now,
+                    result="failure",
+                    failure_info={
+                        "category": "usererror",
+                        "code": "TaskEnded",
+                        "message": "Task Was Ended by User Request",
+                    },
+                    dependency_action="block",
                 )
                 delta = lifecycle.JobDelta()
                 delta.move("active", "failed", row.required_slots)
@@ -639,23 +640,21 @@ class TaskOperations(ServiceBase):
                 raise BatchConflictError(
                     "TaskSucceeded", f"The task succeeded: {row.id}", {"TaskId": row.id}
                 )
-            conn.execute(
-                update(tasks)
-                .where(tasks.c.pk == row.pk)
-                .values(
-                    state=ACTIVE,
-                    previous_state=COMPLETED,
-                    previous_state_transition_time=row.state_transition_time,
-                    state_transition_time=now,
-                    last_modified=now,
-                    version=tasks.c.version + 1,
-                    retry_count=0,
-                    exit_code=None,
-                    result=None,
-                    failure_info=None,
-                    end_time=None,
-                    dependency_action=None,
-                )
+            _REACTIVATED.write(
+                conn,
+                tasks.c.pk == row.pk,
+                expected=1,
+                previous_state=COMPLETED,
+                previous_state_transition_time=row.state_transition_time,
+                state_transition_time=now,
+                last_modified=now,
+                version=tasks.c.version + 1,
+                retry_count=0,
+                exit_code=None,
+                result=None,
+                failure_info=None,
+                end_time=None,
+                dependency_action=None,
             )
             delta = lifecycle.JobDelta()
             delta.move("failed", "active", row.required_slots)
