@@ -49,8 +49,12 @@ def stack_rates(tasks: int, nodes: int, slots: int, rounds: int) -> list[float]:
     try:
         with BatchClient(home=home) as client:
             client.create_pool(
-                {"id": "bench", "vmSize": "local", "targetDedicatedNodes": nodes,
-                 "taskSlotsPerNode": slots}
+                {
+                    "id": "bench",
+                    "vmSize": "local",
+                    "targetDedicatedNodes": nodes,
+                    "taskSlotsPerNode": slots,
+                }
             )
             wait_nodes(client, "bench", nodes)
             rates = [stack_rate(client, f"stack{r}", tasks)[0] for r in range(rounds)]
@@ -66,10 +70,16 @@ def dask_rates(tasks: int, rounds: int) -> list[float] | str:
     except ImportError:
         return "not installed (pip install '.[bench]')"
     rates = []
-    with LocalCluster(
-        n_workers=2, threads_per_worker=4, processes=True, dashboard_address=None,
-        host="127.0.0.1",
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=4,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         client.gather(client.map(run_true, range(16), pure=False))  # warm the workers
         for _ in range(rounds):
             t = time.perf_counter()
@@ -92,8 +102,11 @@ def parsl_rates(tasks: int, rounds: int) -> list[float] | str:
     config = Config(
         executors=[
             HighThroughputExecutor(
-                label="htex", max_workers_per_node=8, address="127.0.0.1",
-                loopback_address="127.0.0.1", provider=LocalProvider(init_blocks=1, max_blocks=1),
+                label="htex",
+                max_workers_per_node=8,
+                address="127.0.0.1",
+                loopback_address="127.0.0.1",
+                provider=LocalProvider(init_blocks=1, max_blocks=1),
             )
         ],
         run_dir=run_dir,
