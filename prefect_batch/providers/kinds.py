@@ -131,6 +131,7 @@ KINDS: dict[str, ProviderKind] = {
     for kind in (
         ProviderKind("local", "prefect_batch.providers.local", registered=False),
         ProviderKind("ssh", "prefect_batch.providers.sshkind", registration_field="hostGroup"),
+        ProviderKind("ec2", "prefect_batch.providers.ec2"),
     )
 }
 """Every kind of node source, by name."""

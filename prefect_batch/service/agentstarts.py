@@ -128,7 +128,13 @@ class AgentStarts:
                 return
             on_event(
                 node_pk,
-                {"ev": "_agent_started", "connection": conn, "calls": calls, "root": conn.root},
+                {
+                    "ev": "_agent_started",
+                    "connection": conn,
+                    "calls": calls,
+                    "root": conn.root,
+                    "address": getattr(conn, "address", None),
+                },
                 generation,
             )
 

@@ -596,6 +596,10 @@ class NodeMixin:
         if root and str(root) != str(rt.root):
             rt.root = Path(str(root))
             conn.execute(update(nodes).where(nodes.c.pk == rt.pk).values(root_dir=str(root)))
+        address = msg.get("address")
+        if address and address != rt.address:  # known once the machine is up (an instance)
+            rt.address = str(address)
+            conn.execute(update(nodes).where(nodes.c.pk == rt.pk).values(ip_address=rt.address))
         try:
             agent.send(hello(rt.node_id, rt.pool_id))
         except Exception:  # noqa: BLE001 - a broken session shows up as a "closed" event

@@ -1,0 +1,659 @@
+"""The ``ec2`` kind of node source: EC2 instances, on-demand and spot, as the nodes of a pool.
+
+An account registers an EC2 template (:class:`EC2Template`: AMI, instance type, subnets tried
+in order, security groups, key pair, SSH login, region, ``endpointUrl`` for any EC2-compatible
+endpoint) and pools name it ``batch.node.ec2.<name>``. Each node is one instance:
+``targetDedicatedNodes`` are on-demand, ``targetLowPriorityNodes`` spot. The instance's agent is
+started over SSH exactly as on an SSH host (:class:`~prefect_batch.providers.ssh.SSHNodeSource`,
+host keys verified), so everything after the launch is the SSH kind's.
+
+Launches (:meth:`EC2Provider.connect`, on a start worker):
+
+* every instance carries, in ``TagSpecifications`` at launch (never added later), the account,
+  the source, the pool, the node id and its launch token (``prefect-batch:*`` tags);
+* the ``ClientToken`` is derived from the node, the attempt and the subnet, and recorded in the
+  provider's records **before** the call, so a call retried after a timeout launches nothing
+  twice; an instance already tagged with the node is adopted instead of launching again (a
+  service that stopped between ``run_instances`` and its record);
+* a capacity error moves to the next subnet; after the last, or on a quota error, the node is
+  reported ``failed`` with Azure's resize error (``AllocationFailed``,
+  ``AccountCoreQuotaReached``, ``AccountLowPriorityCoreQuotaReached``; the AWS code and message
+  in its values) and the pool is not grown again until its next resize;
+* launches use a client that does not retry; describe and terminate retry (throttling, 5xx)
+  with botocore's standard jittered backoff;
+* an instance whose SSH does not answer within ``readyTimeoutSeconds`` is terminated and the
+  start fails; the engine's next start launches a replacement.
+
+A watcher thread (every ``pollSeconds``) describes the source's instances by tag: an instance
+of a node that EC2 terminated with ``Server.SpotInstanceTermination`` is reported
+``preempted``, any other that went away ``lost``; a running instance tagged for this source
+whose node the provider does not know is terminated. Releasing a node terminates its instance
+(idempotent on the request id).
+
+``sshEndpoints`` (``host:port``) stand in for the instances' addresses, the first one free for
+each launch: a lab behind a bastion, and the tests, which map instances to private sshd servers
+on loopback. Private keys are never stored: ``privateKeyPath`` names a file on the service's
+machine, ``privateKeySecretName`` a Prefect ``Secret`` block resolved when the provider is
+built. AWS credentials come from boto3's chain (environment, profile, instance role).
+
+What this module does not do: per-pool key pairs or security groups, IMDS spot notices, batches
+of several instances per ``run_instances`` call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from prefect_batch.core.ids import validate_id
+from prefect_batch.exceptions import (
+    AgentError,
+    BatchInvalidRequestError,
+    HostKeyError,
+    invalid_property,
+    validation_error,
+)
+from prefect_batch.providers.base import AgentConnection, EventCallback
+from prefect_batch.providers.contract import (
+    NodeProvider,
+    NodeRef,
+    NodeSlot,
+    Placement,
+    PoolRef,
+    ProviderEvent,
+    ProviderTraits,
+    RecordStore,
+    ReportCallback,
+    ResizeError,
+)
+from prefect_batch.providers.hostgroup import DEFAULT_NODE_ROOT, check_root
+from prefect_batch.providers.kinds import KINDS, BuildContext, image_entry
+from prefect_batch.providers.ssh import SSHNodeSource
+
+__all__ = [
+    "TRAITS",
+    "EC2Provider",
+    "EC2Template",
+    "build_provider",
+    "files",
+    "supported_image",
+    "validate_registration",
+]
+
+log = logging.getLogger("prefect_batch.providers.ec2")
+
+TRAITS = ProviderTraits(unreachable_grace=True, low_priority=True)
+"""Instances: remote machines, fresh at launch, on-demand or spot."""
+
+TAG = "prefect-batch:"
+CAPACITY_CODES = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "InsufficientHostCapacity",
+        "InsufficientReservedInstanceCapacity",
+        "InsufficientCapacity",
+        "UnfulfillableCapacity",
+        "SpotMaxPriceTooLow",
+        "Unsupported",
+    }
+)
+"""AWS codes after which the next subnet is tried."""
+QUOTA_CODES = frozenset({"InstanceLimitExceeded", "VcpuLimitExceeded"})
+SPOT_QUOTA_CODES = frozenset({"MaxSpotInstanceCountExceeded"})
+_LIVE_STATES = ("pending", "running")
+_KEY_FIELDS = ("privateKey", "private_key", "privateKeyPassphrase")
+
+
+class EC2Template(BaseModel):
+    """What an EC2 node source launches (camelCase on the wire, as the REST resource)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    name: str = Field(description="The source's name; pools name batch.node.ec2.<name>.")
+    ami_id: str = Field(min_length=1, description="The AMI (needs python3 and sshd).")
+    instance_type: str = Field(min_length=1, description="The instance type (the pools' vmSize).")
+    region_name: str = Field("us-east-1", min_length=1, description="The AWS region.")
+    endpoint_url: str | None = Field(None, description="An EC2-compatible endpoint instead.")
+    subnet_ids: list[str] = Field(default_factory=list, description="Subnets, tried in order.")
+    security_group_ids: list[str] = Field(default_factory=list)
+    key_pair_name: str | None = Field(None, description="The EC2 key pair of the instances.")
+    private_key_path: Path | None = Field(None, description="Its private key, on this machine.")
+    private_key_secret_name: str | None = Field(None, description="Or a Prefect Secret block.")
+    ssh_user: str = Field("ec2-user", min_length=1)
+    ssh_port: int = Field(22, ge=1, le=65535)
+    ssh_endpoints: list[str] = Field(
+        default_factory=list, description="host:port used instead of instance addresses."
+    )
+    known_hosts: Path | None = Field(None, description="known_hosts for the instances' keys.")
+    trust_on_first_use: bool = Field(False, description="Record an unknown host key once.")
+    node_root: str = Field(DEFAULT_NODE_ROOT, description="The node root on an instance.")
+    python: str = Field("python3", min_length=1)
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags on every instance.")
+    user_data: str | None = Field(None, max_length=16384)
+    iam_instance_profile: str | None = Field(None, description="An instance profile name.")
+    ready_timeout_seconds: float = Field(600.0, gt=0, le=3600)
+    poll_seconds: float = Field(15.0, ge=0.2, le=3600)
+    connect_timeout_seconds: float = Field(10.0, gt=0, le=300)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_id(value, "name")
+
+    @field_validator("node_root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        return check_root(value)
+
+    @field_validator("ssh_endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            _host, sep, port = endpoint.rpartition(":")
+            if not sep or not _host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"not host:port: {endpoint!r}")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key.startswith(TAG) or key.lower().startswith("aws:"):
+                raise ValueError(f"tag {key!r} is reserved")
+        return value
+
+    def endpoint(self, index: int) -> tuple[str, int]:
+        host, _, port = self.ssh_endpoints[index].rpartition(":")
+        return host, int(port)
+
+
+def _clients(template: EC2Template) -> tuple[Any, Any]:
+    """(a client that retries with backoff, a fail-fast one for launches)."""
+    import boto3  # the kind's module is imported only for EC2 sources
+    from botocore.config import Config
+
+    session = boto3.session.Session(region_name=template.region_name)
+    common = {"endpoint_url": template.endpoint_url}
+    patient = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10)
+    hasty = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=10)
+    return (
+        session.client("ec2", config=patient, **common),
+        session.client("ec2", config=hasty, **common),
+    )
+
+
+def _aws_error(exc: BaseException) -> tuple[str, str]:
+    response = getattr(exc, "response", None) or {}
+    error = response.get("Error") or {}
+    return str(error.get("Code") or type(exc).__name__), str(error.get("Message") or exc)
+
+
+class EC2Provider(NodeProvider):
+    """The provider of one EC2 template: launches, joins, watches and terminates instances.
+
+    Args:
+        sku: ``batch.node.ec2.<name>``.
+        template: The template.
+        account: The account that registered it (its instances are tagged with it).
+        records: Durable records: each node's launch (token, instance, endpoint).
+        private_key: The key text from a Secret block, if the template names one.
+    """
+
+    kind = "ec2"
+    traits = TRAITS
+
+    def __init__(
+        self,
+        sku: str,
+        template: EC2Template,
+        account: str,
+        records: RecordStore,
+        private_key: str | None = None,
+    ) -> None:
+        super().__init__(sku)
+        self.template = template
+        self.account = account
+        self.records = records
+        self._private_key = private_key
+        self._ec2, self._launcher = _clients(template)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._missing: dict[str, int] = {}
+
+    # -- placement ---------------------------------------------------------------------------
+
+    def place(
+        self,
+        pool: PoolRef,
+        node_ids: Sequence[str],
+        in_use: Collection[str],
+        *,
+        dedicated: bool = True,
+    ) -> Placement:
+        """Every node asked for: EC2 says at launch whether it has the capacity."""
+        return Placement(
+            [
+                NodeSlot(
+                    node_id=n,
+                    root=f"{self.template.node_root.rstrip('/')}/{n}",
+                    vm_size=self.template.instance_type,
+                    dedicated=dedicated,
+                )
+                for n in node_ids
+            ]
+        )
+
+    # -- launch and join -----------------------------------------------------------------------
+
+    def connect(self, node: NodeRef, on_event: EventCallback) -> AgentConnection:
+        """Launch the node's instance (or find it), wait for SSH, start the agent there."""
+        record = self.records.get(_key(node.node_id)) or {}
+        instance_id = record.get("instanceId") or self._launch(node, record)
+        record = self.records.get(_key(node.node_id)) or {}
+        deadline = time.monotonic() + self.template.ready_timeout_seconds
+        while True:
+            try:
+                address, port = self._address(instance_id, record)
+                return self._join(node, address, port, on_event)
+            except HostKeyError:
+                raise
+            except AgentError as exc:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    self._give_up(node, instance_id, str(exc))
+                    raise AgentError(
+                        f"{instance_id} was not ready within "
+                        f"{self.template.ready_timeout_seconds:g} s ({exc}); it is terminated"
+                    ) from None
+                self._stop.wait(1.0)
+
+    def _launch(self, node: NodeRef, record: dict[str, Any]) -> str:
+        found = self._tagged(Filters=[_tag("node", node.node_id), _states(_LIVE_STATES)])
+        if found:  # launched before its record was written: adopt it
+            instance_id = str(found[0]["InstanceId"])
+            endpoint = record.get("endpoint", self._free_endpoint(node.node_id))
+            adopted = {"pool": node.pool_id, **record, "instanceId": instance_id}
+            self.records.put(_key(node.node_id), {**adopted, "endpoint": endpoint})
+            log.info("adopted %s for node %s", instance_id, node.node_id)
+            return instance_id
+        attempt = int(record.get("attempt", 0)) + 1
+        token = hashlib.sha256(
+            f"{self.account}/{self.sku}/{node.pool_id}/{node.node_id}".encode()
+        ).hexdigest()[:40]
+        record = {
+            "pool": node.pool_id,
+            "token": token,
+            "attempt": attempt,
+            "endpoint": self._free_endpoint(node.node_id),
+        }
+        self.records.put(_key(node.node_id), record)  # before the call it protects
+        subnets: list[str | None] = list(self.template.subnet_ids) or [None]
+        last = ("", "")
+        for index, subnet in enumerate(subnets):
+            params = self._launch_params(node, token, subnet)
+            params["ClientToken"] = f"{token}-{attempt}-{index}"
+            try:
+                response = self._launcher.run_instances(**params)
+            except Exception as exc:  # noqa: BLE001 - sorted by its AWS code below
+                code, message = _aws_error(exc)
+                last = (code, message)
+                if code in CAPACITY_CODES:
+                    log.info("no capacity for %s in %s: %s", node.node_id, subnet, message)
+                    continue
+                if code in QUOTA_CODES or code in SPOT_QUOTA_CODES:
+                    azure = (
+                        "AccountCoreQuotaReached"
+                        if node.dedicated and code not in SPOT_QUOTA_CODES
+                        else "AccountLowPriorityCoreQuotaReached"
+                    )
+                    self._fail(node, azure, code, message)
+                raise AgentError(f"run_instances for {node.node_id}: {code}: {message}") from None
+            instance_id = str(response["Instances"][0]["InstanceId"])
+            self.records.put(_key(node.node_id), {**record, "instanceId": instance_id})
+            log.info("launched %s for node %s", instance_id, node.node_id)
+            return instance_id
+        self._fail(node, "AllocationFailed", *last)
+
+    def _launch_params(self, node: NodeRef, token: str, subnet: str | None) -> dict[str, Any]:
+        t = self.template
+        tags = {
+            **t.tags,
+            "Name": f"prefect-batch {node.pool_id}/{node.node_id}",
+            f"{TAG}account": self.account,
+            f"{TAG}source": t.name,
+            f"{TAG}pool": node.pool_id,
+            f"{TAG}node": node.node_id,
+            f"{TAG}launch": token,
+        }
+        params: dict[str, Any] = {
+            "ImageId": t.ami_id,
+            "InstanceType": t.instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "TagSpecifications": [
+                {
+                    "ResourceType": "instance",
+                    "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+                }
+            ],
+        }
+        if subnet is not None:
+            params["SubnetId"] = subnet
+        if t.security_group_ids:
+            params["SecurityGroupIds"] = list(t.security_group_ids)
+        if t.key_pair_name:
+            params["KeyName"] = t.key_pair_name
+        if t.user_data:
+            params["UserData"] = t.user_data
+        if t.iam_instance_profile:
+            params["IamInstanceProfile"] = {"Name": t.iam_instance_profile}
+        if not node.dedicated:
+            params["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {
+                    "SpotInstanceType": "one-time",
+                    "InstanceInterruptionBehavior": "terminate",
+                },
+            }
+        return params
+
+    def _fail(self, node: NodeRef, azure_code: str, aws_code: str, message: str) -> NoReturn:
+        """The node's launch is refused: report it (the pool's resize error) and stop."""
+        self.records.delete(_key(node.node_id))
+        text = f"{self.template.instance_type} in {self.template.region_name}: {message}"
+        error = ResizeError(azure_code, text, {"awsCode": aws_code, "awsMessage": message})
+        if self._report is not None:
+            self._report(ProviderEvent(node.node_id, "failed", aws_code, text, error))
+        raise AgentError(f"{node.node_id}: {aws_code}: {message}")
+
+    def _free_endpoint(self, node_id: str) -> int | None:
+        if not self.template.ssh_endpoints:
+            return None
+        with self._lock:
+            taken = {
+                r.get("endpoint")
+                for k, r in self.records.items("node/")
+                if k != _key(node_id) and isinstance(r, dict)
+            }
+            for index in range(len(self.template.ssh_endpoints)):
+                if index not in taken:
+                    return index
+        raise AgentError(f"every sshEndpoint of {self.template.name} has an instance")
+
+    def _address(self, instance_id: str, record: Mapping[str, Any]) -> tuple[str, int]:
+        if record.get("endpoint") is not None:
+            return self.template.endpoint(int(record["endpoint"]))
+        found = self._tagged(InstanceIds=[instance_id])
+        if not found:
+            raise AgentError(f"{instance_id} is not there (yet)")
+        instance = found[0]
+        address = instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
+        if instance["State"]["Name"] != "running" or not address:
+            raise AgentError(f"{instance_id} is {instance['State']['Name']}")
+        return str(address), self.template.ssh_port
+
+    def _join(
+        self, node: NodeRef, address: str, port: int, on_event: EventCallback
+    ) -> AgentConnection:
+        t = self.template
+        group: dict[str, Any] = {
+            "name": t.name,
+            "hosts": [{"address": address, "port": port}],
+            "user": t.ssh_user,
+            "trust_on_first_use": t.trust_on_first_use,
+            "node_root": t.node_root,
+            "python": t.python,
+            "connect_timeout_seconds": t.connect_timeout_seconds,
+        }
+        if t.known_hosts is not None:
+            group["known_hosts"] = t.known_hosts
+        if self._private_key is not None:
+            group["private_key"] = self._private_key
+        elif t.private_key_path is not None:
+            group["private_key_path"] = t.private_key_path
+        source = SSHNodeSource(group, sku=self.sku)
+        return source.start_agent_on(source.hosts[0].id, node.node_id, on_event, root=node.root)
+
+    def _give_up(self, node: NodeRef, instance_id: str, why: str) -> None:
+        log.warning("terminating %s (node %s): not ready: %s", instance_id, node.node_id, why)
+        self._terminate([instance_id])
+        record = self.records.get(_key(node.node_id)) or {}
+        self.records.put(
+            _key(node.node_id), {"attempt": record.get("attempt", 0), "pool": node.pool_id}
+        )
+
+    # -- release -------------------------------------------------------------------------------
+
+    def release(self, request_id: str, node: NodeRef, *, wipe_only: bool = False) -> None:
+        """Terminate the node's instance; once per ``request_id``."""
+        done = f"released/{request_id}"
+        if self.records.get(done):
+            return
+        if wipe_only:  # a reimage: the next agent empties the root; the instance stays
+            return
+        record = self.records.get(_key(node.node_id)) or {}
+        ids = [record["instanceId"]] if record.get("instanceId") else []
+        if not ids:
+            ids = [
+                str(i["InstanceId"])
+                for i in self._tagged(Filters=[_tag("node", node.node_id), _states(_LIVE_STATES)])
+            ]
+        self._terminate(ids)
+        self.records.delete(_key(node.node_id))
+        self.records.put(done, True)
+
+    def _terminate(self, ids: list[str]) -> None:
+        if ids:  # never with an empty list: that would mean every instance
+            self._ec2.terminate_instances(InstanceIds=ids)
+
+    # -- watching ------------------------------------------------------------------------------
+
+    def watch(self, report: ReportCallback) -> None:
+        super().watch(report)
+        with self._lock:
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch_loop,
+                    name=f"prefect-batch-ec2-{self.template.name}",
+                    daemon=True,
+                )
+                self._watcher.start()
+
+    def _watch_loop(self) -> None:
+        while not self._stop.wait(self.template.poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the next poll tries again
+                log.warning("polling EC2 for %s failed", self.template.name, exc_info=True)
+
+    def poll(self) -> None:
+        """Report instances that went away; terminate ones of this source no node knows."""
+        known = {
+            k[len("node/") :]: r
+            for k, r in self.records.items("node/")
+            if isinstance(r, dict) and r.get("instanceId")
+        }
+        launching = {k[len("node/") :] for k, _ in self.records.items("node/")}
+        found = {str(i["InstanceId"]): i for i in self._tagged(Filters=self._source_filters())}
+        for node_id, record in known.items():
+            instance = found.get(record["instanceId"])
+            state = instance["State"]["Name"] if instance is not None else None
+            if state in _LIVE_STATES:
+                self._missing.pop(node_id, None)
+                continue
+            if instance is None:  # describe is eventually consistent: twice before it counts
+                self._missing[node_id] = self._missing.get(node_id, 0) + 1
+                if self._missing[node_id] < 2:
+                    continue
+            reason = ((instance or {}).get("StateReason") or {}).get("Code", "")
+            self.records.delete(_key(node_id))
+            self._missing.pop(node_id, None)
+            if self._report is None:
+                continue
+            if reason == "Server.SpotInstanceTermination":
+                event = ProviderEvent(
+                    node_id, "preempted", "NodePreempted", f"{record['instanceId']}: {reason}"
+                )
+            else:
+                why = reason or state or "no longer there"
+                event = ProviderEvent(
+                    node_id, "lost", "NodeMachineLost", f"{record['instanceId']}: {why}"
+                )
+            self._report(event)
+        strays = [
+            instance_id
+            for instance_id, i in found.items()
+            if i["State"]["Name"] in _LIVE_STATES and _tag_of(i, "node") not in launching
+        ]
+        if strays:
+            log.warning("terminating instances of %s no node knows: %s", self.template.name, strays)
+            self._terminate(strays)
+
+    def _source_filters(self) -> list[dict[str, Any]]:
+        return [_tag("account", self.account), _tag("source", self.template.name)]
+
+    def _tagged(self, **query: Any) -> list[dict[str, Any]]:
+        if "Filters" in query:
+            query["Filters"] = [*self._source_filters(), *query["Filters"]]
+        return list(_instances(self._ec2, **query))
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _key(node_id: str) -> str:
+    return f"node/{node_id}"
+
+
+def _tag(name: str, value: str) -> dict[str, Any]:
+    return {"Name": f"tag:{TAG}{name}", "Values": [value]}
+
+
+def _states(states: Sequence[str]) -> dict[str, Any]:
+    return {"Name": "instance-state-name", "Values": list(states)}
+
+
+def _tag_of(instance: Mapping[str, Any], name: str) -> str | None:
+    for tag in instance.get("Tags") or []:
+        if tag.get("Key") == f"{TAG}{name}":
+            return str(tag.get("Value"))
+    return None
+
+
+def _instances(ec2: Any, **query: Any) -> Iterator[dict[str, Any]]:
+    for page in ec2.get_paginator("describe_instances").paginate(**query):
+        for reservation in page.get("Reservations") or []:
+            yield from reservation.get("Instances") or []
+
+
+# -- the kind ----------------------------------------------------------------------------------
+
+
+def validate_registration(body: Any) -> dict[str, Any]:
+    """The stored spec of an EC2 template, checked against EC2 (nothing is launched).
+
+    Raises:
+        BatchInvalidRequestError: Naming the offending field: one the model refuses, key
+            material, an instance type, AMI, subnet or security group EC2 does not have, or
+            an endpoint that cannot be reached.
+    """
+    if not isinstance(body, Mapping):
+        raise BatchInvalidRequestError("InvalidRequestBody", "An EC2 template is a JSON object.")
+    fields = {k: v for k, v in body.items() if k not in ("kind", "nodeAgentSKUId")}
+    for name in _KEY_FIELDS:
+        if name in fields:
+            raise invalid_property(
+                name,
+                "<hidden>",
+                "key material is never stored: give privateKeyPath (a key file on the "
+                "service's machine) or privateKeySecretName (a Prefect Secret block)",
+            )
+    try:
+        template = EC2Template.model_validate(fields)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+    if (template.private_key_path is None) == (template.private_key_secret_name is None):
+        raise invalid_property(
+            "privateKeyPath",
+            str(template.private_key_path) if template.private_key_path else None,
+            "give privateKeyPath or privateKeySecretName (one of them)",
+        )
+    _check_against_ec2(template)
+    return template.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _check_against_ec2(template: EC2Template) -> None:
+    ec2, _ = _clients(template)
+    checks = [
+        (
+            "instanceType",
+            template.instance_type,
+            "describe_instance_types",
+            {"InstanceTypes": [template.instance_type]},
+        ),
+        ("amiId", template.ami_id, "describe_images", {"ImageIds": [template.ami_id]}),
+    ]
+    if template.subnet_ids:
+        checks.append(
+            (
+                "subnetIds",
+                template.subnet_ids,
+                "describe_subnets",
+                {"SubnetIds": template.subnet_ids},
+            )
+        )
+    if template.security_group_ids:
+        checks.append(
+            (
+                "securityGroupIds",
+                template.security_group_ids,
+                "describe_security_groups",
+                {"GroupIds": template.security_group_ids},
+            )
+        )
+    for field, value, call, params in checks:
+        try:
+            answer = getattr(ec2, call)(**params)
+        except Exception as exc:  # noqa: BLE001 - every failure names the field it checked
+            code, message = _aws_error(exc)
+            if code in ("EndpointConnectionError", "ConnectTimeoutError", "NoCredentialsError"):
+                raise invalid_property(
+                    "endpointUrl", template.endpoint_url, f"cannot ask EC2: {message}"
+                ) from None
+            raise invalid_property(field, value, f"{code}: {message}") from None
+        if call == "describe_images" and not answer.get("Images"):
+            raise invalid_property(field, value, "EC2 has no such image")
+
+
+def supported_image(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    return image_entry(KINDS["ec2"].sku(name), "ec2", str(spec.get("amiId", name)), "EC2")
+
+
+def files(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Files on the service's machine the template names."""
+    return [(f, str(spec[f])) for f in ("privateKeyPath", "knownHosts") if spec.get(f)]
+
+
+def build_provider(sku: str, spec: Mapping[str, Any], context: BuildContext) -> EC2Provider:
+    """An :class:`EC2Provider` for a stored template (its Secret block resolved).
+
+    Raises:
+        AgentError: The Secret block cannot be loaded, or the template is no longer valid.
+    """
+    try:
+        template = EC2Template.model_validate(dict(spec))
+    except ValidationError as exc:
+        raise AgentError(f"the EC2 template {spec.get('name')!r} is not valid: {exc}") from None
+    key = None
+    if template.private_key_secret_name:
+        key = context.resolve_secret(template.private_key_secret_name)
+    return EC2Provider(sku, template, context.account, context.records, key)

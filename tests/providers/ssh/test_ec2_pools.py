@@ -1,0 +1,359 @@
+"""EC2 pools: instances launched on moto's EC2 server, joined over SSH to private sshd servers.
+
+moto runs as a real HTTP endpoint on 127.0.0.1 (``ThreadedMotoServer``); the template's
+``sshEndpoints`` map the instances, in launch order, to the sshd servers on 127.0.0.2-4. A guard
+fails any test that connects anywhere but loopback (moto hands out 10.x and 54.x addresses).
+Faults are injected into moto's backend: it has no capacity errors and no spot reclaims.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.instances import InstanceBackend, StateReason
+from moto.server import ThreadedMotoServer
+
+from prefect_batch import BatchClient, BatchInvalidRequestError
+from prefect_batch.testing import embedded_client, wait_for_nodes, wait_for_task, wait_until
+from prefect_batch.testing.sshd import SSHServers
+
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Fail on any IPv4/IPv6 connect that is not to loopback; returns the addresses refused."""
+    refused: list[str] = []
+    real = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            host = str(address[0])
+            if not (host.startswith("127.") or host in ("::1", "localhost")):
+                refused.append(host)
+                raise OSError(f"test guard: no connection to {host} (loopback only)")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return refused
+
+
+@pytest.fixture
+def moto_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        ec2_backends[DEFAULT_ACCOUNT_ID][REGION].reset()
+
+
+@pytest.fixture
+def ec2(moto_url: str) -> Any:
+    return boto3.client("ec2", region_name=REGION, endpoint_url=moto_url)
+
+
+@pytest.fixture
+def client(tmp_path: Path, loopback_only: list[str], moto_url: str) -> Iterator[BatchClient]:
+    # After moto_url: the engine (and its EC2 watcher) stops before the endpoint does.
+    with embedded_client(tmp_path / "home", node_unreachable_grace_seconds=300) as c:
+        yield c
+    assert loopback_only == []
+
+
+def _template(
+    servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path, **extra: Any
+) -> dict[str, Any]:
+    known = tmp_path / "known_hosts"
+    known.write_text(servers.known_hosts_text())
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    return {
+        "kind": "ec2",
+        "name": f"lab{uuid.uuid4().hex[:6]}",
+        "amiId": ami,
+        "instanceType": "t3.micro",
+        "regionName": REGION,
+        "endpointUrl": moto_url,
+        "sshEndpoints": [f"{s.address}:{s.port}" for s in servers],
+        "sshUser": servers.user,
+        "privateKeyPath": str(servers.client_key_path),
+        "knownHosts": str(known),
+        "nodeRoot": str(tmp_path / "instances"),
+        "pollSeconds": 0.5,
+        "readyTimeoutSeconds": 30,
+        "tags": {"team": "batch"},
+        **extra,
+    }
+
+
+def _pool(client: BatchClient, pool_id: str, source: str, dedicated: int, low: int = 0) -> None:
+    client.create_pool(
+        {
+            "id": pool_id,
+            "vmSize": "t3.micro",
+            "targetDedicatedNodes": dedicated,
+            "targetLowPriorityNodes": low,
+            "virtualMachineConfiguration": {
+                "imageReference": {"publisher": "prefect-batch", "offer": "ec2", "sku": source},
+                "nodeAgentSKUId": f"batch.node.ec2.{source}",
+            },
+        }
+    )
+
+
+def _instances(ec2: Any, source: str, states: tuple[str, ...] = ("pending", "running")) -> list:
+    pages = ec2.get_paginator("describe_instances").paginate(
+        Filters=[
+            {"Name": "tag:prefect-batch:source", "Values": [source]},
+            {"Name": "instance-state-name", "Values": list(states)},
+        ]
+    )
+    return [i for p in pages for r in p["Reservations"] for i in r["Instances"]]
+
+
+def _tags(instance: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in instance.get("Tags") or []}
+
+
+def test_a_bad_template_names_its_field_and_registers_nothing(
+    client: BatchClient, servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path
+) -> None:
+    good = _template(servers, ec2, moto_url, tmp_path)
+    for field, value in [
+        ("instanceType", "x9.nonesuch"),
+        ("amiId", "ami-00000000"),
+        ("subnetIds", ["subnet-00000000"]),
+        ("sshEndpoints", ["no-port"]),
+        ("tags", {"prefect-batch:node": "x"}),
+    ]:
+        with pytest.raises(BatchInvalidRequestError) as err:
+            client.create_node_source({**good, field: value})
+        assert err.value.values["PropertyName"] == field, (field, err.value)
+    with pytest.raises(BatchInvalidRequestError) as err:
+        client.create_node_source({**good, "privateKey": "-----BEGIN"})
+    assert err.value.values["PropertyName"] == "privateKey"
+    assert client.list_node_sources() == []
+    assert _instances(ec2, good["name"], ("pending", "running", "terminated")) == []
+
+
+def test_an_ec2_pool_launches_on_demand_and_spot_instances_and_runs_tasks(
+    client: BatchClient, servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path
+) -> None:
+    template = _template(servers, ec2, moto_url, tmp_path)
+    client.create_node_source(template)
+    name = template["name"]
+    assert f"batch.node.ec2.{name}" in [i.node_agent_sku_id for i in client.list_supported_images()]
+    _pool(client, "ec2pool", name, 1, low=1)
+    nodes = wait_for_nodes(client, "ec2pool", 2, timeout=90)
+    assert sorted(n.is_dedicated for n in nodes) == [False, True]
+    assert {n.ip_address for n in nodes} <= {s.address for s in servers}
+    running = _instances(ec2, name)
+    assert len(running) == 2
+    by_node = {_tags(i)["prefect-batch:node"]: i for i in running}
+    assert set(by_node) == {n.id for n in nodes}
+    for node in nodes:
+        instance = by_node[node.id]
+        tags = _tags(instance)
+        assert tags["prefect-batch:pool"] == "ec2pool" and tags["team"] == "batch"
+        assert tags["prefect-batch:account"] == client.account_name
+        assert instance.get("InstanceLifecycle") == (None if node.is_dedicated else "spot")
+        assert instance["ClientToken"].startswith(tags["prefect-batch:launch"])
+    client.create_job({"id": "j", "poolInfo": {"poolId": "ec2pool"}})
+    client.create_tasks(
+        "j",
+        [
+            {"id": f"t{i}", "commandLine": "/bin/sh -c 'echo $AZ_BATCH_NODE_IS_DEDICATED'"}
+            for i in range(4)
+        ],
+    )
+    for i in range(4):
+        task = wait_for_task(client, "j", f"t{i}", timeout=60)
+        assert task.execution_info.exit_code == 0
+    client.delete_pool("ec2pool")
+    wait_until(lambda: not client.pool_exists("ec2pool"), timeout=60, message="pool deleted")
+    wait_until(lambda: _instances(ec2, name) == [], timeout=30, message="instances terminated")
+    assert len(_instances(ec2, name, ("terminated",))) == 2
+
+
+def test_no_capacity_in_any_subnet_is_allocation_failed_with_the_aws_code(
+    client: BatchClient,
+    servers: SSHServers,
+    ec2: Any,
+    moto_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:2]]
+    template = _template(servers, ec2, moto_url, tmp_path, subnetIds=subnets)
+    client.create_node_source(template)
+    tried: list[str | None] = []
+
+    def no_capacity(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tried.append(kwargs.get("subnet_id"))
+        raise EC2ClientError("InsufficientInstanceCapacity", "no t3.micro capacity here")
+
+    monkeypatch.setattr(InstanceBackend, "run_instances", no_capacity)
+    _pool(client, "full", template["name"], 1)
+    pool = wait_until(
+        lambda: (p := client.get_pool("full")).resize_errors and p, timeout=60, message="error"
+    )
+    (error,) = pool.resize_errors
+    assert error.code == "AllocationFailed"
+    values = {v.name: v.value for v in error.error_values or []}
+    assert values["awsCode"] == "InsufficientInstanceCapacity"
+    wait_until(lambda: client.list_nodes("full") == [], timeout=30, message="node gone")
+    assert tried == subnets  # each subnet once, in order, then no retry
+    client.service.wake(pools=True)
+    wait_until(lambda: client.get_pool("full").allocation_state == "steady", timeout=30)
+    assert len(tried) == len(subnets)
+
+
+def test_a_spot_reclaim_preempts_the_node_and_requeues_its_task_without_a_retry(
+    client: BatchClient, servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path
+) -> None:
+    template = _template(servers, ec2, moto_url, tmp_path)
+    client.create_node_source(template)
+    _pool(client, "spot", template["name"], 0, low=1)
+    (node,) = wait_for_nodes(client, "spot", 1, timeout=90)
+    gate = tmp_path / "gate"
+    client.create_job({"id": "sj", "poolInfo": {"poolId": "spot"}})
+    client.create_task(
+        "sj",
+        {
+            "id": "t",
+            "commandLine": f"/bin/sh -c 'while [ ! -e {gate} ]; do sleep 0.1; done'",
+            "constraints": {"maxTaskRetryCount": 0},
+        },
+    )
+    wait_for_task(client, "sj", "t", "running", timeout=60)
+    (instance,) = _instances(ec2, template["name"])
+    backend = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
+    reclaimed = backend.get_instance(instance["InstanceId"])
+    reclaimed.terminate()
+    reclaimed.state_reason = StateReason(
+        "Server.SpotInstanceTermination: Spot instance termination",
+        "Server.SpotInstanceTermination",
+    )
+    wait_until(
+        lambda: client.get_node("spot", node.id).state == "preempted",
+        timeout=30,
+        message="node preempted",
+    )
+    task = wait_until(
+        lambda: (t := client.get_task("sj", "t")).execution_info.requeue_count == 1 and t,
+        timeout=30,
+        message="task requeued",
+    )
+    assert task.execution_info.retry_count == 0
+    replacement = wait_until(
+        lambda: [n for n in client.list_nodes("spot") if n.state in ("idle", "running")],
+        timeout=90,
+        message="a replacement node",
+    )
+    assert replacement[0].id != node.id and replacement[0].is_dedicated is False
+    gate.touch()
+    task = wait_for_task(client, "sj", "t", timeout=60)
+    assert task.node_info.node_id == replacement[0].id
+    assert (task.execution_info.requeue_count, task.execution_info.retry_count) == (1, 0)
+    client.delete_pool("spot")
+    wait_until(lambda: _instances(ec2, template["name"]) == [], timeout=60, message="cleaned up")
+
+
+def _provider(servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path) -> Any:
+    from prefect_batch.providers.contract import MemoryRecords
+    from prefect_batch.providers.ec2 import EC2Provider, EC2Template
+
+    spec = _template(servers, ec2, moto_url, tmp_path)
+    spec.pop("kind")
+    template = EC2Template.model_validate(spec)
+    return EC2Provider(f"batch.node.ec2.{template.name}", template, "acct", MemoryRecords())
+
+
+def test_an_instance_launched_before_its_record_is_adopted_not_launched_again(
+    servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path, loopback_only: list[str]
+) -> None:
+    from prefect_batch.providers.contract import NodeRef
+
+    provider = _provider(servers, ec2, moto_url, tmp_path)
+    name = provider.template.name
+    # The service stopped after run_instances answered and before it recorded the instance.
+    ec2.run_instances(
+        ImageId=provider.template.ami_id,
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[
+            {
+                "ResourceType": "instance",
+                "Tags": [
+                    {"Key": "prefect-batch:account", "Value": "acct"},
+                    {"Key": "prefect-batch:source", "Value": name},
+                    {"Key": "prefect-batch:node", "Value": "n1"},
+                ],
+            }
+        ],
+    )
+    node = NodeRef(account="acct", pool_id="p", node_id="n1", root=str(tmp_path / "n1"))
+    events: list[dict[str, Any]] = []
+    conn = provider.connect(node, events.append)
+    try:
+        assert len(_instances(ec2, name)) == 1
+        assert (
+            provider.records.get("node/n1")["instanceId"] == _instances(ec2, name)[0]["InstanceId"]
+        )
+    finally:
+        conn.kill(tasks=True, grace_seconds=5)
+    provider.release("r1", node)
+    provider.release("r1", node)  # the same request again: nothing more
+    assert _instances(ec2, name) == []
+    assert loopback_only == []
+
+
+def test_the_watcher_terminates_strays_of_its_source_only(
+    servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path
+) -> None:
+    provider = _provider(servers, ec2, moto_url, tmp_path)
+    name = provider.template.name
+
+    def launch(tags: dict[str, str]) -> str:
+        spec = [
+            {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+        ]
+        answer = ec2.run_instances(
+            ImageId=provider.template.ami_id,
+            InstanceType="t3.micro",
+            MinCount=1,
+            MaxCount=1,
+            **({"TagSpecifications": spec} if tags else {}),
+        )
+        return str(answer["Instances"][0]["InstanceId"])
+
+    stray = launch(
+        {"prefect-batch:account": "acct", "prefect-batch:source": name, "prefect-batch:node": "x"}
+    )
+    other_account = launch(
+        {"prefect-batch:account": "other", "prefect-batch:source": name, "prefect-batch:node": "y"}
+    )
+    untagged = launch({})
+    provider.poll()
+    states = {
+        i["InstanceId"]: i["State"]["Name"]
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+    }
+    assert states[stray] == "terminated"
+    assert states[other_account] == "running" and states[untagged] == "running"
