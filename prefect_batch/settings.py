@@ -112,6 +112,12 @@ class BatchSettings(BaseSettings):
     transfer_timeout_seconds: float = Field(
         60.0, gt=0, description="Timeout of each download or upload request a node makes."
     )
+    cloud_accounts: list[str] = Field(
+        default_factory=list,
+        description="Accounts that may register, through a server, node sources that launch "
+        "machines with the server's own cloud credentials and reach the endpoint they name "
+        "(EC2 templates), as a JSON list. Unset: none may; an embedded client always may.",
+    )
 
     @property
     def effective_database_url(self) -> str:

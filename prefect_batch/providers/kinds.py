@@ -78,12 +78,16 @@ class ProviderKind:
         registered: Accounts register node sources of this kind (stored in ``node_sources``);
             ``local`` is not registered: the service brings it.
         registration_field: The field of the REST resource that holds the registered spec.
+        service_credentials: Its providers act with the service's own cloud credentials and
+            connect to the endpoint a registration names: behind a server only the accounts
+            the operator lists (``PREFECT_BATCH_CLOUD_ACCOUNTS``) may register one.
     """
 
     name: str
     module: str
     registered: bool = True
     registration_field: str = "spec"
+    service_credentials: bool = False
     _loaded: list[ModuleType] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -131,7 +135,7 @@ KINDS: dict[str, ProviderKind] = {
     for kind in (
         ProviderKind("local", "prefect_batch.providers.local", registered=False),
         ProviderKind("ssh", "prefect_batch.providers.sshkind", registration_field="hostGroup"),
-        ProviderKind("ec2", "prefect_batch.providers.ec2"),
+        ProviderKind("ec2", "prefect_batch.providers.ec2", service_credentials=True),
     )
 }
 """Every kind of node source, by name."""
@@ -195,31 +199,46 @@ def sku_of(kind: str, name: str) -> str:
     return KINDS[kind].sku(name)
 
 
-def registration(body: Any) -> tuple[ProviderKind, dict[str, Any]]:
+def registration(
+    body: Any, *, before_checks: Callable[[ProviderKind], None] | None = None
+) -> tuple[ProviderKind, dict[str, Any]]:
     """The kind a registration is of (its ``kind``, ``ssh`` when it names none) and its spec.
 
     ``body`` is a dict of the kind's fields, a block with ``node_source_spec()``, or the
-    kind's own model.
+    kind's own model. ``before_checks(kind)`` runs before the kind checks the body (which may
+    ask the cloud): a caller's chance to refuse the kind first.
 
     Raises:
         BatchInvalidRequestError: An unknown kind, or the kind refuses the body.
     """
+    kind, fields = _kind_of(body)
+    if before_checks is not None:
+        before_checks(kind)
+    return kind, kind.validate(fields)
+
+
+def _kind_of(body: Any) -> tuple[ProviderKind, Any]:
     fields = body.node_source_spec() if hasattr(body, "node_source_spec") else body
     name = fields.get("kind") if isinstance(fields, Mapping) else None
     kind = registered_kind(str(name or "ssh"))
     if kind is None:
         known = ", ".join(k.name for k in KINDS.values() if k.registered)
         raise invalid_property("kind", name, f"must be one of: {known}")
-    return kind, kind.validate(fields)
+    return kind, fields
 
 
 def registration_body(body: Any) -> dict[str, Any]:
     """A registration as a client sends it: validated by its kind, without key material.
 
-    An SSH host group goes as its fields; another kind's spec carries ``kind`` too.
+    An SSH host group goes as its fields; another kind's spec carries ``kind`` too. A kind
+    with ``service_credentials`` is checked by the server alone (against the cloud it can
+    reach, with its own credentials), so it goes as given.
 
     Raises:
         BatchInvalidRequestError: The kind is unknown or refuses the body.
     """
-    kind, spec = registration(body)
+    kind, fields = _kind_of(body)
+    if kind.service_credentials and isinstance(fields, Mapping):
+        return {**{k: v for k, v in fields.items() if k != "kind"}, "kind": kind.name}
+    spec = kind.validate(fields)
     return spec if kind.name == "ssh" else {"kind": kind.name, **spec}

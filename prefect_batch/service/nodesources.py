@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from prefect_batch.exceptions import (
+    BatchAuthenticationError,
     BatchConflictError,
     BatchNotFoundError,
     invalid_property,
@@ -33,6 +34,7 @@ from prefect_batch.providers.kinds import KINDS, ProviderKind, kind_of_sku, regi
 from prefect_batch.service import common
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.providers import machines_in_use
+from prefect_batch.settings import get_settings
 from prefect_batch.store.schema import node_sources, pools
 
 __all__ = [
@@ -81,8 +83,20 @@ def check_files_inside(paths: list[tuple[str, str]], sandbox: Path) -> None:
 class NodeSourceOperations(ServiceBase):
     """Register, read, replace and delete the node sources of one account."""
 
+    def _may_register(self, kind: ProviderKind) -> None:
+        """Behind a server, a kind that uses the server's cloud credentials needs the operator."""
+        if kind.service_credentials and self.strict:
+            if self.account not in get_settings().cloud_accounts:
+                raise BatchAuthenticationError(
+                    "OperationNotPermittedForAccount",
+                    f"Node sources of kind {kind.name} launch machines with this server's "
+                    "credentials; the operator lists the accounts that may register them "
+                    "(PREFECT_BATCH_CLOUD_ACCOUNTS)",
+                    {"Kind": kind.name},
+                )
+
     def _validated(self, body: Any) -> tuple[ProviderKind, dict[str, Any]]:
-        kind, spec = registration(body)
+        kind, spec = registration(body, before_checks=self._may_register)
         if self.file_sandbox is not None:
             # One directory per account: an account cannot name another account's key.
             check_files_inside(kind.files(spec), self.file_sandbox / self.account)

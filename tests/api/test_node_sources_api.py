@@ -110,3 +110,35 @@ def test_a_server_takes_key_and_known_hosts_files_only_from_its_ssh_directory(
                 }
             )
             assert [s.name for s in remote.list_node_sources()] == ["rlab"]
+
+
+def test_an_ec2_template_needs_the_operator_behind_a_server(remote: BatchClient) -> None:
+    """The server's cloud credentials, and its reach: an account the operator did not list
+    (PREFECT_BATCH_CLOUD_ACCOUNTS) cannot register one, and the server asks no endpoint."""
+    import socket
+
+    from prefect_batch.exceptions import BatchAuthenticationError
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    try:
+        with pytest.raises(BatchAuthenticationError) as refused:
+            remote.create_node_source(
+                {
+                    "kind": "ec2",
+                    "name": "cloud",
+                    "amiId": "ami-1",
+                    "instanceType": "t3.micro",
+                    "endpointUrl": f"http://127.0.0.1:{port}",
+                    "privateKeySecretName": "k",
+                }
+            )
+        assert refused.value.code == "OperationNotPermittedForAccount"
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody came: nothing was asked of the endpoint
+    finally:
+        listener.close()
+    assert "cloud" not in {s.name for s in remote.list_node_sources()}
