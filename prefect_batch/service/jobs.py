@@ -401,15 +401,10 @@ class JobOperations(ServiceBase):
                     f"The job cannot be enabled while it is {row.state}: {row.id}",
                     {"JobId": row.id, "JobState": row.state},
                 )
-            _ENABLED.write(
+            _ENABLED.move(
                 conn,
-                jobs.c.pk == row.pk,
-                expected=1,
-                previous_state=row.state,
-                previous_state_transition_time=row.state_transition_time,
-                state_transition_time=now,
-                last_modified=now,
-                version=jobs.c.version + 1,
+                row,
+                now,
                 disable_option=None,
             )
             fresh = conn.execute(select(jobs).where(jobs.c.pk == row.pk)).one()

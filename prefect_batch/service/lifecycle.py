@@ -538,15 +538,10 @@ def terminate_job(conn: Connection, job: Any, reason: str, now: float) -> None:
             )
             .values(release_state="pending")
         )
-    _TERMINATING.write(
+    _TERMINATING.move(
         conn,
-        jobs.c.pk == job.pk,
-        expected=1,
-        previous_state=job.state,
-        previous_state_transition_time=job.state_transition_time,
-        state_transition_time=now,
-        last_modified=now,
-        version=jobs.c.version + 1,
+        job,
+        now,
         terminate_reason=reason,
     )
     finish_job_if_done(conn, job.pk, now)
@@ -561,15 +556,10 @@ def disable_job_rows(conn: Connection, job: Any, option: str, now: float) -> Non
             .where(tasks.c.job_pk == job.pk, tasks.c.state.in_(IN_FLIGHT))
             .values(kill_reason=option)
         )
-    _DISABLING.write(
+    _DISABLING.move(
         conn,
-        jobs.c.pk == job.pk,
-        expected=1,
-        previous_state=job.state,
-        previous_state_transition_time=job.state_transition_time,
-        state_transition_time=now,
-        last_modified=now,
-        version=jobs.c.version + 1,
+        job,
+        now,
         disable_option=option,
     )
     finish_job_if_done(conn, job.pk, now)

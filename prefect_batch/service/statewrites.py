@@ -91,6 +91,25 @@ class Edge:
         """Build and run a one-off guarded write; the number of rows moved."""
         return self.statement(*where, **values).execute(conn, expected=expected)
 
+    def move(self, conn: Connection, row: Any, now: float, **values: Any) -> int:
+        """Move one row (by its ``pk``) along this edge, as a request does.
+
+        Stamps the row's state and its time as the previous ones, the transition and
+        modification times, and a new version, besides ``values``.
+        """
+        c = self.table.c
+        return self.write(
+            conn,
+            c.pk == row.pk,
+            expected=1,
+            previous_state=row.state,
+            previous_state_transition_time=row.state_transition_time,
+            state_transition_time=now,
+            last_modified=now,
+            version=c.version + 1,
+            **values,
+        )
+
 
 class GuardedWrite:
     """``UPDATE`` of an edge's rows: only those in one of its from-states are moved."""

@@ -587,15 +587,10 @@ class TaskOperations(ServiceBase):
                 )
             else:
                 conn.execute(delete(queue).where(queue.c.task_pk == row.pk))
-                _ENDED.write(
+                _ENDED.move(
                     conn,
-                    tasks.c.pk == row.pk,
-                    expected=1,
-                    previous_state=row.state,
-                    previous_state_transition_time=row.state_transition_time,
-                    state_transition_time=now,
-                    last_modified=now,
-                    version=tasks.c.version + 1,
+                    row,
+                    now,
                     end_time=now,
                     result="failure",
                     failure_info={
