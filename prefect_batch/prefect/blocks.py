@@ -25,6 +25,7 @@ from prefect_aws import S3Bucket
 from pydantic import Field, SecretStr, field_validator
 
 from prefect_batch.exceptions import (
+    BatchAuthenticationError,
     BatchConflictError,
     BatchInvalidRequestError,
     PrefectBatchError,
@@ -224,7 +225,7 @@ result = run_batch_job(pool=pool, tasks=["echo one", "echo two"])
             "id": self.pool_id,
             "vmSize": self.vm_size or source.default_vm_size(),
             "virtualMachineConfiguration": source.virtual_machine_configuration(),
-            "targetDedicatedNodes": self.target_dedicated_nodes,
+            **self._targets(self.target_dedicated_nodes),
             "taskSlotsPerNode": self.task_slots_per_node,
             "taskSchedulingPolicy": {"nodeFillType": self.node_fill_type},
         }
@@ -272,15 +273,20 @@ result = run_batch_job(pool=pool, tasks=["echo one", "echo two"])
         spec = self.to_pool_spec()
         wire = spec.to_wire()
         sku = wire["virtualMachineConfiguration"]["nodeAgentSKUId"]
-        if isinstance(self.node_source, SSHHostGroup):
+        if isinstance(self.node_source, SSHHostGroup | EC2Template):
             try:
                 self.node_source.ensure_registered(client)
-            except BatchInvalidRequestError as exc:
+            except (BatchInvalidRequestError, BatchAuthenticationError) as exc:
+                what = (
+                    f"the SSH host group {self.node_source.group_name!r}"
+                    if isinstance(self.node_source, SSHHostGroup)
+                    else f"the EC2 template {self.node_source.template_name!r}"
+                )
                 raise BatchPoolSpecError(
                     self.pool_id,
                     "virtualMachineConfiguration.nodeAgentSKUId",
-                    f"pool {self.pool_id!r}: the SSH host group {self.node_source.group_name!r} "
-                    f"cannot be registered with the batch service: {exc.message}",
+                    f"pool {self.pool_id!r}: {what} cannot be registered with the batch "
+                    f"service: {exc.message}",
                 ) from exc
         offered = {i.node_agent_sku_id for i in client.list_supported_images()}
         if sku not in offered:
@@ -363,17 +369,26 @@ result = run_batch_job(pool=pool, tasks=["echo one", "echo two"])
             client.update_pool(self.pool_id, patch)
             events.pool_updated(self.pool_id, changed)
 
+    def _targets(self, count: int) -> dict[str, int]:
+        """The node count as the pool's targets: low-priority on a spot EC2 template."""
+        source = self.effective_node_source()
+        if isinstance(source, EC2Template) and source.spot:
+            return {"targetDedicatedNodes": 0, "targetLowPriorityNodes": count}
+        return {"targetDedicatedNodes": count}
+
     def _resize(self, client: BatchClient, current: BatchPoolModel) -> None:
         target = self.target_dedicated_nodes
-        if current.target_dedicated_nodes == target:
+        wanted = self._targets(target)
+        have = {
+            "targetDedicatedNodes": current.target_dedicated_nodes or 0,
+            "targetLowPriorityNodes": current.target_low_priority_nodes or 0,
+        }
+        if all(have[k] == v for k, v in wanted.items()) and sum(have.values()) == target:
             return
         if getattr(current.allocation_state, "value", current.allocation_state) != "steady":
             client.stop_pool_resize(self.pool_id)
         client.resize_pool(
             self.pool_id,
-            {
-                "targetDedicatedNodes": target,
-                "nodeDeallocationOption": self.node_deallocation_option,
-            },
+            {**wanted, "nodeDeallocationOption": self.node_deallocation_option},
         )
-        events.pool_resized(self.pool_id, current.target_dedicated_nodes, target)
+        events.pool_resized(self.pool_id, sum(have.values()), target)

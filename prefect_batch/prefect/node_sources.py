@@ -43,7 +43,7 @@ LOCAL_NODE_AGENT_SKU = "batch.node.local"
 SSH_NODE_AGENT_SKU = "batch.node.ssh"
 """Node agents on SSH hosts; a group's id is ``batch.node.ssh.<group name>``."""
 EC2_NODE_AGENT_SKU = "batch.node.ec2"
-"""Node agents on EC2 instances."""
+"""Node agents on EC2 instances; a template's id is ``batch.node.ec2.<template name>``."""
 
 _LOGO = "https://raw.githubusercontent.com/PrefectHQ/prefect/{commit}/assets/block-logos/{name}.png"
 _POOLS_DOC = "https://learn.microsoft.com/azure/batch/nodes-and-pools"
@@ -282,17 +282,7 @@ group = hosts.to_host_group()  # the SSH node source's configuration, key includ
         Args:
             client: An open ``BatchClient``.
         """
-        from prefect_batch.exceptions import BatchNotFoundError
-        from prefect_batch.providers.kinds import registration_body
-
-        wanted = registration_body(self)
-        try:
-            current = client.get_node_source(self.group_name)
-        except BatchNotFoundError:
-            client.create_node_source(wanted)
-            return
-        if current.host_group != wanted:
-            client.update_node_source(self.group_name, wanted)
+        _ensure_registered(client, self.group_name, self, lambda s: s.host_group)
 
 
 class EC2Template(NodeSourceBlock):
@@ -322,25 +312,47 @@ print(template.ami_id, template.instance_type)
 """
 
     def node_agent_sku(self) -> str:
-        return EC2_NODE_AGENT_SKU
+        return f"{EC2_NODE_AGENT_SKU}.{self.template_name}"
 
+    template_name: str = Field(
+        default="ec2",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Name of the template; pools name it as node source batch.node.ec2.<name>.",
+    )
     ami_id: str = Field(description="The AMI the instances boot (needs python3 and sshd).")
     instance_type: str = Field(default="t3.micro", description="The EC2 instance type.")
     region_name: str | None = Field(
         default=None, description="The AWS region; the credentials' region when empty."
     )
     subnet_id: str | None = Field(default=None, description="The subnet to launch into.")
+    subnet_ids: list[str] = Field(
+        default_factory=list,
+        description="More subnets, tried in order (after subnet_id) on capacity errors.",
+    )
     security_group_ids: list[str] = Field(
         default_factory=list, description="Security groups of the instances."
     )
     key_pair_name: str | None = Field(default=None, description="The EC2 key pair to log in with.")
-    spot: bool = Field(default=False, description="Launch spot instances instead of on-demand.")
+    spot: bool = Field(
+        default=False,
+        description="The pool's nodes are spot instances: a BatchPool block on this template "
+        "asks for its node count as targetLowPriorityNodes.",
+    )
     ssh_user: str = Field(default="ec2-user", description="Login user of the AMI.")
     private_key_secret_name: str | None = Field(
         default=None, description="Name of the Prefect Secret block holding the key pair's key."
     )
     tags: dict[str, str] = Field(
         default_factory=dict, description="Tags put on every instance (besides the request id)."
+    )
+    known_hosts: str | None = Field(
+        default=None, description="known_hosts file (on the service's machine) for host keys."
+    )
+    trust_on_first_use: bool = Field(
+        default=False, description="Record an instance's unknown host key on first contact."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="An EC2-compatible endpoint instead of AWS's."
     )
     aws_credentials: _aws.AwsCredentials | None = Field(
         default=None, description="AWS credentials; the default boto3 chain when empty."
@@ -357,16 +369,59 @@ print(template.ami_id, template.instance_type)
         return _load_secret(self.private_key_secret_name)
 
     def node_source_spec(self) -> dict[str, Any]:
-        return {
-            "nodeAgentSKUId": self.node_agent_sku(),
+        """The ``ec2`` registration (without key material; the service checks it)."""
+        region = self.region_name or (
+            self.aws_credentials.region_name if self.aws_credentials is not None else None
+        )
+        subnets = [*([self.subnet_id] if self.subnet_id else []), *self.subnet_ids]
+        spec: dict[str, Any] = {
+            "kind": "ec2",
+            "name": self.template_name,
             "amiId": self.ami_id,
             "instanceType": self.instance_type,
-            "regionName": self.region_name,
-            "subnetId": self.subnet_id,
+            "regionName": region,
+            "endpointUrl": self.endpoint_url,
+            "subnetIds": subnets,
             "securityGroupIds": list(self.security_group_ids),
             "keyPairName": self.key_pair_name,
-            "spot": self.spot,
             "sshUser": self.ssh_user,
             "privateKeySecretName": self.private_key_secret_name,
+            "knownHosts": self.known_hosts,
+            "trustOnFirstUse": self.trust_on_first_use,
             "tags": dict(self.tags),
         }
+        return {k: v for k, v in spec.items() if v not in (None, [], {})}
+
+    def ensure_registered(self, client: Any) -> None:
+        """Register this template with the service, or bring its registration up to date.
+
+        The service checks it against EC2 with its own credentials (``aws_credentials`` is
+        for flows that use the block themselves); the key stays in its Secret block.
+
+        Args:
+            client: An open ``BatchClient``.
+        """
+        _ensure_registered(client, self.template_name, self, lambda s: s.spec)
+
+
+def _ensure_registered(client: Any, name: str, block: NodeSourceBlock, current_of: Any) -> None:
+    """Register ``block`` as the node source ``name``, or update a registration that differs."""
+    from prefect_batch.exceptions import BatchNotFoundError
+    from prefect_batch.providers.kinds import registration_body
+
+    wanted = registration_body(block)
+    try:
+        current = client.get_node_source(name)
+    except BatchNotFoundError:
+        client.create_node_source(wanted)
+        return
+    stored = current_of(current) or {}
+    if "kind" in wanted:
+        # Sent unchecked (the server checks it): the stored form adds the kind's defaults, so
+        # what the block sets is what must match.
+        fields = {k: v for k, v in wanted.items() if k != "kind"}
+        same = {k: stored.get(k) for k in fields} == fields
+    else:
+        same = stored == wanted
+    if not same:
+        client.update_node_source(name, wanted)

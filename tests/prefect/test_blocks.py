@@ -181,9 +181,47 @@ def test_ensure_names_a_node_source_the_service_does_not_offer(
         block.ensure(batch_client)
     assert info.value.property_name == "virtualMachineConfiguration.nodeAgentSKUId"
     assert not batch_client.pool_exists(pool_id)
-    ec2 = BatchPool(pool_id=pool_id, node_source=EC2Template(ami_id="ami-1"))
-    with pytest.raises(BatchPoolSpecError, match="not offer the node source 'batch.node.ec2'"):
-        ec2.ensure(batch_client)
+
+
+def test_ensure_registers_an_ec2_template_checked_against_ec2(
+    batch_client: BatchClient, pool_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():  # EC2 in this process: nothing leaves it
+        # An AMI EC2 does not have: refused by the service, named, nothing made.
+        bad = EC2Template(
+            template_name=f"t{pool_id}",
+            ami_id="ami-1",
+            region_name="us-east-1",
+            private_key_secret_name="ec2-key",
+        )
+        with pytest.raises(BatchPoolSpecError, match="amiId") as info:
+            BatchPool(pool_id=pool_id, node_source=bad).ensure(batch_client)
+        assert info.value.property_name == "virtualMachineConfiguration.nodeAgentSKUId"
+        assert not batch_client.pool_exists(pool_id)
+        names = {s.name for s in batch_client.list_node_sources()}
+        assert bad.template_name not in names
+        good = EC2Template(
+            template_name=f"t{pool_id}",
+            ami_id="ami-12c6146b",
+            region_name="us-east-1",
+            subnet_id=None,
+            private_key_secret_name="ec2-key",
+            spot=True,
+        )
+        block = BatchPool(pool_id=pool_id, node_source=good, target_dedicated_nodes=0)
+        pool = block.ensure(batch_client)
+        assert pool.virtual_machine_configuration.node_agent_sku_id == good.node_agent_sku()
+        source = batch_client.get_node_source(good.template_name)
+        assert source.kind == "ec2" and source.spec["amiId"] == "ami-12c6146b"
+        block.ensure(batch_client)  # the same again: registration and pool unchanged
+        assert batch_client.get_node_source(good.template_name).etag == source.etag
+        wire = BatchPool(pool_id=pool_id, node_source=good, target_dedicated_nodes=3)
+        assert wire.to_pool_spec().to_wire()["targetLowPriorityNodes"] == 3
+        batch_client.delete_pool(pool_id)
 
 
 def test_ensure_registers_an_ssh_group_whose_key_is_a_secret_block(
