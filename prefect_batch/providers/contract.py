@@ -262,6 +262,17 @@ class NodeProvider(ABC):
             AgentError: The agent cannot be started (``HostKeyError`` for a host key refused).
         """
 
+    def attach(self, node: NodeRef, on_event: EventCallback) -> AgentConnection:
+        """An agent session on a node that is up, for file reads; never makes a machine.
+
+        The default is :meth:`connect`; a provider whose ``connect`` launches machines
+        refuses here when the node has none.
+
+        Raises:
+            AgentError: The node's agent cannot be reached (or the node has no machine).
+        """
+        return self.connect(node, on_event)
+
     @abstractmethod
     def release(self, request_id: str, node: NodeRef, *, wipe_only: bool = False) -> None:
         """Give back what the node held; idempotent on ``request_id``.

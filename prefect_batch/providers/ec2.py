@@ -275,6 +275,14 @@ class EC2Provider(NodeProvider):
                     ) from None
                 self._stop.wait(1.0)
 
+    def attach(self, node: NodeRef, on_event: EventCallback) -> AgentConnection:
+        """An agent session on the node's running instance (file reads); never launches."""
+        record = self.records.get(_key(node.node_id)) or {}
+        if not record.get("instanceId"):
+            raise AgentError(f"node {node.node_id} has no instance")
+        address, port = self._address(str(record["instanceId"]), record)
+        return self._join(node, address, port, on_event)
+
     def _launch(self, node: NodeRef, record: dict[str, Any]) -> str:
         found = self._tagged(Filters=[_tag("node", node.node_id), _states(_LIVE_STATES)])
         if found:  # launched before its record was written: adopt it

@@ -76,16 +76,7 @@ class AgentDir:
             if provider is None:
                 raise AgentError(f"the node source {self.sku} is not registered")
             box: list[AgentCalls] = []
-            files_node = NodeRef(
-                account=node.account,
-                pool_id=node.pool_id,
-                node_id=f"{node.node_id}-files",
-                root=node.root,
-                machine_id=node.machine_id,
-                address=node.address,
-                dedicated=node.dedicated,
-            )
-            conn = provider.connect(files_node, lambda m: bool(box) and box[0].deliver(m))
+            conn = provider.attach(node, lambda m: bool(box) and box[0].deliver(m))
         except AgentError as exc:
             raise self._unreachable(exc) from exc
         box.append(AgentCalls(conn, f"node {node.node_id} ({node.machine_id or node.root})"))

@@ -183,6 +183,9 @@ def test_an_ec2_pool_launches_on_demand_and_spot_instances_and_runs_tasks(
     for i in range(4):
         task = wait_for_task(client, "j", f"t{i}", timeout=60)
         assert task.execution_info.exit_code == 0
+        dedicated = {n.id: n.is_dedicated for n in nodes}[task.node_info.node_id]
+        out = client.get_task_file("j", f"t{i}", "stdout.txt").decode().strip()
+        assert out == ("true" if dedicated else "false")
     client.delete_pool("ec2pool")
     wait_until(lambda: not client.pool_exists("ec2pool"), timeout=60, message="pool deleted")
     wait_until(lambda: _instances(ec2, name) == [], timeout=30, message="instances terminated")
@@ -357,3 +360,16 @@ def test_the_watcher_terminates_strays_of_its_source_only(
     }
     assert states[stray] == "terminated"
     assert states[other_account] == "running" and states[untagged] == "running"
+
+
+def test_a_file_read_never_launches_an_instance(
+    servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path, loopback_only: list[str]
+) -> None:
+    from prefect_batch.exceptions import AgentError
+    from prefect_batch.providers.contract import NodeRef
+
+    provider = _provider(servers, ec2, moto_url, tmp_path)
+    node = NodeRef(account="acct", pool_id="p", node_id="gone", root=str(tmp_path / "gone"))
+    with pytest.raises(AgentError, match="has no instance"):
+        provider.attach(node, lambda msg: None)
+    assert _instances(ec2, provider.template.name, ("pending", "running", "terminated")) == []
