@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -119,6 +119,7 @@ def create_app(
     manage_engine: bool = True,
     clock: Callable[[], float] = time.time,
     ssh_files_dir: Path | None = None,
+    cloud_accounts: Collection[str] = (),
     ui: bool = True,
 ) -> FastAPI:
     """The Azure Batch REST application over ``store``.
@@ -133,6 +134,8 @@ def create_app(
         ssh_files_dir: The only directory whose files SSH host groups registered through the
             API may name as key or known_hosts file (the server reads and writes them); None
             allows any path (for tests and trusted deployments).
+        cloud_accounts: The accounts that may register node sources that act with this
+            server's cloud credentials (EC2 templates); no other may.
         ui: Serve the web page under ``/ui`` (``prefect_batch.ui``).
     """
 
@@ -161,6 +164,7 @@ def create_app(
     app.state.store = store
     app.state.engine = engine
     app.state.ssh_files_dir = ssh_files_dir
+    app.state.cloud_accounts = frozenset(cloud_accounts)
     app.state.authenticator = Authenticator(KeyRing(store, on_load=account_seen), clock=clock)
     install_error_handlers(app)
     for module in (pools, nodes, jobs, tasks, files, schedules, nodesources):

@@ -115,6 +115,7 @@ async def service(
         wake=engine.wake if engine is not None else None,
         file_sandbox=getattr(state, "ssh_files_dir", None),
         strict=True,
+        cloud_accounts=getattr(state, "cloud_accounts", ()),
     )
 
 

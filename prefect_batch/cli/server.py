@@ -102,7 +102,11 @@ def serve(
         )
     engine = build_engine(store, settings, {name: url for name in names}, server=True)
     app_ = create_app(
-        store, engine, account_url=url, ssh_files_dir=settings.effective_ssh_files_dir
+        store,
+        engine,
+        account_url=url,
+        ssh_files_dir=settings.effective_ssh_files_dir,
+        cloud_accounts=settings.cloud_accounts,
     )
     where = store.engine.url.render_as_string(hide_password=True)
     typer.echo(

@@ -13,7 +13,7 @@ callers (the embedded client) pass typed values and keep pydantic's ordinary con
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,12 +61,16 @@ class ServiceBase:
         wake: Callable[..., None] | None = None,
         file_sandbox: Path | None = None,
         strict: bool = False,
+        cloud_accounts: Collection[str] | None = None,
     ) -> None:
         self.store = store
         self.strict = strict
         # Behind a server: SSH host groups may name key and known_hosts files only in
         # <file_sandbox>/<account>; None in-process, where the caller is the machine's own user.
         self.file_sandbox = file_sandbox
+        # Behind a server: the accounts that may register node sources acting with the
+        # server's cloud credentials (EC2 templates); None in-process, where any may.
+        self.cloud_accounts = None if cloud_accounts is None else frozenset(cloud_accounts)
         self.account = account
         self.base_url = base_url.rstrip("/")
         self.clock = clock

@@ -34,7 +34,6 @@ from prefect_batch.providers.kinds import KINDS, ProviderKind, kind_of_sku, regi
 from prefect_batch.service import common
 from prefect_batch.service.base import ServiceBase
 from prefect_batch.service.providers import machines_in_use
-from prefect_batch.settings import get_settings
 from prefect_batch.store.schema import node_sources, pools
 
 __all__ = [
@@ -85,8 +84,8 @@ class NodeSourceOperations(ServiceBase):
 
     def _may_register(self, kind: ProviderKind) -> None:
         """Behind a server, a kind that uses the server's cloud credentials needs the operator."""
-        if kind.service_credentials and self.strict:
-            if self.account not in get_settings().cloud_accounts:
+        if kind.service_credentials and self.cloud_accounts is not None:
+            if self.account not in self.cloud_accounts:
                 raise BatchAuthenticationError(
                     "OperationNotPermittedForAccount",
                     f"Node sources of kind {kind.name} launch machines with this server's "

@@ -92,6 +92,7 @@ def _service(request: Request, session: Session) -> BatchService:
         session.account,
         base_url=str(request.base_url).rstrip("/"),
         wake=engine.wake if engine is not None else None,
+        cloud_accounts=getattr(state, "cloud_accounts", ()),
     )
 
 
