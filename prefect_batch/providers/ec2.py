@@ -601,7 +601,7 @@ def validate_registration(body: Any) -> dict[str, Any]:
 
 def _check_against_ec2(template: EC2Template) -> None:
     ec2, _ = _clients(template)
-    checks = [
+    checks: list[tuple[str, Any, str, dict[str, Any]]] = [
         (
             "instanceType",
             template.instance_type,

@@ -323,12 +323,12 @@ class SSHNodeSource(NodeProvider):
         if node.machine_id is None:
             return
         box: list[AgentCalls] = []
-        conn = self.start_agent_on(
-            node.machine_id,
-            f"{node.node_id}-wipe",
-            lambda m: bool(box) and box[0].deliver(m),
-            root=node.root,
-        )
+
+        def deliver(msg: dict[str, Any]) -> None:
+            if box:
+                box[0].deliver(msg)
+
+        conn = self.start_agent_on(node.machine_id, f"{node.node_id}-wipe", deliver, root=node.root)
         try:
             box.append(AgentCalls(conn, f"host {node.machine_id}"))
             wipe_node_root(box[0])

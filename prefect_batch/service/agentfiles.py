@@ -76,7 +76,12 @@ class AgentDir:
             if provider is None:
                 raise AgentError(f"the node source {self.sku} is not registered")
             box: list[AgentCalls] = []
-            conn = provider.attach(node, lambda m: bool(box) and box[0].deliver(m))
+
+            def deliver(msg: dict[str, Any]) -> None:
+                if box:
+                    box[0].deliver(msg)
+
+            conn = provider.attach(node, deliver)
         except AgentError as exc:
             raise self._unreachable(exc) from exc
         box.append(AgentCalls(conn, f"node {node.node_id} ({node.machine_id or node.root})"))

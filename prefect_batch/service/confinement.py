@@ -70,10 +70,10 @@ def agent_confinement_args(
     args = ["--confine"]
     for tree in _python_trees():
         args += ["--task-read", tree]
-    for tree in task_paths:
-        args += ["--task-path", str(tree)]
-    for tree in protect:
-        args += ["--protect", str(tree)]
+    for path in task_paths:
+        args += ["--task-path", str(path)]
+    for path in protect:
+        args += ["--protect", str(path)]
     return args
 
 

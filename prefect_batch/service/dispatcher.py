@@ -13,6 +13,7 @@ import base64
 import fnmatch
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
@@ -162,6 +163,11 @@ class DispatchMixin:
     storage_bucket_access: dict[str, list[str]] | None
     transfer_timeout_seconds: float
     _stage_pool: Any = None
+    # The engine's other parts this one calls (JobTasksMixin, NodeMixin).
+    _prep_failures: dict[int, set[int]]
+    _filter_prep_failed: Callable[..., list[tuple[int, str]]]
+    _send_after_prep: Callable[..., None]
+    _update_busy: Callable[[Any, float], None]
 
     def _dispatch(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
         by_pool: dict[int, list[Any]] = defaultdict(list)
@@ -198,9 +204,7 @@ class DispatchMixin:
         # queued tasks would hold the head of the queue while other jobs' tasks wait.
         free_nodes = {rt.pk for rt in rts}
         excluded = [
-            job_pk
-            for job_pk, failed in self._prep_failures.items()  # type: ignore[attr-defined]
-            if free_nodes <= failed
+            job_pk for job_pk, failed in self._prep_failures.items() if free_nodes <= failed
         ]
         if excluded:
             head = conn.execute(
@@ -237,7 +241,7 @@ class DispatchMixin:
         )
         job_of = {r.task_pk: r.job_pk for r in head}
         slots_of = {r.task_pk: r.slots for r in head}
-        placed = self._filter_prep_failed(  # type: ignore[attr-defined]
+        placed = self._filter_prep_failed(
             conn, placed, job_of, job_rows, slots_of=slots_of, rts=rts, fill=pool.fill_type
         )
         if not placed:
@@ -288,8 +292,8 @@ class DispatchMixin:
         for r in rows:
             rt = self._nodes[r.node_pk]
             message = self._run_message(r, pool, rt, base_url, conn)
-            self._send_after_prep(conn, r, pool, rt, message, now, sends)  # type: ignore[attr-defined]
-        self._update_busy(conn, now)  # type: ignore[attr-defined]
+            self._send_after_prep(conn, r, pool, rt, message, now, sends)
+        self._update_busy(conn, now)
 
     def _job_manager_credentials(
         self, conn: Any, account: str, job_id: str, base_url: str

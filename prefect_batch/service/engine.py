@@ -295,12 +295,12 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
             self._next_ping = now + self.heartbeat_seconds
         self._autoscale_step(now, sends)
         for node_pk, msgs in sends.items():
-            rt = self._nodes.get(node_pk)
-            if rt is not None and rt.connection is not None and msgs:
+            target = self._nodes.get(node_pk)
+            if target is not None and target.connection is not None and msgs:
                 try:
-                    rt.connection.send_many(msgs)
+                    target.connection.send_many(msgs)
                 except Exception:  # noqa: BLE001 - a broken pipe shows up as a "closed" event
-                    log.warning("could not send to node %s", rt.node_id)
+                    log.warning("could not send to node %s", target.node_id)
 
     def _on_event(self, node_pk: int, msg: dict[str, Any], generation: int = 0) -> None:
         # Called from the channel's reader thread.

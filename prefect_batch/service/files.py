@@ -66,11 +66,7 @@ class FileOperations(ServiceBase):
                 return self._agent_dir(node, f"{job.id}/{row.id}"), job.id, row.id
         task_dir = LocalDir(Path(node.root_dir), f"{job.id}/{row.id}")
         if not task_dir.exists():
-            raise BatchConflictError(
-                "TaskFilesCleanedup",
-                f"The task's files were cleaned up: {row.id}",
-                {"TaskId": row.id},
-            )
+            raise _cleaned_up(row.id)
         return task_dir, job.id, row.id
 
     def list_task_files(
@@ -82,11 +78,7 @@ class FileOperations(ServiceBase):
         try:
             return task_dir.list("", recursive, url)
         except BatchNotFoundError:
-            raise BatchConflictError(
-                "TaskFilesCleanedup",
-                f"The task's files were cleaned up: {tid}",
-                {"TaskId": tid},
-            ) from None
+            raise _cleaned_up(tid) from None
 
     def get_task_file(
         self,
@@ -99,8 +91,14 @@ class FileOperations(ServiceBase):
     ) -> bytes:
         """Content of a task file, optionally a byte range."""
         _check_range(offset, length)
-        task_dir, _, _ = self._task_dir(job_id, task_id)
-        return task_dir.read(file_path, offset, length)
+        task_dir, _, tid = self._task_dir(job_id, task_id)
+        try:
+            return task_dir.read(file_path, offset, length)
+        except BatchNotFoundError:
+            if task_dir.exists():
+                raise
+            # Its retention ended while it was read: the directory went with the file.
+            raise _cleaned_up(tid) from None
 
     def get_task_file_properties(self, job_id: str, task_id: str, file_path: str) -> BatchNodeFile:
         """Size, times and mode of a task file."""
@@ -184,3 +182,9 @@ class FileOperations(ServiceBase):
 def _check_range(offset: int, length: int | None) -> None:
     if offset < 0 or (length is not None and length < 0):
         raise BatchConflictError("InvalidRange", "The byte range is invalid", status_code=416)
+
+
+def _cleaned_up(task_id: str) -> BatchConflictError:
+    return BatchConflictError(
+        "TaskFilesCleanedup", f"The task's files were cleaned up: {task_id}", {"TaskId": task_id}
+    )

@@ -408,7 +408,7 @@ class JobOperations(ServiceBase):
                 disable_option=None,
             )
             fresh = conn.execute(select(jobs).where(jobs.c.pk == row.pk)).one()
-            lifecycle.enqueue_job_tasks(conn, fresh._mapping)
+            lifecycle.enqueue_job_tasks(conn, dict(fresh._mapping))
         self.wake()
 
     def terminate_job(

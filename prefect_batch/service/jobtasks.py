@@ -12,6 +12,7 @@ minutes); the job is ``completed`` only after all of them. The status per node i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, select, update
@@ -53,6 +54,9 @@ class JobTasksMixin:
     account_urls: dict[str, str]
     _prep_failures: dict[int, set[int]]
     """Per job, the nodes (this boot) where its preparation failed with waitForSuccess."""
+    # The engine's other parts this one uses (the engine, NodeMixin).
+    _pools: dict[int, Any]
+    _node_counts: Callable[[Any, int, int, int], None]
 
     def _load_prep_failures(self, conn: Any, rt: Any) -> None:
         """Remember the node's failed preparations of this boot (after an engine restart)."""
@@ -257,7 +261,7 @@ class JobTasksMixin:
             exit_conditions=None,
             task_failure_mode="noaction",
         )
-        pool = self._pools.get(rt.pool_pk)  # type: ignore[attr-defined]
+        pool = self._pools.get(rt.pool_pk)
         if decision.retry and pool is not None:
             self._start_prep(conn, job_pk, job.id, job.spec, pool, rt, row, retry + 1, now, sends)
             return
@@ -287,7 +291,7 @@ class JobTasksMixin:
             ).all()
             lifecycle.requeue_tasks(conn, in_flight, now)
             freed = sum(r.required_slots for r in in_flight)
-            self._node_counts(conn, rt.pk, -len(in_flight), -freed)  # type: ignore[attr-defined]
+            self._node_counts(conn, rt.pk, -len(in_flight), -freed)
             rt.free_slots = min(rt.total_slots, rt.free_slots + freed)
 
     # -- release ---------------------------------------------------------------------------

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import BindParameter, bindparam, delete, func, insert, select, update
 
 from prefect_batch.core.commandline import split_command_line
 from prefect_batch.core.completion import AttemptOutcome, decide
@@ -62,7 +63,7 @@ from prefect_batch.service.dispatcher import (
 from prefect_batch.service.nodes import mark_in_flight
 from prefect_batch.service.pools import PoolOperations
 from prefect_batch.service.providers import ProviderDirectory, machines_in_use
-from prefect_batch.service.quotas import node_room
+from prefect_batch.service.quotas import AgentStartLimiter, node_room
 from prefect_batch.store.schema import nodes, pools, tasks
 
 __all__ = [
@@ -81,7 +82,7 @@ REQUEUE_AFTER_FAILURES = 3
 PREEMPTED_SHOWN_SECONDS = 600.0
 """How long a preempted node stays listed (in state ``preempted``) after its replacement."""
 
-_BUSY_STATE = bindparam("b_state")
+_BUSY_STATE: BindParameter[str] = bindparam("b_state")
 
 
 @dataclass
@@ -177,6 +178,14 @@ class NodeMixin:
     _pools: dict[int, Any]
     _short: dict[int, float]
     """Pool -> when its placement last came up short; a later resize asks again."""
+    # The engine's other parts this one uses (the engine, JobTasksMixin).
+    _next_lease: float
+    local_node_limit: int
+    agent_starts: AgentStartLimiter
+    _on_event: Callable[[int, dict[str, Any], int], None]
+    _detach_pool: Callable[[int], None]
+    _forget_node_jobs: Callable[..., None]
+    _load_prep_failures: Callable[[Any, Any], None]
 
     # -- state -----------------------------------------------------------------------------
 
@@ -425,11 +434,11 @@ class NodeMixin:
         pool = self._pools.get(rt.pool_pk)
         if pool is not None:
             self._release(rt.account, node_source_of(pool.spec), rt.ref(), "preempted")
-        self._next_lease = 0.0  # type: ignore[attr-defined]  # place the replacement
+        self._next_lease = 0.0  # place the replacement
 
     def _drop_node_work(self, conn: Any, rt: NodeRuntime, now: float) -> None:
         """The node's disk is gone or emptied: its jobs' preparation and its kept files too."""
-        self._forget_node_jobs(conn, rt.pk, reimage=True, now=now)  # type: ignore[attr-defined]
+        self._forget_node_jobs(conn, rt.pk, reimage=True, now=now)
         conn.execute(
             update(tasks)
             .where(tasks.c.files_node_pk == rt.pk)
@@ -484,7 +493,7 @@ class NodeMixin:
         """A deleted pool: stop its nodes' agents and tasks, then release every node."""
         for rt in [r for r in self._nodes.values() if r.pool_pk == pool.pk]:
             self._disconnect(rt, kill=True)
-        self._detach_pool(pool.pk)  # type: ignore[attr-defined]
+        self._detach_pool(pool.pk)
         self._short.pop(pool.pk, None)
         ops = PoolOperations(self.store, pool.account, clock=self.clock)
         refs = ops.finish_pool_delete(pool.pk, release=False)
@@ -516,11 +525,11 @@ class NodeMixin:
             conn,
             pool.account,
             local=self.providers.traits(node_source_of(pool.spec)).local_node_limit,
-            local_limit=self.local_node_limit,  # type: ignore[attr-defined]
+            local_limit=self.local_node_limit,
             dedicated=dedicated,
         )
         allowed = min(missing, room)
-        grow = self.agent_starts.take(allowed)  # type: ignore[attr-defined]
+        grow = self.agent_starts.take(allowed)
         if grow < allowed:
             self._reconcile_soon = True  # the rest after the bucket refills
             return grow, None
@@ -574,7 +583,7 @@ class NodeMixin:
             rt.pk,
             rt.ref(),
             rt.generation,
-            self._on_event,  # type: ignore[attr-defined]
+            self._on_event,
             wipe=wipe,
         )
 
@@ -701,7 +710,7 @@ class NodeMixin:
                 }
             ],
         )
-        self._next_lease = 0.0  # type: ignore[attr-defined]  # reconnect soon
+        self._next_lease = 0.0  # reconnect soon
 
     def _on_hello(
         self,
@@ -721,8 +730,8 @@ class NodeMixin:
         rt.boot_id = row.boot_id
         rt.schedulable = row.scheduling_state == "enabled"
         rt.held.clear()
-        self._forget_node_jobs(conn, rt.pk, reimage=False, now=now)  # type: ignore[attr-defined]
-        self._load_prep_failures(conn, rt)  # type: ignore[attr-defined]
+        self._forget_node_jobs(conn, rt.pk, reimage=False, now=now)
+        self._load_prep_failures(conn, rt)
         info = {
             k: msg.get(k) for k in ("agent_version", "hostname", "cpu_count", "memory_bytes", "pid")
         }
@@ -924,7 +933,7 @@ class NodeMixin:
             pool = self._pools.get(rt.pool_pk)
             if pool is not None:
                 self._release(rt.account, node_source_of(pool.spec), rt.ref(), "remove")
-            self._next_lease = 0.0  # type: ignore[attr-defined]  # settle the pool's size
+            self._next_lease = 0.0  # settle the pool's size
             return
         target = NodeState.REIMAGING if op == "reimage" else NodeState.REBOOTING
         self._set_state(
@@ -944,4 +953,4 @@ class NodeMixin:
             self._drop_node_work(conn, rt, now)
             rt.wipe = True  # through the next agent, before it says hello
         rt.restart_at = now  # the agent comes back at the next reconcile, start task and all
-        self._next_lease = 0.0  # type: ignore[attr-defined]
+        self._next_lease = 0.0

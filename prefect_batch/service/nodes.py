@@ -23,6 +23,7 @@ from prefect_batch.models import (
 )
 from prefect_batch.service import lifecycle
 from prefect_batch.service.base import ServiceBase
+from prefect_batch.service.rows import node_row
 from prefect_batch.store.schema import nodes, pools, tasks
 
 __all__ = ["NodeOperations", "mark_in_flight"]
@@ -75,7 +76,7 @@ class NodeOperations(ServiceBase):
     def _request(self, pool_id: str, node_id: str, op: str, option: str) -> None:
         with self.store.begin() as conn:
             pool = self._pool_row(conn, pool_id)
-            row = self._node_row(conn, pool, node_id)  # type: ignore[attr-defined]
+            row = node_row(conn, pool, node_id)
             self._busy_check(row)
             mark_in_flight(conn, row.pk, option)
             conn.execute(
@@ -119,7 +120,7 @@ class NodeOperations(ServiceBase):
                     f"The pool is being resized: {pool.id}; stop the resize first.",
                     {"PoolId": pool.id},
                 )
-            rows = [self._node_row(conn, pool, n) for n in ids]  # type: ignore[attr-defined]
+            rows = [node_row(conn, pool, n) for n in ids]
             for row in rows:
                 self._busy_check(row)
             live = conn.execute(
@@ -162,7 +163,7 @@ class NodeOperations(ServiceBase):
         now = self.clock()
         with self.store.begin() as conn:
             pool = self._pool_row(conn, pool_id)
-            row = self._node_row(conn, pool, node_id)  # type: ignore[attr-defined]
+            row = node_row(conn, pool, node_id)
             if row.scheduling_state == target:
                 raise BatchConflictError(
                     "NodeAlreadyInTargetSchedulingState",

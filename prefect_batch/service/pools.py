@@ -46,6 +46,7 @@ from prefect_batch.service.common import (
 from prefect_batch.service.lifecycle import requeue_tasks, running_task_rows
 from prefect_batch.service.nodesources import pool_sku_is_known, registered_images
 from prefect_batch.service.providers import directory_of, node_ref
+from prefect_batch.service.rows import node_row
 from prefect_batch.service.samples import NODE_METRIC_NAMES
 from prefect_batch.service.views import node_view, pool_view
 from prefect_batch.store.schema import nodes, pools
@@ -498,7 +499,7 @@ class PoolOperations(ServiceBase):
         """One node of a pool."""
         with self.store.read() as conn:
             pool = self._pool_row(conn, pool_id)
-            row = self._node_row(conn, pool, node_id)
+            row = node_row(conn, pool, node_id)
             return BatchNode.model_validate(node_view(row, pool.id, self.base_url))
 
     def get_node_metrics(self, pool_id: str, node_id: str) -> dict[str, Any]:
@@ -512,7 +513,7 @@ class PoolOperations(ServiceBase):
         """
         with self.store.read() as conn:
             pool = self._pool_row(conn, pool_id)
-            row = self._node_row(conn, pool, node_id)
+            row = node_row(conn, pool, node_id)
         readings = dict(row.metrics or {})
         taken = readings.pop("time", None)
         return {
@@ -523,13 +524,3 @@ class PoolOperations(ServiceBase):
             "time": iso(taken) if isinstance(taken, int | float) else None,
             **{name: readings.get(name) for name in NODE_METRIC_FIELDS},
         }
-
-    def _node_row(self, conn: Any, pool: Any, node_id: str) -> Any:
-        row = conn.execute(
-            select(nodes).where(nodes.c.pool_pk == pool.pk, nodes.c.node_id == node_id)
-        ).one_or_none()
-        if row is None:
-            raise BatchNotFoundError(
-                "NodeNotFound", f"The specified node does not exist: {node_id}", {"NodeId": node_id}
-            )
-        return row

@@ -12,13 +12,13 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from prefect_batch.exceptions import BatchServiceError
+from prefect_batch.exceptions import BatchNotFoundError, BatchServiceError
 from prefect_batch.providers.kinds import sku_traits
 from prefect_batch.service.common import node_source_of
 from prefect_batch.service.localfiles import LocalDir
 from prefect_batch.store.schema import node_commands, nodes, pools
 
-__all__ = ["queue_dir_deletion"]
+__all__ = ["node_row", "queue_dir_deletion"]
 
 
 def queue_dir_deletion(conn: Any, node_pk: int | None, rel_dir: str, now: float) -> None:
@@ -48,3 +48,19 @@ def queue_dir_deletion(conn: Any, node_pk: int | None, rel_dir: str, now: float)
             node_pk=node_pk, op={"op": "delete", "dir": rel_dir}, creation_time=now
         )
     )
+
+
+def node_row(conn: Any, pool: Any, node_id: str) -> Any:
+    """The row of the pool's node ``node_id``.
+
+    Raises:
+        BatchNotFoundError: ``NodeNotFound``.
+    """
+    row = conn.execute(
+        select(nodes).where(nodes.c.pool_pk == pool.pk, nodes.c.node_id == node_id)
+    ).one_or_none()
+    if row is None:
+        raise BatchNotFoundError(
+            "NodeNotFound", f"The specified node does not exist: {node_id}", {"NodeId": node_id}
+        )
+    return row

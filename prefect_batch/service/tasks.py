@@ -87,7 +87,9 @@ class TaskOperations(ServiceBase):
             }
             cls = BatchConflictError if err.code in conflicts else BatchInvalidRequestError
             raise cls(
-                err.code or "InvalidPropertyValue", err.message.value if err.message else "", values
+                err.code or "InvalidPropertyValue",
+                (err.message.value or "") if err.message else "",
+                values,
             )
 
     def create_task_collection(
