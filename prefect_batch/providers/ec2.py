@@ -287,22 +287,15 @@ class EC2Provider(NodeProvider):
         found = self._tagged(Filters=[_tag("node", node.node_id), _states(_LIVE_STATES)])
         if found:  # launched before its record was written: adopt it
             instance_id = str(found[0]["InstanceId"])
-            endpoint = record.get("endpoint", self._free_endpoint(node.node_id))
-            adopted = {"pool": node.pool_id, **record, "instanceId": instance_id}
-            self.records.put(_key(node.node_id), {**adopted, "endpoint": endpoint})
+            self._put(node.node_id, {"pool": node.pool_id, **record, "instanceId": instance_id})
             log.info("adopted %s for node %s", instance_id, node.node_id)
             return instance_id
         attempt = int(record.get("attempt", 0)) + 1
         token = hashlib.sha256(
             f"{self.account}/{self.sku}/{node.pool_id}/{node.node_id}".encode()
         ).hexdigest()[:40]
-        record = {
-            "pool": node.pool_id,
-            "token": token,
-            "attempt": attempt,
-            "endpoint": self._free_endpoint(node.node_id),
-        }
-        self.records.put(_key(node.node_id), record)  # before the call it protects
+        # Recorded before the call it protects.
+        record = self._put(node.node_id, {"pool": node.pool_id, "token": token, "attempt": attempt})
         subnets: list[str | None] = list(self.template.subnet_ids) or [None]
         last = ("", "")
         for index, subnet in enumerate(subnets):
@@ -383,19 +376,24 @@ class EC2Provider(NodeProvider):
             self._report(ProviderEvent(node.node_id, "failed", aws_code, text, error))
         raise AgentError(f"{node.node_id}: {aws_code}: {message}")
 
-    def _free_endpoint(self, node_id: str) -> int | None:
-        if not self.template.ssh_endpoints:
-            return None
+    def _put(self, node_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Record a node's launch, with the first free ``sshEndpoints`` entry if it has none.
+
+        Choosing and recording happen under one lock, so two launches never share an entry.
+        """
         with self._lock:
-            taken = {
-                r.get("endpoint")
-                for k, r in self.records.items("node/")
-                if k != _key(node_id) and isinstance(r, dict)
-            }
-            for index in range(len(self.template.ssh_endpoints)):
-                if index not in taken:
-                    return index
-        raise AgentError(f"every sshEndpoint of {self.template.name} has an instance")
+            if record.get("endpoint") is None and self.template.ssh_endpoints:
+                taken = {
+                    r.get("endpoint")
+                    for k, r in self.records.items("node/")
+                    if k != _key(node_id) and isinstance(r, dict)
+                }
+                free = [i for i in range(len(self.template.ssh_endpoints)) if i not in taken]
+                if not free:
+                    raise AgentError(f"every sshEndpoint of {self.template.name} has an instance")
+                record = {**record, "endpoint": free[0]}
+            self.records.put(_key(node_id), record)
+        return record
 
     def _address(self, instance_id: str, record: Mapping[str, Any]) -> tuple[str, int]:
         if record.get("endpoint") is not None:
@@ -442,10 +440,11 @@ class EC2Provider(NodeProvider):
     # -- release -------------------------------------------------------------------------------
 
     def release(self, request_id: str, node: NodeRef, *, wipe_only: bool = False) -> None:
-        """Terminate the node's instance; once per ``request_id``."""
-        done = f"released/{request_id}"
-        if self.records.get(done):
-            return
+        """Terminate the node's instance.
+
+        Idempotent without a record of its own: once the node's record is gone, a second call
+        finds no live instance tagged with the node and terminates nothing.
+        """
         if wipe_only:  # a reimage: the next agent empties the root; the instance stays
             return
         record = self.records.get(_key(node.node_id)) or {}
@@ -457,7 +456,6 @@ class EC2Provider(NodeProvider):
             ]
         self._terminate(ids)
         self.records.delete(_key(node.node_id))
-        self.records.put(done, True)
 
     def _terminate(self, ids: list[str]) -> None:
         if ids:  # never with an empty list: that would mean every instance

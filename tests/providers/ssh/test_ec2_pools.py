@@ -320,9 +320,18 @@ def test_an_instance_launched_before_its_record_is_adopted_not_launched_again(
         )
     finally:
         conn.kill(tasks=True, grace_seconds=5)
+    terminated: list[list[str]] = []
+    real_terminate = provider._ec2.terminate_instances
+
+    def counting(**kwargs: Any) -> Any:
+        terminated.append(kwargs["InstanceIds"])
+        return real_terminate(**kwargs)
+
+    provider._ec2.terminate_instances = counting
     provider.release("r1", node)
     provider.release("r1", node)  # the same request again: nothing more
     assert _instances(ec2, name) == []
+    assert len(terminated) == 1
     assert loopback_only == []
 
 
