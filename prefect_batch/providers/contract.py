@@ -284,6 +284,11 @@ class NodeProvider(ABC):
                 that will take the next node).
         """
 
+    def pool_deleted(self, pool: PoolRef) -> None:  # noqa: B027 - optional: most keep nothing
+        """The pool is gone and each of its nodes was given to :meth:`release`: give back what
+        the pool itself held (a security group, ...). Runs on a start worker; default nothing.
+        """
+
     def watch(self, report: ReportCallback) -> None:
         """Report losses and preemptions found on the provider's own (default: none)."""
         self._report = report

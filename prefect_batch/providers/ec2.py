@@ -43,6 +43,7 @@ of several instances per ``run_instances`` call.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import threading
 import time
@@ -132,6 +133,11 @@ class EC2Template(BaseModel):
     ssh_endpoints: list[str] = Field(
         default_factory=list, description="host:port used instead of instance addresses."
     )
+    ssh_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Where the service connects from: SSH is opened to these ranges only in a "
+        "pool's own security group (enableInterNodeCommunication). Never 0.0.0.0/0.",
+    )
     known_hosts: Path | None = Field(None, description="known_hosts for the instances' keys.")
     trust_on_first_use: bool = Field(False, description="Record an unknown host key once.")
     node_root: str = Field(DEFAULT_NODE_ROOT, description="The node root on an instance.")
@@ -160,6 +166,15 @@ class EC2Template(BaseModel):
             _host, sep, port = endpoint.rpartition(":")
             if not sep or not _host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"not host:port: {endpoint!r}")
+        return value
+
+    @field_validator("ssh_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            network = ipaddress.ip_network(cidr, strict=False)
+            if network.prefixlen == 0:
+                raise ValueError(f"{cidr} opens SSH to every address")
         return value
 
     @field_validator("tags")
@@ -228,6 +243,8 @@ class EC2Provider(NodeProvider):
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._missing: dict[str, int] = {}
+        self._inter_node: set[str] = set()
+        self._groups: dict[str, str] = {}
 
     # -- placement ---------------------------------------------------------------------------
 
@@ -240,6 +257,9 @@ class EC2Provider(NodeProvider):
         dedicated: bool = True,
     ) -> Placement:
         """Every node asked for: EC2 says at launch whether it has the capacity."""
+        if pool.inter_node_communication:  # its instances get a security group of their own
+            with self._lock:
+                self._inter_node.add(pool.pool_id)
         return Placement(
             [
                 NodeSlot(
@@ -349,8 +369,11 @@ class EC2Provider(NodeProvider):
         }
         if subnet is not None:
             params["SubnetId"] = subnet
-        if t.security_group_ids:
-            params["SecurityGroupIds"] = list(t.security_group_ids)
+        groups = list(t.security_group_ids)
+        if node.pool_id in self._inter_node:
+            groups.append(self._pool_group(node.pool_id))
+        if groups:
+            params["SecurityGroupIds"] = groups
         if t.key_pair_name:
             params["KeyName"] = t.key_pair_name
         if t.user_data:
@@ -436,6 +459,101 @@ class EC2Provider(NodeProvider):
         self.records.put(
             _key(node.node_id), {"attempt": record.get("attempt", 0), "pool": node.pool_id}
         )
+
+    # -- a pool's own security group ------------------------------------------------------------
+
+    def _group_name(self, pool_id: str) -> str:
+        return f"prefect-batch-{self.account}-{self.template.name}-{pool_id}"[:255]
+
+    def _pool_group(self, pool_id: str) -> str:
+        """The pool's security group: its members reach each other on 1101-65535 (TCP and UDP);
+        SSH comes only from ``sshCidrs``. Made on the pool's first launch."""
+        with self._lock:
+            found = self._groups.get(pool_id)
+            if found is not None:
+                return found
+            name = self._group_name(pool_id)
+            existing = (
+                self._ec2.describe_security_groups(
+                    Filters=[{"Name": "group-name", "Values": [name]}]
+                ).get("SecurityGroups")
+                or []
+            )
+            if existing:
+                group_id = str(existing[0]["GroupId"])
+            else:
+                group_id = self._create_group(pool_id, name)
+            self._groups[pool_id] = group_id
+            return group_id
+
+    def _create_group(self, pool_id: str, name: str) -> str:
+        params: dict[str, Any] = {
+            "GroupName": name,
+            "Description": f"prefect-batch pool {pool_id}: inter-node traffic and SSH",
+            "TagSpecifications": [
+                {
+                    "ResourceType": "security-group",
+                    "Tags": [
+                        {"Key": f"{TAG}account", "Value": self.account},
+                        {"Key": f"{TAG}source", "Value": self.template.name},
+                        {"Key": f"{TAG}pool", "Value": pool_id},
+                    ],
+                }
+            ],
+        }
+        if self.template.subnet_ids:
+            subnet = self._ec2.describe_subnets(SubnetIds=[self.template.subnet_ids[0]])
+            params["VpcId"] = subnet["Subnets"][0]["VpcId"]
+        group_id = str(self._ec2.create_security_group(**params)["GroupId"])
+        members = [{"GroupId": group_id}]
+        rules: list[dict[str, Any]] = [
+            {"IpProtocol": proto, "FromPort": 1101, "ToPort": 65535, "UserIdGroupPairs": members}
+            for proto in ("tcp", "udp")
+        ]
+        if self.template.ssh_cidrs:
+            v4 = [{"CidrIp": c} for c in self.template.ssh_cidrs if ":" not in c]
+            v6 = [{"CidrIpv6": c} for c in self.template.ssh_cidrs if ":" in c]
+            rules.append(
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": self.template.ssh_port,
+                    "ToPort": self.template.ssh_port,
+                    **({"IpRanges": v4} if v4 else {}),
+                    **({"Ipv6Ranges": v6} if v6 else {}),
+                }
+            )
+        self._ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=rules)
+        log.info("made security group %s for pool %s", group_id, pool_id)
+        return group_id
+
+    def pool_deleted(self, pool: PoolRef, *, wait_seconds: float = 300.0) -> None:
+        """Terminate what is left of the pool, then delete its security group (retried while
+        EC2 still counts a terminating instance in it)."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            live = self._tagged(Filters=[_tag("pool", pool.pool_id), _states(_LIVE_STATES)])
+            self._terminate([str(i["InstanceId"]) for i in live])
+            groups = (
+                self._ec2.describe_security_groups(
+                    Filters=[{"Name": "group-name", "Values": [self._group_name(pool.pool_id)]}]
+                ).get("SecurityGroups")
+                or []
+            )
+            try:
+                for group in groups:
+                    self._ec2.delete_security_group(GroupId=group["GroupId"])
+            except Exception as exc:  # noqa: BLE001 - DependencyViolation until they are gone
+                code, message = _aws_error(exc)
+                if code != "DependencyViolation" or time.monotonic() > deadline:
+                    raise AgentError(
+                        f"cannot delete the group of {pool.pool_id}: {message}"
+                    ) from None
+                self._stop.wait(2.0)
+                continue
+            with self._lock:
+                self._groups.pop(pool.pool_id, None)
+                self._inter_node.discard(pool.pool_id)
+            return
 
     # -- release -------------------------------------------------------------------------------
 

@@ -170,6 +170,17 @@ class AgentStarts:
         else:
             self._submit(job)
 
+    def later(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on a worker thread (after the releases submitted before it started)."""
+
+        def guarded() -> None:
+            try:
+                job()
+            except Exception:  # noqa: BLE001 - best effort, like a release
+                log.warning("a provider's cleanup failed", exc_info=True)
+
+        self._submit(guarded)
+
     def reserved(self, account: str) -> set[str]:
         """Machines of ``account`` whose node just left and that are being released."""
         with self._lock:

@@ -164,6 +164,16 @@ def _is_dedicated(row: Any) -> bool:
     return row.dedicated is not False
 
 
+def _pool_ref(pool: Any) -> PoolRef:
+    return PoolRef(
+        account=pool.account,
+        pool_id=pool.id,
+        vm_size=pool.vm_size,
+        task_slots_per_node=pool.task_slots_per_node,
+        inter_node_communication=bool(pool.spec.get("enableInterNodeCommunication")),
+    )
+
+
 class NodeMixin:
     """Node lifecycle for the engine, for every kind of provider."""
 
@@ -475,13 +485,7 @@ class NodeMixin:
             }
         in_use = set(machines_in_use(conn, pool.account)) | self.starts.reserved(pool.account)
         placement = provider.place(
-            PoolRef(
-                account=pool.account,
-                pool_id=pool.id,
-                vm_size=pool.vm_size,
-                task_slots_per_node=pool.task_slots_per_node,
-                inter_node_communication=bool(pool.spec.get("enableInterNodeCommunication")),
-            ),
+            _pool_ref(pool),
             [new_node_id() for _ in range(count)],
             in_use,
             dedicated=dedicated,
@@ -499,6 +503,14 @@ class NodeMixin:
         refs = ops.finish_pool_delete(pool.pk, release=False)
         for ref in refs:
             self._release(pool.account, node_source_of(pool.spec), ref, f"delete-{pool.pk}")
+        try:
+            provider = self._provider(pool)
+        except AgentError as exc:
+            log.warning("cannot clean up after pool %s: %s", pool.id, exc)
+            return
+        if provider is not None:
+            gone = _pool_ref(pool)
+            self.starts.later(lambda: provider.pool_deleted(gone))
 
     def _release(self, account: str, sku: str, ref: NodeRef, why: str) -> None:
         """Release a departed node through its provider, off the engine thread."""

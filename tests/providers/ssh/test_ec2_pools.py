@@ -382,3 +382,78 @@ def test_a_file_read_never_launches_an_instance(
     with pytest.raises(AgentError, match="has no instance"):
         provider.attach(node, lambda msg: None)
     assert _instances(ec2, provider.template.name, ("pending", "running", "terminated")) == []
+
+
+def test_inter_node_communication_gets_a_security_group_of_the_pools_own(
+    client: BatchClient,
+    servers: SSHServers,
+    ec2: Any,
+    moto_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moto.ec2.models.security_groups import SecurityGroupBackend
+
+    template = _template(servers, ec2, moto_url, tmp_path, sshCidrs=["127.0.0.0/8"])
+    with pytest.raises(BatchInvalidRequestError) as err:
+        client.create_node_source({**template, "name": "open", "sshCidrs": ["0.0.0.0/0"]})
+    assert err.value.values["PropertyName"] == "sshCidrs"
+    client.create_node_source(template)
+    name = template["name"]
+    client.create_pool(
+        {
+            "id": "mpi",
+            "vmSize": "t3.micro",
+            "targetDedicatedNodes": 2,
+            "enableInterNodeCommunication": True,
+            "virtualMachineConfiguration": {
+                "imageReference": {"publisher": "prefect-batch", "offer": "ec2", "sku": name},
+                "nodeAgentSKUId": f"batch.node.ec2.{name}",
+            },
+        }
+    )
+    wait_for_nodes(client, "mpi", 2, timeout=90)
+    (group,) = ec2.describe_security_groups(
+        Filters=[{"Name": "tag:prefect-batch:pool", "Values": ["mpi"]}]
+    )["SecurityGroups"]
+    rules = sorted(
+        (
+            p["IpProtocol"],
+            p["FromPort"],
+            p["ToPort"],
+            tuple(g["GroupId"] for g in p.get("UserIdGroupPairs", [])),
+            tuple(r["CidrIp"] for r in p.get("IpRanges", [])),
+        )
+        for p in group["IpPermissions"]
+    )
+    gid = group["GroupId"]
+    assert rules == [
+        ("tcp", 22, 22, (), ("127.0.0.0/8",)),
+        ("tcp", 1101, 65535, (gid,), ()),
+        ("udp", 1101, 65535, (gid,), ()),
+    ]
+    members = [{g["GroupId"] for g in i["SecurityGroups"]} for i in _instances(ec2, name)]
+    assert members == [{gid}, {gid}]
+    # EC2 refuses to delete a group while it still counts a member: once here.
+    real_delete = SecurityGroupBackend.delete_security_group
+    refusals: list[str] = []
+
+    def busy_once(self: Any, name: str | None = None, group_id: str | None = None) -> None:
+        if not refusals:
+            refusals.append(str(group_id))
+            raise EC2ClientError("DependencyViolation", "resource sg has a dependent object")
+        real_delete(self, name=name, group_id=group_id)
+
+    monkeypatch.setattr(SecurityGroupBackend, "delete_security_group", busy_once)
+    client.delete_pool("mpi")
+    wait_until(
+        lambda: (
+            not ec2.describe_security_groups(
+                Filters=[{"Name": "tag:prefect-batch:pool", "Values": ["mpi"]}]
+            )["SecurityGroups"]
+        ),
+        timeout=60,
+        message="the pool's group deleted",
+    )
+    assert refusals == [gid]
+    assert _instances(ec2, name) == []
