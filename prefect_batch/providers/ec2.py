@@ -244,7 +244,11 @@ class EC2Provider(NodeProvider):
         self._watcher: threading.Thread | None = None
         self._missing: dict[str, int] = {}
         self._inter_node: set[str] = set()
+        # Guards _inter_node and _watcher; never held over I/O (place() takes it on the
+        # engine thread).
+        self._light_lock = threading.Lock()
         self._groups: dict[str, str] = {}
+        self._group_lock = threading.Lock()
 
     # -- placement ---------------------------------------------------------------------------
 
@@ -258,7 +262,7 @@ class EC2Provider(NodeProvider):
     ) -> Placement:
         """Every node asked for: EC2 says at launch whether it has the capacity."""
         if pool.inter_node_communication:  # its instances get a security group of their own
-            with self._lock:
+            with self._light_lock:
                 self._inter_node.add(pool.pool_id)
         return Placement(
             [
@@ -370,7 +374,9 @@ class EC2Provider(NodeProvider):
         if subnet is not None:
             params["SubnetId"] = subnet
         groups = list(t.security_group_ids)
-        if node.pool_id in self._inter_node:
+        with self._light_lock:
+            inter_node = node.pool_id in self._inter_node
+        if inter_node:
             groups.append(self._pool_group(node.pool_id))
         if groups:
             params["SecurityGroupIds"] = groups
@@ -468,7 +474,7 @@ class EC2Provider(NodeProvider):
     def _pool_group(self, pool_id: str) -> str:
         """The pool's security group: its members reach each other on 1101-65535 (TCP and UDP);
         SSH comes only from ``sshCidrs``. Made on the pool's first launch."""
-        with self._lock:
+        with self._group_lock:
             found = self._groups.get(pool_id)
             if found is not None:
                 return found
@@ -550,8 +556,9 @@ class EC2Provider(NodeProvider):
                     ) from None
                 self._stop.wait(2.0)
                 continue
-            with self._lock:
+            with self._group_lock:
                 self._groups.pop(pool.pool_id, None)
+            with self._light_lock:
                 self._inter_node.discard(pool.pool_id)
             return
 
@@ -583,7 +590,7 @@ class EC2Provider(NodeProvider):
 
     def watch(self, report: ReportCallback) -> None:
         super().watch(report)
-        with self._lock:
+        with self._light_lock:
             if self._watcher is None:
                 self._watcher = threading.Thread(
                     target=self._watch_loop,
