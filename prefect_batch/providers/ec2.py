@@ -281,13 +281,13 @@ class EC2Provider(NodeProvider):
     def connect(self, node: NodeRef, on_event: EventCallback) -> AgentConnection:
         """Launch the node's instance (or find it), wait for SSH, start the agent there."""
         record = self.records.get(_key(node.node_id)) or {}
-        instance_id = record.get("instanceId") or self._launch(node, record)
-        record = self.records.get(_key(node.node_id)) or {}
+        if not record.get("instanceId"):
+            record = self._launch(node, record)
+        instance_id = str(record["instanceId"])
         deadline = time.monotonic() + self.template.ready_timeout_seconds
         while True:
             try:
-                address, port = self._address(instance_id, record)
-                return self._join(node, address, port, on_event)
+                return self._join_instance(node, record, on_event)
             except HostKeyError:
                 raise
             except AgentError as exc:
@@ -304,16 +304,18 @@ class EC2Provider(NodeProvider):
         record = self.records.get(_key(node.node_id)) or {}
         if not record.get("instanceId"):
             raise AgentError(f"node {node.node_id} has no instance")
-        address, port = self._address(str(record["instanceId"]), record)
-        return self._join(node, address, port, on_event)
+        return self._join_instance(node, record, on_event)
 
-    def _launch(self, node: NodeRef, record: dict[str, Any]) -> str:
+    def _launch(self, node: NodeRef, record: dict[str, Any]) -> dict[str, Any]:
+        """Launch (or adopt) the node's instance; its record, ``instanceId`` included."""
         found = self._tagged(Filters=[_tag("node", node.node_id), _states(_LIVE_STATES)])
         if found:  # launched before its record was written: adopt it
             instance_id = str(found[0]["InstanceId"])
-            self._put(node.node_id, {"pool": node.pool_id, **record, "instanceId": instance_id})
+            adopted = self._put(
+                node.node_id, {"pool": node.pool_id, **record, "instanceId": instance_id}
+            )
             log.info("adopted %s for node %s", instance_id, node.node_id)
-            return instance_id
+            return adopted
         attempt = int(record.get("attempt", 0)) + 1
         token = hashlib.sha256(
             f"{self.account}/{self.sku}/{node.pool_id}/{node.node_id}".encode()
@@ -342,9 +344,10 @@ class EC2Provider(NodeProvider):
                     self._fail(node, azure, code, message)
                 raise AgentError(f"run_instances for {node.node_id}: {code}: {message}") from None
             instance_id = str(response["Instances"][0]["InstanceId"])
-            self.records.put(_key(node.node_id), {**record, "instanceId": instance_id})
+            launched = {**record, "instanceId": instance_id}
+            self.records.put(_key(node.node_id), launched)
             log.info("launched %s for node %s", instance_id, node.node_id)
-            return instance_id
+            return launched
         self._fail(node, "AllocationFailed", *last)
 
     def _launch_params(self, node: NodeRef, token: str, subnet: str | None) -> dict[str, Any]:
@@ -436,9 +439,11 @@ class EC2Provider(NodeProvider):
             raise AgentError(f"{instance_id} is {instance['State']['Name']}")
         return str(address), self.template.ssh_port
 
-    def _join(
-        self, node: NodeRef, address: str, port: int, on_event: EventCallback
+    def _join_instance(
+        self, node: NodeRef, record: Mapping[str, Any], on_event: EventCallback
     ) -> AgentConnection:
+        """Start the node's agent over SSH on its instance (at its address or endpoint)."""
+        address, port = self._address(str(record["instanceId"]), record)
         t = self.template
         group: dict[str, Any] = {
             "name": t.name,

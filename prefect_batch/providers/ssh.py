@@ -40,6 +40,7 @@ hosts, or isolate tasks (they run as the SSH user). Host keys are never accepted
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shlex
@@ -116,7 +117,9 @@ exec "$PY" -I "$A" --root "$R" "$@" 2>>"$D/agent.log"
 """.strip()
 
 
+@functools.cache
 def _agent_payload() -> tuple[str, bytes]:
+    """The agent's file name on a host and its bytes (read and hashed once per process)."""
     data = AGENT_PATH.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
     return f"agent-{AGENT_VERSION}-{digest}.py", data

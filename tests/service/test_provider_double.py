@@ -59,6 +59,19 @@ def _steady(client: BatchClient, pool_id: str) -> Any:
     return pool if pool.allocation_state == "steady" else None
 
 
+def _pool_passes(client: BatchClient, count: int) -> None:
+    """Wake the engine and wait for ``count`` passes over its pools, one at a time."""
+    engine = client._engine
+    assert engine is not None
+    for _ in range(count):
+        client.service.wake(pools=True)
+        wait_until(
+            lambda passes=engine.pool_passes: engine.pool_passes > passes,
+            timeout=10,
+            message="a pool pass",
+        )
+
+
 def _delete_and_check_releases(client: BatchClient, pool_id: str, cloud: DoubleCloud) -> None:
     placed = {m.node_id for m in cloud.machines.values()} | set(cloud.releases)
     client.delete_pool(pool_id)
@@ -122,15 +135,7 @@ def test_a_quota_error_becomes_the_pools_resize_error_without_a_retry_storm(
     assert [e.code for e in pool.resize_errors or []] == ["AccountCoreQuotaReached"]
     wait_for_nodes(client, "quota", 2, timeout=60)
     calls = cloud.place_calls
-    engine = client._engine
-    assert engine is not None
-    for _ in range(5):  # more passes over the pool ask the provider nothing more
-        client.service.wake(pools=True)
-        wait_until(
-            lambda passes=engine.pool_passes: engine.pool_passes > passes,
-            timeout=10,
-            message="a pool pass",
-        )
+    _pool_passes(client, 5)  # more passes over the pool ask the provider nothing more
     assert cloud.place_calls == calls
     assert len(client.list_nodes("quota")) == 2
     client.resize_pool("quota", {"targetDedicatedNodes": 4})  # a new resize asks again
@@ -317,16 +322,8 @@ def test_a_launch_refused_after_placement_ends_the_resize_with_its_error(
     nodes = wait_for_nodes(client, "refused", 1, timeout=60)
     assert first not in {n.id for n in nodes}
     assert cloud.releases[first] == 1
-    engine = client._engine
-    assert engine is not None
     calls = cloud.place_calls
-    for _ in range(3):  # the pool is not grown again until its next resize
-        client.service.wake(pools=True)
-        wait_until(
-            lambda passes=engine.pool_passes: engine.pool_passes > passes,
-            timeout=10,
-            message="a pool pass",
-        )
+    _pool_passes(client, 3)  # the pool is not grown again until its next resize
     assert cloud.place_calls == calls
     assert client.get_pool("refused").target_dedicated_nodes == 2
     _delete_and_check_releases(client, "refused", cloud)
