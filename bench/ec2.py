@@ -6,7 +6,7 @@ instances, and the EC2 API calls the service made per node launched and per node
 of 3 nodes in the same run (trivial tasks, 8 slots per node).
 
 moto answers on 127.0.0.1; each instance's ``sshEndpoints`` entry is an sshd of its own on
-127.0.0.2, 127.0.0.3, ... (clean shells: ``SetEnv SHLVL=1``). Nothing connects elsewhere.
+127.0.0.2, 127.0.0.3, ... (clean shells: ``SetEnv SHLVL=1``). A guard refuses any other connect.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import boto3  # noqa: E402
 import botocore.client  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
 
 from prefect_batch import BatchClient  # noqa: E402
 from prefect_batch.testing import wait_until  # noqa: E402
+from prefect_batch.testing.ec2 import REGION, ec2_template, loopback_only, moto_ec2  # noqa: E402
 from prefect_batch.testing.sshd import SSHServers  # noqa: E402
 
 CALLS: Counter[str] = Counter()
@@ -92,32 +92,25 @@ def main() -> None:
         os.environ[name] = "bench"
     botocore.client.BaseClient._make_api_call = _counting_call  # type: ignore[method-assign]
     work = Path(tempfile.mkdtemp(prefix="pb-bench-ec2-"))
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    url = f"http://{host}:{port}"
     rows: list[str] = []
-    with SSHServers(work / "sshd", count=max(sizes), extra_config=["SetEnv SHLVL=1"]) as servers:
-        known = work / "known_hosts"
-        known.write_text(servers.known_hosts_text())
-        ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=url)
+    with (
+        loopback_only() as refused,
+        moto_ec2() as url,
+        SSHServers(work / "sshd", count=max(sizes), extra_config=["SetEnv SHLVL=1"]) as servers,
+    ):
+        ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=url)
         ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         with BatchClient(home=work / "home") as client:
             client.create_node_source(
-                {
-                    "kind": "ec2",
-                    "name": "bench",
-                    "amiId": ami,
-                    "instanceType": "t3.micro",
-                    "regionName": "us-east-1",
-                    "endpointUrl": url,
-                    "sshEndpoints": [f"{s.address}:{s.port}" for s in servers],
-                    "sshUser": servers.user,
-                    "privateKeyPath": str(servers.client_key_path),
-                    "knownHosts": str(known),
-                    "nodeRoot": str(work / "instances"),
-                    "pollSeconds": 5,
-                }
+                ec2_template(
+                    "bench",
+                    servers,
+                    url,
+                    ami,
+                    work / "known_hosts",
+                    work / "instances",
+                    pollSeconds=5,
+                )
             )
             pool = {
                 "vmSize": "t3.micro",
@@ -149,8 +142,10 @@ def main() -> None:
             for pid in ("t-ec2", "t-local"):
                 client.delete_pool(pid)
             client.close(kill_tasks=True)
-    moto.stop()
-    print(f"\nprefect-batch EC2 pools ({time.strftime('%Y-%m-%d')}, moto {url}, loopback sshd)")
+    assert refused == [], f"connections refused off loopback: {refused}"
+    print(
+        f"\nprefect-batch EC2 pools ({time.strftime('%Y-%m-%d')}, moto on 127.0.0.1, loopback sshd)"
+    )
     for row in rows:
         print(row)
 

@@ -8,7 +8,6 @@ nodes. Instances are mapped to private sshd servers on 127.0.0.2-3; nothing conn
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,38 +15,21 @@ from typing import Any
 import boto3
 import pytest
 from azure.batch import models
-from moto.core.models import DEFAULT_ACCOUNT_ID
-from moto.ec2.models import ec2_backends
-from moto.server import ThreadedMotoServer
 
 from prefect_batch import BatchClient
+from prefect_batch.testing.ec2 import REGION, ec2_template, loopback_only, moto_ec2
 from prefect_batch.testing.sshd import SSHServers
 from tests.api.conftest import Server, running_server, wait_for
-
-REGION = "us-east-1"
 
 
 @pytest.fixture
 def cloud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[str, SSHServers]]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    real = socket.socket.connect
-
-    def loopback_only(self: socket.socket, address: Any) -> Any:
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            assert str(address[0]).startswith("127."), f"connect to {address[0]}"
-        return real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", loopback_only)
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    try:
+    with loopback_only() as refused, moto_ec2() as url:
         with SSHServers(tmp_path / "sshd", count=2, extra_config=["SetEnv SHLVL=1"]) as servers:
-            yield f"http://{host}:{port}", servers
-    finally:
-        moto.stop()
-        ec2_backends[DEFAULT_ACCOUNT_ID][REGION].reset()
+            yield url, servers
+    assert refused == []
 
 
 @pytest.fixture
@@ -60,27 +42,20 @@ def test_an_ec2_pool_of_dedicated_and_spot_nodes_runs_a_job_through_the_sdk(
     ec2_server: Server, cloud: tuple[str, SSHServers], tmp_path: Path
 ) -> None:
     url, servers = cloud
-    known = tmp_path / "known_hosts"
-    known.write_text(servers.known_hosts_text())
     ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=url)
     ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     account = ec2_server.account
     with BatchClient(account.name, url=ec2_server.url, account_key=account.primary) as client:
         client.create_node_source(
-            {
-                "kind": "ec2",
-                "name": "burst",
-                "amiId": ami,
-                "instanceType": "t3.micro",
-                "regionName": REGION,
-                "endpointUrl": url,
-                "sshEndpoints": [f"{s.address}:{s.port}" for s in servers],
-                "sshUser": servers.user,
-                "privateKeyPath": str(servers.client_key_path),
-                "knownHosts": str(known),
-                "nodeRoot": str(tmp_path / "instances"),
-                "pollSeconds": 0.5,
-            }
+            ec2_template(
+                "burst",
+                servers,
+                url,
+                ami,
+                tmp_path / "known_hosts",
+                tmp_path / "instances",
+                pollSeconds=0.5,
+            )
         )
     sdk = ec2_server.sdk()
     try:

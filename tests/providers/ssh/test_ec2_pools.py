@@ -8,7 +8,6 @@ Faults are injected into moto's backend: it has no capacity errors and no spot r
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,31 +19,19 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.instances import InstanceBackend, StateReason
-from moto.server import ThreadedMotoServer
 
 from prefect_batch import BatchClient, BatchInvalidRequestError
 from prefect_batch.testing import embedded_client, wait_for_nodes, wait_for_task, wait_until
+from prefect_batch.testing.ec2 import REGION, ec2_template, moto_ec2
+from prefect_batch.testing.ec2 import loopback_only as guard_loopback
 from prefect_batch.testing.sshd import SSHServers
-
-REGION = "us-east-1"
 
 
 @pytest.fixture
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Fail on any IPv4/IPv6 connect that is not to loopback; returns the addresses refused."""
-    refused: list[str] = []
-    real = socket.socket.connect
-
-    def connect(self: socket.socket, address: Any) -> Any:
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            host = str(address[0])
-            if not (host.startswith("127.") or host in ("::1", "localhost")):
-                refused.append(host)
-                raise OSError(f"test guard: no connection to {host} (loopback only)")
-        return real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    return refused
+def loopback_only() -> Iterator[list[str]]:
+    """Fail on any IPv4/IPv6 connect that is not to loopback; yields the addresses refused."""
+    with guard_loopback() as refused:
+        yield refused
 
 
 @pytest.fixture
@@ -52,14 +39,8 @@ def moto_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        ec2_backends[DEFAULT_ACCOUNT_ID][REGION].reset()
+    with moto_ec2() as url:
+        yield url
 
 
 @pytest.fixture
@@ -78,26 +59,15 @@ def client(tmp_path: Path, loopback_only: list[str], moto_url: str) -> Iterator[
 def _template(
     servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path, **extra: Any
 ) -> dict[str, Any]:
-    known = tmp_path / "known_hosts"
-    known.write_text(servers.known_hosts_text())
-    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    return {
-        "kind": "ec2",
-        "name": f"lab{uuid.uuid4().hex[:6]}",
-        "amiId": ami,
-        "instanceType": "t3.micro",
-        "regionName": REGION,
-        "endpointUrl": moto_url,
-        "sshEndpoints": [f"{s.address}:{s.port}" for s in servers],
-        "sshUser": servers.user,
-        "privateKeyPath": str(servers.client_key_path),
-        "knownHosts": str(known),
-        "nodeRoot": str(tmp_path / "instances"),
-        "pollSeconds": 0.5,
-        "readyTimeoutSeconds": 30,
-        "tags": {"team": "batch"},
-        **extra,
-    }
+    return ec2_template(
+        f"lab{uuid.uuid4().hex[:6]}",
+        servers,
+        moto_url,
+        ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"],
+        tmp_path / "known_hosts",
+        tmp_path / "instances",
+        **{"pollSeconds": 0.5, "readyTimeoutSeconds": 30, "tags": {"team": "batch"}, **extra},
+    )
 
 
 def _pool(client: BatchClient, pool_id: str, source: str, dedicated: int, low: int = 0) -> None:

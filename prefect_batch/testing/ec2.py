@@ -1,0 +1,89 @@
+"""EC2 on loopback for tests and benchmarks: moto's server, a connect guard, a template.
+
+:func:`moto_ec2` runs moto's EC2 as a real HTTP endpoint on 127.0.0.1 (never every interface)
+and resets it afterwards; :func:`loopback_only` refuses every IPv4/IPv6 connect that is not to
+loopback (moto hands out 10.x and 54.x addresses: nothing may reach them); :func:`ec2_template`
+is an ``ec2`` node-source registration whose instances are the given sshd servers, in launch
+order. AWS credentials are the caller's to set (any values do for moto). Nothing here imports
+pytest.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from prefect_batch.testing.sshd import SSHServers
+
+__all__ = ["REGION", "ec2_template", "loopback_only", "moto_ec2"]
+
+REGION = "us-east-1"
+
+
+@contextmanager
+def moto_ec2(region: str = REGION) -> Iterator[str]:
+    """moto's server on 127.0.0.1 (a free port); yields its URL; its EC2 state reset after."""
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        ec2_backends[DEFAULT_ACCOUNT_ID][region].reset()
+
+
+@contextmanager
+def loopback_only() -> Iterator[list[str]]:
+    """Refuse (``OSError``) every connect that is not to loopback; yields the hosts refused."""
+    refused: list[str] = []
+    real = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            host = str(address[0])
+            if not (host.startswith("127.") or host in ("::1", "localhost")):
+                refused.append(host)
+                raise OSError(f"test guard: no connection to {host} (loopback only)")
+        return real(self, address)
+
+    socket.socket.connect = connect  # type: ignore[method-assign,assignment]
+    try:
+        yield refused
+    finally:
+        socket.socket.connect = real  # type: ignore[method-assign]
+
+
+def ec2_template(
+    name: str,
+    servers: SSHServers,
+    endpoint_url: str,
+    ami: str,
+    known_hosts: Path,
+    node_root: Path,
+    **extra: Any,
+) -> dict[str, Any]:
+    """An ``ec2`` registration whose instances are ``servers`` (their host keys pinned in
+    ``known_hosts``, which this writes)."""
+    known_hosts.write_text(servers.known_hosts_text())
+    return {
+        "kind": "ec2",
+        "name": name,
+        "amiId": ami,
+        "instanceType": "t3.micro",
+        "regionName": REGION,
+        "endpointUrl": endpoint_url,
+        "sshEndpoints": [f"{s.address}:{s.port}" for s in servers],
+        "sshUser": servers.user,
+        "privateKeyPath": str(servers.client_key_path),
+        "knownHosts": str(known_hosts),
+        "nodeRoot": str(node_root),
+        **extra,
+    }
