@@ -4,10 +4,12 @@
 the worker submits every flow run of the pool as a batch task (mode ``task``: a task of one
 long-lived job per work pool and priority, task id = the flow-run id, so a resubmission finds the
 task there and adds nothing) or as the job manager task of a job of its own (mode
-``jobmanager``: its own batch tasks run beside it and end with it). The task's command is
-``python -m prefect flow-run execute <id>``, Prefect's supervisor, which observes cancellation
-and, on SIGTERM (a terminate, a node removed with ``requeue``), relinquishes the run to the
-service's requeue instead of marking it crashed.
+``jobmanager``: its own batch tasks run beside it and end with it). The task's command runs
+``prefect flow-run execute <id>``, Prefect's supervisor, which observes cancellation and, on
+SIGTERM (a terminate, a node removed with ``requeue``), relinquishes the run to the service's
+requeue instead of marking it crashed. Before it, the command reads the flow run: one that is
+already final (it completed just before its node was removed, or was cancelled) is not run
+again when the service requeues its task.
 
 ``PREFECT_API_KEY`` and ``PREFECT_API_AUTH_STRING`` never reach ``environmentSettings`` in
 clear: they travel as sealed ``PREFECT_BATCH_SECRET_*`` settings (``service/sealing.py``), and
@@ -49,6 +51,20 @@ SECRET_VARIABLES = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
 SECRET_PREFIX = "PREFECT_BATCH_SECRET_"
 _NOT_ID = re.compile(r"[^A-Za-z0-9_-]+")
 
+RUN_ONCE = """\
+import sys
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as client:
+    state = client.read_flow_run(sys.argv[1]).state
+if state is not None and state.is_final():
+    print(f"flow run {sys.argv[1]} is already {state.name}: not run again")
+    raise SystemExit(0)
+sys.argv = ["prefect", "flow-run", "execute", sys.argv[1]]
+from prefect.cli import app
+app()
+"""
+"""The task's program (``python -c``): Prefect's supervisor, unless the run is already final."""
+
 
 class BatchJobConfiguration(BaseJobConfiguration):
     """How one flow run becomes a batch task (built from the work pool's base job template)."""
@@ -83,7 +99,7 @@ class BatchJobConfiguration(BaseJobConfiguration):
         )
         if not configured:
             self.command = " ".join(
-                [shlex.quote(self.python), "-m", "prefect", "flow-run", "execute", str(flow_run.id)]
+                [shlex.quote(self.python), "-c", shlex.quote(RUN_ONCE), str(flow_run.id)]
             )
         if self.api_url:
             self.env["PREFECT_API_URL"] = self.api_url

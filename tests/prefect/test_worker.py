@@ -56,10 +56,11 @@ def die():
 
 
 @flow
-def sleepy(marker: str, seconds: float = 4.0):
+def sleepy(marker: str, seconds: float = 4.0, rerun_seconds: float | None = None):
+    rerun = os.path.exists(marker)
     with open(marker, "a") as f:
         f.write(os.environ.get("AZ_BATCH_NODE_ID", "?") + "\\n")
-    time.sleep(seconds)
+    time.sleep(rerun_seconds if rerun and rerun_seconds is not None else seconds)
     return "slept"
 
 
@@ -302,7 +303,9 @@ def test_cancel_while_queued(harness: Harness) -> None:
 
 def test_a_node_removed_with_requeue_reruns_the_flow_once(harness: Harness, tmp_path: Path) -> None:
     marker = tmp_path / "attempts"
-    run_id = harness.run("sleepy", parameters={"marker": str(marker), "seconds": 5})
+    # The first attempt outlives any removal; the rerun is quick.
+    parameters = {"marker": str(marker), "seconds": 120, "rerun_seconds": 1}
+    run_id = harness.run("sleepy", parameters=parameters)
     wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
     node = _task(harness, run_id).node_info.node_id
     harness.batch.remove_nodes("p", {"nodeList": [node], "nodeDeallocationOption": "requeue"})
@@ -314,6 +317,30 @@ def test_a_node_removed_with_requeue_reruns_the_flow_once(harness: Harness, tmp_
     with harness.server.client() as client:
         states = client.read_flow_run_states(run_id)
     assert [s.name for s in states].count("Completed") == 1
+    harness.batch.resize_pool("p", {"targetDedicatedNodes": 2})
+
+
+def test_a_requeued_task_does_not_run_a_flow_run_that_is_already_final(
+    harness: Harness, tmp_path: Path
+) -> None:
+    from prefect.states import Completed
+
+    marker = tmp_path / "attempts"
+    run_id = harness.run("sleepy", parameters={"marker": str(marker), "seconds": 120})
+    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    # The run ends (as when the flow returns just before its node goes) while the task still runs.
+    with harness.server.client() as client:
+        client.set_flow_run_state(run_id, Completed(), force=True)
+    node = _task(harness, run_id).node_info.node_id
+    harness.batch.remove_nodes("p", {"nodeList": [node], "nodeDeallocationOption": "requeue"})
+    task = _ended_task(harness, run_id)
+    assert task.execution_info.requeue_count == 1
+    assert task.execution_info.exit_code == 0
+    assert len(marker.read_text().split()) == 1
+    assert harness.flow_run(run_id).state.name == "Completed"
+    with harness.server.client() as client:
+        states = [s.name for s in client.read_flow_run_states(run_id)]
+    assert states.count("Running") == 1, states
     harness.batch.resize_pool("p", {"targetDedicatedNodes": 2})
 
 
