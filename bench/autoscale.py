@@ -58,8 +58,8 @@ def median_ms(action: Callable[[], object], repeat: int) -> float:
 def service_path(text: str, now: datetime, repeat: int) -> None:
     """Time one evaluation of ``text`` from a day of stored samples, through the service."""
     from prefect_batch.service import BatchService
-    from prefect_batch.service.autoscale import compiled_formula, evaluate_on_pool
-    from prefect_batch.service.samples import load_series, store_samples
+    from prefect_batch.service.ops.autoscale import compiled_formula, evaluate_on_pool
+    from prefect_batch.service.rows.samples import load_series, store_samples
     from prefect_batch.store import Store
     from prefect_batch.store.schema import pools
 

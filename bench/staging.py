@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prefect_batch.service.dispatcher import STAGE_THREADS  # noqa: E402
+from prefect_batch.service.engine.dispatcher import STAGE_THREADS  # noqa: E402
 from prefect_batch.testing import embedded_client, wait_for_nodes, wait_for_task  # noqa: E402
 from prefect_batch.testing.storage import S3Endpoint, moto_s3_server  # noqa: E402
 
@@ -172,7 +172,7 @@ def main() -> None:
 def dispatch_rate(s3: S3Endpoint, tmp: Path, threads: int, latency_ms: float) -> float:
     """Tasks/s of a job whose every task lists its own object, each listing ``latency_ms``
     slower (a remote endpoint's round trip), with ``threads`` resolving run requests at once."""
-    import prefect_batch.service.dispatcher as dispatcher
+    import prefect_batch.service.engine.dispatcher as dispatcher
 
     c = s3.client()
     for i in range(DISPATCH_TASKS):

@@ -33,7 +33,7 @@ from sqlalchemy import insert, select, update  # noqa: E402
 
 from prefect_batch.api import create_app  # noqa: E402
 from prefect_batch.service import BatchService  # noqa: E402
-from prefect_batch.service.accounts import AccountOperations  # noqa: E402
+from prefect_batch.service.ops.accounts import AccountOperations  # noqa: E402
 from prefect_batch.store import Store  # noqa: E402
 from prefect_batch.store.schema import jobs, nodes, pools, queue, tasks  # noqa: E402
 from prefect_batch.testing.webapp import serve_app  # noqa: E402

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prefect_batch.api import create_app  # noqa: E402
 from prefect_batch.client import build_engine  # noqa: E402
 from prefect_batch.service import BatchService  # noqa: E402
-from prefect_batch.service.accounts import AccountOperations  # noqa: E402
+from prefect_batch.service.ops.accounts import AccountOperations  # noqa: E402
 from prefect_batch.store import Store  # noqa: E402
 from prefect_batch.testing import fast_settings  # noqa: E402
 from prefect_batch.testing.browser import chromium_driver  # noqa: E402

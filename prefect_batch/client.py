@@ -63,7 +63,7 @@ def build_engine(
 
     from prefect_batch.providers.kinds import LOCAL_NODE_AGENT_SKU
     from prefect_batch.providers.local import LocalNodeSource
-    from prefect_batch.service.confinement import agent_confinement_args
+    from prefect_batch.service.engine.confinement import agent_confinement_args
 
     protect = [settings.home, settings.effective_node_root]
     if store.is_sqlite and make_url(store.url).database:
@@ -291,7 +291,7 @@ class BatchClient:
             raise PrefectBatchError(
                 "a server's quotas are set by its operator: `prefect-batch account set-quota`"
             )
-        from prefect_batch.service.quotas import set_quota
+        from prefect_batch.service.ops.quotas import set_quota
 
         set_quota(
             self.store,

@@ -71,8 +71,8 @@ from prefect_batch.models import (
     BatchTaskCreateOptions,
     BatchTaskCreateResult,
 )
-from prefect_batch.service.base import parse_model
-from prefect_batch.service.tasks import MAX_TASKS_PER_COLLECTION
+from prefect_batch.service.ops.base import parse_model
+from prefect_batch.service.ops.tasks import MAX_TASKS_PER_COLLECTION
 
 __all__ = ["API_VERSION", "RemoteBatchService"]
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from prefect_batch import BatchClient, PrefectBatchError
-from prefect_batch.service.statewrites import STRICT_ENV
+from prefect_batch.service.rows.statewrites import STRICT_ENV
 from prefect_batch.testing import check_invariants, embedded_client
 
 # A task or job state write along an edge its table lacks raises instead of being refused.

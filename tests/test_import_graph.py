@@ -7,6 +7,10 @@
 * Nothing in ``prefect_batch/service/`` imports a ``prefect_batch`` module inside a function:
   such imports are how a cycle hides. Third-party optional modules (``prefect``...) imported
   inside functions are fine.
+* ``prefect_batch/service/`` is in layers that import one way: ``engine`` -> ``ops`` ->
+  ``rows`` -> the store, core and providers. Nothing in ``rows`` imports ``ops`` or the engine,
+  nothing in ``ops`` imports the engine, and no module under ``prefect_batch/providers/``,
+  ``store/`` or ``core/`` imports the service.
 
 The checkers work on source text, so the self-tests below feed them bad code and expect findings.
 """
@@ -25,7 +29,7 @@ SERVICE = PACKAGE / "service"
 
 
 def _module_name(path: Path, root: Path) -> str:
-    """``<root>/prefect_batch/service/jobs.py`` -> ``prefect_batch.service.jobs``."""
+    """``<root>/prefect_batch/service/ops/jobs.py`` -> ``prefect_batch.service.ops.jobs``."""
     parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -167,15 +171,15 @@ def _package_sources() -> dict[str, tuple[str, bool]]:
 
 def test_module_level_imports_have_no_cycle() -> None:
     graph = import_graph(_package_sources())
-    assert "prefect_batch.service.jobs" in graph  # the walk found the package
-    assert "prefect_batch.store" in graph["prefect_batch.service.jobs"]
+    assert "prefect_batch.service.ops.jobs" in graph  # the walk found the package
+    assert "prefect_batch.store" in graph["prefect_batch.service.ops.jobs"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
 def test_service_imports_the_package_only_at_module_level() -> None:
     files = _sources(SERVICE)
-    assert SERVICE / "jobs.py" in files
+    assert SERVICE / "ops" / "jobs.py" in files
     problems = [
         problem
         for path in files
@@ -184,6 +188,56 @@ def test_service_imports_the_package_only_at_module_level() -> None:
         )
     ]
     assert problems == []
+
+
+LAYERS = ("engine", "ops", "rows")
+"""The service's layers, top first: each may import the ones after it, never those before."""
+
+
+def layer_violations(graph: Mapping[str, set[str]]) -> list[str]:
+    """``module -> import`` for every import that runs against the layers."""
+
+    def layer(module: str) -> int | None:
+        parts = module.split(".")
+        if parts[:2] == ["prefect_batch", "service"] and len(parts) > 2 and parts[2] in LAYERS:
+            return LAYERS.index(parts[2])
+        return None
+
+    below_service = ("prefect_batch.providers", "prefect_batch.store", "prefect_batch.core")
+    found = []
+    for module, imports in graph.items():
+        mine = layer(module)
+        for imported in imports:
+            theirs = layer(imported)
+            if mine is not None and theirs is not None and theirs < mine:
+                found.append(f"{module} -> {imported}")
+            elif module.startswith(below_service) and imported.startswith("prefect_batch.service"):
+                found.append(f"{module} -> {imported}")
+    return sorted(found)
+
+
+def test_service_layers_import_one_way() -> None:
+    graph = import_graph(_package_sources())
+    assert {m for m in graph if m.startswith("prefect_batch.service.")} >= {
+        "prefect_batch.service.engine.loop",
+        "prefect_batch.service.ops.jobs",
+        "prefect_batch.service.rows.statewrites",
+    }
+    assert layer_violations(graph) == []
+
+
+def test_layer_violations_are_found() -> None:
+    graph = _graph(
+        prefect_batch__service__rows__a="from prefect_batch.service.ops import b\n",
+        prefect_batch__service__ops__b="from prefect_batch.service.engine import c\n",
+        prefect_batch__service__engine__c="from prefect_batch.service.rows import a\n",
+        prefect_batch__store__d="import prefect_batch.service.rows.a\n",
+    )
+    assert layer_violations(graph) == [
+        "prefect_batch.service.ops.b -> prefect_batch.service.engine.c",
+        "prefect_batch.service.rows.a -> prefect_batch.service.ops.b",
+        "prefect_batch.store.d -> prefect_batch.service.rows.a",
+    ]
 
 
 # --- the checkers catch what they should ---------------------------------------------------------
@@ -242,7 +296,7 @@ def test_cycle_checker_names_the_cycle() -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        "def f():\n    from prefect_batch.service.jobs import JobOperations",
+        "def f():\n    from prefect_batch.service.ops.jobs import JobOperations",
         "def f():\n    import prefect_batch.store",
         "class C:\n    def m(self):\n        from .jobs import queue_dir_deletion",
         "async def f():\n    from .. import models",

@@ -45,7 +45,7 @@ from prefect_batch.core.sharedkey import (
     split_scoped_name,
     string_to_sign,
 )
-from prefect_batch.service.accounts import AccountOperations
+from prefect_batch.service.ops.accounts import AccountOperations
 from prefect_batch.store import Store
 
 __all__ = [

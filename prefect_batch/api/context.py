@@ -43,7 +43,7 @@ from prefect_batch.api.errors import (
 from prefect_batch.api.odata import encode_token, select
 from prefect_batch.exceptions import BatchInvalidRequestError
 from prefect_batch.service import BatchService
-from prefect_batch.service.common import etag
+from prefect_batch.service.rows.common import etag
 
 __all__ = [
     "API_VERSIONS",

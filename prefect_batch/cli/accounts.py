@@ -23,7 +23,7 @@ import typer
 
 from prefect_batch.cli._common import JsonOption, fail, list_table, print_json, stdout_console
 from prefect_batch.exceptions import PrefectBatchError
-from prefect_batch.service.accounts import Account, AccountOperations
+from prefect_batch.service.ops.accounts import Account, AccountOperations
 from prefect_batch.settings import get_settings
 from prefect_batch.store import Store
 

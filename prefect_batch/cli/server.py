@@ -70,8 +70,8 @@ def serve(
 
     from prefect_batch.api import create_app
     from prefect_batch.client import build_engine
-    from prefect_batch.service.accounts import AccountOperations
-    from prefect_batch.service.confinement import set_not_dumpable
+    from prefect_batch.service.engine.confinement import set_not_dumpable
+    from prefect_batch.service.ops.accounts import AccountOperations
     from prefect_batch.store import Store
 
     set_not_dumpable()  # its environ may hold PREFECT_BATCH_ACCOUNT_KEY: not readable by tasks
@@ -134,7 +134,7 @@ def serve(
 
 def _check_confinement(settings: BatchSettings, accounts: int, allow_unconfined: bool) -> None:
     """Warn where tasks run unconfined; refuse several accounts there unless allowed."""
-    from prefect_batch.service.confinement import confinement_unavailable
+    from prefect_batch.service.engine.confinement import confinement_unavailable
 
     reason = (
         confinement_unavailable() if settings.confine_tasks else "PREFECT_BATCH_CONFINE_TASKS=false"

@@ -47,7 +47,7 @@ def ui(
     import uvicorn
 
     from prefect_batch.client import build_engine
-    from prefect_batch.service.accounts import AccountOperations
+    from prefect_batch.service.ops.accounts import AccountOperations
     from prefect_batch.store import Store
     from prefect_batch.ui import create_ui_app
 

@@ -12,7 +12,7 @@ exactly one. A run is *due* from its time on, and:
 
 :func:`advance` takes the schedule's timing, its pending run, whether its recent job is active,
 and ``now``; it returns what to do. Times are UNIX seconds. This module reads no clock and
-touches no store; the engine (``service/scheduling.py``) records and carries out the decision.
+touches no store; the engine (``service/engine/schedules.py``) records and carries out the decision.
 """
 
 from __future__ import annotations

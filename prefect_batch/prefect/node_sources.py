@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 LOCAL_NODE_AGENT_SKU = "batch.node.local"
-"""Node agents as local processes (``prefect_batch.service.pools.LOCAL_NODE_AGENT_SKU``)."""
+"""Node agents as local processes (``prefect_batch.service.ops.pools.LOCAL_NODE_AGENT_SKU``)."""
 SSH_NODE_AGENT_SKU = "batch.node.ssh"
 """Node agents on SSH hosts; a group's id is ``batch.node.ssh.<group name>``."""
 EC2_NODE_AGENT_SKU = "batch.node.ec2"

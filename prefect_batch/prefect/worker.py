@@ -12,7 +12,7 @@ already final (it completed just before its node was removed, or was cancelled) 
 again when the service requeues its task.
 
 ``PREFECT_API_KEY`` and ``PREFECT_API_AUTH_STRING`` never reach ``environmentSettings`` in
-clear: they travel as sealed ``PREFECT_BATCH_SECRET_*`` settings (``service/sealing.py``), and
+clear: they travel as sealed ``PREFECT_BATCH_SECRET_*`` settings (``service/rows/sealing.py``), and
 only the node's process sees them. ``run()`` returns once the task is added; one
 :class:`~prefect_batch.prefect.observer.BatchTaskObserver` per worker reports tasks that ended
 without the flow run reaching a final state as Crashed.

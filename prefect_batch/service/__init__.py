@@ -1,18 +1,21 @@
 """The batch service: Azure Batch operations over the store, and the engine that runs them.
 
 ``BatchService`` is the set of operations for one account (what the REST API and the embedded
-client call); :class:`~prefect_batch.service.engine.Engine` is the loop that runs nodes and tasks.
+client call). The folders are the layers, and imports run one way: ``engine/`` (the loop that
+runs nodes and tasks, :class:`~prefect_batch.service.engine.Engine`) -> ``ops/`` (the operations,
+one transaction each) -> ``rows/`` (row-level helpers inside a caller's transaction) -> the
+store, core and providers.
 """
 
-from prefect_batch.service.autoscale import AutoScaleOperations
-from prefect_batch.service.files import FileOperations
-from prefect_batch.service.jobs import JobOperations
-from prefect_batch.service.nodes import NodeOperations
-from prefect_batch.service.nodesources import NodeSourceOperations
-from prefect_batch.service.pools import PoolOperations
-from prefect_batch.service.quotas import QuotaOperations
-from prefect_batch.service.schedules import JobScheduleOperations
-from prefect_batch.service.tasks import TaskOperations
+from prefect_batch.service.ops.autoscale import AutoScaleOperations
+from prefect_batch.service.ops.files import FileOperations
+from prefect_batch.service.ops.jobs import JobOperations
+from prefect_batch.service.ops.nodes import NodeOperations
+from prefect_batch.service.ops.nodesources import NodeSourceOperations
+from prefect_batch.service.ops.pools import PoolOperations
+from prefect_batch.service.ops.quotas import QuotaOperations
+from prefect_batch.service.ops.schedules import JobScheduleOperations
+from prefect_batch.service.ops.tasks import TaskOperations
 
 __all__ = ["BatchService"]
 

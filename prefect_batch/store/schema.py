@@ -391,7 +391,8 @@ schema_info = Table(
 sealing_keys = Table(
     "sealing_keys",
     metadata,
-    # One row (pk 1): the key sealed environment settings are encrypted with (service/sealing.py).
+    # One row (pk 1): the key sealed environment settings are encrypted with
+    # (service/rows/sealing.py).
     Column("pk", Integer, primary_key=True, autoincrement=False),
     Column("key", String(64), nullable=False),
 )

@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 
 from prefect_batch.api import create_app
 from prefect_batch.client import build_engine
-from prefect_batch.service.accounts import Account, AccountOperations
 from prefect_batch.service.engine import Engine
+from prefect_batch.service.ops.accounts import Account, AccountOperations
 from prefect_batch.store import Store
 from prefect_batch.testing import fast_settings
 from prefect_batch.testing.webapp import free_port, serve_app

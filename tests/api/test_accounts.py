@@ -15,8 +15,8 @@ from prefect_batch.exceptions import (
     BatchInvalidRequestError,
     BatchNotFoundError,
 )
-from prefect_batch.service.accounts import AccountOperations
-from prefect_batch.service.quotas import (
+from prefect_batch.service.ops.accounts import AccountOperations
+from prefect_batch.service.ops.quotas import (
     DEFAULT_DEDICATED_NODE_QUOTA,
     DEFAULT_LOW_PRIORITY_NODE_QUOTA,
 )

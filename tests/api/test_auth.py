@@ -18,7 +18,7 @@ from azure.core.rest import HttpRequest
 
 from prefect_batch.api.auth import KeyRing
 from prefect_batch.core.sharedkey import authorization_header, http_date, new_key
-from prefect_batch.service.accounts import AccountOperations
+from prefect_batch.service.ops.accounts import AccountOperations
 from tests.api.conftest import Server
 
 API = {"api-version": "2025-06-01"}

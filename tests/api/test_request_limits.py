@@ -27,7 +27,7 @@ import pytest
 
 from prefect_batch.api.context import MAX_JSON_DEPTH
 from prefect_batch.core.commandline import MAX_COMMAND_LINE_LENGTH, MAX_ENVIRONMENT_VALUE_LENGTH
-from prefect_batch.service import tasks as task_ops
+from prefect_batch.service.ops import tasks as task_ops
 from tests.api.conftest import Server, running_server
 from tests.api.test_auth import error, send
 

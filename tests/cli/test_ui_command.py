@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.routing import NoMatchFound
 
-from prefect_batch.service.accounts import AccountOperations
+from prefect_batch.service.ops.accounts import AccountOperations
 from prefect_batch.store import Store
 from tests.cli.conftest import Invoke
 

@@ -22,10 +22,10 @@ from prefect_batch import (
     BatchInvalidRequestError,
 )
 from prefect_batch.service import BatchService
-from prefect_batch.service.autoscale import MAX_RUNS_PER_POOL, record_run
 from prefect_batch.service.engine import Engine
-from prefect_batch.service.lifecycle import pool_key
-from prefect_batch.service.samples import (
+from prefect_batch.service.ops.autoscale import MAX_RUNS_PER_POOL, record_run
+from prefect_batch.service.rows.lifecycle import pool_key
+from prefect_batch.service.rows.samples import (
     SAMPLE_RETENTION_SECONDS,
     TaskSampler,
     load_series,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from prefect_batch import BatchClient, PrefectBatchError
-from prefect_batch.service.confinement import confinement_unavailable
+from prefect_batch.service.engine.confinement import confinement_unavailable
 from prefect_batch.testing import wait_for_task
 
 PROBE = r"""

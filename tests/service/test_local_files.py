@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from prefect_batch.exceptions import BatchServiceError
-from prefect_batch.service.localfiles import bounded
+from prefect_batch.service.rows.localfiles import bounded
 
 
 def test_a_hanging_file_operation_answers_server_busy() -> None:

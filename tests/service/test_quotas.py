@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from prefect_batch import BatchClient, BatchInvalidRequestError
-from prefect_batch.service.quotas import (
+from prefect_batch.service.ops.quotas import (
     DEFAULT_DEDICATED_NODE_QUOTA,
     AgentStartLimiter,
     default_local_node_limit,
@@ -130,7 +130,7 @@ def test_agent_starts_are_rate_limited() -> None:
 
 def test_an_account_reads_its_quota_through_the_server(tmp_path: Path) -> None:
     from prefect_batch import PrefectBatchError
-    from prefect_batch.service.accounts import AccountOperations
+    from prefect_batch.service.ops.accounts import AccountOperations
     from tests.api.conftest import running_server
 
     with running_server(f"sqlite:///{tmp_path / 'batch.db'}", tmp_path / "home") as server:

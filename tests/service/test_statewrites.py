@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, select
 from prefect_batch import BatchClient
 from prefect_batch.core.states import JobState, TaskState
 from prefect_batch.exceptions import IllegalTransitionError
-from prefect_batch.service.statewrites import STRICT_ENV, job_edge, strict, task_edge
+from prefect_batch.service.rows.statewrites import STRICT_ENV, job_edge, strict, task_edge
 from prefect_batch.store.schema import jobs, tasks
 
 _ENDED = task_edge((TaskState.PREPARING, TaskState.RUNNING), TaskState.COMPLETED)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prefect_batch.api.auth import KeyRing
-from prefect_batch.service.accounts import Account, AccountOperations
+from prefect_batch.service.ops.accounts import Account, AccountOperations
 from prefect_batch.store import Store
 from prefect_batch.ui.session import Sessions
 

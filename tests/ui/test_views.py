@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from prefect_batch.exceptions import BatchNotFoundError
 from prefect_batch.service import BatchService
-from prefect_batch.service.samples import store_samples
+from prefect_batch.service.rows.samples import store_samples
 from prefect_batch.store import Store
 from prefect_batch.store.schema import pools
 from prefect_batch.testing import embedded_client, wait_until

@@ -20,15 +20,15 @@ from sqlalchemy import and_, delete, insert, select, update
 from prefect_batch.core.commandline import split_command_line
 from prefect_batch.core.completion import AttemptOutcome, decide
 from prefect_batch.core.states import TaskExecutionResult
-from prefect_batch.service import lifecycle
-from prefect_batch.service.common import iso, seconds
-from prefect_batch.service.confinement import run_confinement
-from prefect_batch.service.dispatcher import (
+from prefect_batch.service.engine.confinement import run_confinement
+from prefect_batch.service.engine.dispatcher import (
     base_environment,
     completed_info,
     settings_env,
     stage_request,
 )
+from prefect_batch.service.rows import lifecycle
+from prefect_batch.service.rows.common import iso, seconds
 from prefect_batch.store.schema import job_nodes, jobs, tasks
 
 __all__ = ["JobTasksMixin", "RELEASE_MAX_SECONDS"]

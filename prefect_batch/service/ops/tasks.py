@@ -32,19 +32,19 @@ from prefect_batch.models import (
     BatchTaskCreateOptions,
     BatchTaskCreateResult,
 )
-from prefect_batch.service import lifecycle
-from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.common import (
+from prefect_batch.service.ops.base import ServiceBase
+from prefect_batch.service.rows import lifecycle
+from prefect_batch.service.rows.common import (
     DEFAULT_RETENTION_SECONDS,
     chunked,
     iso,
     refuse_unsupported,
     seconds,
 )
-from prefect_batch.service.rows import queue_dir_deletion
-from prefect_batch.service.sealing import seal_settings
-from prefect_batch.service.statewrites import task_edge
-from prefect_batch.service.views import task_view
+from prefect_batch.service.rows.nodes import queue_dir_deletion
+from prefect_batch.service.rows.sealing import seal_settings
+from prefect_batch.service.rows.statewrites import task_edge
+from prefect_batch.service.rows.views import task_view
 from prefect_batch.store.schema import deps, nodes, pools, queue, tasks
 
 __all__ = ["MAX_TASKS_PER_COLLECTION", "TaskOperations"]

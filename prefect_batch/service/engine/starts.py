@@ -6,7 +6,8 @@ out, and the engine loop must not wait for it. :class:`AgentStarts` runs
 :meth:`~prefect_batch.providers.contract.NodeProvider.release` on a few worker threads and hands
 each start's outcome back to the loop as an event: ``_agent_started`` with the connection, or
 ``_agent_failed`` with an error code and a message naming the node. It also keeps every node's
-usable connection for the file operations of this process (:func:`live_calls`), and the machines
+usable connection for the file operations of this process (registered with
+:func:`~prefect_batch.service.rows.providers.hold_connections`), and the machines
 being emptied after their node left, which no new node takes until that is done.
 
 What this module does not do: decide node states or requeue tasks (the engine's node runtime
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,16 +25,15 @@ from typing import Any
 from prefect_batch.exceptions import HostKeyError, PrefectBatchError
 from prefect_batch.providers.agentcalls import AgentCalls, wipe_node_root
 from prefect_batch.providers.contract import NodeProvider, NodeRef
+from prefect_batch.service.rows.providers import drop_connections, hold_connections
 
-__all__ = ["START_WORKERS", "AgentStarts", "live_calls"]
+__all__ = ["START_WORKERS", "AgentStarts"]
 
 log = logging.getLogger("prefect_batch.engine")
 
 START_WORKERS = 8
 """Agent starts and releases that may run at once, per engine."""
 
-_ENGINES: weakref.WeakSet[AgentStarts] = weakref.WeakSet()
-"""Every engine's starts of this process, for :func:`live_calls`."""
 
 EventSink = Callable[[int, dict[str, Any], int], None]
 """``(node_pk, event, generation)``: how a start reports to the engine loop."""
@@ -55,7 +54,7 @@ class AgentStarts:
     """The engine's worker threads for agent starts and releases, and its live connections.
 
     Args:
-        store: The engine's store (the key of :func:`live_calls`).
+        store: The engine's store (the key of its connections for the file operations).
         workers: Starts and releases that may run at once.
     """
 
@@ -67,13 +66,13 @@ class AgentStarts:
         self._live: dict[int, AgentCalls] = {}
         self._reserved: dict[tuple[str, str], int] = {}
         self._closed = False
-        _ENGINES.add(self)
+        hold_connections(self)
 
     def _submit(self, job: Callable[[], None]) -> None:
         with self._lock:
             if self._closed:  # a stopped engine that runs again
                 self._closed = False
-                _ENGINES.add(self)
+                hold_connections(self)
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(
                     max_workers=self._workers, thread_name_prefix="prefect-batch-start"
@@ -206,16 +205,6 @@ class AgentStarts:
             self._closed = True
             executor, self._executor = self._executor, None
         self._live.clear()
-        _ENGINES.discard(self)
+        drop_connections(self)
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-
-
-def live_calls(store_url: str, node_pk: int) -> AgentCalls | None:
-    """The connection an engine of this process holds to a node of the store at ``store_url``."""
-    for engine in list(_ENGINES):
-        if engine.store.url == store_url:
-            calls = engine.live(node_pk)
-            if calls is not None:
-                return calls
-    return None

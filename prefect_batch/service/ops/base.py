@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, select
 
 from prefect_batch.exceptions import BatchNotFoundError
-from prefect_batch.service import common
+from prefect_batch.service.rows import common
 from prefect_batch.store import Store
 from prefect_batch.store.schema import jobs, pools
 

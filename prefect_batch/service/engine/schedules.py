@@ -10,7 +10,7 @@ so of two engines on one database, only one creates a given run's job; the other
 advanced row and finds nothing to do.
 
 Any engine does this, whether or not it holds pool leases. This module does not validate
-schedules (``service/schedules.py`` does) nor run the jobs' tasks.
+schedules (``service/ops/schedules.py`` does) nor run the jobs' tasks.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ from sqlalchemy import delete, select, update
 
 from prefect_batch.core.recurrence import ScheduleStep, advance
 from prefect_batch.core.states import JobScheduleState
-from prefect_batch.service.autopools import auto_pool_of, end_schedule_pool, schedule_pool
-from prefect_batch.service.common import Clock
-from prefect_batch.service.jobs import JobOperations
-from prefect_batch.service.pools import PoolOperations
-from prefect_batch.service.schedules import (
+from prefect_batch.service.ops.jobs import JobOperations
+from prefect_batch.service.ops.pools import PoolOperations
+from prefect_batch.service.ops.schedules import (
     ACTIVE,
     DELETING,
     FINISHED_JOB_STATES,
@@ -36,7 +34,9 @@ from prefect_batch.service.schedules import (
     recurrence_of,
     schedule_job_rows,
 )
-from prefect_batch.service.views import scheduled_job_id
+from prefect_batch.service.rows.autopools import auto_pool_of, end_schedule_pool, schedule_pool
+from prefect_batch.service.rows.common import Clock
+from prefect_batch.service.rows.views import scheduled_job_id
 from prefect_batch.store import Store
 from prefect_batch.store.schema import job_schedules, jobs
 

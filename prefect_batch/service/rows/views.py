@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect_batch.service.common import etag, iso, iso_duration
+from prefect_batch.service.rows.common import etag, iso, iso_duration
 
 __all__ = [
     "job_schedule_view",

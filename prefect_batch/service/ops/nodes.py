@@ -21,9 +21,9 @@ from prefect_batch.models import (
     BatchNodeReimageOptions,
     BatchNodeRemoveOptions,
 )
-from prefect_batch.service import lifecycle
-from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.rows import node_row
+from prefect_batch.service.ops.base import ServiceBase
+from prefect_batch.service.rows import lifecycle
+from prefect_batch.service.rows.nodes import node_row
 from prefect_batch.store.schema import nodes, pools, tasks
 
 __all__ = ["NodeOperations", "mark_in_flight"]

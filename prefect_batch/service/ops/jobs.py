@@ -26,8 +26,11 @@ from prefect_batch.models import (
     BatchJobUpdateOptions,
     BatchTaskCountsResult,
 )
-from prefect_batch.service import lifecycle
-from prefect_batch.service.autopools import (
+from prefect_batch.service.ops.base import ServiceBase
+from prefect_batch.service.ops.pools import PoolOperations
+from prefect_batch.service.ops.tasks import TaskOperations
+from prefect_batch.service.rows import lifecycle
+from prefect_batch.service.rows.autopools import (
     JOB,
     auto_pool_of,
     check_auto_pool,
@@ -35,14 +38,11 @@ from prefect_batch.service.autopools import (
     end_pool,
     ends_with,
 )
-from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.common import refuse_unsupported, seconds
-from prefect_batch.service.pools import PoolOperations
-from prefect_batch.service.rows import queue_dir_deletion
-from prefect_batch.service.sealing import seal_settings
-from prefect_batch.service.statewrites import job_edge
-from prefect_batch.service.tasks import TaskOperations
-from prefect_batch.service.views import job_view
+from prefect_batch.service.rows.common import refuse_unsupported, seconds
+from prefect_batch.service.rows.nodes import queue_dir_deletion
+from prefect_batch.service.rows.sealing import seal_settings
+from prefect_batch.service.rows.statewrites import job_edge
+from prefect_batch.service.rows.views import job_view
 from prefect_batch.store.schema import job_nodes, job_schedules, jobs, pools, queue, tasks
 
 __all__ = ["JobOperations", "check_job_spec", "delete_job_rows"]

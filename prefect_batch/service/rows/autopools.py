@@ -17,7 +17,7 @@ A pool at its lifetime's end is marked ``deleting`` inside the caller's transact
 that leases it (every engine leases the pools nobody holds) removes its nodes and the row.
 
 This module does not size or run pools (the engine does) nor validate the pool's body beyond
-:meth:`~prefect_batch.service.pools.PoolOperations.check_pool_spec`.
+:meth:`~prefect_batch.service.ops.pools.PoolOperations.check_pool_spec`.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def create_auto_pool(
 
     Args:
         conn: The open write transaction.
-        ops: The account's :class:`~prefect_batch.service.pools.PoolOperations`.
+        ops: The account's :class:`~prefect_batch.service.ops.pools.PoolOperations`.
         auto: The wire ``autoPoolSpecification``.
         now: The time of the creation.
 

@@ -55,9 +55,14 @@ from prefect_batch.models import (
     BatchPoolEnableAutoScaleOptions,
     BatchPoolEvaluateAutoScaleOptions,
 )
-from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.common import iso, iso_duration, parse_duration
-from prefect_batch.service.samples import CHART_METRICS, load_series, node_counts, recent_samples
+from prefect_batch.service.ops.base import ServiceBase
+from prefect_batch.service.rows.common import iso, iso_duration, parse_duration
+from prefect_batch.service.rows.samples import (
+    CHART_METRICS,
+    load_series,
+    node_counts,
+    recent_samples,
+)
 from prefect_batch.store.schema import autoscale_runs, pools
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The engine's side of autoscale: sample the pools it leases, evaluate formulas that are due.
 
-A mixin of :class:`~prefect_batch.service.engine.Engine`, called once per engine step.
+A mixin of :class:`~prefect_batch.service.engine.loop.Engine`, called once per engine step.
 
 * **Sampling**, every sample interval: one ``pool_samples`` row per pool this engine leases
   (task metrics and node counts from the store, node metrics from the agents' ``metrics``
@@ -32,16 +32,16 @@ from sqlalchemy import bindparam, select, update
 
 from prefect_batch.core.states import AllocationState, PoolState
 from prefect_batch.exceptions import BatchServiceError
-from prefect_batch.service.autoscale import (
+from prefect_batch.service.ops.autoscale import (
     DEFAULT_EVALUATION_INTERVAL_SECONDS,
     compiled_formula,
     evaluate_on_pool,
     record_run,
     run_wire,
 )
-from prefect_batch.service.common import iso, parse_duration
-from prefect_batch.service.lifecycle import pool_key
-from prefect_batch.service.samples import (
+from prefect_batch.service.rows.common import iso, parse_duration
+from prefect_batch.service.rows.lifecycle import pool_key
+from prefect_batch.service.rows.samples import (
     TaskSampler,
     node_counts,
     node_metrics,

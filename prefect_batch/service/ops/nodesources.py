@@ -31,9 +31,9 @@ from prefect_batch.exceptions import (
 )
 from prefect_batch.models import BatchNodeSource
 from prefect_batch.providers.kinds import KINDS, ProviderKind, kind_of_sku, registration
-from prefect_batch.service import common
-from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.providers import machines_in_use
+from prefect_batch.service.ops.base import ServiceBase
+from prefect_batch.service.rows import common
+from prefect_batch.service.rows.providers import machines_in_use
 from prefect_batch.store.schema import node_sources, pools
 
 __all__ = [

@@ -33,22 +33,22 @@ from prefect_batch.models import (
 )
 from prefect_batch.providers.contract import NodeRef
 from prefect_batch.providers.kinds import KINDS, sku_traits
-from prefect_batch.service.autopools import mark_pool_deleting
-from prefect_batch.service.autoscale import check_create_settings
-from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.common import (
+from prefect_batch.service.ops.autoscale import check_create_settings
+from prefect_batch.service.ops.base import ServiceBase
+from prefect_batch.service.ops.nodesources import pool_sku_is_known, registered_images
+from prefect_batch.service.rows.autopools import mark_pool_deleting
+from prefect_batch.service.rows.common import (
     iso,
     iso_duration,
     node_source_of,
     parse_duration,
     refuse_unsupported,
 )
-from prefect_batch.service.lifecycle import requeue_tasks, running_task_rows
-from prefect_batch.service.nodesources import pool_sku_is_known, registered_images
-from prefect_batch.service.providers import directory_of, node_ref
-from prefect_batch.service.rows import node_row
-from prefect_batch.service.samples import NODE_METRIC_NAMES
-from prefect_batch.service.views import node_view, pool_view
+from prefect_batch.service.rows.lifecycle import requeue_tasks, running_task_rows
+from prefect_batch.service.rows.nodes import node_row
+from prefect_batch.service.rows.providers import directory_of, node_ref
+from prefect_batch.service.rows.samples import NODE_METRIC_NAMES
+from prefect_batch.service.rows.views import node_view, pool_view
 from prefect_batch.store.schema import nodes, pools
 
 __all__ = ["PoolOperations"]

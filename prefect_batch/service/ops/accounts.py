@@ -20,8 +20,8 @@ from sqlalchemy import delete, insert, select, update
 
 from prefect_batch.core.sharedkey import decode_key, new_key
 from prefect_batch.exceptions import BatchConflictError, BatchNotFoundError, invalid_property
-from prefect_batch.service.common import Clock, now
-from prefect_batch.service.quotas import AccountQuota, read_quota, set_quota
+from prefect_batch.service.ops.quotas import AccountQuota, read_quota, set_quota
+from prefect_batch.service.rows.common import Clock, now
 from prefect_batch.store import Store
 from prefect_batch.store.schema import accounts
 
@@ -164,7 +164,7 @@ class AccountOperations:
         return self.get(name)
 
     def quota(self, name: str) -> AccountQuota:
-        """The account's node quotas (``service/quotas.py``)."""
+        """The account's node quotas (``service/ops/quotas.py``)."""
         self.get(name)
         with self.store.read() as conn:
             return read_quota(conn, name)

@@ -15,7 +15,7 @@
 * :class:`AgentStartLimiter` bounds how many new nodes (agents) the engine starts per second, so
   a large resize never forks hundreds of processes at once.
 
-What this module does not do: run the resize (``service/noderuntime.py`` asks it for room).
+What this module does not do: run the resize (``service/engine/nodes.py`` asks it for room).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 
 from prefect_batch.exceptions import invalid_property
-from prefect_batch.service.base import ServiceBase
+from prefect_batch.service.ops.base import ServiceBase
 from prefect_batch.store import Store
 from prefect_batch.store.schema import account_quotas, nodes
 

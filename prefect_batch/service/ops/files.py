@@ -1,9 +1,9 @@
 """Task and node files: list, read (with ranges), properties, delete.
 
 Nodes on this machine (their provider's ``same_machine`` trait) keep their directories here,
-so their files are read from disk (``service/localfiles.py``); other nodes keep theirs on their
+so their files are read from disk (``service/rows/localfiles.py``); other nodes keep theirs on their
 machines, and their files are listed, read and deleted through the node's agent
-(``service/agentfiles.py``). Both follow the agent's rules: no symlink below the node root is
+(``service/ops/agentfiles.py``). Both follow the agent's rules: no symlink below the node root is
 followed, only regular files and directories are served (a FIFO never blocks a request), a
 file with several hard links only when all of them are inside the directory asked about, and
 task files stay inside the task's directory. Removing a
@@ -24,12 +24,12 @@ from prefect_batch.exceptions import (
 )
 from prefect_batch.models import BatchNodeFile
 from prefect_batch.providers.kinds import sku_traits
-from prefect_batch.service.agentfiles import AgentDir
-from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.common import node_source_of
-from prefect_batch.service.localfiles import LocalDir
-from prefect_batch.service.providers import node_ref
-from prefect_batch.service.tasks import TaskOperations
+from prefect_batch.service.ops.agentfiles import AgentDir
+from prefect_batch.service.ops.base import ServiceBase
+from prefect_batch.service.ops.tasks import TaskOperations
+from prefect_batch.service.rows.common import node_source_of
+from prefect_batch.service.rows.localfiles import LocalDir
+from prefect_batch.service.rows.providers import node_ref
 from prefect_batch.store.schema import nodes, pools
 
 __all__ = ["FileOperations"]

@@ -4,7 +4,9 @@ A pool's node source is either one the engine brings (``batch.node.local``, hand
 client) or one an account registered (a row of ``node_sources``), built from its stored spec by
 its kind (:mod:`prefect_batch.providers.kinds`) the first time it is needed and again whenever
 the row changes. :class:`ProviderDirectory` answers both for an engine; the file operations use
-the directory of their store (:func:`directory_of`). What a kind is like (where node files are,
+the directory of their store (:func:`directory_of`), and the live connection an engine of this
+process holds to a node (:func:`live_calls`; the engine's agent starts register with
+:func:`hold_connections`). What a kind is like (where node files are,
 how a lost node is handled) comes from :meth:`ProviderDirectory.traits`, without building.
 
 Private keys are never stored or logged: a spec names a key file, or a Prefect ``Secret`` block
@@ -14,12 +16,14 @@ that :func:`resolve_secret` loads here, in the process that connects.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, insert, select, update
 
 from prefect_batch.exceptions import AgentError
+from prefect_batch.providers.agentcalls import AgentCalls
 from prefect_batch.providers.contract import (
     NodeProvider,
     NodeRef,
@@ -33,6 +37,9 @@ __all__ = [
     "ProviderDirectory",
     "StoreRecords",
     "directory_of",
+    "drop_connections",
+    "hold_connections",
+    "live_calls",
     "machines_in_use",
     "node_ref",
     "resolve_secret",
@@ -251,3 +258,35 @@ def directory_of(store: Any) -> ProviderDirectory:
         if found is None:
             found = _DIRECTORIES[store.url] = ProviderDirectory(store)
         return found
+
+
+class ConnectionHolder(Protocol):
+    """What holds node connections for this process: an engine's agent starts."""
+
+    store: Any
+
+    def live(self, node_pk: int) -> AgentCalls | None: ...
+
+
+_HOLDERS: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Every holder of node connections in this process, for :func:`live_calls`."""
+
+
+def hold_connections(holder: ConnectionHolder) -> None:
+    """Make ``holder``'s connections visible to :func:`live_calls` (idempotent)."""
+    _HOLDERS.add(holder)
+
+
+def drop_connections(holder: ConnectionHolder) -> None:
+    """Stop answering :func:`live_calls` from ``holder`` (a stopped engine)."""
+    _HOLDERS.discard(holder)
+
+
+def live_calls(store_url: str, node_pk: int) -> AgentCalls | None:
+    """The connection an engine of this process holds to a node of the store at ``store_url``."""
+    for holder in list(_HOLDERS):
+        if holder.store.url == store_url:
+            calls = holder.live(node_pk)
+            if calls is not None:
+                return calls
+    return None

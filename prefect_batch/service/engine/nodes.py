@@ -12,7 +12,7 @@ tasks; only a node that cannot be restarted has its tasks requeued elsewhere.
 Every kind of node source is driven the same way, through its provider
 (:mod:`prefect_batch.providers.contract`): the provider places new nodes (a machine each, for a
 kind that has machines, recorded on the node row so that a restarted engine finds it again),
-their agents start on worker threads (``service/agentstarts.py``) and the outcome comes back as
+their agents start on worker threads (``service/engine/starts.py``) and the outcome comes back as
 an event, and a node that leaves is released by its provider. What differs between kinds comes
 from the provider's traits: a node whose kind has ``unreachable_grace`` keeps its running tasks
 for ``node_unreachable_grace_seconds`` once unreachable (its agent runs them on and a reconnect
@@ -49,21 +49,21 @@ from prefect_batch.providers.contract import (
     ProviderTraits,
     ResizeError,
 )
-from prefect_batch.service import lifecycle
-from prefect_batch.service.agentstarts import AgentStarts
-from prefect_batch.service.common import iso, new_node_id, node_source_of
-from prefect_batch.service.confinement import run_confinement
-from prefect_batch.service.dispatcher import (
+from prefect_batch.service.engine.confinement import run_confinement
+from prefect_batch.service.engine.dispatcher import (
     NODE_RUNNING,
     base_environment,
     completed_info,
     settings_env,
     stage_request,
 )
-from prefect_batch.service.nodes import mark_in_flight
-from prefect_batch.service.pools import PoolOperations
-from prefect_batch.service.providers import ProviderDirectory, machines_in_use
-from prefect_batch.service.quotas import AgentStartLimiter, node_room
+from prefect_batch.service.engine.starts import AgentStarts
+from prefect_batch.service.ops.nodes import mark_in_flight
+from prefect_batch.service.ops.pools import PoolOperations
+from prefect_batch.service.ops.quotas import AgentStartLimiter, node_room
+from prefect_batch.service.rows import lifecycle
+from prefect_batch.service.rows.common import iso, new_node_id, node_source_of
+from prefect_batch.service.rows.providers import ProviderDirectory, machines_in_use
 from prefect_batch.store.schema import nodes, pools, tasks
 
 __all__ = [
@@ -528,7 +528,7 @@ class NodeMixin:
         """How many nodes to add now, within the quotas and the agent start rate.
 
         Returns the count and, once the pool has all a quota lets it have, the resize error
-        that says so (``service/quotas.py``). Nodes the start rate holds back come on a later
+        that says so (``service/ops/quotas.py``). Nodes the start rate holds back come on a later
         pass, which is asked for at once.
         """
         if missing <= 0:

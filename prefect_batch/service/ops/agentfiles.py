@@ -3,7 +3,7 @@
 :class:`AgentDir` is a directory on a node (a task's directory, or the node root) for the file
 operations: every call goes through the node's agent — the connection of an engine of this
 process that holds the node, or else a short-lived agent session of its own, opened by the
-node's provider. It has the methods of :class:`~prefect_batch.service.localfiles.LocalDir`, and
+node's provider. It has the methods of :class:`~prefect_batch.service.rows.localfiles.LocalDir`, and
 the agent applies the same rules (no link followed below the root, only regular files and
 directories served, task files kept inside the task's directory).
 """
@@ -25,9 +25,8 @@ from prefect_batch.exceptions import (
 from prefect_batch.models import BatchNodeFile
 from prefect_batch.providers.agentcalls import AgentCallError, AgentCalls
 from prefect_batch.providers.contract import NodeRef
-from prefect_batch.service.agentstarts import live_calls
-from prefect_batch.service.common import iso
-from prefect_batch.service.providers import directory_of
+from prefect_batch.service.rows.common import iso
+from prefect_batch.service.rows.providers import directory_of, live_calls
 
 __all__ = ["AgentDir"]
 

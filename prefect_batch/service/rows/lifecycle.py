@@ -26,8 +26,8 @@ from prefect_batch.core.states import (
     TaskExecutionResult,
     TaskState,
 )
-from prefect_batch.service.autopools import JOB, end_pool, ends_with
-from prefect_batch.service.statewrites import job_edge, task_edge
+from prefect_batch.service.rows.autopools import JOB, end_pool, ends_with
+from prefect_batch.service.rows.statewrites import job_edge, task_edge
 from prefect_batch.store.schema import deps, job_nodes, jobs, nodes, queue, tasks
 
 __all__ = [

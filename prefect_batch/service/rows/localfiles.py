@@ -1,7 +1,7 @@
 """Files of local nodes, read from this machine's disk with the node agent's rules, in bounded time.
 
 :class:`LocalDir` is a directory of a local node (a task's directory, or the node root) with the
-same methods as :class:`~prefect_batch.service.agentfiles.AgentDir`, so the file operations
+same methods as :class:`~prefect_batch.service.ops.agentfiles.AgentDir`, so the file operations
 treat both alike. It uses the agent's own helpers (``open_beneath``, ``check_links``,
 ``scan_beneath``, ``remove_beneath``), so a local and an SSH node refuse the same things:
 
@@ -45,7 +45,7 @@ from prefect_batch.exceptions import (
     invalid_property,
 )
 from prefect_batch.models import BatchNodeFile
-from prefect_batch.service.common import iso
+from prefect_batch.service.rows.common import iso
 
 __all__ = ["FILE_OP_SECONDS", "LocalDir", "bounded", "file_model"]
 

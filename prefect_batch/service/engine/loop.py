@@ -38,19 +38,19 @@ from sqlalchemy import bindparam, delete, or_, select, update
 from prefect_batch.core.completion import AttemptOutcome
 from prefect_batch.core.states import NODE_TRANSITIONS, NodeState, TaskState
 from prefect_batch.providers.contract import ProviderEvent
-from prefect_batch.service import lifecycle
-from prefect_batch.service.agentstarts import AgentStarts
-from prefect_batch.service.autoscaler import AutoScalerMixin
-from prefect_batch.service.common import Clock
-from prefect_batch.service.common import now as wall_now
-from prefect_batch.service.dispatcher import DispatchMixin
-from prefect_batch.service.jobtasks import JobTasksMixin
-from prefect_batch.service.noderuntime import NodeMixin, NodeRuntime
-from prefect_batch.service.providers import ProviderDirectory
-from prefect_batch.service.quotas import AgentStartLimiter, default_local_node_limit
-from prefect_batch.service.scheduling import JobScheduleMixin
-from prefect_batch.service.sealing import terminate_grace_seconds
-from prefect_batch.service.statewrites import task_edge
+from prefect_batch.service.engine.autoscale import AutoScalerMixin
+from prefect_batch.service.engine.dispatcher import DispatchMixin
+from prefect_batch.service.engine.jobtasks import JobTasksMixin
+from prefect_batch.service.engine.nodes import NodeMixin, NodeRuntime
+from prefect_batch.service.engine.schedules import JobScheduleMixin
+from prefect_batch.service.engine.starts import AgentStarts
+from prefect_batch.service.ops.quotas import AgentStartLimiter, default_local_node_limit
+from prefect_batch.service.rows import lifecycle
+from prefect_batch.service.rows.common import Clock
+from prefect_batch.service.rows.common import now as wall_now
+from prefect_batch.service.rows.providers import ProviderDirectory
+from prefect_batch.service.rows.sealing import terminate_grace_seconds
+from prefect_batch.service.rows.statewrites import task_edge
 from prefect_batch.store import Store
 from prefect_batch.store.schema import jobs, node_commands, nodes, pools, tasks
 

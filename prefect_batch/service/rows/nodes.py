@@ -14,8 +14,8 @@ from sqlalchemy import insert, select
 
 from prefect_batch.exceptions import BatchNotFoundError, BatchServiceError
 from prefect_batch.providers.kinds import sku_traits
-from prefect_batch.service.common import node_source_of
-from prefect_batch.service.localfiles import LocalDir
+from prefect_batch.service.rows.common import node_source_of
+from prefect_batch.service.rows.localfiles import LocalDir
 from prefect_batch.store.schema import node_commands, nodes, pools
 
 __all__ = ["node_row", "queue_dir_deletion"]

@@ -3,7 +3,7 @@ enable, terminate, delete, and the jobs of a schedule.
 
 A schedule stores its wire body (``schedule``, ``jobSpecification``, ``displayName``,
 ``metadata``) and its pending run; the engine creates its jobs, ``<scheduleId>:job-<n>``, when
-runs fall due (``service/scheduling.py``, deciding with ``core/recurrence.py``). Every request
+runs fall due (``service/engine/schedules.py``, deciding with ``core/recurrence.py``). Every request
 is checked whole before anything is written, so a refused one leaves nothing behind.
 
 This module does not create scheduled jobs; the engine does.
@@ -37,11 +37,11 @@ from prefect_batch.models import (
     BatchJobScheduleCreateOptions,
     BatchJobScheduleUpdateOptions,
 )
-from prefect_batch.service import lifecycle
-from prefect_batch.service.autopools import end_schedule_pool, prefixed_errors
-from prefect_batch.service.base import ServiceBase
-from prefect_batch.service.jobs import check_job_spec, delete_job_rows
-from prefect_batch.service.views import job_schedule_view, job_view
+from prefect_batch.service.ops.base import ServiceBase
+from prefect_batch.service.ops.jobs import check_job_spec, delete_job_rows
+from prefect_batch.service.rows import lifecycle
+from prefect_batch.service.rows.autopools import end_schedule_pool, prefixed_errors
+from prefect_batch.service.rows.views import job_schedule_view, job_view
 from prefect_batch.store.schema import job_schedules, jobs
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Dispatch: fill a pool's free slots from the head of its queue and build the run requests.
 
-Part of the engine (a mixin of :class:`~prefect_batch.service.engine.Engine`). The queue's head
+Part of the engine (a mixin of :class:`~prefect_batch.service.engine.loop.Engine`). The queue's head
 is read through its ordering index; placement is the pure ``core.scheduler.assign``. A task of a
 job with a preparation task waits on its node until that node's preparation succeeded (see
 ``jobtasks.py``). Statements on this path are built once at import: building SQLAlchemy
@@ -23,11 +23,11 @@ from prefect_batch.core.scheduler import NodeSlots, QueuedTask, assign
 from prefect_batch.core.sharedkey import decode_key, derive_job_key, job_scoped_name
 from prefect_batch.core.states import NodeFillType, PoolState, TaskState
 from prefect_batch.providers.storage import ObjectStorage, StagingError
-from prefect_batch.service import lifecycle
-from prefect_batch.service.common import iso
-from prefect_batch.service.confinement import run_confinement
-from prefect_batch.service.sealing import unseal_environment
-from prefect_batch.service.statewrites import task_edge
+from prefect_batch.service.engine.confinement import run_confinement
+from prefect_batch.service.rows import lifecycle
+from prefect_batch.service.rows.common import iso
+from prefect_batch.service.rows.sealing import unseal_environment
+from prefect_batch.service.rows.statewrites import task_edge
 from prefect_batch.store.schema import accounts, jobs, nodes, queue, tasks
 
 __all__ = ["DispatchMixin", "SPREAD_GRACE_SECONDS", "base_environment", "stage_request"]
