@@ -1,10 +1,11 @@
 """The engine's side of autoscale: sample the pools it leases, evaluate formulas that are due.
 
-A mixin of :class:`~prefect_batch.service.engine.loop.Engine`, called once per engine step.
+:class:`AutoScaler` is a part of :class:`~prefect_batch.service.engine.Engine`, called once
+per engine step.
 
 * **Sampling**, every sample interval: one ``pool_samples`` row per pool this engine leases
   (task metrics and node counts from the store, node metrics from the agents' ``metrics``
-  answers that arrived since the previous sample; see ``samples.py``), then a new ``metrics``
+  answers that arrived since the previous sample; see ``rows/samples.py``), then a new ``metrics``
   request to every ready node, whose answer goes into the next sample. Samples older than the
   retention are trimmed once a minute.
 * **Evaluating**, for each autoscale pool this engine leases whose evaluation is due
@@ -13,11 +14,11 @@ A mixin of :class:`~prefect_batch.service.engine.loop.Engine`, called once per e
   ``autoscale_runs``), and the next evaluation is one interval later. When the formula asks for
   other targets, the pool gets them -- target nodes, ``$NodeDeallocationOption`` as its
   deallocation option, allocation state ``resizing`` -- and the pool-size code
-  (``noderuntime._reconcile``) adds or removes nodes as for any resize, whatever the node
+  (``engine/nodes.py``'s ``_reconcile``) adds or removes nodes as for any resize, whatever the node
   source. A failed evaluation (``InsufficientSampleData``...) changes nothing but the record.
 
 This module does not decide what a formula means (``core.autoscale`` does) nor validate
-formulas as they are set (``autoscale.py`` does).
+formulas as they are set (``ops/autoscale.py`` does).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +53,7 @@ from prefect_batch.service.rows.samples import (
 )
 from prefect_batch.store.schema import nodes, pools
 
-__all__ = ["AutoScalerMixin", "EVALUATION_POLL_SECONDS", "MIN_SAMPLE_SECONDS"]
+__all__ = ["EVALUATION_POLL_SECONDS", "MIN_SAMPLE_SECONDS", "AutoScaler"]
 
 log = logging.getLogger("prefect_batch.engine")
 
@@ -80,29 +82,44 @@ class _AutoScalerState:
     requests: itertools.count[int] = field(default_factory=itertools.count)
 
 
-class AutoScalerMixin:
-    """Metric samples and autoscale evaluations for the engine."""
+class AutoScaler:
+    """Metric samples and autoscale evaluations for one engine.
 
-    store: Any
-    owner: str
-    _nodes: dict[int, Any]
-    _reconcile_soon: bool
+    Args:
+        store: The database.
+        owner: The engine's lease owner: only pools it holds are sampled and evaluated.
+        nodes: The engine's node runtimes by node pk (read, never changed, here).
+        pools_changed: Called when an evaluation changed a pool's targets, so the engine
+            reconciles pools at its next step.
+        sample_seconds: How often pools are sampled (at least ``MIN_SAMPLE_SECONDS``).
+    """
 
-    def _init_autoscaler(self, sample_seconds: float) -> None:
+    def __init__(
+        self,
+        store: Any,
+        owner: str,
+        nodes: Mapping[int, Any],
+        pools_changed: Callable[[], None],
+        sample_seconds: float,
+    ) -> None:
         if sample_seconds < MIN_SAMPLE_SECONDS:
             raise ValueError(f"the sample interval must be at least {MIN_SAMPLE_SECONDS} s")
+        self.store = store
+        self.owner = owner
+        self._nodes = nodes
+        self._pools_changed = pools_changed
         self._autoscaler = _AutoScalerState(float(sample_seconds))
 
     @property
-    def autoscale_sample_seconds(self) -> float:
+    def sample_seconds(self) -> float:
         """How often pools are sampled."""
         return self._autoscaler.sample_seconds
 
-    def _on_metrics(self, rt: Any, msg: dict[str, Any]) -> None:
+    def on_metrics(self, rt: Any, msg: dict[str, Any]) -> None:
         """A node's ``metrics`` answer: kept for the next sample of its pool."""
         self._autoscaler.readings[rt.pk] = (rt.pool_pk, msg)
 
-    def _autoscale_step(self, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
+    def step(self, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
         """Sample and evaluate when their time has come (called by every engine step)."""
         state = self._autoscaler
         try:
@@ -174,7 +191,7 @@ class AutoScalerMixin:
         for pool_pk in due:
             resized = self._evaluate_pool(pool_pk, now) or resized
         if resized:
-            self._reconcile_soon = True  # nodes come or go at the next step
+            self._pools_changed()  # nodes come or go at the next step
 
     def _due_row(self, conn: Any, pool_pk: int, now: float) -> Any:
         """The pool's row if its evaluation is still due and this engine's to make."""

@@ -13,11 +13,14 @@ agent never heard of it. Results the agent reports are durable before the agent 
 them. At-least-once: a task whose node was lost while it ran is run again elsewhere
 (``requeueCount`` + 1).
 
-The engine is assembled from mixins, one concern each: ``noderuntime`` (agents, start tasks, node
-operations, pool size), ``dispatcher`` (queue head to slots), ``jobtasks`` (job preparation and
-release), ``autoscaler`` (metric samples, autoscale formulas), ``scheduling`` (the jobs of
-job schedules). It does not validate requests (``service/`` operations do), nor decide retries
-and exit-code actions (``core.completion`` does).
+The engine's parts, one concern each: the node runtime (``nodes``: agents, start tasks, node
+operations, pool size, provider events), the dispatcher (queue head to slots) and the job tasks
+(job preparation and release) are still mixins of :class:`Engine` that share its node
+runtimes; :class:`~prefect_batch.service.engine.autoscale.AutoScaler` (metric samples,
+autoscale formulas) and :class:`~prefect_batch.service.engine.schedules.JobScheduler` (the jobs
+of job schedules) and :class:`~prefect_batch.service.engine.starts.AgentStarts` are objects
+that name what they use. It does not validate requests (``service/ops/`` does), nor decide
+retries and exit-code actions (``core.completion`` does).
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ from sqlalchemy import bindparam, delete, or_, select, update
 from prefect_batch.core.completion import AttemptOutcome
 from prefect_batch.core.states import NODE_TRANSITIONS, NodeState, TaskState
 from prefect_batch.providers.contract import ProviderEvent
-from prefect_batch.service.engine.autoscale import AutoScalerMixin
+from prefect_batch.service.engine.autoscale import AutoScaler
 from prefect_batch.service.engine.dispatcher import DispatchMixin
 from prefect_batch.service.engine.jobtasks import JobTasksMixin
 from prefect_batch.service.engine.nodes import NodeMixin, NodeRuntime
-from prefect_batch.service.engine.schedules import JobScheduleMixin
+from prefect_batch.service.engine.schedules import JobScheduler
 from prefect_batch.service.engine.starts import AgentStarts
 from prefect_batch.service.ops.quotas import AgentStartLimiter, default_local_node_limit
 from prefect_batch.service.rows import lifecycle
@@ -78,7 +81,7 @@ _MARK_STARTED = task_edge((TaskState.PREPARING,), TaskState.RUNNING).statement(
 )
 
 
-class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobScheduleMixin):
+class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
     """Drives every pool it can lease, from one background thread.
 
     Args:
@@ -125,7 +128,6 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         self.tick_seconds = tick_seconds
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds
-        self._init_autoscaler(autoscale_sample_seconds)
         # What a job manager task needs to reach this service with the Python client.
         self.job_manager_env = dict(job_manager_env or {})
         # Behind a server, a job manager gets a key for its job only, not the store.
@@ -163,6 +165,10 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
         self._next_poll = 0.0
         self._poked = False
         self._reconcile_soon = False
+        self.autoscaler = AutoScaler(
+            store, self.owner, self._nodes, self._pools_changed, autoscale_sample_seconds
+        )
+        self.job_schedules = JobScheduler(store, clock, self._pools_changed)
         self._short: dict[int, float] = {}
         self.pool_passes = 0
         """Passes over the pools held (leases renewed, sizes reconciled) since the start."""
@@ -242,6 +248,15 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
             self._reconcile_soon = True
         self._wake.set()
 
+    def _pools_changed(self) -> None:
+        """Reconcile pools at the next step (a part of the engine changed one)."""
+        self._reconcile_soon = True
+
+    @property
+    def autoscale_sample_seconds(self) -> float:
+        """How often pools are sampled for autoscale formulas."""
+        return self.autoscaler.sample_seconds
+
     @property
     def running(self) -> bool:
         """Whether the engine thread is alive."""
@@ -256,7 +271,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
                 log.exception("engine step failed; retrying")
                 self._stop.wait(0.5)
             if self._events.empty():
-                self._wake.wait(self._schedule_wait(self.tick_seconds))
+                self._wake.wait(self.job_schedules.wait(self.tick_seconds))
                 self._wake.clear()
 
     # -- one step --------------------------------------------------------------------------
@@ -268,7 +283,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
             self._reconcile_soon = False
             self._refresh_leases(now)
             self._next_lease = now + self.lease_seconds / 3
-        self._job_schedules(now)
+        self.job_schedules.run(now, poked=self._poked)
         events = self._drain()
         sends: dict[int, list[dict[str, Any]]] = defaultdict(list)
         with self.store.begin() as conn:
@@ -293,7 +308,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
                 if rt.ready:
                     sends[rt.pk].append({"op": "ping"})
             self._next_ping = now + self.heartbeat_seconds
-        self._autoscale_step(now, sends)
+        self.autoscaler.step(now, sends)
         for node_pk, msgs in sends.items():
             target = self._nodes.get(node_pk)
             if target is not None and target.connection is not None and msgs:
@@ -401,7 +416,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin, AutoScalerMixin, JobSchedu
             elif ev == "hello":
                 self._on_hello(conn, rt, msg, now, sends)
             elif ev == "metrics":
-                self._on_metrics(rt, msg)
+                self.autoscaler.on_metrics(rt, msg)
             elif ev == "pong":
                 conn.execute(update(nodes).where(nodes.c.pk == node_pk).values(last_heartbeat=now))
             elif ev == "closed":

@@ -16,7 +16,7 @@ schedules (``service/ops/schedules.py`` does) nor run the jobs' tasks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -40,7 +40,7 @@ from prefect_batch.service.rows.views import scheduled_job_id
 from prefect_batch.store import Store
 from prefect_batch.store.schema import job_schedules, jobs
 
-__all__ = ["SCHEDULE_POLL_SECONDS", "JobScheduleMixin"]
+__all__ = ["SCHEDULE_POLL_SECONDS", "JobScheduler"]
 
 log = logging.getLogger("prefect_batch.engine")
 
@@ -50,24 +50,32 @@ POKED_SCHEDULE_SECONDS = 0.1
 """After a request woke the engine, how soon schedules are looked at again at the earliest."""
 
 
-class JobScheduleMixin:
-    """Engine mixin: runs the account-wide job schedules kept in the store."""
+class JobScheduler:
+    """The engine's part in job schedules: creates their due jobs and finishes them.
 
-    store: Store
-    clock: Clock
-    _poked: bool
-    _reconcile_soon: bool
-    _next_schedules: float = 0.0
-    _schedules_checked: float = float("-inf")
-    _schedules_poked: bool = False
+    Args:
+        store: The database.
+        clock: The engine's clock.
+        pools_changed: Called when a job with an auto pool was created, so the engine
+            reconciles pools at its next step (the new pool gets nodes).
+    """
 
-    def _job_schedules(self, now: float) -> None:
+    def __init__(self, store: Store, clock: Clock, pools_changed: Callable[[], None]) -> None:
+        self.store = store
+        self.clock = clock
+        self._pools_changed = pools_changed
+        self._next_schedules = 0.0
+        self._schedules_checked = float("-inf")
+        self._schedules_poked = False
+
+    def run(self, now: float, *, poked: bool) -> None:
         """One pass over the schedules, when one may be due (called from the engine's step).
 
         A pass runs when the earliest pending run is due, every ``SCHEDULE_POLL_SECONDS``, and
-        soon after a request woke the engine (a schedule may have been created or enabled).
+        soon after a request woke the engine (``poked``: a schedule may have been created or
+        enabled).
         """
-        self._schedules_poked |= self._poked
+        self._schedules_poked |= poked
         poked = self._schedules_poked and now - self._schedules_checked >= POKED_SCHEDULE_SECONDS
         if now < self._next_schedules and not poked:
             return
@@ -99,7 +107,7 @@ class JobScheduleMixin:
                 log.exception("job schedule %s/%s: step failed", row.account, row.id)
         self._next_schedules = next_check
 
-    def _schedule_wait(self, tick: float) -> float:
+    def wait(self, tick: float) -> float:
         """How long an idle engine may sleep: its tick, or less when a run is due sooner."""
         due = self._next_schedules
         if self._schedules_poked:
@@ -164,7 +172,7 @@ class JobScheduleMixin:
         )
         ops._insert_job(conn, job_id, spec, now, **pool)
         if auto_pool_of(spec):
-            self._reconcile_soon = True  # its pool (new, or shared) gets nodes at the next step
+            self._pools_changed()  # its pool (new, or shared) gets nodes at the next step
         log.info("job schedule %s/%s: created job %s", row.account, row.id, job_id)
         return n, pool.get("pool_id", row.auto_pool_id)
 
