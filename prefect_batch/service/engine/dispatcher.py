@@ -14,7 +14,7 @@ import fnmatch
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, select, update
 
@@ -29,6 +29,9 @@ from prefect_batch.service.rows.common import iso
 from prefect_batch.service.rows.sealing import unseal_environment
 from prefect_batch.service.rows.statewrites import task_edge
 from prefect_batch.store.schema import accounts, jobs, nodes, queue, tasks
+
+if TYPE_CHECKING:
+    from prefect_batch.service.engine.jobtasks import JobTasks
 
 __all__ = ["DispatchMixin", "SPREAD_GRACE_SECONDS", "base_environment", "stage_request"]
 
@@ -163,10 +166,8 @@ class DispatchMixin:
     storage_bucket_access: dict[str, list[str]] | None
     transfer_timeout_seconds: float
     _stage_pool: Any = None
-    # The engine's other parts this one calls (JobTasksMixin, NodeMixin).
-    _prep_failures: dict[int, set[int]]
-    _filter_prep_failed: Callable[..., list[tuple[int, str]]]
-    _send_after_prep: Callable[..., None]
+    # The engine's other parts this one calls (JobTasks, NodeMixin).
+    job_tasks: JobTasks
     _update_busy: Callable[[Any, float], None]
 
     def _dispatch(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
@@ -204,7 +205,9 @@ class DispatchMixin:
         # queued tasks would hold the head of the queue while other jobs' tasks wait.
         free_nodes = {rt.pk for rt in rts}
         excluded = [
-            job_pk for job_pk, failed in self._prep_failures.items() if free_nodes <= failed
+            job_pk
+            for job_pk, failed in self.job_tasks.prep_failures.items()
+            if free_nodes <= failed
         ]
         if excluded:
             head = conn.execute(
@@ -241,7 +244,7 @@ class DispatchMixin:
         )
         job_of = {r.task_pk: r.job_pk for r in head}
         slots_of = {r.task_pk: r.slots for r in head}
-        placed = self._filter_prep_failed(
+        placed = self.job_tasks.filter_prep_failed(
             conn, placed, job_of, job_rows, slots_of=slots_of, rts=rts, fill=pool.fill_type
         )
         if not placed:
@@ -292,7 +295,7 @@ class DispatchMixin:
         for r in rows:
             rt = self._nodes[r.node_pk]
             message = self._run_message(r, pool, rt, base_url, conn)
-            self._send_after_prep(conn, r, pool, rt, message, now, sends)
+            self.job_tasks.send_after_prep(conn, r, pool, rt, message, now, sends)
         self._update_busy(conn, now)
 
     def _job_manager_credentials(

@@ -1,4 +1,4 @@
-"""Job preparation and release tasks on nodes (part of the engine, a mixin).
+"""Job preparation and release tasks on nodes (:class:`JobTasks`, a part of the engine).
 
 Preparation runs on a node before the first task of its job there, in
 ``<root>/<JOB_ID>/<prep id>``; with ``waitForSuccess`` (default) the job's tasks wait on that node
@@ -12,7 +12,7 @@ minutes); the job is ``completed`` only after all of them. The status per node i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, select, update
@@ -31,7 +31,7 @@ from prefect_batch.service.rows import lifecycle
 from prefect_batch.service.rows.common import iso, seconds
 from prefect_batch.store.schema import job_nodes, jobs, tasks
 
-__all__ = ["JobTasksMixin", "RELEASE_MAX_SECONDS"]
+__all__ = ["RELEASE_MAX_SECONDS", "JobTasks"]
 
 RELEASE_MAX_SECONDS = 15 * 60.0
 """Azure's limit (and default) for a job release task's wall clock."""
@@ -47,20 +47,34 @@ def release_id(job_spec: dict[str, Any]) -> str:
     return (job_spec.get("jobReleaseTask") or {}).get("id") or "jobrelease"
 
 
-class JobTasksMixin:
-    """Preparation before a job's first task on a node; release when the job ends."""
+class JobTasks:
+    """Preparation before a job's first task on a node; release when the job ends.
 
-    _nodes: dict[int, Any]
-    account_urls: dict[str, str]
-    _prep_failures: dict[int, set[int]]
-    """Per job, the nodes (this boot) where its preparation failed with waitForSuccess."""
-    # The engine's other parts this one uses (the engine, NodeMixin).
-    _pools: dict[int, Any]
-    _node_counts: Callable[[Any, int, int, int], None]
+    Args:
+        nodes: The engine's node runtimes by node pk (read here, never changed).
+        pool_of: The engine's leased pool by pool pk, or None.
+        account_urls: Base URL per account, for ``AZ_BATCH_ACCOUNT_URL``.
+        node_counts: Changes a node's running task and slot counts in the caller's
+            transaction (the node runtime's).
+    """
 
-    def _load_prep_failures(self, conn: Any, rt: Any) -> None:
+    def __init__(
+        self,
+        nodes: Mapping[int, Any],
+        pool_of: Callable[[int], Any],
+        account_urls: Mapping[str, str],
+        node_counts: Callable[[Any, int, int, int], None],
+    ) -> None:
+        self._nodes = nodes
+        self._pool_of = pool_of
+        self.account_urls = account_urls
+        self._node_counts = node_counts
+        self.prep_failures: dict[int, set[int]] = {}
+        """Per job, the nodes (this boot) where its preparation failed with waitForSuccess."""
+
+    def load_prep_failures(self, conn: Any, rt: Any) -> None:
         """Remember the node's failed preparations of this boot (after an engine restart)."""
-        for job_set in self._prep_failures.values():
+        for job_set in self.prep_failures.values():
             job_set.discard(rt.pk)
         rows = conn.execute(
             select(job_nodes.c.job_pk, job_nodes.c.prep_info, jobs.c.spec)
@@ -74,7 +88,7 @@ class JobTasksMixin:
         for r in rows:
             prep = (r.spec or {}).get("jobPreparationTask") or {}
             if (r.prep_info or {}).get("result") == "failure" and prep.get("waitForSuccess", True):
-                self._prep_failures.setdefault(r.job_pk, set()).add(rt.pk)
+                self.prep_failures.setdefault(r.job_pk, set()).add(rt.pk)
 
     # -- preparation -----------------------------------------------------------------------
 
@@ -104,7 +118,7 @@ class JobTasksMixin:
             return "needed"
         return "failed" if prep.get("waitForSuccess", True) else "ok"
 
-    def _filter_prep_failed(
+    def filter_prep_failed(
         self,
         conn: Any,
         placed: list[tuple[int, str]],
@@ -150,7 +164,7 @@ class JobTasksMixin:
                 kept.append((pk, pick))
         return kept
 
-    def _send_after_prep(
+    def send_after_prep(
         self,
         conn: Any,
         r: Any,
@@ -232,7 +246,7 @@ class JobTasksMixin:
             }
         )
 
-    def _on_prep_exit(
+    def on_prep_exit(
         self,
         conn: Any,
         rt: Any,
@@ -261,7 +275,7 @@ class JobTasksMixin:
             exit_conditions=None,
             task_failure_mode="noaction",
         )
-        pool = self._pools.get(rt.pool_pk)
+        pool = self._pool_of(rt.pool_pk)
         if decision.retry and pool is not None:
             self._start_prep(conn, job_pk, job.id, job.spec, pool, rt, row, retry + 1, now, sends)
             return
@@ -277,7 +291,7 @@ class JobTasksMixin:
         if decision.result == TaskExecutionResult.SUCCESS or not prep.get("waitForSuccess", True):
             sends[rt.pk].extend(held)
             return
-        self._prep_failures.setdefault(job_pk, set()).add(rt.pk)
+        self.prep_failures.setdefault(job_pk, set()).add(rt.pk)
         # Failed with waitForSuccess: the held tasks go back to the queue for other nodes.
         keys = [m["key"] for m in held]
         pks = [int(k[1:].split("-")[0]) for k in keys]
@@ -296,7 +310,7 @@ class JobTasksMixin:
 
     # -- release ---------------------------------------------------------------------------
 
-    def _release_poll(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
+    def release_poll(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
         mine = [pk for pk, rt in self._nodes.items() if rt.ready]
         if not mine:
             return
@@ -347,7 +361,7 @@ class JobTasksMixin:
                 )
             )
 
-    def _on_release_exit(
+    def on_release_exit(
         self,
         conn: Any,
         rt: Any,
@@ -380,7 +394,7 @@ class JobTasksMixin:
 
     # -- node events -----------------------------------------------------------------------
 
-    def _forget_node_jobs(self, conn: Any, node_pk: int, *, reimage: bool, now: float) -> None:
+    def forget_node_jobs(self, conn: Any, node_pk: int, *, reimage: bool, now: float) -> None:
         """A node rebooted, was reimaged or left: forget (or rerun) its per-job state."""
         if reimage:
             affected = [

@@ -14,12 +14,13 @@ them. At-least-once: a task whose node was lost while it ran is run again elsewh
 (``requeueCount`` + 1).
 
 The engine's parts, one concern each: the node runtime (``nodes``: agents, start tasks, node
-operations, pool size, provider events), the dispatcher (queue head to slots) and the job tasks
-(job preparation and release) are still mixins of :class:`Engine` that share its node
-runtimes; :class:`~prefect_batch.service.engine.autoscale.AutoScaler` (metric samples,
-autoscale formulas) and :class:`~prefect_batch.service.engine.schedules.JobScheduler` (the jobs
-of job schedules) and :class:`~prefect_batch.service.engine.starts.AgentStarts` are objects
-that name what they use. It does not validate requests (``service/ops/`` does), nor decide
+operations, pool size, provider events) and the dispatcher (queue head to slots) are still
+mixins of :class:`Engine` that share its node runtimes;
+:class:`~prefect_batch.service.engine.jobtasks.JobTasks` (job preparation and release),
+:class:`~prefect_batch.service.engine.autoscale.AutoScaler` (metric samples, autoscale
+formulas), :class:`~prefect_batch.service.engine.schedules.JobScheduler` (the jobs of job
+schedules) and :class:`~prefect_batch.service.engine.starts.AgentStarts` are objects told what
+they use. It does not validate requests (``service/ops/`` does), nor decide
 retries and exit-code actions (``core.completion`` does).
 """
 
@@ -43,7 +44,7 @@ from prefect_batch.core.states import NODE_TRANSITIONS, NodeState, TaskState
 from prefect_batch.providers.contract import ProviderEvent
 from prefect_batch.service.engine.autoscale import AutoScaler
 from prefect_batch.service.engine.dispatcher import DispatchMixin
-from prefect_batch.service.engine.jobtasks import JobTasksMixin
+from prefect_batch.service.engine.jobtasks import JobTasks
 from prefect_batch.service.engine.nodes import NodeMixin, NodeRuntime
 from prefect_batch.service.engine.schedules import JobScheduler
 from prefect_batch.service.engine.starts import AgentStarts
@@ -81,7 +82,7 @@ _MARK_STARTED = task_edge((TaskState.PREPARING,), TaskState.RUNNING).statement(
 )
 
 
-class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
+class Engine(NodeMixin, DispatchMixin):
     """Drives every pool it can lease, from one background thread.
 
     Args:
@@ -157,7 +158,6 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._nodes: dict[int, NodeRuntime] = {}
-        self._prep_failures: dict[int, set[int]] = {}
         self._pools: dict[int, Any] = {}
         self._next_lease = 0.0
         self._next_slow = 0.0
@@ -169,6 +169,12 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
             store, self.owner, self._nodes, self._pools_changed, autoscale_sample_seconds
         )
         self.job_schedules = JobScheduler(store, clock, self._pools_changed)
+        self.job_tasks = JobTasks(
+            self._nodes,
+            lambda pool_pk: self._pools.get(pool_pk),
+            self.account_urls,
+            self._node_counts,
+        )
         self._short: dict[int, float] = {}
         self.pool_passes = 0
         """Passes over the pools held (leases renewed, sizes reconciled) since the start."""
@@ -248,6 +254,10 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
             self._reconcile_soon = True
         self._wake.set()
 
+    def _leased_pool(self, pool_pk: int) -> Any:
+        """The pool of ``pool_pk`` if this engine holds its lease, else None."""
+        return self._pools.get(pool_pk)
+
     def _pools_changed(self) -> None:
         """Reconcile pools at the next step (a part of the engine changed one)."""
         self._reconcile_soon = True
@@ -298,7 +308,7 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
                 self._node_commands(conn, sends)
                 self._kills(conn, sends)
                 self._node_ops(conn, now, sends)
-                self._release_poll(conn, now, sends)
+                self.job_tasks.release_poll(conn, now, sends)
             self._dispatch(conn, now, sends)
         self._stage_sends(sends)
         for node_pk, keys in effects.forget.items():
@@ -408,9 +418,9 @@ class Engine(NodeMixin, DispatchMixin, JobTasksMixin):
             elif ev == "exited" and kind == "s":
                 self._on_start_task_exit(conn, rt, key, _outcome(msg), msg, now, sends)
             elif ev == "exited" and kind == "p":
-                self._on_prep_exit(conn, rt, key, _outcome(msg), msg, now, sends)
+                self.job_tasks.on_prep_exit(conn, rt, key, _outcome(msg), msg, now, sends)
             elif ev == "exited" and kind == "r":
-                self._on_release_exit(conn, rt, key, _outcome(msg), msg, now)
+                self.job_tasks.on_release_exit(conn, rt, key, _outcome(msg), msg, now)
             elif ev == "lost" and kind == "t":
                 self._on_lost(conn, rt, key, now)
             elif ev == "hello":

@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BindParameter, bindparam, delete, func, insert, select, update
 
@@ -65,6 +65,9 @@ from prefect_batch.service.rows import lifecycle
 from prefect_batch.service.rows.common import iso, new_node_id, node_source_of
 from prefect_batch.service.rows.providers import ProviderDirectory, machines_in_use
 from prefect_batch.store.schema import nodes, pools, tasks
+
+if TYPE_CHECKING:
+    from prefect_batch.service.engine.jobtasks import JobTasks
 
 __all__ = [
     "PREEMPTED_SHOWN_SECONDS",
@@ -188,14 +191,13 @@ class NodeMixin:
     _pools: dict[int, Any]
     _short: dict[int, float]
     """Pool -> when its placement last came up short; a later resize asks again."""
-    # The engine's other parts this one uses (the engine, JobTasksMixin).
+    # The engine's other parts this one uses (the engine, JobTasks).
     _next_lease: float
     local_node_limit: int
     agent_starts: AgentStartLimiter
     _on_event: Callable[[int, dict[str, Any], int], None]
     _detach_pool: Callable[[int], None]
-    _forget_node_jobs: Callable[..., None]
-    _load_prep_failures: Callable[[Any, Any], None]
+    job_tasks: JobTasks
 
     # -- state -----------------------------------------------------------------------------
 
@@ -448,7 +450,7 @@ class NodeMixin:
 
     def _drop_node_work(self, conn: Any, rt: NodeRuntime, now: float) -> None:
         """The node's disk is gone or emptied: its jobs' preparation and its kept files too."""
-        self._forget_node_jobs(conn, rt.pk, reimage=True, now=now)
+        self.job_tasks.forget_node_jobs(conn, rt.pk, reimage=True, now=now)
         conn.execute(
             update(tasks)
             .where(tasks.c.files_node_pk == rt.pk)
@@ -742,8 +744,8 @@ class NodeMixin:
         rt.boot_id = row.boot_id
         rt.schedulable = row.scheduling_state == "enabled"
         rt.held.clear()
-        self._forget_node_jobs(conn, rt.pk, reimage=False, now=now)
-        self._load_prep_failures(conn, rt)
+        self.job_tasks.forget_node_jobs(conn, rt.pk, reimage=False, now=now)
+        self.job_tasks.load_prep_failures(conn, rt)
         info = {
             k: msg.get(k) for k in ("agent_version", "hostname", "cpu_count", "memory_bytes", "pid")
         }
