@@ -39,9 +39,11 @@ __all__ = [
     "TaskAddStatus",
     "TaskExecutionResult",
     "TaskState",
+    "ALLOCATION_TRANSITIONS",
     "JOB_SCHEDULE_TRANSITIONS",
     "JOB_TRANSITIONS",
     "NODE_TRANSITIONS",
+    "POOL_TRANSITIONS",
     "TASK_TRANSITIONS",
     "transition",
 ]
@@ -338,6 +340,24 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     # COMPLETED -> DELETING: delete.
     JobState.COMPLETED: frozenset({JobState.DELETING}),
     JobState.DELETING: frozenset(),
+}
+
+POOL_TRANSITIONS: Mapping[PoolState, frozenset[PoolState]] = {
+    # ACTIVE -> DELETING: delete requested (or its auto pool's job or schedule ended); the row
+    #   goes once its nodes have left.
+    PoolState.ACTIVE: frozenset({PoolState.DELETING}),
+    PoolState.DELETING: frozenset(),
+}
+
+ALLOCATION_TRANSITIONS: Mapping[AllocationState, frozenset[AllocationState]] = {
+    # STEADY -> RESIZING: a resize, nodes removed, or an autoscale evaluation with new targets.
+    AllocationState.STEADY: frozenset({AllocationState.RESIZING}),
+    # RESIZING -> STEADY: the target was reached, the resize timed out, not every node could be
+    #   placed (resizeErrors), or the resize was stopped (the pool keeps the nodes it has).
+    # RESIZING -> STOPPING: a stop that waits for nodes still leaving.
+    AllocationState.RESIZING: frozenset({AllocationState.STEADY, AllocationState.STOPPING}),
+    # STOPPING -> STEADY: the stop finished.
+    AllocationState.STOPPING: frozenset({AllocationState.STEADY}),
 }
 
 JOB_SCHEDULE_TRANSITIONS: Mapping[JobScheduleState, frozenset[JobScheduleState]] = {

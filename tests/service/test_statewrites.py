@@ -1,4 +1,5 @@
-"""Guarded task and job state writes: edges checked at definition, illegal rows refused at run time.
+"""Guarded task, job and pool state writes: edges checked at definition, illegal rows refused at
+run time.
 
 The rows are made through an embedded service without an engine, so nothing moves them but the
 writes under test.
@@ -14,10 +15,19 @@ import pytest
 from sqlalchemy import bindparam, select
 
 from prefect_batch import BatchClient
-from prefect_batch.core.states import JobState, TaskState
+from prefect_batch.core.states import AllocationState, JobState, PoolState, TaskState
 from prefect_batch.exceptions import IllegalTransitionError
-from prefect_batch.service.rows.statewrites import STRICT_ENV, job_edge, strict, task_edge
-from prefect_batch.store.schema import jobs, tasks
+from prefect_batch.service.rows.autopools import mark_pool_deleting
+from prefect_batch.service.rows.statewrites import (
+    POOL_SETTLED,
+    STRICT_ENV,
+    allocation_edge,
+    job_edge,
+    pool_edge,
+    strict,
+    task_edge,
+)
+from prefect_batch.store.schema import jobs, pools, tasks
 
 _ENDED = task_edge((TaskState.PREPARING, TaskState.RUNNING), TaskState.COMPLETED)
 _ENDED_BY_PK = _ENDED.statement(tasks.c.pk == bindparam("b_pk"), end_time=bindparam("b_now"))
@@ -57,6 +67,9 @@ def test_the_suite_runs_strict() -> None:
         lambda: task_edge((TaskState.COMPLETED,), TaskState.COMPLETED),
         lambda: job_edge((JobState.COMPLETED,), JobState.ACTIVE),
         lambda: job_edge((JobState.DELETING,), JobState.DELETING),
+        lambda: pool_edge((PoolState.DELETING,), PoolState.ACTIVE),
+        lambda: allocation_edge((AllocationState.STEADY,), AllocationState.STOPPING),
+        lambda: allocation_edge((AllocationState.STOPPING,), AllocationState.RESIZING),
     ],
 )
 def test_an_edge_the_table_lacks_raises_when_it_is_defined(make: Callable[[], Any]) -> None:
@@ -138,3 +151,38 @@ def test_a_write_only_from_its_states_skips_others_quietly(
     assert moved == 0
     assert {r.state for r in _task_rows(service).values()} == {"active"}
     assert not caplog.records
+
+
+def _pool(client: BatchClient) -> Any:
+    with client.store.read() as conn:
+        return conn.execute(select(pools).where(pools.c.id == "p")).one()
+
+
+def test_a_pool_moves_along_its_allocation_edges(service: BatchClient) -> None:
+    assert _pool(service).allocation_state == "steady"
+    service.resize_pool("p", {"targetDedicatedNodes": 2})
+    assert _pool(service).allocation_state == "resizing"
+    service.stop_pool_resize("p")
+    assert _pool(service).allocation_state == "steady"
+    service.stop_pool_resize("p")  # stopping no resize: the pool stays steady, quietly
+    assert _pool(service).allocation_state == "steady"
+
+
+def test_an_illegal_pool_allocation_write_raises_in_strict_mode(service: BatchClient) -> None:
+    before = _pool(service)
+    with service.store.begin() as conn:
+        with pytest.raises(IllegalTransitionError, match="steady -> steady"):
+            POOL_SETTLED.write(conn, pools.c.pk == before.pk, expected=1, resize_errors=[])
+    after = _pool(service)
+    assert (after.allocation_state, after.resize_errors) == ("steady", before.resize_errors)
+
+
+def test_a_pool_is_deleted_once(service: BatchClient) -> None:
+    pk = _pool(service).pk
+    with service.store.begin() as conn:
+        mark_pool_deleting(conn, pk, 5.0)
+    assert (_pool(service).state, _pool(service).state_transition_time) == ("deleting", 5.0)
+    with service.store.begin() as conn:
+        with pytest.raises(IllegalTransitionError, match="deleting -> deleting"):
+            mark_pool_deleting(conn, pk, 6.0)
+    assert _pool(service).state_transition_time == 5.0

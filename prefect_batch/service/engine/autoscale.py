@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
-from prefect_batch.core.states import AllocationState, PoolState
+from prefect_batch.core.states import PoolState
 from prefect_batch.exceptions import BatchServiceError
 from prefect_batch.service.ops.autoscale import (
     DEFAULT_EVALUATION_INTERVAL_SECONDS,
@@ -51,6 +51,7 @@ from prefect_batch.service.rows.samples import (
     store_samples,
     trim_samples,
 )
+from prefect_batch.service.rows.statewrites import POOL_RESIZING
 from prefect_batch.store.schema import nodes, pools
 
 __all__ = ["EVALUATION_POLL_SECONDS", "MIN_SAMPLE_SECONDS", "AutoScaler"]
@@ -261,11 +262,6 @@ class AutoScaler:
                     last_modified=now,
                     version=pools.c.version + 1,
                 )
-                if current.allocation_state == AllocationState.STEADY.value:
-                    values.update(
-                        allocation_state=AllocationState.RESIZING.value,
-                        allocation_state_transition_time=now,
-                    )
                 log.info(
                     "pool %s: autoscale target %d -> %d (%s)",
                     row.id,
@@ -274,4 +270,8 @@ class AutoScaler:
                     decision.node_deallocation_option.value,
                 )
             conn.execute(update(pools).where(pools.c.pk == row.pk).values(**values))
+            if changed:  # a pool still resizing from before goes on resizing
+                POOL_RESIZING.write(
+                    conn, pools.c.pk == row.pk, only_from=True, allocation_state_transition_time=now
+                )
         return changed

@@ -64,6 +64,7 @@ from prefect_batch.service.ops.quotas import AgentStartLimiter, node_room
 from prefect_batch.service.rows import lifecycle
 from prefect_batch.service.rows.common import iso, new_node_id, node_source_of
 from prefect_batch.service.rows.providers import ProviderDirectory, machines_in_use
+from prefect_batch.service.rows.statewrites import POOL_SETTLED
 from prefect_batch.store.schema import nodes, pools, tasks
 
 if TYPE_CHECKING:
@@ -323,10 +324,7 @@ class NodeMixin:
                     pool.resize_timeout_seconds or 900.0
                 )
                 if done or timed_out or short is not None:
-                    values: dict[str, Any] = {
-                        "allocation_state": AllocationState.STEADY.value,
-                        "allocation_state_transition_time": now,
-                    }
+                    values: dict[str, Any] = {"allocation_state_transition_time": now}
                     if short is not None and not done:
                         # Not every node could be placed: the pool keeps the nodes it got.
                         values["resize_errors"] = [short]
@@ -338,7 +336,8 @@ class NodeMixin:
                                 "resize timeout",
                             }
                         ]
-                    conn.execute(update(pools).where(pools.c.pk == pool.pk).values(**values))
+                    # Read before this transaction: a pool stopped meanwhile keeps its state.
+                    POOL_SETTLED.write(conn, pools.c.pk == pool.pk, only_from=True, **values)
             attach = [
                 r for r in rows if r.pk not in self._nodes and r.state != NodeState.PREEMPTED.value
             ]
@@ -416,14 +415,12 @@ class NodeMixin:
         """A placed node's machine could not be had: the pool's resize ends with the error."""
         error = event.error or ResizeError("AllocationFailed", f"{event.node_id}: {event.message}")
         self._short[pool_pk] = now  # not grown again until the next resize or evaluation
-        values: dict[str, Any] = {"resize_errors": [error.wire()]}
-        pool = self._pools.get(pool_pk)
-        if pool is not None and pool.allocation_state == AllocationState.RESIZING.value:
-            values.update(
-                allocation_state=AllocationState.STEADY.value,
-                allocation_state_transition_time=now,
-            )
-        conn.execute(update(pools).where(pools.c.pk == pool_pk).values(**values))
+        conn.execute(
+            update(pools).where(pools.c.pk == pool_pk).values(resize_errors=[error.wire()])
+        )
+        POOL_SETTLED.write(
+            conn, pools.c.pk == pool_pk, only_from=True, allocation_state_transition_time=now
+        )
 
     def _preempted(self, conn: Any, rt: NodeRuntime, event: ProviderEvent, now: float) -> None:
         self._disconnect(rt, kill=True)

@@ -24,6 +24,7 @@ from prefect_batch.models import (
 from prefect_batch.service.ops.base import ServiceBase
 from prefect_batch.service.rows import lifecycle
 from prefect_batch.service.rows.nodes import node_row
+from prefect_batch.service.rows.statewrites import POOL_RESIZING
 from prefect_batch.store.schema import nodes, pools, tasks
 
 __all__ = ["NodeOperations", "mark_in_flight"]
@@ -137,14 +138,13 @@ class NodeOperations(ServiceBase):
                 )
             values: dict[str, Any] = {
                 "target_dedicated": max(live - len(rows), 0),
-                "allocation_state": "resizing",
                 "allocation_state_transition_time": now,
                 "last_modified": now,
                 "version": pools.c.version + 1,
             }
             if opts.resize_timeout is not None:
                 values["resize_timeout_seconds"] = opts.resize_timeout.total_seconds()
-            conn.execute(update(pools).where(pools.c.pk == pool.pk).values(**values))
+            POOL_RESIZING.write(conn, pools.c.pk == pool.pk, expected=1, **values)
         self.wake(pools=True)
 
     def disable_node_scheduling(self, pool_id: str, node_id: str, options: Any = None) -> None:

@@ -48,6 +48,7 @@ from prefect_batch.service.rows.lifecycle import requeue_tasks, running_task_row
 from prefect_batch.service.rows.nodes import node_row
 from prefect_batch.service.rows.providers import directory_of, node_ref
 from prefect_batch.service.rows.samples import NODE_METRIC_NAMES
+from prefect_batch.service.rows.statewrites import POOL_RESIZING, POOL_SETTLED
 from prefect_batch.service.rows.views import node_view, pool_view
 from prefect_batch.store.schema import nodes, pools
 
@@ -389,7 +390,6 @@ class PoolOperations(ServiceBase):
             values: dict[str, Any] = {
                 "target_dedicated": opts.target_dedicated_nodes or 0,
                 "target_low_priority": opts.target_low_priority_nodes or 0,
-                "allocation_state": AllocationState.RESIZING.value,
                 "allocation_state_transition_time": now,
                 "last_modified": now,
                 "version": pools.c.version + 1,
@@ -401,7 +401,7 @@ class PoolOperations(ServiceBase):
                 )
             if opts.resize_timeout is not None:
                 values["resize_timeout_seconds"] = opts.resize_timeout.total_seconds()
-            conn.execute(update(pools).where(pools.c.pk == row.pk).values(**values))
+            POOL_RESIZING.write(conn, pools.c.pk == row.pk, expected=1, **values)
         self.wake(pools=True)
 
     def stop_pool_resize(self, pool_id: str) -> None:
@@ -422,11 +422,13 @@ class PoolOperations(ServiceBase):
                 .values(
                     target_dedicated=dedicated,
                     target_low_priority=low_priority,
-                    allocation_state=AllocationState.STEADY.value,
-                    allocation_state_transition_time=now,
                     last_modified=now,
                     version=pools.c.version + 1,
                 )
+            )
+            # A steady pool stays steady (stopping no resize changes nothing but the targets).
+            POOL_SETTLED.write(
+                conn, pools.c.pk == row.pk, only_from=True, allocation_state_transition_time=now
             )
         self.wake(pools=True)
 

@@ -27,10 +27,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from prefect_batch.core.states import PoolLifetimeOption, PoolState
 from prefect_batch.exceptions import BatchInvalidRequestError
+from prefect_batch.service.rows.statewrites import pool_edge
 from prefect_batch.store.schema import pools
 
 __all__ = [
@@ -157,18 +158,19 @@ def end_pool(conn: Any, account: str, pool_id: str | None, now: float) -> None:
     mark_pool_deleting(conn, row.pk, now)
 
 
+_DELETE_POOL = pool_edge((PoolState.ACTIVE,), PoolState.DELETING)
+
+
 def mark_pool_deleting(conn: Any, pool_pk: int, now: float) -> None:
     """Move a pool to ``deleting`` with a target of zero (its engine removes it)."""
-    conn.execute(
-        update(pools)
-        .where(pools.c.pk == pool_pk)
-        .values(
-            state=PoolState.DELETING.value,
-            state_transition_time=now,
-            target_dedicated=0,
-            last_modified=now,
-            version=pools.c.version + 1,
-        )
+    _DELETE_POOL.write(
+        conn,
+        pools.c.pk == pool_pk,
+        expected=1,
+        state_transition_time=now,
+        target_dedicated=0,
+        last_modified=now,
+        version=pools.c.version + 1,
     )
 
 

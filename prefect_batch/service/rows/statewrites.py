@@ -1,9 +1,11 @@
-"""Guarded writes of task and job states: every change is an edge of its ``core.states`` table.
+"""Guarded writes of task, job and pool states: every change is an edge of its ``core.states``
+table.
 
 An :class:`Edge` names the states a write may start from and the one it goes to; it is checked
-against ``TASK_TRANSITIONS`` or ``JOB_TRANSITIONS`` when it is made, so an edge the table lacks
-raises :class:`~prefect_batch.exceptions.IllegalTransitionError` at import. Its statements are
-``UPDATE ... SET state = :to ... WHERE ... AND state IN (:from)``: a row in any other state is
+against ``TASK_TRANSITIONS``, ``JOB_TRANSITIONS``, ``POOL_TRANSITIONS`` or
+``ALLOCATION_TRANSITIONS`` (a pool's ``allocation_state``) when it is made, so an edge the table
+lacks raises :class:`~prefect_batch.exceptions.IllegalTransitionError` at import. Its statements
+are ``UPDATE ... SET state = :to ... WHERE ... AND state IN (:from)``: a row in any other state is
 not matched, so it keeps its state (the write is refused for that row). Where the caller knows
 how many rows it means to move (``expected``), a refusal is logged at warning.
 
@@ -29,11 +31,31 @@ from typing import Any
 from sqlalchemy import Connection, Table, not_, or_, select, update
 from sqlalchemy.sql import ColumnElement
 
-from prefect_batch.core.states import JOB_TRANSITIONS, TASK_TRANSITIONS, JobState, TaskState
+from prefect_batch.core.states import (
+    ALLOCATION_TRANSITIONS,
+    JOB_TRANSITIONS,
+    POOL_TRANSITIONS,
+    TASK_TRANSITIONS,
+    AllocationState,
+    JobState,
+    PoolState,
+    TaskState,
+)
 from prefect_batch.exceptions import IllegalTransitionError
-from prefect_batch.store.schema import jobs, tasks
+from prefect_batch.store.schema import jobs, pools, tasks
 
-__all__ = ["STRICT_ENV", "Edge", "GuardedWrite", "job_edge", "strict", "task_edge"]
+__all__ = [
+    "POOL_RESIZING",
+    "POOL_SETTLED",
+    "STRICT_ENV",
+    "Edge",
+    "GuardedWrite",
+    "allocation_edge",
+    "job_edge",
+    "pool_edge",
+    "strict",
+    "task_edge",
+]
 
 log = logging.getLogger("prefect_batch.engine")
 
@@ -59,6 +81,9 @@ class Edge:
         transitions: Mapping[Any, frozenset[Any]],
         from_states: Sequence[Enum],
         to: Enum,
+        *,
+        column: str = "state",
+        kind: str | None = None,
     ) -> None:
         if not from_states:
             raise ValueError("an edge needs at least one state to start from")
@@ -68,7 +93,8 @@ class Edge:
                 f"illegal transition {type(to).__name__}: {', '.join(bad)} -> {to.value}"
             )
         self.table = table
-        self.kind = table.name.rstrip("s")
+        self.column = column
+        self.kind = kind or table.name.rstrip("s")
         self.from_states = tuple(s.value for s in from_states)
         self.to = to.value
 
@@ -86,10 +112,13 @@ class Edge:
         conn: Connection,
         *where: ColumnElement[bool],
         expected: int | None = None,
+        only_from: bool = False,
         **values: Any,
     ) -> int:
         """Build and run a one-off guarded write; the number of rows moved."""
-        return self.statement(*where, **values).execute(conn, expected=expected)
+        return self.statement(*where, only_from=only_from, **values).execute(
+            conn, expected=expected
+        )
 
     def move(self, conn: Connection, row: Any, now: float, **values: Any) -> int:
         """Move one row (by its ``pk``) along this edge, as a request does.
@@ -122,13 +151,15 @@ class GuardedWrite:
         *,
         only_from: bool = False,
     ) -> None:
-        state = edge.table.c.state
+        state = edge.table.c[edge.column]
         self.edge = edge
         self.only_from = only_from
         # Equalities rather than IN: an expanding IN cannot be run with executemany.
         allowed = or_(*(state == s for s in edge.from_states))
-        self.update = update(edge.table).where(*where, allowed).values(state=edge.to, **values)
-        self.refused = select(edge.table.c.pk, state).where(*where, not_(allowed))
+        self.update = (
+            update(edge.table).where(*where, allowed).values({edge.column: edge.to, **values})
+        )
+        self.refused = select(edge.table.c.pk, state.label("state")).where(*where, not_(allowed))
 
     def execute(
         self,
@@ -179,3 +210,24 @@ def task_edge(from_states: Sequence[TaskState], to: TaskState) -> Edge:
 def job_edge(from_states: Sequence[JobState], to: JobState) -> Edge:
     """An edge of ``JOB_TRANSITIONS`` (raises ``IllegalTransitionError`` if it is not one)."""
     return Edge(jobs, JOB_TRANSITIONS, from_states, to)
+
+
+def pool_edge(from_states: Sequence[PoolState], to: PoolState) -> Edge:
+    """An edge of ``POOL_TRANSITIONS`` (raises ``IllegalTransitionError`` if it is not one)."""
+    return Edge(pools, POOL_TRANSITIONS, from_states, to)
+
+
+def allocation_edge(from_states: Sequence[AllocationState], to: AllocationState) -> Edge:
+    """An edge of ``ALLOCATION_TRANSITIONS``, a pool's ``allocation_state`` (raises
+    ``IllegalTransitionError`` if it is not one)."""
+    return Edge(
+        pools, ALLOCATION_TRANSITIONS, from_states, to, column="allocation_state", kind="allocation"
+    )
+
+
+POOL_RESIZING = allocation_edge((AllocationState.STEADY,), AllocationState.RESIZING)
+"""A steady pool starts resizing (a resize, nodes removed, new targets from a formula)."""
+POOL_SETTLED = allocation_edge(
+    (AllocationState.RESIZING, AllocationState.STOPPING), AllocationState.STEADY
+)
+"""A resize ends: target reached, timed out, placement short, or stopped."""
