@@ -1,6 +1,6 @@
 """Dispatch: fill a pool's free slots from the head of its queue and build the run requests.
 
-Part of the engine (a mixin of :class:`~prefect_batch.service.engine.loop.Engine`). The queue's head
+:class:`Dispatcher` is a part of :class:`~prefect_batch.service.engine.Engine`. The queue's head
 is read through its ordering index; placement is the pure ``core.scheduler.assign``. A task of a
 job with a preparation task waits on its node until that node's preparation succeeded (see
 ``jobtasks.py``). Statements on this path are built once at import: building SQLAlchemy
@@ -13,7 +13,7 @@ import base64
 import fnmatch
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, select, update
@@ -33,7 +33,7 @@ from prefect_batch.store.schema import accounts, jobs, nodes, queue, tasks
 if TYPE_CHECKING:
     from prefect_batch.service.engine.jobtasks import JobTasks
 
-__all__ = ["DispatchMixin", "SPREAD_GRACE_SECONDS", "base_environment", "stage_request"]
+__all__ = ["SPREAD_GRACE_SECONDS", "Dispatcher", "base_environment", "stage_request"]
 
 log = logging.getLogger(__name__)
 
@@ -154,23 +154,50 @@ def settings_env(*lists: Any) -> dict[str, str]:
     return env
 
 
-class DispatchMixin:
-    """Fills free slots; needs the engine's ``_nodes``, ``_pools`` and node helpers."""
+class Dispatcher:
+    """Fills free slots of the engine's leased pools and builds the run requests.
 
-    _nodes: dict[int, Any]
-    _pools: dict[int, Any]
-    account_urls: dict[str, str]
-    job_manager_env: dict[str, str]
-    scoped_job_credentials: bool
-    storage: ObjectStorage | None
-    storage_bucket_access: dict[str, list[str]] | None
-    transfer_timeout_seconds: float
-    _stage_pool: Any = None
-    # The engine's other parts this one calls (JobTasks, NodeMixin).
-    job_tasks: JobTasks
-    _update_busy: Callable[[Any, float], None]
+    Args:
+        nodes: The engine's node runtimes by node pk (their free slots are changed here).
+        pool_of: The engine's leased pool by pool pk, or None.
+        job_tasks: Job preparation, which a task of a job with one waits for on its node.
+        update_busy: Records the nodes that turned busy or idle (the node runtime's).
+        account_urls: Base URL per account, for ``AZ_BATCH_ACCOUNT_URL``.
+        job_manager_env: What a job manager task needs to reach this service.
+        scoped_job_credentials: Whether a job manager gets a key for its job only.
+        storage: The object storage resource and output file URLs are signed for.
+        storage_bucket_access: Which buckets each account's tasks may use; None: every one.
+        transfer_timeout_seconds: The limit of one staging transfer.
+    """
 
-    def _dispatch(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        nodes: Mapping[int, Any],
+        pool_of: Callable[[int], Any],
+        job_tasks: JobTasks,
+        update_busy: Callable[[Any, float], None],
+        *,
+        account_urls: Mapping[str, str],
+        job_manager_env: Mapping[str, str],
+        scoped_job_credentials: bool,
+        storage: ObjectStorage | None,
+        storage_bucket_access: Mapping[str, list[str]] | None,
+        transfer_timeout_seconds: float,
+    ) -> None:
+        self._nodes = nodes
+        self._pool_of = pool_of
+        self.job_tasks = job_tasks
+        self._update_busy = update_busy
+        self.account_urls = account_urls
+        self.job_manager_env = job_manager_env
+        self.scoped_job_credentials = scoped_job_credentials
+        self.storage = storage
+        self.storage_bucket_access = storage_bucket_access
+        self.transfer_timeout_seconds = transfer_timeout_seconds
+        self._stage_pool: Any = None
+
+    def dispatch(self, conn: Any, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
+        """Fill the free slots of every leased pool (in the engine step's transaction)."""
         by_pool: dict[int, list[Any]] = defaultdict(list)
         starting: set[int] = set()
         for rt in self._nodes.values():
@@ -183,7 +210,7 @@ class DispatchMixin:
             ):
                 starting.add(rt.pool_pk)
         for pool_pk, rts in by_pool.items():
-            pool = self._pools.get(pool_pk)
+            pool = self._pool_of(pool_pk)
             if pool is None or pool.state != PoolState.ACTIVE.value:
                 continue
             if pool_pk in starting and pool.fill_type == NodeFillType.SPREAD.value:
@@ -376,7 +403,13 @@ class DispatchMixin:
             "values": {"NodeId": rt.node_id},
         }
 
-    def _stage_sends(self, sends: dict[int, list[dict[str, Any]]]) -> None:
+    def close(self) -> None:
+        """Stop the staging threads (the engine stopped)."""
+        if self._stage_pool is not None:
+            self._stage_pool.shutdown(wait=False)
+            self._stage_pool = None
+
+    def stage_sends(self, sends: dict[int, list[dict[str, Any]]]) -> None:
         """Turn the ``stage`` of run requests into URLs the agent fetches and uploads to.
 
         Presigning is local work; listing a container is a storage request (cached a few

@@ -13,15 +13,16 @@ agent never heard of it. Results the agent reports are durable before the agent 
 them. At-least-once: a task whose node was lost while it ran is run again elsewhere
 (``requeueCount`` + 1).
 
-The engine's parts, one concern each: the node runtime (``nodes``: agents, start tasks, node
-operations, pool size, provider events) and the dispatcher (queue head to slots) are still
-mixins of :class:`Engine` that share its node runtimes;
-:class:`~prefect_batch.service.engine.jobtasks.JobTasks` (job preparation and release),
-:class:`~prefect_batch.service.engine.autoscale.AutoScaler` (metric samples, autoscale
-formulas), :class:`~prefect_batch.service.engine.schedules.JobScheduler` (the jobs of job
-schedules) and :class:`~prefect_batch.service.engine.starts.AgentStarts` are objects told what
-they use. It does not validate requests (``service/ops/`` does), nor decide
-retries and exit-code actions (``core.completion`` does).
+The engine's parts, one concern each, are objects told what they use: the dispatcher (queue
+head to slots, :class:`~prefect_batch.service.engine.dispatcher.Dispatcher`), job preparation
+and release (:class:`~prefect_batch.service.engine.jobtasks.JobTasks`), metric samples and
+autoscale formulas (:class:`~prefect_batch.service.engine.autoscale.AutoScaler`), the jobs of
+job schedules (:class:`~prefect_batch.service.engine.schedules.JobScheduler`) and agent starts
+(:class:`~prefect_batch.service.engine.starts.AgentStarts`). The node runtime (``nodes``:
+agents, start tasks, node operations, pool size, provider events) is still a mixin of
+:class:`Engine`: it owns the node runtimes and the step's event handling that the others are
+handed. It does not validate requests (``service/ops/`` does), nor decide retries and
+exit-code actions (``core.completion`` does).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from prefect_batch.core.completion import AttemptOutcome
 from prefect_batch.core.states import NODE_TRANSITIONS, NodeState, TaskState
 from prefect_batch.providers.contract import ProviderEvent
 from prefect_batch.service.engine.autoscale import AutoScaler
-from prefect_batch.service.engine.dispatcher import DispatchMixin
+from prefect_batch.service.engine.dispatcher import Dispatcher
 from prefect_batch.service.engine.jobtasks import JobTasks
 from prefect_batch.service.engine.nodes import NodeMixin, NodeRuntime
 from prefect_batch.service.engine.schedules import JobScheduler
@@ -82,7 +83,7 @@ _MARK_STARTED = task_edge((TaskState.PREPARING,), TaskState.RUNNING).statement(
 )
 
 
-class Engine(NodeMixin, DispatchMixin):
+class Engine(NodeMixin):
     """Drives every pool it can lease, from one background thread.
 
     Args:
@@ -129,21 +130,10 @@ class Engine(NodeMixin, DispatchMixin):
         self.tick_seconds = tick_seconds
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds
-        # What a job manager task needs to reach this service with the Python client.
-        self.job_manager_env = dict(job_manager_env or {})
-        # Behind a server, a job manager gets a key for its job only, not the store.
-        self.scoped_job_credentials = scoped_job_credentials
         # Agents start on worker threads; a node of a kind with unreachable_grace keeps its
         # running tasks this long once unreachable (its agent keeps running them meanwhile).
         self.starts = AgentStarts(store)
         self.node_unreachable_grace_seconds = node_unreachable_grace_seconds
-        # The object storage that resource and output file URLs are signed for.
-        self.storage = storage
-        # Which buckets each account's tasks may use (fnmatch patterns); None: every bucket.
-        self.storage_bucket_access = (
-            None if storage_bucket_access is None else dict(storage_bucket_access)
-        )
-        self.transfer_timeout_seconds = transfer_timeout_seconds
         # Quotas: local nodes this machine holds over all accounts, and new agents per second.
         self.local_node_limit = (
             default_local_node_limit() if local_node_limit is None else local_node_limit
@@ -170,10 +160,25 @@ class Engine(NodeMixin, DispatchMixin):
         )
         self.job_schedules = JobScheduler(store, clock, self._pools_changed)
         self.job_tasks = JobTasks(
+            self._nodes, self._leased_pool, self.account_urls, self._node_counts
+        )
+        self.dispatcher = Dispatcher(
             self._nodes,
-            lambda pool_pk: self._pools.get(pool_pk),
-            self.account_urls,
-            self._node_counts,
+            self._leased_pool,
+            self.job_tasks,
+            self._update_busy,
+            account_urls=self.account_urls,
+            # What a job manager task needs to reach this service with the Python client.
+            job_manager_env=dict(job_manager_env or {}),
+            # Behind a server, a job manager gets a key for its job only, not the store.
+            scoped_job_credentials=scoped_job_credentials,
+            # The object storage that resource and output file URLs are signed for.
+            storage=storage,
+            # Which buckets each account's tasks may use (fnmatch patterns); None: every bucket.
+            storage_bucket_access=(
+                None if storage_bucket_access is None else dict(storage_bucket_access)
+            ),
+            transfer_timeout_seconds=transfer_timeout_seconds,
         )
         self._short: dict[int, float] = {}
         self.pool_passes = 0
@@ -239,9 +244,7 @@ class Engine(NodeMixin, DispatchMixin):
         self._pools.clear()
         self.starts.close()
         self.providers.close()
-        if self._stage_pool is not None:
-            self._stage_pool.shutdown(wait=False)
-            self._stage_pool = None
+        self.dispatcher.close()
 
     def wake(self, *, pools: bool = False) -> None:
         """Look for new work now rather than at the next tick (a request changed something).
@@ -309,8 +312,8 @@ class Engine(NodeMixin, DispatchMixin):
                 self._kills(conn, sends)
                 self._node_ops(conn, now, sends)
                 self.job_tasks.release_poll(conn, now, sends)
-            self._dispatch(conn, now, sends)
-        self._stage_sends(sends)
+            self.dispatcher.dispatch(conn, now, sends)
+        self.dispatcher.stage_sends(sends)
         for node_pk, keys in effects.forget.items():
             sends[node_pk].append({"op": "forget", "keys": keys})
         if now >= self._next_ping:

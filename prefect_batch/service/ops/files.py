@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from prefect_batch.core.states import TaskState
 from prefect_batch.exceptions import (
     BatchConflictError,
     BatchNotFoundError,
@@ -45,6 +46,8 @@ class FileOperations(ServiceBase):
             job = self._job_row(conn, job_id)
             row = TaskOperations._task_row(self, conn, job, task_id)  # type: ignore[arg-type]
             node_pk = row.node_pk if row.node_pk is not None else row.files_node_pk
+            if node_pk is None and row.state == TaskState.COMPLETED.value and row.start_time:
+                raise _cleaned_up(row.id)  # it ran; its retention ended
             if node_pk is None:
                 raise BatchConflictError(
                     "TaskFilesUnavailable",
@@ -95,10 +98,19 @@ class FileOperations(ServiceBase):
         try:
             return task_dir.read(file_path, offset, length)
         except BatchNotFoundError:
-            if task_dir.exists():
+            if task_dir.exists() and not self._retention_ended(job_id, task_id):
                 raise
-            # Its retention ended while it was read: the directory went with the file.
+            # Its retention ended while it was read: the file went with the directory.
             raise _cleaned_up(tid) from None
+
+    def _retention_ended(self, job_id: str, task_id: str) -> bool:
+        """Whether the task's files are past their retention (being or already removed)."""
+        with self.store.read() as conn:
+            job = self._job_row(conn, job_id)
+            row = TaskOperations._task_row(self, conn, job, task_id)  # type: ignore[arg-type]
+        if row.node_pk is None and row.files_node_pk is None:
+            return True
+        return row.retention_deadline is not None and row.retention_deadline < self.clock()
 
     def get_task_file_properties(self, job_id: str, task_id: str, file_path: str) -> BatchNodeFile:
         """Size, times and mode of a task file."""
