@@ -251,4 +251,3 @@ def test_a_draining_agent_counts_the_contact_of_the_next_agent_on_its_root(
         pinger.close()
     records = (old.root / ".agent" / "runs" / "long.json").read_text()
     assert '"killed": true' in records or '"killed":true' in records
-
