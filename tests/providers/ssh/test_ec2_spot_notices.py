@@ -247,6 +247,11 @@ def test_a_service_that_keeps_in_touch_keeps_its_agents_and_one_that_is_gone_doe
         client.create_node_source(template)
         _pool(client, "p", template["name"], 1)
         wait_for_nodes(client, "p", 1, timeout=90)
+        (instance,) = _instances(ec2, template["name"])
+        behaviour = ec2.describe_instance_attribute(
+            InstanceId=instance["InstanceId"], Attribute="instanceInitiatedShutdownBehavior"
+        )["InstanceInitiatedShutdownBehavior"]["Value"]
+        assert behaviour == "terminate"  # an orphan's shutdown gives the instance back
         client.create_job({"id": "j", "poolInfo": {"poolId": "p"}})
         # A task that outlasts the orphan timeout three times over ends on its own: the
         # engine's pings keep the agent in touch.
