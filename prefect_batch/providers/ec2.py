@@ -552,8 +552,7 @@ class EC2Provider(NodeProvider):
                 node.node_id,
                 "preempted",
                 "NodePreempted",
-                f"{instance_id}: spot interruption notice ({msg.get('action')} at "
-                f"{msg.get('at')})",
+                f"{instance_id}: spot interruption notice ({msg.get('action')} at {msg.get('at')})",
             )
         else:
             event = ProviderEvent(
