@@ -45,6 +45,7 @@ every ``heartbeat_seconds``) it kills its tasks and runs ``orphanCommand`` (defa
 -h now``, through ``sudo -n`` unless it runs as root); instances are launched with
 ``InstanceInitiatedShutdownBehavior=terminate``, so a service that is gone does not leave them
 running for ever.
+
 Not done here: EventBridge interruption events (the agent's polling is the only early
 warning), and stop or hibernate interruption behaviours (spot instances are launched to
 terminate).
