@@ -151,11 +151,35 @@ the way is ``OperationInvalid``), and checks run on the opened descriptor (``fst
 ``shutdown`` ``{"op":"shutdown","mode":"drain"|"kill"}``: drain stops accepting runs and exits
     once its own running tasks have ended and been recorded; kill SIGKILLs every task process
     group (recorded as killed) and exits. Before exiting the agent emits
-    ``{"ev":"bye","reason":"drain"|"kill"|"eof"|"signal"}``.
+    ``{"ev":"bye","reason":"drain"|"kill"|"eof"|"signal"|"orphan"}``.
+
+Spot notices (``--imds-url URL``, EC2 spot instances only): a thread polls the instance metadata
+service (IMDSv2) every ``--imds-poll-seconds`` (default 5): a session token from ``PUT
+/latest/api/token`` (``X-aws-ec2-metadata-token-ttl-seconds``), sent as
+``X-aws-ec2-metadata-token`` with ``GET /latest/meta-data/spot/instance-action`` and ``GET
+/latest/meta-data/events/recommendations/rebalance``; 404 means no notice, 401 fetches a new
+token once. Every request has ``--imds-timeout-seconds`` (default 2) for its connect and each
+read, and never goes through a proxy; failures are logged to stderr once and polled again. A
+notice is emitted unsolicited, once while its content stays the same:
+``{"ev":"spot_notice","notice":"interruption"|"rebalance","detail":<the JSON body>,
+"action":"terminate"|"stop"|"hibernate"|null,"at":<its time>|null}``. An event a service does
+not know is ignored there, so this needs no new protocol version.
+
+Orphan timeout (``--orphan-timeout-seconds N``, default 0: never): contact is any request line
+from the service (the engine pings every node it drives, every ``heartbeat_seconds``); every
+agent on the root touches ``.agent/contact`` on contact (at most once a second), so an agent
+draining after its session dropped counts the contact of the next agent on the same root. With
+no contact anywhere for ``N`` seconds the agent kills every task (recorded as killed), drains,
+says ``bye`` with reason ``orphan`` and runs ``--orphan-command`` (split like a shell would, run
+without one; default ``shutdown -h now``, through ``sudo -n`` unless root; its output goes to
+stderr; waited for at most 120 s), then exits: a service that is gone does not leave a machine
+running for ever.
 
 Command line: ``agent.py --root DIR [--reaper auto|pidfd|sigchld] [--spawn auto|posix_spawn|popen]
-[--prep-threads N] [--prep-mode auto|threads|inline]``; the defaults pick the fastest mechanism
-available (pidfd needs Linux >= 5.3 and Python >= 3.9; posix_spawn needs POSIX_SPAWN_SETSID).
+[--prep-threads N] [--prep-mode auto|threads|inline] [--imds-url URL] [--imds-poll-seconds S]
+[--imds-timeout-seconds S] [--orphan-timeout-seconds N] [--orphan-command CMD]``; the defaults
+pick the fastest mechanism available (pidfd needs Linux >= 5.3 and Python >= 3.9; posix_spawn
+needs POSIX_SPAWN_SETSID).
 
 Stdin EOF is a drain: tasks run in their own sessions, so they keep running when the session
 drops; the agent supervises them to the end, records their results and exits (events it cannot
@@ -183,6 +207,7 @@ import queue
 import re
 import select
 import selectors
+import shlex
 import shutil
 import signal
 import stat
@@ -208,6 +233,9 @@ _OPEN_W = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 _OPEN_R = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _OPEN_APPEND = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 STAMP_AFTER_SECONDS = 1.0
+IMDS_POLL_SECONDS = 5.0
+IMDS_TIMEOUT_SECONDS = 2.0
+ORPHAN_COMMAND_TIMEOUT_SECONDS = 120.0
 PREP_INLINE_SECONDS = 0.0002
 # Signals the agent ignores or handles: a task starts with their default dispositions.
 _SIGDEF = tuple(
@@ -1080,6 +1108,113 @@ class Confinement:
         return apply
 
 
+# ---------------------------------------------------------------------- instance metadata
+#
+# On an EC2 spot instance the agent polls the instance metadata service (IMDSv2) on a thread of
+# its own and hands what it finds to the event loop, which emits it as ``spot_notice``.
+
+IMDS_TOKEN_TTL_SECONDS = 21600
+IMDS_NOTICES = (
+    ("interruption", "/latest/meta-data/spot/instance-action"),
+    ("rebalance", "/latest/meta-data/events/recommendations/rebalance"),
+)
+"""(notice, metadata path): a 404 means there is no such notice now."""
+_IMDS_MAX_BODY = 1 << 16
+
+
+class ImdsError(Exception):
+    """The metadata service answered with an unexpected status, or not at all."""
+
+
+class ImdsPoller:
+    """Reads spot notices from an IMDSv2 endpoint; :meth:`poll` returns the new ones as events.
+
+    Every request has ``timeout`` seconds (connect and each read), never goes through a proxy,
+    and carries a session token (``PUT /latest/api/token`` with
+    ``X-aws-ec2-metadata-token-ttl-seconds``), fetched again before it expires or when a
+    request is answered 401. A notice is reported once while its content stays the same.
+    """
+
+    def __init__(self, base_url: str, timeout: float = 2.0) -> None:
+        import urllib.request
+
+        self.base = base_url.rstrip("/")
+        self.timeout = timeout
+        self.token: str | None = None
+        self.token_expires = 0.0
+        self.seen: dict[str, bytes] = {}
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def _request(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(
+            self.base + path,
+            data=b"" if method == "PUT" else None,
+            headers=headers,
+            method=method,
+        )
+        try:
+            with self.opener.open(request, timeout=self.timeout) as response:
+                return int(response.status), response.read(_IMDS_MAX_BODY)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return int(exc.code), b""
+        except (OSError, ValueError) as exc:  # refused, timed out, a broken answer
+            raise ImdsError(f"{method} {path}: {exc}") from exc
+
+    def _fetch_token(self) -> str:
+        ttl = str(IMDS_TOKEN_TTL_SECONDS)
+        status, body = self._request(
+            "PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": ttl}
+        )
+        if status != 200 or not body.strip():
+            raise ImdsError(f"PUT /latest/api/token: HTTP {status}")
+        self.token = body.decode("ascii", "replace").strip()
+        self.token_expires = time.monotonic() + IMDS_TOKEN_TTL_SECONDS - 60
+        return self.token
+
+    def get(self, path: str) -> bytes | None:
+        """The body at ``path``; None for a 404 (no such notice)."""
+        for attempt in (1, 2):
+            token = self.token
+            if token is None or time.monotonic() >= self.token_expires:
+                token = self._fetch_token()
+            status, body = self._request("GET", path, {"X-aws-ec2-metadata-token": token})
+            if status == 200:
+                return body
+            if status == 404:
+                return None
+            if status == 401 and attempt == 1:  # the token expired or was revoked
+                self.token = None
+                continue
+            raise ImdsError(f"GET {path}: HTTP {status}")
+        return None  # not reached
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Notices that appeared (or changed) since the last poll, as ``spot_notice`` events."""
+        found = []
+        for notice, path in IMDS_NOTICES:
+            body = self.get(path)
+            if body is None:
+                self.seen.pop(notice, None)
+                continue
+            if self.seen.get(notice) == body:
+                continue
+            self.seen[notice] = body
+            try:
+                detail: Any = json.loads(body)
+            except ValueError:
+                detail = body.decode("utf-8", "replace")
+            event: dict[str, Any] = {"ev": "spot_notice", "notice": notice, "detail": detail}
+            if isinstance(detail, dict):
+                event["action"] = detail.get("action")
+                event["at"] = detail.get("time") or detail.get("noticeTime")
+            found.append(event)
+        return found
+
+
 class _Run:
     """One task process the agent supervises (its own child, or adopted from an old agent)."""
 
@@ -1216,6 +1351,11 @@ class Agent:
         out_fd: int = 1,
         disk_reserve_bytes: int = DISK_RESERVE_BYTES,
         confinement: Confinement | None = None,
+        imds_url: str | None = None,
+        imds_poll_seconds: float = IMDS_POLL_SECONDS,
+        imds_timeout_seconds: float = IMDS_TIMEOUT_SECONDS,
+        orphan_timeout_seconds: float = 0.0,
+        orphan_command: list[str] | None = None,
     ) -> None:
         self.root = os.path.realpath(os.path.abspath(root))
         self.confinement = confinement
@@ -1257,6 +1397,19 @@ class Agent:
             "shutdown": self._op_shutdown,
         }
         self._setup_signals()
+        # Contact: any request from the service. Every agent on this root touches the contact
+        # file, so a draining agent (its session dropped) is not orphaned while the agent of
+        # the next session hears from the service.
+        self.contact_path = os.path.join(self.root, ".agent", "contact")
+        self.orphan_timeout = max(0.0, float(orphan_timeout_seconds))
+        self.orphan_command = list(orphan_command or default_orphan_command())
+        self.orphaned = False
+        self.last_contact = self.contact_touched = 0.0
+        self._contact()
+        self.orphan_at = self.last_contact + self.orphan_timeout
+        self.imds_url = imds_url or None
+        self.imds_poll_seconds = max(0.05, float(imds_poll_seconds))
+        self.imds_timeout_seconds = max(0.05, float(imds_timeout_seconds))
         self.pending: collections.deque[_Prep] = collections.deque()
         self.pending_keys: dict[str, _Prep] = {}
         self.prep_threads = 0 if prep_mode == "inline" else max(0, prep_threads)
@@ -1346,6 +1499,8 @@ class Agent:
     def serve(self) -> int:
         """Run until drained; returns the process exit status."""
         self._register_stdin()
+        if self.imds_url:
+            threading.Thread(target=self._imds_loop, name="imds", daemon=True).start()
         self._flush()
         while not (
             self.draining
@@ -1357,6 +1512,9 @@ class Agent:
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
+            if self.orphan_timeout and not self.orphaned:
+                left = max(0.0, self.orphan_at - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
             events = self.sel.select(timeout)
             for key, _ in events:
                 data = key.data
@@ -1372,11 +1530,15 @@ class Agent:
                     self._on_pidfd(data)
             if self.timers:
                 self._run_timers()
+            if self.orphan_timeout and not self.orphaned:
+                self._check_orphan()
             self._flush()
         self._emit({"ev": "bye", "reason": self.stop_reason or "drain"})
         self._flush()
         for _ in range(self.prep_threads):
             self.prep_q.put(None)
+        if self.orphaned:
+            self._run_orphan_command()
         return 0
 
     def _on_stdin(self) -> None:
@@ -1389,6 +1551,7 @@ class Agent:
         if not data:
             self._on_eof()
             return
+        self._contact()
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
@@ -1819,7 +1982,9 @@ class Agent:
                 item = self.transfer_q.get_nowait()
             except queue.Empty:
                 return
-            if item[0] == "staged":
+            if item[0] == "notice":
+                self._emit(item[1])
+            elif item[0] == "staged":
                 p = item[1]
                 self.staging.pop(p.key, None)
                 self.pending_keys.pop(p.key, None)
@@ -2136,17 +2301,92 @@ class Agent:
             raise _Invalid("OperationInvalid", "mode must be 'drain' or 'kill'")
         if mode == "kill":
             self.stop_reason = "kill"
-            for p in self.pending:
-                p.cancelled = True
-            for run in list(self.runs.values()) + list(self.adopted.values()):
-                run.killed = True
-                self._kill_group(run)
+            self._kill_all()
         self._begin_drain(mode)
+
+    def _kill_all(self) -> None:
+        for p in self.pending:
+            p.cancelled = True
+        for run in list(self.runs.values()) + list(self.adopted.values()):
+            run.killed = True
+            self._kill_group(run)
 
     def _begin_drain(self, reason: str) -> None:
         self.draining = True
         if not self.stop_reason:
             self.stop_reason = reason
+
+    # ------------------------------------------------------------------ orphan timeout
+
+    def _contact(self) -> None:
+        """The service was heard from: note it here and on the root (at most once a second)."""
+        now = time.monotonic()
+        self.last_contact = now
+        if now - self.contact_touched < 1.0 and self.contact_touched:
+            return
+        self.contact_touched = now
+        try:
+            fd = os.open(self.contact_path, os.O_WRONLY | os.O_CREAT | _O_CLOEXEC, 0o600)
+            try:
+                os.utime(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._diag(f"cannot touch {self.contact_path}: {exc}")
+
+    def _check_orphan(self) -> None:
+        now = time.monotonic()
+        if now < self.orphan_at:
+            return
+        idle = now - self.last_contact
+        try:  # another agent on this root may have heard from the service since
+            idle = min(idle, max(0.0, time.time() - os.stat(self.contact_path).st_mtime))
+        except OSError:
+            pass
+        if idle < self.orphan_timeout:
+            self.orphan_at = now + self.orphan_timeout - idle
+            return
+        self._diag(
+            f"no contact from the service for {idle:.0f} s: killing every task, then running "
+            f"{self.orphan_command!r}"
+        )
+        self.orphaned = True
+        self.stop_reason = "orphan"
+        self._kill_all()
+        self._begin_drain("orphan")
+
+    def _run_orphan_command(self) -> None:
+        try:
+            proc = subprocess.Popen(
+                self.orphan_command,
+                stdin=self.devnull,
+                stdout=2,  # never the protocol's stdout
+                stderr=2,
+                close_fds=True,
+                start_new_session=True,
+            )
+            code = proc.wait(timeout=ORPHAN_COMMAND_TIMEOUT_SECONDS)
+            self._diag(f"{self.orphan_command!r} exited with status {code}")
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._diag(f"{self.orphan_command!r} failed: {exc}")
+
+    # ------------------------------------------------------------------ instance metadata
+
+    def _imds_loop(self) -> None:
+        """Poll the metadata service (on its own thread); hand notices to the loop."""
+        assert self.imds_url is not None
+        poller = ImdsPoller(self.imds_url, self.imds_timeout_seconds)
+        last_error = ""
+        while True:
+            try:
+                for event in poller.poll():
+                    self._transfer_done(("notice", event))
+                last_error = ""
+            except Exception as exc:  # noqa: BLE001 - the next poll tries again
+                if str(exc) != last_error:  # say it once, not every few seconds
+                    last_error = str(exc)
+                    self._diag(f"instance metadata at {self.imds_url}: {exc}")
+            time.sleep(self.imds_poll_seconds)
 
     # ------------------------------------------------------------------ exits
 
@@ -2640,6 +2880,12 @@ class Agent:
         self._emit(event)
 
 
+def default_orphan_command() -> list[str]:
+    """``shutdown -h now``, through ``sudo -n`` unless the agent runs as root."""
+    command = ["shutdown", "-h", "now"]
+    return command if os.geteuid() == 0 else ["sudo", "-n", *command]
+
+
 def _protect_inherited_fds() -> None:
     """Make every inherited descriptor above 2 close-on-exec: posix_spawn closes nothing."""
     try:
@@ -2684,6 +2930,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task-read", action="append", default=[], help="a tree tasks may read")
     parser.add_argument("--task-path", action="append", default=[], help="a tree tasks may write")
     parser.add_argument("--protect", action="append", default=[], help="a tree no task may reach")
+    parser.add_argument(
+        "--imds-url", default=None, help="poll this IMDSv2 endpoint for spot notices (EC2)"
+    )
+    parser.add_argument("--imds-poll-seconds", type=float, default=IMDS_POLL_SECONDS)
+    parser.add_argument("--imds-timeout-seconds", type=float, default=IMDS_TIMEOUT_SECONDS)
+    parser.add_argument(
+        "--orphan-timeout-seconds",
+        type=float,
+        default=0.0,
+        help="with no request from the service for this long, kill every task and run the "
+        "orphan command (0: never)",
+    )
+    parser.add_argument(
+        "--orphan-command",
+        default=None,
+        help="split like a shell would (no shell runs it); default: shutdown -h now "
+        "(sudo -n unless root)",
+    )
     args = parser.parse_args(argv)
     _protect_inherited_fds()
     set_not_dumpable()  # same-user processes cannot read this agent's environ or memory
@@ -2702,6 +2966,11 @@ def main(argv: list[str] | None = None) -> int:
         prep_mode=args.prep_mode,
         disk_reserve_bytes=args.disk_reserve_bytes,
         confinement=confinement,
+        imds_url=args.imds_url,
+        imds_poll_seconds=args.imds_poll_seconds,
+        imds_timeout_seconds=args.imds_timeout_seconds,
+        orphan_timeout_seconds=args.orphan_timeout_seconds,
+        orphan_command=shlex.split(args.orphan_command) if args.orphan_command else None,
     )
     return agent.serve()
 

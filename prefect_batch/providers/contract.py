@@ -16,7 +16,8 @@ A pool names its node source by ``nodeAgentSKUId`` (``batch.node.local``,
    root through an agent, or give the machine back. Called once per departure and idempotent on
    its ``request_id``: calling it again with the same id does nothing more.
 4. :meth:`NodeProvider.watch`: a provider that learns of losses on its own (a machine that went
-   away, a preemption notice) reports them as :class:`ProviderEvent` from any thread.
+   away, a preemption notice, a recommendation to move off a machine) reports them as
+   :class:`ProviderEvent` from any thread.
 
 What differs between kinds is declared, not branched on: :attr:`NodeProvider.traits`
 (:class:`ProviderTraits`) say where node files are read from, how long a node that cannot be
@@ -141,7 +142,10 @@ class ProviderEvent:
             tasks are requeued without charging their retry count, a replacement is placed)
             or ``failed`` (a node placed at once whose machine could then not be had, e.g. a
             launch refused for capacity or quota: the node leaves, ``error`` becomes the
-            pool's resize error, and the pool is not grown again until its next resize).
+            pool's resize error, and the pool is not grown again until its next resize)
+            or ``draining`` (the machine will probably be reclaimed soon, e.g. a spot rebalance
+            recommendation: the node's ``schedulingState`` becomes ``disabled``, so it takes no
+            new task while its running tasks go on).
         code: An error code for the node's errors (``NodeMachineLost``, ...).
         message: What happened.
         error: For ``failed``: the pool's resize error (default ``AllocationFailed`` with

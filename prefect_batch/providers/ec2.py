@@ -30,14 +30,34 @@ of a node that EC2 terminated with ``Server.SpotInstanceTermination`` is reporte
 whose node the provider does not know is terminated. Releasing a node terminates its instance
 (idempotent on the request id).
 
+Spot notices come sooner from the instance itself: a spot node's agent is started with
+``--imds-url`` (``imdsUrl``, default ``http://169.254.169.254``) and polls the instance metadata
+service (IMDSv2) every ``imdsPollSeconds``. Its ``spot_notice`` events become provider events,
+each once per node: an interruption notice (``spot/instance-action``) is ``preempted`` (the
+node becomes ``preempted``, its tasks are requeued without charging a retry, a replacement is
+launched, and the watcher's later sight of the terminated instance reports nothing more); a
+rebalance recommendation (``events/recommendations/rebalance``) is ``draining`` (the node's
+``schedulingState`` becomes ``disabled``: it takes no new task, its running tasks go on).
+
+Every instance's agent is started with an orphan timeout (``orphanTimeoutSeconds``, default
+1800 s; 0: none): with no request from the service for that long (the engine pings every node
+every ``heartbeat_seconds``) it kills its tasks and runs ``orphanCommand`` (default ``shutdown
+-h now``, through ``sudo -n`` unless it runs as root); instances are launched with
+``InstanceInitiatedShutdownBehavior=terminate``, so a service that is gone does not leave them
+running for ever.
+
+Not done here: EventBridge interruption events (the agent's polling is the only early
+warning), and stop or hibernate interruption behaviours (spot instances are launched to
+terminate).
+
 ``sshEndpoints`` (``host:port``) stand in for the instances' addresses, the first one free for
 each launch: a lab behind a bastion, and the tests, which map instances to private sshd servers
 on loopback. Private keys are never stored: ``privateKeyPath`` names a file on the service's
 machine, ``privateKeySecretName`` a Prefect ``Secret`` block resolved when the provider is
 built. AWS credentials come from boto3's chain (environment, profile, instance role).
 
-What this module does not do: per-pool key pairs or security groups, IMDS spot notices, batches
-of several instances per ``run_instances`` call.
+What this module does not do: per-pool key pairs or security groups, batches of several
+instances per ``run_instances`` call.
 """
 
 from __future__ import annotations
@@ -110,6 +130,9 @@ CAPACITY_CODES = frozenset(
 QUOTA_CODES = frozenset({"InstanceLimitExceeded", "VcpuLimitExceeded"})
 SPOT_QUOTA_CODES = frozenset({"MaxSpotInstanceCountExceeded"})
 _LIVE_STATES = ("pending", "running")
+IMDS_URL = "http://169.254.169.254"
+_NOTICE_KINDS = {"interruption": "preempted", "rebalance": "draining"}
+"""An agent's spot_notice -> the ProviderEvent kind it becomes."""
 _KEY_FIELDS = ("privateKey", "private_key", "privateKeyPassphrase")
 
 
@@ -148,6 +171,25 @@ class EC2Template(BaseModel):
     ready_timeout_seconds: float = Field(600.0, gt=0, le=3600)
     poll_seconds: float = Field(15.0, ge=0.2, le=3600)
     connect_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    imds_url: str = Field(
+        IMDS_URL,
+        min_length=1,
+        description="The instance metadata service spot nodes' agents poll for notices.",
+    )
+    imds_poll_seconds: float = Field(5.0, ge=0.1, le=300)
+    orphan_timeout_seconds: float = Field(
+        1800.0,
+        ge=0,
+        le=7 * 86400,
+        description="An agent that hears nothing from the service for this long kills its "
+        "tasks and runs orphanCommand (0: never). Keep it well above the engine's heartbeat.",
+    )
+    orphan_command: str | None = Field(
+        None,
+        max_length=4096,
+        description="What an orphaned agent runs (default shutdown -h now, through sudo -n "
+        "unless the agent runs as root); instances terminate when they shut down.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -249,6 +291,8 @@ class EC2Provider(NodeProvider):
         self._light_lock = threading.Lock()
         self._groups: dict[str, str] = {}
         self._group_lock = threading.Lock()
+        self._noticed: set[tuple[str, str]] = set()
+        """(node, kind) reported from a spot notice (under _light_lock)."""
 
     # -- placement ---------------------------------------------------------------------------
 
@@ -453,6 +497,7 @@ class EC2Provider(NodeProvider):
             "node_root": t.node_root,
             "python": t.python,
             "connect_timeout_seconds": t.connect_timeout_seconds,
+            "agent_args": self._agent_args(node),
         }
         if t.known_hosts is not None:
             group["known_hosts"] = t.known_hosts
@@ -461,7 +506,64 @@ class EC2Provider(NodeProvider):
         elif t.private_key_path is not None:
             group["private_key_path"] = t.private_key_path
         source = SSHNodeSource(group, sku=self.sku)
+        on_event = self._hear_notices(node, str(record["instanceId"]), on_event)
         return source.start_agent_on(source.hosts[0].id, node.node_id, on_event, root=node.root)
+
+    # -- what an instance's agent says of it -----------------------------------------------------
+
+    def _agent_args(self, node: NodeRef) -> list[str]:
+        """The orphan timeout for every node; the metadata service for spot nodes only."""
+        t = self.template
+        args: list[str] = []
+        if t.orphan_timeout_seconds:
+            args += ["--orphan-timeout-seconds", f"{t.orphan_timeout_seconds:g}"]
+            if t.orphan_command:
+                args += ["--orphan-command", t.orphan_command]
+        if not node.dedicated:
+            args += ["--imds-url", t.imds_url, "--imds-poll-seconds", f"{t.imds_poll_seconds:g}"]
+        return args
+
+    def _hear_notices(
+        self, node: NodeRef, instance_id: str, on_event: EventCallback
+    ) -> EventCallback:
+        """``on_event``, with the agent's spot notices also reported as provider events."""
+
+        def deliver(msg: dict[str, Any]) -> None:
+            if msg.get("ev") == "spot_notice":
+                self._spot_notice(node, instance_id, msg)
+            on_event(msg)  # a service ignores an event it does not know
+
+        return deliver
+
+    def _spot_notice(self, node: NodeRef, instance_id: str, msg: Mapping[str, Any]) -> None:
+        """An interruption notice preempts the node; a rebalance recommendation drains it.
+
+        Each once per node: another agent of the node (a reconnect, a file read) and the
+        watcher's later sight of the terminated instance report nothing more.
+        """
+        kind = _NOTICE_KINDS.get(str(msg.get("notice")))
+        if kind is None or self._report is None:
+            return
+        with self._light_lock:
+            if (node.node_id, kind) in self._noticed:
+                return
+            self._noticed.add((node.node_id, kind))
+        if kind == "preempted":
+            event = ProviderEvent(
+                node.node_id,
+                "preempted",
+                "NodePreempted",
+                f"{instance_id}: spot interruption notice ({msg.get('action')} at {msg.get('at')})",
+            )
+        else:
+            event = ProviderEvent(
+                node.node_id,
+                "draining",
+                "NodeRebalanceRecommended",
+                f"{instance_id}: rebalance recommendation at {msg.get('at')}",
+            )
+        log.warning("%s", event.message)
+        self._report(event)
 
     def _give_up(self, node: NodeRef, instance_id: str, why: str) -> None:
         log.warning("terminating %s (node %s): not ready: %s", instance_id, node.node_id, why)
@@ -633,7 +735,9 @@ class EC2Provider(NodeProvider):
             reason = ((instance or {}).get("StateReason") or {}).get("Code", "")
             self.records.delete(_key(node_id))
             self._missing.pop(node_id, None)
-            if self._report is None:
+            with self._light_lock:
+                noticed = (node_id, "preempted") in self._noticed
+            if self._report is None or noticed:  # reported from its notice already
                 continue
             if reason == "Server.SpotInstanceTermination":
                 event = ProviderEvent(

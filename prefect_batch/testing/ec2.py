@@ -4,8 +4,11 @@
 and resets it afterwards; :func:`loopback_only` refuses every IPv4/IPv6 connect that is not to
 loopback (moto hands out 10.x and 54.x addresses: nothing may reach them); :func:`ec2_template`
 is an ``ec2`` node-source registration whose instances are the given sshd servers, in launch
-order. AWS credentials are the caller's to set (any values do for moto). Nothing here imports
-pytest.
+order. The agents on those "instances" run on this machine, outside any connect guard: the
+template points their metadata service at loopback (:data:`NO_IMDS`, where nothing answers,
+unless a test gives a fake's URL; never 169.254.169.254) and their orphan command at ``true``
+(never a shutdown). AWS credentials are the caller's to set (any values do for moto). Nothing
+here imports pytest.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from typing import Any
 
 from prefect_batch.testing.sshd import SSHServers
 
-__all__ = ["REGION", "ec2_template", "loopback_only", "moto_ec2"]
+__all__ = ["NO_IMDS", "REGION", "ec2_template", "loopback_only", "moto_ec2"]
 
 REGION = "us-east-1"
+NO_IMDS = "http://127.0.0.1:9"
+"""A metadata service URL on loopback that refuses connections (the discard port)."""
 
 
 @contextmanager
@@ -85,5 +90,7 @@ def ec2_template(
         "privateKeyPath": str(servers.client_key_path),
         "knownHosts": str(known_hosts),
         "nodeRoot": str(node_root),
+        "imdsUrl": NO_IMDS,
+        "orphanCommand": "true",
         **extra,
     }

@@ -395,13 +395,20 @@ class NodeMixin:
         Either way the node's running tasks are requeued (``requeueCount`` + 1, ``retryCount``
         unchanged), the provider is asked to release the node once, and the pool's next pass
         places a replacement. A lost node leaves the pool; a preempted one stays listed as
-        ``preempted`` for ``PREEMPTED_SHOWN_SECONDS``.
+        ``preempted`` for ``PREEMPTED_SHOWN_SECONDS``. A draining node only stops taking new
+        tasks (``schedulingState`` ``disabled``; it shows ``offline`` once idle).
         """
         rt = next((r for r in self._nodes.values() if r.node_id == event.node_id), None)
         if rt is None:
             log.debug("provider event for a node this engine does not hold: %s", event)
             return
         log.warning("node %s %s: %s", rt.node_id, event.kind, event.message)
+        if event.kind == "draining":  # as disableScheduling with taskcompletion
+            rt.schedulable = False
+            conn.execute(
+                update(nodes).where(nodes.c.pk == rt.pk).values(scheduling_state="disabled")
+            )
+            return
         in_flight = lifecycle.running_task_rows(conn, rt.pk)
         lifecycle.requeue_tasks(conn, in_flight, now)
         if event.kind == "preempted":
