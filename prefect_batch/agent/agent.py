@@ -1049,21 +1049,71 @@ class Confinement:
             out += self._allowed(os.path.join(real, name), access)
         return out
 
-    def task_rules(self, dirs: list, env: dict) -> list:
-        """The rules of one task: the base, its directories, and its PATH's directories."""
-        rules = list(self.base)
-        for entry in (env.get("PATH") or "").split(":"):
+    def _path_rules(self, path_var: str) -> list:
+        """Rules for the directories of a task's ``PATH`` (and a pyenv root above ``shims``)."""
+        rules: list = []
+        for entry in path_var.split(":"):
             if entry.startswith("/"):
                 rules += self._allowed(entry, _LL_RO)
                 if os.path.basename(entry.rstrip("/")) == "shims":  # pyenv: its root too
                     rules += self._allowed(os.path.dirname(entry.rstrip("/")), _LL_RO)
+        return rules
+
+    def task_rules(self, dirs: list, env: dict) -> list:
+        """The rules of one task: the base, its directories, and its PATH's directories."""
+        rules = list(self.base) + self._path_rules(env.get("PATH") or "")
         for d in dirs:
             rules.append((os.path.realpath(d), _LL_ALL))
         rules += list(DEVICE_FILES)
         return rules
 
+    def _held(self, rules: list) -> list:
+        """``(O_PATH descriptor, access)`` for each rule whose path exists, opened once.
+
+        The descriptors stay open for the agent's life, so a task's ruleset is built from
+        them with one syscall per rule, without a path walk.
+        """
+        held = []
+        for path, access in rules:
+            try:
+                pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            isdir = stat.S_ISDIR(os.fstat(pfd).st_mode)
+            held.append((pfd, access & (self.fs if isdir else self.fs & _LL_FILE_ONLY)))
+        return held
+
+    def _common(self, path_var: str) -> list:
+        """The held rules every task with this ``PATH`` shares (the base, PATH, devices)."""
+        cache = self.__dict__.setdefault("_common_rules", {})
+        found = cache.get(path_var)
+        if found is None:
+            if len(cache) >= 32:  # a bounded cache: tasks rarely vary their PATH
+                for pfd, _ in cache.pop(next(iter(cache))):
+                    os.close(pfd)
+            rules = list(self.base) + self._path_rules(path_var) + list(DEVICE_FILES)
+            found = cache[path_var] = self._held(rules)
+        return found
+
+    def build_for(self, dirs: list, env: dict) -> int:
+        """A task's ruleset (as ``build(task_rules(dirs, env))``) from held descriptors."""
+        own = self._held([(os.path.realpath(d), _LL_ALL) for d in dirs])
+        try:
+            return self._ruleset(self._common(env.get("PATH") or "") + own)
+        finally:
+            for pfd, _ in own:
+                os.close(pfd)
+
     def build(self, rules: list) -> int:
         """A ruleset file descriptor (O_CLOEXEC) for ``rules``; the caller closes it."""
+        held = self._held(rules)
+        try:
+            return self._ruleset(held)
+        finally:
+            for pfd, _ in held:
+                os.close(pfd)
+
+    def _ruleset(self, held: list) -> int:
         ct = self.ct
         attr = self.Attr(self.fs, 0, self.scoped)
         fd = int(self._syscall(_LL_CREATE, ct.byref(attr), ct.c_size_t(24), ct.c_uint32(0)))
@@ -1071,20 +1121,11 @@ class Confinement:
             e = ct.get_errno()
             raise OSError(e, "landlock_create_ruleset: " + os.strerror(e))
         try:
-            for path, access in rules:
-                try:
-                    pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-                except OSError:
-                    continue
-                try:
-                    isdir = stat.S_ISDIR(os.fstat(pfd).st_mode)
-                    acc = access & (self.fs if isdir else self.fs & _LL_FILE_ONLY)
-                    rule = self.Beneath(acc, pfd)
-                    if self._syscall(_LL_ADD, fd, 1, ct.byref(rule), 0) < 0:
-                        e = ct.get_errno()
-                        raise OSError(e, "landlock_add_rule " + path + ": " + os.strerror(e))
-                finally:
-                    os.close(pfd)
+            for pfd, acc in held:
+                rule = self.Beneath(acc, pfd)
+                if self._syscall(_LL_ADD, fd, 1, ct.byref(rule), 0) < 0:
+                    e = ct.get_errno()
+                    raise OSError(e, "landlock_add_rule: " + os.strerror(e))
         except BaseException:
             os.close(fd)
             raise
@@ -2129,14 +2170,18 @@ class Agent:
             if self.confinement is not None and p.confine:
                 ruleset, preexec = self._sandbox(p, env)
             start = time.time()
-            if preexec is None and self.spawn_mode == "posix_spawn":
+            if self.spawn_mode == "posix_spawn":
                 try:
-                    pid = self._posix_spawn(path, argv, env, wd, p.out, p.err)
+                    if preexec is None:
+                        pid = self._posix_spawn(path, argv, env, wd, p.out, p.err)
+                    else:
+                        pid = self._confined_spawn(preexec, path, argv, env, wd, p.out, p.err)
+                        preexec = None
                 except NotImplementedError:  # no POSIX_SPAWN_SETSID here
                     self.spawn_mode = "popen"
             if preexec is not None or self.spawn_mode == "popen":
-                # A confined task needs preexec_fn (Landlock is applied in the child), so it
-                # always goes through Popen; preexec_fn=None is Popen's own default.
+                # Without posix_spawn a confined task goes through Popen, with the restrictions
+                # applied in the child (preexec_fn=None is Popen's own default).
                 popen = subprocess.Popen(
                     argv,
                     executable=path,
@@ -2230,9 +2275,43 @@ class Agent:
         dirs = [p.task_dir, self.root + "/shared", self.root + "/startup"]
         if p.prep_dir is not None:
             dirs.append(p.prep_dir)
-        rules = self.confinement.task_rules(dirs, env)
-        ruleset = self.confinement.build(rules)
+        ruleset = self.confinement.build_for(dirs, env)
         return ruleset, self.confinement.preexec(ruleset)
+
+    def _confined_spawn(
+        self,
+        restrict: Callable[[], None],
+        path: str,
+        argv: list[str],
+        env: dict[str, str],
+        wd: str,
+        out: int,
+        err: int,
+    ) -> int:
+        """``posix_spawn`` from a thread of its own that first confines itself.
+
+        The capability bounding set, ``no_new_privs`` and a Landlock domain are attributes of
+        a thread, and a process inherits those of the thread that created it: a fresh thread
+        takes the task's restrictions, spawns it and ends, and the agent's other threads keep
+        theirs. (``preexec_fn`` would do the same in a forked child, at several times the
+        cost of a spawn.) The loop waits for the thread, so the working directory it sets is
+        used by nobody else meanwhile.
+        """
+        done: dict[str, Any] = {}
+
+        def spawn() -> None:
+            try:
+                restrict()
+                done["pid"] = self._posix_spawn(path, argv, env, wd, out, err)
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop's thread
+                done["error"] = exc
+
+        thread = threading.Thread(target=spawn, name="prefect-batch-confined-spawn")
+        thread.start()
+        thread.join()
+        if "error" in done:
+            raise done["error"]
+        return int(done["pid"])
 
     def _posix_spawn(
         self, path: str, argv: list[str], env: dict[str, str], wd: str, out: int, err: int

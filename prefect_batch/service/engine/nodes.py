@@ -39,7 +39,7 @@ from prefect_batch.core.states import (
     NodeState,
     TaskExecutionResult,
 )
-from prefect_batch.exceptions import AgentError
+from prefect_batch.exceptions import AgentError, IllegalTransitionError
 from prefect_batch.providers.base import hello
 from prefect_batch.providers.contract import (
     NodeProvider,
@@ -64,7 +64,7 @@ from prefect_batch.service.ops.quotas import AgentStartLimiter, node_room
 from prefect_batch.service.rows import lifecycle
 from prefect_batch.service.rows.common import iso, new_node_id, node_source_of
 from prefect_batch.service.rows.providers import ProviderDirectory, machines_in_use
-from prefect_batch.service.rows.statewrites import POOL_SETTLED
+from prefect_batch.service.rows.statewrites import POOL_SETTLED, strict
 from prefect_batch.store.schema import nodes, pools, tasks
 
 if TYPE_CHECKING:
@@ -205,12 +205,17 @@ class NodeMixin:
     def _set_state(
         self, conn: Any, rt: NodeRuntime, target: NodeState, now: float, **values: Any
     ) -> None:
-        """Move a node along a legal edge of ``NODE_TRANSITIONS`` (illegal ones are logged)."""
+        """Move a node along a legal edge of ``NODE_TRANSITIONS``.
+
+        An illegal edge is refused and logged (nothing is written); in strict mode
+        (``PREFECT_BATCH_STRICT_STATES=1``, the test suite) it raises ``IllegalTransitionError``.
+        """
         current = NodeState(rt.state)
         if target != current and target not in NODE_TRANSITIONS[current]:
-            log.error(
-                "node %s: illegal transition %s -> %s", rt.node_id, current.value, target.value
-            )
+            message = f"node {rt.node_id}: illegal transition {current.value} -> {target.value}"
+            if strict():
+                raise IllegalTransitionError(message)
+            log.error("%s", message)
             return
         if target != current:
             values.update(state=target.value, state_transition_time=now)
