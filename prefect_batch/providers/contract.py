@@ -141,11 +141,15 @@ class ProviderEvent:
             tasks are requeued without charging their retry count, a replacement is placed)
             or ``failed`` (a node placed at once whose machine could then not be had, e.g. a
             launch refused for capacity or quota: the node leaves, ``error`` becomes the
-            pool's resize error, and the pool is not grown again until its next resize).
+            pool's resize error, and the pool is not grown again until its next resize)
+            or ``unusable`` (a placed node whose machine never became ready within the
+            provider's bound of launches: the node stays ``unusable`` with the failed start
+            as its error, ``error`` becomes the pool's resize error, and the pool is not grown
+            again until its next resize).
         code: An error code for the node's errors (``NodeMachineLost``, ...).
         message: What happened.
-        error: For ``failed``: the pool's resize error (default ``AllocationFailed`` with
-            ``message``).
+        error: For ``failed`` and ``unusable``: the pool's resize error (default
+            ``AllocationFailed`` with ``message``).
     """
 
     node_id: str

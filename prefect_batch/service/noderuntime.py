@@ -401,6 +401,9 @@ class NodeMixin:
             log.debug("provider event for a node this engine does not hold: %s", event)
             return
         log.warning("node %s %s: %s", rt.node_id, event.kind, event.message)
+        if event.kind == "unusable":  # the node stays (its failed start says why)
+            self._placement_failed(conn, rt.pool_pk, event, now)
+            return
         in_flight = lifecycle.running_task_rows(conn, rt.pk)
         lifecycle.requeue_tasks(conn, in_flight, now)
         if event.kind == "preempted":
