@@ -232,8 +232,10 @@ def _clients(template: EC2Template) -> tuple[Any, Any]:
 
     session = boto3.session.Session(region_name=template.region_name)
     common = {"endpoint_url": template.endpoint_url}
-    patient = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10)
-    hasty = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=10)
+    # ``total_max_attempts`` counts the first call; ``max_attempts`` in ``retries`` would count
+    # retries only (1 would send a launch twice).
+    patient = Config(retries={"mode": "standard", "total_max_attempts": 8}, connect_timeout=10)
+    hasty = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=10)
     return (
         session.client("ec2", config=patient, **common),
         session.client("ec2", config=hasty, **common),

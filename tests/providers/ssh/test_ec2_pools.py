@@ -753,7 +753,7 @@ def test_a_throttled_launch_fails_the_start_and_the_next_start_launches_with_its
     monkeypatch.setattr(InstanceBackend, "run_instances", throttled_once)
     _pool(client, "busy", template["name"], 1)
     (node,) = wait_for_nodes(client, "busy", 1, timeout=90)
-    assert len(tokens) == 2 and tokens[0] == tokens[1]  # not retried by the client; same token
+    assert len(tokens) == 2 and tokens[0] == tokens[1]  # the next start, with the same token
     pool = client.get_pool("busy")
     assert not pool.resize_errors and pool.current_dedicated_nodes == 1
     assert len(_instances(ec2, template["name"])) == 1
