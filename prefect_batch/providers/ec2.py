@@ -1,43 +1,73 @@
 """The ``ec2`` kind of node source: EC2 instances, on-demand and spot, as the nodes of a pool.
 
 An account registers an EC2 template (:class:`EC2Template`: AMI, instance type, subnets tried
-in order, security groups, key pair, SSH login, region, ``endpointUrl`` for any EC2-compatible
+in order, security groups, key, SSH login, region, ``endpointUrl`` for any EC2-compatible
 endpoint) and pools name it ``batch.node.ec2.<name>``. Each node is one instance:
 ``targetDedicatedNodes`` are on-demand, ``targetLowPriorityNodes`` spot. The instance's agent is
 started over SSH exactly as on an SSH host (:class:`~prefect_batch.providers.ssh.SSHNodeSource`,
 host keys verified), so everything after the launch is the SSH kind's.
 
+Keys. A template either names its private key (``privateKeyPath``, a file on the service's
+machine, or ``privateKeySecretName``, a Prefect ``Secret`` block resolved when the provider is
+built; with ``keyPairName`` when EC2 is to install it, without when the AMI or user data does),
+or names no key at all: then each pool gets an ed25519 key pair of its own,
+``prefect-batch-<account>-<source>-<pool>`` (in the characters EC2 takes, at most 255), tagged
+with the account, source and pool, made on the pool's first launch under a lock and recorded
+before any instance is launched with it. Its private key is kept in the provider's records
+(the store's ``provider_records`` table, as plain JSON: providers are given no sealing key),
+never logged, and is what the SSH join uses, so a restarted service still reaches the pool's
+instances. A key pair of that name that this source tagged but whose private key is not
+recorded (a create whose answer was lost) is deleted and made again; an untagged one is refused.
+Deleting the pool deletes its key pair by name, then any left with its tags, then the record;
+doing so again is harmless. ``keyPairName`` without a private key, or both a path and a Secret,
+is refused at registration, naming the field.
+
 Launches (:meth:`EC2Provider.connect`, on a start worker):
 
 * every instance carries, in ``TagSpecifications`` at launch (never added later), the account,
   the source, the pool, the node id and its launch token (``prefect-batch:*`` tags);
-* the ``ClientToken`` is derived from the node, the attempt and the subnet, and recorded in the
-  provider's records **before** the call, so a call retried after a timeout launches nothing
-  twice; an instance already tagged with the node is adopted instead of launching again (a
-  service that stopped between ``run_instances`` and its record);
+* the ``ClientToken`` is derived from the node, the number of its launches so far and the
+  subnet, and recorded in the provider's records **before** the call, so a call retried after a
+  timeout or a throttle launches nothing twice; an instance already tagged with the node is
+  adopted instead of launching again (a service that stopped between ``run_instances`` and its
+  record);
 * a capacity error moves to the next subnet; after the last, or on a quota error, the node is
   reported ``failed`` with Azure's resize error (``AllocationFailed``,
   ``AccountCoreQuotaReached``, ``AccountLowPriorityCoreQuotaReached``; the AWS code and message
   in its values) and the pool is not grown again until its next resize;
-* launches use a client that does not retry; describe and terminate retry (throttling, 5xx)
-  with botocore's standard jittered backoff;
+* launches use a client that sends each call once; describe, terminate and the key pair and
+  security group calls retry (throttling, 5xx) with botocore's standard jittered backoff, up to
+  8 attempts;
+* a throttled ``run_instances`` (``RequestLimitExceeded``, ``Throttling``, ...) is not retried
+  by the client and is not a resize error: the start fails (the node is ``unusable`` for the
+  moment, its error says throttled), nothing counts as launched, and the engine's next start,
+  after its backoff, sends the same call with the same client token. Other unknown AWS errors
+  are handled the same way;
 * an instance whose SSH does not answer within ``readyTimeoutSeconds`` is terminated and the
-  start fails; the engine's next start launches a replacement.
+  start fails; the engine's next start launches a replacement, at most ``maxLaunchAttempts``
+  instances per node in all (counted in the node's record). When the last of them never
+  answered, the node is reported ``unusable`` (it stays, unusable, and every later start fails
+  at once, launching nothing) and its pool gets ``AllocationTimedOut`` naming the node and the
+  instances, and is not grown again until its next resize. Removing the node (or the pool)
+  clears the count.
 
 A watcher thread (every ``pollSeconds``) describes the source's instances by tag: an instance
 of a node that EC2 terminated with ``Server.SpotInstanceTermination`` is reported
-``preempted``, any other that went away ``lost``; a running instance tagged for this source
-whose node the provider does not know is terminated. Releasing a node terminates its instance
-(idempotent on the request id).
+``preempted``, any other that went away ``lost`` (not one the provider itself terminated for
+not being ready); a running instance tagged for this source whose node the provider does not
+know is terminated. Releasing a node terminates its instance (idempotent on the request id).
+
+A pool with ``enableInterNodeCommunication`` gets a security group of its own (members reach
+each other on 1101-65535, SSH only from ``sshCidrs``), deleted with the pool after a last sweep.
 
 ``sshEndpoints`` (``host:port``) stand in for the instances' addresses, the first one free for
 each launch: a lab behind a bastion, and the tests, which map instances to private sshd servers
-on loopback. Private keys are never stored: ``privateKeyPath`` names a file on the service's
-machine, ``privateKeySecretName`` a Prefect ``Secret`` block resolved when the provider is
-built. AWS credentials come from boto3's chain (environment, profile, instance role).
+on loopback. AWS credentials come from boto3's chain (environment, profile, instance role).
 
-What this module does not do: per-pool key pairs or security groups, IMDS spot notices, batches
-of several instances per ``run_instances`` call.
+What this module does not do: IMDS spot notices; batches of several instances per
+``run_instances`` call; rotating a pool's key pair while the pool lives; encrypting the pool
+key at rest beyond what the store's database gives (a reader of ``provider_records`` can read
+it); a retry budget for throttled launches other than the engine's start backoff.
 """
 
 from __future__ import annotations
