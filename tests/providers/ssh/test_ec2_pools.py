@@ -476,6 +476,25 @@ def authorize_launch_keys(servers: SSHServers, monkeypatch: pytest.MonkeyPatch) 
         servers.authorized_keys.write_text(before)
 
 
+@pytest.fixture
+def cleaned_up(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The pools whose provider cleanup (``pool_deleted``) has finished, so a test can wait for
+    it before moto stops."""
+    from prefect_batch.providers.ec2 import EC2Provider
+
+    done: list[str] = []
+    real = EC2Provider.pool_deleted
+
+    def recording(self: Any, pool: Any, **kwargs: Any) -> None:
+        try:
+            real(self, pool, **kwargs)
+        finally:
+            done.append(pool.pool_id)
+
+    monkeypatch.setattr(EC2Provider, "pool_deleted", recording)
+    return done
+
+
 def _pool_key_pairs(ec2: Any, pool_id: str) -> list[dict[str, Any]]:
     return ec2.describe_key_pairs(
         Filters=[{"Name": "tag:prefect-batch:pool", "Values": [pool_id]}]
@@ -489,6 +508,7 @@ def test_a_template_without_a_key_gives_each_pool_a_key_pair_deleted_with_it(
     moto_url: str,
     tmp_path: Path,
     authorize_launch_keys: list[str],
+    cleaned_up: list[str],
 ) -> None:
     template = _keyless(_template(servers, ec2, moto_url, tmp_path))
     client.create_node_source(template)
@@ -523,6 +543,7 @@ def test_a_template_without_a_key_gives_each_pool_a_key_pair_deleted_with_it(
         == []
     )
     wait_until(lambda: _instances(ec2, name) == [], timeout=30, message="instances terminated")
+    wait_until(lambda: "keyed" in cleaned_up, timeout=60, message="the pool cleaned up")
 
 
 def test_a_pool_key_is_made_once_survives_a_restart_and_is_remade_if_its_key_was_lost(
@@ -675,6 +696,7 @@ def test_an_instance_that_never_answers_is_replaced_at_most_max_launch_attempts_
     tmp_path: Path,
     dead_endpoint: str,
     monkeypatch: pytest.MonkeyPatch,
+    cleaned_up: list[str],
 ) -> None:
     template = _template(
         servers,
@@ -724,7 +746,7 @@ def test_an_instance_that_never_answers_is_replaced_at_most_max_launch_attempts_
     assert _instances(ec2, name) == []  # each one terminated
     assert client.get_pool("silent").allocation_state == "steady"
     client.delete_pool("silent")
-    wait_until(lambda: not client.pool_exists("silent"), timeout=60, message="pool deleted")
+    wait_until(lambda: "silent" in cleaned_up, timeout=60, message="the pool cleaned up")
     assert len(launches) == 3
 
 
@@ -738,6 +760,7 @@ def test_a_throttled_launch_fails_the_start_and_the_next_start_launches_with_its
     moto_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    cleaned_up: list[str],
 ) -> None:
     template = _template(servers, ec2, moto_url, tmp_path)
     client.create_node_source(template)
@@ -758,4 +781,5 @@ def test_a_throttled_launch_fails_the_start_and_the_next_start_launches_with_its
     assert not pool.resize_errors and pool.current_dedicated_nodes == 1
     assert len(_instances(ec2, template["name"])) == 1
     client.delete_pool("busy")
-    wait_until(lambda: _instances(ec2, template["name"]) == [], timeout=60, message="cleaned up")
+    wait_until(lambda: "busy" in cleaned_up, timeout=60, message="the pool cleaned up")
+    assert _instances(ec2, template["name"]) == []
