@@ -317,6 +317,7 @@ class EC2Provider(NodeProvider):
         self._groups: dict[str, str] = {}
         self._group_lock = threading.Lock()
         self._keys: dict[str, tuple[str, str]] = {}  # pool -> (key pair name, private key)
+        self._given_up: set[str] = set()  # nodes reported unusable (never ready)
         self._key_lock = threading.Lock()
 
     # -- placement ---------------------------------------------------------------------------
@@ -358,6 +359,8 @@ class EC2Provider(NodeProvider):
         if not record.get("instanceId"):
             launched = list(record.get("launched") or [])
             if len(launched) >= self.template.max_launch_attempts:
+                if node.node_id not in self._given_up:  # e.g. a restarted service: tell once
+                    self._report_never_ready(node, launched, "no instance answered SSH")
                 raise AgentError(
                     f"AllocationTimedOut: node {node.node_id}: gave up after {len(launched)} "
                     f"instances ({', '.join(launched)}) that never answered SSH; no more are "
@@ -395,6 +398,9 @@ class EC2Provider(NodeProvider):
 
     def _never_ready(self, node: NodeRef, launched: Sequence[str], why: str) -> NoReturn:
         """The node's last launch never answered: it stays unusable, its pool is told why."""
+        raise AgentError(self._report_never_ready(node, launched, why))
+
+    def _report_never_ready(self, node: NodeRef, launched: Sequence[str], why: str) -> str:
         text = self._never_ready_text(node, launched)
         error = ResizeError(
             "AllocationTimedOut",
@@ -402,8 +408,9 @@ class EC2Provider(NodeProvider):
             {"nodeId": node.node_id, "instanceIds": ",".join(launched), "lastError": why},
         )
         if self._report is not None:
+            self._given_up.add(node.node_id)
             self._report(ProviderEvent(node.node_id, "unusable", "AllocationTimedOut", text, error))
-        raise AgentError(text)
+        return text
 
     def attach(self, node: NodeRef, on_event: EventCallback) -> AgentConnection:
         """An agent session on the node's running instance (file reads); never launches."""
@@ -804,6 +811,7 @@ class EC2Provider(NodeProvider):
             ]
         self._terminate(ids)
         self.records.delete(_key(node.node_id))
+        self._given_up.discard(node.node_id)
 
     def _terminate(self, ids: list[str]) -> None:
         if ids:  # never with an empty list: that would mean every instance

@@ -182,3 +182,21 @@ def test_a_quota_error_is_a_resize_error_unlike_a_throttle(provider: EC2Provider
     assert event.kind == "failed" and event.error is not None
     assert event.error.code == "AccountCoreQuotaReached"
     assert provider.records.get("node/n1") is None
+
+
+def test_a_node_out_of_launches_is_refused_without_a_call_and_reported_once(
+    provider: EC2Provider,
+) -> None:
+    # A service restarted after its last instance for n1 never answered (maxLaunchAttempts 3).
+    events: list[ProviderEvent] = []
+    provider.watch(events.append)
+    launches, looks = Wire(provider._launcher), Wire(provider._ec2)  # no answers: no calls
+    provider.records.put("node/n1", {"pool": "p", "launched": ["i-1", "i-2", "i-3"]})
+    for _ in range(2):
+        with pytest.raises(AgentError, match="AllocationTimedOut: node n1: gave up after 3"):
+            provider.connect(_node(), lambda msg: None)
+    assert launches.sent == [] and looks.sent == []
+    (event,) = events  # told once, not on every later start
+    assert (event.kind, event.code) == ("unusable", "AllocationTimedOut")
+    assert event.error is not None and event.error.code == "AllocationTimedOut"
+    assert dict(event.error.values)["instanceIds"] == "i-1,i-2,i-3"
