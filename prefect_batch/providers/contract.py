@@ -145,11 +145,15 @@ class ProviderEvent:
             pool's resize error, and the pool is not grown again until its next resize)
             or ``draining`` (the machine will probably be reclaimed soon, e.g. a spot rebalance
             recommendation: the node's ``schedulingState`` becomes ``disabled``, so it takes no
-            new task while its running tasks go on).
+            new task while its running tasks go on)
+            or ``unusable`` (a placed node whose machine never became ready within the
+            provider's bound of launches: the node stays ``unusable`` with the failed start
+            as its error, ``error`` becomes the pool's resize error, and the pool is not grown
+            again until its next resize).
         code: An error code for the node's errors (``NodeMachineLost``, ...).
         message: What happened.
-        error: For ``failed``: the pool's resize error (default ``AllocationFailed`` with
-            ``message``).
+        error: For ``failed`` and ``unusable``: the pool's resize error (default
+            ``AllocationFailed`` with ``message``).
     """
 
     node_id: str

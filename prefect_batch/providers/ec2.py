@@ -1,34 +1,64 @@
 """The ``ec2`` kind of node source: EC2 instances, on-demand and spot, as the nodes of a pool.
 
 An account registers an EC2 template (:class:`EC2Template`: AMI, instance type, subnets tried
-in order, security groups, key pair, SSH login, region, ``endpointUrl`` for any EC2-compatible
+in order, security groups, key, SSH login, region, ``endpointUrl`` for any EC2-compatible
 endpoint) and pools name it ``batch.node.ec2.<name>``. Each node is one instance:
 ``targetDedicatedNodes`` are on-demand, ``targetLowPriorityNodes`` spot. The instance's agent is
 started over SSH exactly as on an SSH host (:class:`~prefect_batch.providers.ssh.SSHNodeSource`,
 host keys verified), so everything after the launch is the SSH kind's.
 
+Keys. A template either names its private key (``privateKeyPath``, a file on the service's
+machine, or ``privateKeySecretName``, a Prefect ``Secret`` block resolved when the provider is
+built; with ``keyPairName`` when EC2 is to install it, without when the AMI or user data does),
+or names no key at all: then each pool gets an ed25519 key pair of its own,
+``prefect-batch-<account>-<source>-<pool>`` (in the characters EC2 takes, at most 255), tagged
+with the account, source and pool, made on the pool's first launch under a lock and recorded
+before any instance is launched with it. Its private key is kept in the provider's records
+(the store's ``provider_records`` table, as plain JSON: providers are given no sealing key),
+never logged, and is what the SSH join uses, so a restarted service still reaches the pool's
+instances. A key pair of that name that this source tagged but whose private key is not
+recorded (a create whose answer was lost) is deleted and made again; an untagged one is refused.
+Deleting the pool deletes its key pair by name, then any left with its tags, then the record;
+doing so again is harmless. ``keyPairName`` without a private key, or both a path and a Secret,
+is refused at registration, naming the field.
+
 Launches (:meth:`EC2Provider.connect`, on a start worker):
 
 * every instance carries, in ``TagSpecifications`` at launch (never added later), the account,
   the source, the pool, the node id and its launch token (``prefect-batch:*`` tags);
-* the ``ClientToken`` is derived from the node, the attempt and the subnet, and recorded in the
-  provider's records **before** the call, so a call retried after a timeout launches nothing
-  twice; an instance already tagged with the node is adopted instead of launching again (a
-  service that stopped between ``run_instances`` and its record);
+* the ``ClientToken`` is derived from the node, the number of its launches so far and the
+  subnet, and recorded in the provider's records **before** the call, so a call retried after a
+  timeout or a throttle launches nothing twice; an instance already tagged with the node is
+  adopted instead of launching again (a service that stopped between ``run_instances`` and its
+  record);
 * a capacity error moves to the next subnet; after the last, or on a quota error, the node is
   reported ``failed`` with Azure's resize error (``AllocationFailed``,
   ``AccountCoreQuotaReached``, ``AccountLowPriorityCoreQuotaReached``; the AWS code and message
   in its values) and the pool is not grown again until its next resize;
-* launches use a client that does not retry; describe and terminate retry (throttling, 5xx)
-  with botocore's standard jittered backoff;
+* launches use a client that sends each call once; describe, terminate and the key pair and
+  security group calls retry (throttling, 5xx) with botocore's standard jittered backoff, up to
+  8 attempts;
+* a throttled ``run_instances`` (``RequestLimitExceeded``, ``Throttling``, ...) is not retried
+  by the client and is not a resize error: the start fails (the node is ``unusable`` for the
+  moment, its error says throttled), nothing counts as launched, and the engine's next start,
+  after its backoff, sends the same call with the same client token. Other unknown AWS errors
+  are handled the same way;
 * an instance whose SSH does not answer within ``readyTimeoutSeconds`` is terminated and the
-  start fails; the engine's next start launches a replacement.
+  start fails; the engine's next start launches a replacement, at most ``maxLaunchAttempts``
+  instances per node in all (counted in the node's record). When the last of them never
+  answered, the node is reported ``unusable`` (it stays, unusable, and every later start fails
+  at once, launching nothing) and its pool gets ``AllocationTimedOut`` naming the node and the
+  instances, and is not grown again until its next resize. Removing the node (or the pool)
+  clears the count.
 
 A watcher thread (every ``pollSeconds``) describes the source's instances by tag: an instance
 of a node that EC2 terminated with ``Server.SpotInstanceTermination`` is reported
-``preempted``, any other that went away ``lost``; a running instance tagged for this source
-whose node the provider does not know is terminated. Releasing a node terminates its instance
-(idempotent on the request id).
+``preempted``, any other that went away ``lost`` (not one the provider itself terminated for
+not being ready); a running instance tagged for this source whose node the provider does not
+know is terminated. Releasing a node terminates its instance (idempotent on the request id).
+
+A pool with ``enableInterNodeCommunication`` gets a security group of its own (members reach
+each other on 1101-65535, SSH only from ``sshCidrs``), deleted with the pool after a last sweep.
 
 Spot notices come sooner from the instance itself: a spot node's agent is started with
 ``--imds-url`` (``imdsUrl``, default ``http://169.254.169.254``) and polls the instance metadata
@@ -52,12 +82,13 @@ terminate).
 
 ``sshEndpoints`` (``host:port``) stand in for the instances' addresses, the first one free for
 each launch: a lab behind a bastion, and the tests, which map instances to private sshd servers
-on loopback. Private keys are never stored: ``privateKeyPath`` names a file on the service's
-machine, ``privateKeySecretName`` a Prefect ``Secret`` block resolved when the provider is
-built. AWS credentials come from boto3's chain (environment, profile, instance role).
+on loopback. AWS credentials come from boto3's chain (environment, profile, instance role).
 
-What this module does not do: per-pool key pairs or security groups, batches of several
-instances per ``run_instances`` call.
+What this module does not do: batches of several instances per ``run_instances`` call (each
+instance carries its own node's tags from launch); rotating a pool's key pair while the pool
+lives; encrypting the pool key at rest beyond what the store's database gives (a reader of
+``provider_records`` can read it); a retry budget for throttled launches other than the
+engine's start backoff.
 """
 
 from __future__ import annotations
@@ -65,6 +96,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import re
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -129,6 +161,20 @@ CAPACITY_CODES = frozenset(
 """AWS codes after which the next subnet is tried."""
 QUOTA_CODES = frozenset({"InstanceLimitExceeded", "VcpuLimitExceeded"})
 SPOT_QUOTA_CODES = frozenset({"MaxSpotInstanceCountExceeded"})
+THROTTLE_CODES = frozenset(
+    {
+        "RequestLimitExceeded",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "EC2ThrottledException",
+        "TooManyRequestsException",
+        "SlowDown",
+    }
+)
+"""AWS codes of a call refused for its rate: a launch so refused fails the start, retryably."""
 _LIVE_STATES = ("pending", "running")
 IMDS_URL = "http://169.254.169.254"
 _NOTICE_KINDS = {"interruption": "preempted", "rebalance": "draining"}
@@ -148,7 +194,11 @@ class EC2Template(BaseModel):
     endpoint_url: str | None = Field(None, description="An EC2-compatible endpoint instead.")
     subnet_ids: list[str] = Field(default_factory=list, description="Subnets, tried in order.")
     security_group_ids: list[str] = Field(default_factory=list)
-    key_pair_name: str | None = Field(None, description="The EC2 key pair of the instances.")
+    key_pair_name: str | None = Field(
+        None,
+        description="The EC2 key pair of the instances; with no key named at all, each pool "
+        "gets a key pair of its own.",
+    )
     private_key_path: Path | None = Field(None, description="Its private key, on this machine.")
     private_key_secret_name: str | None = Field(None, description="Or a Prefect Secret block.")
     ssh_user: str = Field("ec2-user", min_length=1)
@@ -169,6 +219,13 @@ class EC2Template(BaseModel):
     user_data: str | None = Field(None, max_length=16384)
     iam_instance_profile: str | None = Field(None, description="An instance profile name.")
     ready_timeout_seconds: float = Field(600.0, gt=0, le=3600)
+    max_launch_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Instances launched for one node whose SSH never answers before the node "
+        "is given up on (unusable, AllocationTimedOut on its pool).",
+    )
     poll_seconds: float = Field(15.0, ge=0.2, le=3600)
     connect_timeout_seconds: float = Field(10.0, gt=0, le=300)
     imds_url: str = Field(
@@ -227,6 +284,15 @@ class EC2Template(BaseModel):
                 raise ValueError(f"tag {key!r} is reserved")
         return value
 
+    @property
+    def pool_keys(self) -> bool:
+        """No key named: each pool gets a key pair of its own, made by the provider."""
+        return (
+            self.key_pair_name is None
+            and self.private_key_path is None
+            and self.private_key_secret_name is None
+        )
+
     def endpoint(self, index: int) -> tuple[str, int]:
         host, _, port = self.ssh_endpoints[index].rpartition(":")
         return host, int(port)
@@ -239,8 +305,10 @@ def _clients(template: EC2Template) -> tuple[Any, Any]:
 
     session = boto3.session.Session(region_name=template.region_name)
     common = {"endpoint_url": template.endpoint_url}
-    patient = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10)
-    hasty = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=10)
+    # ``total_max_attempts`` counts the first call; ``max_attempts`` in ``retries`` would count
+    # retries only (1 would send a launch twice).
+    patient = Config(retries={"mode": "standard", "total_max_attempts": 8}, connect_timeout=10)
+    hasty = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=10)
     return (
         session.client("ec2", config=patient, **common),
         session.client("ec2", config=hasty, **common),
@@ -293,6 +361,9 @@ class EC2Provider(NodeProvider):
         self._group_lock = threading.Lock()
         self._noticed: set[tuple[str, str]] = set()
         """(node, kind) reported from a spot notice (under _light_lock)."""
+        self._keys: dict[str, tuple[str, str]] = {}  # pool -> (key pair name, private key)
+        self._given_up: set[str] = set()  # nodes reported unusable (never ready)
+        self._key_lock = threading.Lock()
 
     # -- placement ---------------------------------------------------------------------------
 
@@ -323,9 +394,23 @@ class EC2Provider(NodeProvider):
     # -- launch and join -----------------------------------------------------------------------
 
     def connect(self, node: NodeRef, on_event: EventCallback) -> AgentConnection:
-        """Launch the node's instance (or find it), wait for SSH, start the agent there."""
+        """Launch the node's instance (or find it), wait for SSH, start the agent there.
+
+        At most ``maxLaunchAttempts`` instances are launched for one node: once that many
+        never answered, the node is reported ``unusable`` (``AllocationTimedOut`` on its pool)
+        and every later start fails at once, launching nothing.
+        """
         record = self.records.get(_key(node.node_id)) or {}
         if not record.get("instanceId"):
+            launched = list(record.get("launched") or [])
+            if len(launched) >= self.template.max_launch_attempts:
+                if node.node_id not in self._given_up:  # e.g. a restarted service: tell once
+                    self._report_never_ready(node, launched, "no instance answered SSH")
+                raise AgentError(
+                    f"AllocationTimedOut: node {node.node_id}: gave up after {len(launched)} "
+                    f"instances ({', '.join(launched)}) that never answered SSH; no more are "
+                    "launched for it (remove the node, or resize the pool)"
+                )
             record = self._launch(node, record)
         instance_id = str(record["instanceId"])
         deadline = time.monotonic() + self.template.ready_timeout_seconds
@@ -336,12 +421,41 @@ class EC2Provider(NodeProvider):
                 raise
             except AgentError as exc:
                 if time.monotonic() > deadline or self._stop.is_set():
-                    self._give_up(node, instance_id, str(exc))
+                    launched = self._give_up(node, instance_id, str(exc))
+                    if (
+                        len(launched) >= self.template.max_launch_attempts
+                        and not self._stop.is_set()
+                    ):
+                        self._never_ready(node, launched, str(exc))
                     raise AgentError(
                         f"{instance_id} was not ready within "
                         f"{self.template.ready_timeout_seconds:g} s ({exc}); it is terminated"
                     ) from None
                 self._stop.wait(1.0)
+
+    def _never_ready_text(self, node: NodeRef, launched: Sequence[str]) -> str:
+        return (
+            f"AllocationTimedOut: node {node.node_id}: none of its {len(launched)} instances "
+            f"({', '.join(launched)}) answered SSH within "
+            f"{self.template.ready_timeout_seconds:g} s; each is terminated and no more are "
+            "launched for it"
+        )
+
+    def _never_ready(self, node: NodeRef, launched: Sequence[str], why: str) -> NoReturn:
+        """The node's last launch never answered: it stays unusable, its pool is told why."""
+        raise AgentError(self._report_never_ready(node, launched, why))
+
+    def _report_never_ready(self, node: NodeRef, launched: Sequence[str], why: str) -> str:
+        text = self._never_ready_text(node, launched)
+        error = ResizeError(
+            "AllocationTimedOut",
+            text,
+            {"nodeId": node.node_id, "instanceIds": ",".join(launched), "lastError": why},
+        )
+        if self._report is not None:
+            self._given_up.add(node.node_id)
+            self._report(ProviderEvent(node.node_id, "unusable", "AllocationTimedOut", text, error))
+        return text
 
     def attach(self, node: NodeRef, on_event: EventCallback) -> AgentConnection:
         """An agent session on the node's running instance (file reads); never launches."""
@@ -352,20 +466,28 @@ class EC2Provider(NodeProvider):
 
     def _launch(self, node: NodeRef, record: dict[str, Any]) -> dict[str, Any]:
         """Launch (or adopt) the node's instance; its record, ``instanceId`` included."""
+        launched = list(record.get("launched") or [])
         found = self._tagged(Filters=[_tag("node", node.node_id), _states(_LIVE_STATES)])
         if found:  # launched before its record was written: adopt it
             instance_id = str(found[0]["InstanceId"])
+            if instance_id not in launched:
+                launched.append(instance_id)
             adopted = self._put(
-                node.node_id, {"pool": node.pool_id, **record, "instanceId": instance_id}
+                node.node_id,
+                {"pool": node.pool_id, **record, "instanceId": instance_id, "launched": launched},
             )
             log.info("adopted %s for node %s", instance_id, node.node_id)
             return adopted
-        attempt = int(record.get("attempt", 0)) + 1
+        # The n-th launch of the node: a call retried after a timeout or a throttle keeps its
+        # client tokens (EC2 answers with the instance if the first call did launch one).
+        attempt = len(launched) + 1
         token = hashlib.sha256(
             f"{self.account}/{self.sku}/{node.pool_id}/{node.node_id}".encode()
         ).hexdigest()[:40]
         # Recorded before the call it protects.
-        record = self._put(node.node_id, {"pool": node.pool_id, "token": token, "attempt": attempt})
+        record = self._put(
+            node.node_id, {"pool": node.pool_id, "token": token, "launched": launched}
+        )
         subnets: list[str | None] = list(self.template.subnet_ids) or [None]
         last = ("", "")
         for index, subnet in enumerate(subnets):
@@ -379,6 +501,11 @@ class EC2Provider(NodeProvider):
                 if code in CAPACITY_CODES:
                     log.info("no capacity for %s in %s: %s", node.node_id, subnet, message)
                     continue
+                if code in THROTTLE_CODES:  # not a quota: the engine's next start retries
+                    raise AgentError(
+                        f"run_instances for {node.node_id} was throttled ({code}: {message}); "
+                        "the next start launches again"
+                    ) from None
                 if code in QUOTA_CODES or code in SPOT_QUOTA_CODES:
                     azure = (
                         "AccountCoreQuotaReached"
@@ -388,10 +515,10 @@ class EC2Provider(NodeProvider):
                     self._fail(node, azure, code, message)
                 raise AgentError(f"run_instances for {node.node_id}: {code}: {message}") from None
             instance_id = str(response["Instances"][0]["InstanceId"])
-            launched = {**record, "instanceId": instance_id}
-            self.records.put(_key(node.node_id), launched)
+            done = {**record, "instanceId": instance_id, "launched": [*launched, instance_id]}
+            self.records.put(_key(node.node_id), done)
             log.info("launched %s for node %s", instance_id, node.node_id)
-            return launched
+            return done
         self._fail(node, "AllocationFailed", *last)
 
     def _launch_params(self, node: NodeRef, token: str, subnet: str | None) -> dict[str, Any]:
@@ -429,6 +556,8 @@ class EC2Provider(NodeProvider):
             params["SecurityGroupIds"] = groups
         if t.key_pair_name:
             params["KeyName"] = t.key_pair_name
+        elif t.pool_keys:
+            params["KeyName"] = self._pool_key(node.pool_id)[0]
         if t.user_data:
             params["UserData"] = t.user_data
         if t.iam_instance_profile:
@@ -505,6 +634,9 @@ class EC2Provider(NodeProvider):
             group["private_key"] = self._private_key
         elif t.private_key_path is not None:
             group["private_key_path"] = t.private_key_path
+        elif t.pool_keys:
+            pool_id = str(record.get("pool") or node.pool_id)
+            group["private_key"] = self._pool_key(pool_id, make=False)[1]
         source = SSHNodeSource(group, sku=self.sku)
         on_event = self._hear_notices(node, str(record["instanceId"]), on_event)
         return source.start_agent_on(source.hosts[0].id, node.node_id, on_event, root=node.root)
@@ -565,13 +697,105 @@ class EC2Provider(NodeProvider):
         log.warning("%s", event.message)
         self._report(event)
 
-    def _give_up(self, node: NodeRef, instance_id: str, why: str) -> None:
+    def _give_up(self, node: NodeRef, instance_id: str, why: str) -> list[str]:
+        """Terminate an instance that never answered; the node's launches so far."""
         log.warning("terminating %s (node %s): not ready: %s", instance_id, node.node_id, why)
-        self._terminate([instance_id])
         record = self.records.get(_key(node.node_id)) or {}
-        self.records.put(
-            _key(node.node_id), {"attempt": record.get("attempt", 0), "pool": node.pool_id}
-        )
+        launched = list(record.get("launched") or [instance_id])
+        kept = {k: record[k] for k in ("token",) if k in record}
+        # The record first: the watcher then never takes this termination for a lost node.
+        self.records.put(_key(node.node_id), {**kept, "pool": node.pool_id, "launched": launched})
+        self._terminate([instance_id])
+        return launched
+
+    # -- a pool's own key pair ------------------------------------------------------------------
+
+    def _key_name(self, pool_id: str) -> str:
+        """``prefect-batch-<account>-<source>-<pool>``, in the characters EC2 takes, at most
+        255 (a longer one ends in a hash of the whole)."""
+        raw = f"prefect-batch-{self.account}-{self.template.name}-{pool_id}"
+        name = re.sub(r"[^A-Za-z0-9._-]", "-", raw)
+        if len(name) > 255:
+            name = f"{name[:242]}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+        return name
+
+    def _key_tags(self, pool_id: str) -> list[dict[str, str]]:
+        return [
+            {"Key": f"{TAG}account", "Value": self.account},
+            {"Key": f"{TAG}source", "Value": self.template.name},
+            {"Key": f"{TAG}pool", "Value": pool_id},
+        ]
+
+    def _pool_key(self, pool_id: str, *, make: bool = True) -> tuple[str, str]:
+        """(name, private key) of the pool's key pair: from memory, from its record, or made
+        (once, under a lock; recorded before any instance is launched with it).
+
+        A key pair of that name that we tagged but whose private key we do not have (made by a
+        call whose answer was lost) is deleted and made again; one we did not tag is refused.
+        """
+        with self._key_lock:
+            found = self._keys.get(pool_id)
+            if found is not None:
+                return found
+            name = self._key_name(pool_id)
+            record = self.records.get(_pool_key_record(pool_id)) or {}
+            if record.get("name") == name and record.get("privateKey"):
+                found = (name, str(record["privateKey"]))
+                self._keys[pool_id] = found
+                return found
+            if not make:
+                raise AgentError(f"the private key of pool {pool_id}'s key pair {name} is gone")
+            for pair in (
+                self._ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [name]}]).get(
+                    "KeyPairs"
+                )
+                or []
+            ):
+                tags = {t.get("Key"): t.get("Value") for t in pair.get("Tags") or []}
+                if {t["Key"]: t["Value"] for t in self._key_tags(pool_id)}.items() - tags.items():
+                    raise AgentError(
+                        f"a key pair named {name} exists that this source did not make: "
+                        "delete or rename it"
+                    )
+                log.warning("key pair %s has no private key here: making it again", name)
+                self._ec2.delete_key_pair(KeyName=name)
+            try:
+                made = self._ec2.create_key_pair(
+                    KeyName=name,
+                    KeyType="ed25519",
+                    TagSpecifications=[
+                        {"ResourceType": "key-pair", "Tags": self._key_tags(pool_id)}
+                    ],
+                )
+            except Exception as exc:  # noqa: BLE001 - one clear error; the next start retries
+                code, message = _aws_error(exc)
+                raise AgentError(
+                    f"cannot make the key pair {name} of pool {pool_id}: {code}: {message}"
+                ) from None
+            found = (name, str(made["KeyMaterial"]))
+            self.records.put(
+                _pool_key_record(pool_id),
+                {"name": name, "keyPairId": made.get("KeyPairId"), "privateKey": found[1]},
+            )
+            self._keys[pool_id] = found
+            log.info("made key pair %s for pool %s", name, pool_id)
+            return found
+
+    def _delete_pool_keys(self, pool_id: str) -> None:
+        """Delete the pool's key pair (by name, then any left with its tags) and its record.
+        Deleting one that is already gone is harmless."""
+        with self._key_lock:
+            record = self.records.get(_pool_key_record(pool_id)) or {}
+            names = {str(record["name"])} if record.get("name") else set()
+            tags = self._key_tags(pool_id)
+            filters = [{"Name": f"tag:{t['Key']}", "Values": [t["Value"]]} for t in tags]
+            pairs = self._ec2.describe_key_pairs(Filters=filters).get("KeyPairs") or []
+            names.update(str(p["KeyName"]) for p in pairs)
+            for name in sorted(names):
+                self._ec2.delete_key_pair(KeyName=name)
+                log.info("deleted key pair %s of pool %s", name, pool_id)
+            self.records.delete(_pool_key_record(pool_id))
+            self._keys.pop(pool_id, None)
 
     # -- a pool's own security group ------------------------------------------------------------
 
@@ -640,8 +864,10 @@ class EC2Provider(NodeProvider):
         return group_id
 
     def pool_deleted(self, pool: PoolRef, *, wait_seconds: float = 300.0) -> None:
-        """Terminate what is left of the pool, then delete its security group (retried while
-        EC2 still counts a terminating instance in it)."""
+        """Delete the pool's key pair, terminate what is left of the pool, then delete its
+        security group (retried while EC2 still counts a terminating instance in it).
+        Idempotent: a second call finds nothing left to delete."""
+        self._delete_pool_keys(pool.pool_id)
         deadline = time.monotonic() + wait_seconds
         while True:
             live = self._tagged(Filters=[_tag("pool", pool.pool_id), _states(_LIVE_STATES)])
@@ -688,6 +914,7 @@ class EC2Provider(NodeProvider):
             ]
         self._terminate(ids)
         self.records.delete(_key(node.node_id))
+        self._given_up.discard(node.node_id)
 
     def _terminate(self, ids: list[str]) -> None:
         if ids:  # never with an empty list: that would mean every instance
@@ -732,6 +959,10 @@ class EC2Provider(NodeProvider):
                 self._missing[node_id] = self._missing.get(node_id, 0) + 1
                 if self._missing[node_id] < 2:
                     continue
+            current = self.records.get(_key(node_id)) or {}
+            if current.get("instanceId") != record["instanceId"]:
+                self._missing.pop(node_id, None)
+                continue  # terminated by the provider itself (not ready) since it was read
             reason = ((instance or {}).get("StateReason") or {}).get("Code", "")
             self.records.delete(_key(node_id))
             self._missing.pop(node_id, None)
@@ -772,6 +1003,10 @@ class EC2Provider(NodeProvider):
 
 def _key(node_id: str) -> str:
     return f"node/{node_id}"
+
+
+def _pool_key_record(pool_id: str) -> str:
+    return f"pool-key/{pool_id}"
 
 
 def _tag(name: str, value: str) -> dict[str, Any]:
@@ -821,14 +1056,30 @@ def validate_registration(body: Any) -> dict[str, Any]:
         template = EC2Template.model_validate(fields)
     except ValidationError as exc:
         raise validation_error(exc) from exc
-    if (template.private_key_path is None) == (template.private_key_secret_name is None):
-        raise invalid_property(
-            "privateKeyPath",
-            str(template.private_key_path) if template.private_key_path else None,
-            "give privateKeyPath or privateKeySecretName (one of them)",
-        )
+    _check_keys(template)
     _check_against_ec2(template)
     return template.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _check_keys(template: EC2Template) -> None:
+    """No key at all (each pool gets its own key pair), or one private key: a file or a Secret
+    block, with ``keyPairName`` when EC2 is to install it (an AMI or user data may)."""
+    path = str(template.private_key_path) if template.private_key_path else None
+    if path is not None and template.private_key_secret_name is not None:
+        raise invalid_property(
+            "privateKeySecretName",
+            template.private_key_secret_name,
+            "give privateKeyPath or privateKeySecretName, not both",
+        )
+    no_key = path is None and template.private_key_secret_name is None
+    if template.key_pair_name is not None and no_key:
+        raise invalid_property(
+            "privateKeyPath",
+            None,
+            f"the key pair {template.key_pair_name!r} needs its private key: give "
+            "privateKeyPath or privateKeySecretName, or leave keyPairName out and each "
+            "pool gets a key pair of its own",
+        )
 
 
 def _check_against_ec2(template: EC2Template) -> None:

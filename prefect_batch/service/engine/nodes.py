@@ -414,6 +414,9 @@ class NodeMixin:
                 update(nodes).where(nodes.c.pk == rt.pk).values(scheduling_state="disabled")
             )
             return
+        if event.kind == "unusable":  # the node stays (its failed start says why)
+            self._placement_failed(conn, rt.pool_pk, event, now)
+            return
         in_flight = lifecycle.running_task_rows(conn, rt.pk)
         lifecycle.requeue_tasks(conn, in_flight, now)
         if event.kind == "preempted":

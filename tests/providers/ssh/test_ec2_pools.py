@@ -246,14 +246,23 @@ def test_a_spot_reclaim_preempts_the_node_and_requeues_its_task_without_a_retry(
     wait_until(lambda: _instances(ec2, template["name"]) == [], timeout=60, message="cleaned up")
 
 
-def _provider(servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path) -> Any:
+def _provider(
+    servers: SSHServers,
+    ec2: Any,
+    moto_url: str,
+    tmp_path: Path,
+    records: Any = None,
+    **extra: Any,
+) -> Any:
     from prefect_batch.providers.contract import MemoryRecords
     from prefect_batch.providers.ec2 import EC2Provider, EC2Template
 
-    spec = _template(servers, ec2, moto_url, tmp_path)
+    spec = _template(servers, ec2, moto_url, tmp_path, **extra)
     spec.pop("kind")
+    spec = {k: v for k, v in spec.items() if v is not None}
     template = EC2Template.model_validate(spec)
-    return EC2Provider(f"batch.node.ec2.{template.name}", template, "acct", MemoryRecords())
+    records = MemoryRecords() if records is None else records
+    return EC2Provider(f"batch.node.ec2.{template.name}", template, "acct", records)
 
 
 def test_an_instance_launched_before_its_record_is_adopted_not_launched_again(
@@ -427,3 +436,350 @@ def test_inter_node_communication_gets_a_security_group_of_the_pools_own(
     )
     assert refusals == [gid]
     assert _instances(ec2, name) == []
+
+
+# -- per-pool key pairs ---------------------------------------------------------------------
+
+
+def _keyless(template: dict[str, Any]) -> dict[str, Any]:
+    """The template without a key: each pool gets a key pair of its own."""
+    return {k: v for k, v in template.items() if k not in ("privateKeyPath", "keyPairName")}
+
+
+@pytest.fixture
+def authorize_launch_keys(servers: SSHServers, monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
+    """Do what EC2 does for a ``KeyName`` at launch: the instance (here every sshd) accepts the
+    key pair's public key. Yields the key names instances were launched with."""
+    from cryptography.hazmat.primitives import serialization
+
+    backend = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
+    real_run = InstanceBackend.run_instances
+    before = servers.authorized_keys.read_text()
+    names: list[str] = []
+
+    def run_instances(self: Any, *args: Any, **kwargs: Any) -> Any:
+        name = kwargs.get("key_name")
+        names.append(name)
+        if name:
+            private = serialization.load_ssh_private_key(backend.key_pairs[name].material, None)
+            public = private.public_key().public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            )
+            with servers.authorized_keys.open("a") as out:
+                out.write(public.decode() + f" {name}\n")
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(InstanceBackend, "run_instances", run_instances)
+    try:
+        yield names
+    finally:
+        servers.authorized_keys.write_text(before)
+
+
+@pytest.fixture
+def cleaned_up(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The pools whose provider cleanup (``pool_deleted``) has finished, so a test can wait for
+    it before moto stops."""
+    from prefect_batch.providers.ec2 import EC2Provider
+
+    done: list[str] = []
+    real = EC2Provider.pool_deleted
+
+    def recording(self: Any, pool: Any, **kwargs: Any) -> None:
+        try:
+            real(self, pool, **kwargs)
+        finally:
+            done.append(pool.pool_id)
+
+    monkeypatch.setattr(EC2Provider, "pool_deleted", recording)
+    return done
+
+
+def _pool_key_pairs(ec2: Any, pool_id: str) -> list[dict[str, Any]]:
+    return ec2.describe_key_pairs(
+        Filters=[{"Name": "tag:prefect-batch:pool", "Values": [pool_id]}]
+    )["KeyPairs"]
+
+
+def test_a_template_without_a_key_gives_each_pool_a_key_pair_deleted_with_it(
+    client: BatchClient,
+    servers: SSHServers,
+    ec2: Any,
+    moto_url: str,
+    tmp_path: Path,
+    authorize_launch_keys: list[str],
+    cleaned_up: list[str],
+) -> None:
+    template = _keyless(_template(servers, ec2, moto_url, tmp_path))
+    client.create_node_source(template)
+    name = template["name"]
+    (source,) = client.list_node_sources()
+    assert not {"privateKeyPath", "privateKeySecretName", "keyPairName"} & set(source.spec)
+    _pool(client, "keyed", name, 2)
+    nodes = wait_for_nodes(client, "keyed", 2, timeout=90)
+    key_name = f"prefect-batch-{client.account_name}-{name}-keyed"
+    (pair,) = _pool_key_pairs(ec2, "keyed")
+    assert pair["KeyName"] == key_name and pair["KeyType"] == "ed25519"
+    assert {t["Key"]: t["Value"] for t in pair["Tags"]} == {
+        "prefect-batch:account": client.account_name,
+        "prefect-batch:source": name,
+        "prefect-batch:pool": "keyed",
+    }
+    assert authorize_launch_keys == [key_name, key_name]  # one key pair for the pool's nodes
+    assert [i["KeyName"] for i in _instances(ec2, name)] == [key_name, key_name]
+    client.create_job({"id": "kj", "poolInfo": {"poolId": "keyed"}})
+    client.create_tasks("kj", [{"id": f"t{i}", "commandLine": "/bin/true"} for i in range(2)])
+    for i in range(2):
+        task = wait_for_task(client, "kj", f"t{i}", timeout=60)
+        assert task.execution_info.exit_code == 0
+        assert task.node_info.node_id in {n.id for n in nodes}
+    client.delete_pool("keyed")
+    wait_until(lambda: not client.pool_exists("keyed"), timeout=60, message="pool deleted")
+    wait_until(
+        lambda: _pool_key_pairs(ec2, "keyed") == [], timeout=60, message="the pool's key deleted"
+    )
+    assert (
+        ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [key_name]}])["KeyPairs"]
+        == []
+    )
+    wait_until(lambda: _instances(ec2, name) == [], timeout=30, message="instances terminated")
+    wait_until(lambda: "keyed" in cleaned_up, timeout=60, message="the pool cleaned up")
+
+
+def test_a_pool_key_is_made_once_survives_a_restart_and_is_remade_if_its_key_was_lost(
+    servers: SSHServers,
+    ec2: Any,
+    moto_url: str,
+    tmp_path: Path,
+    loopback_only: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+    import threading
+
+    from prefect_batch.exceptions import AgentError
+    from prefect_batch.providers.contract import MemoryRecords, PoolRef
+
+    caplog.set_level(logging.DEBUG, logger="prefect_batch")
+    records = MemoryRecords()
+    first = _provider(servers, ec2, moto_url, tmp_path, records, privateKeyPath=None)
+    assert first.template.pool_keys
+    made: list[str] = []
+    real_create = first._ec2.create_key_pair
+
+    def counting(**kwargs: Any) -> Any:
+        made.append(kwargs["KeyName"])
+        return real_create(**kwargs)
+
+    first._ec2.create_key_pair = counting
+    # Concurrent starts of the same pool's nodes: one key pair.
+    go = threading.Barrier(4)
+    got: list[tuple[str, str]] = []
+
+    def start() -> None:
+        go.wait()
+        got.append(first._pool_key("p"))
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 1 and len(set(got)) == 1
+    name, material = got[0]
+    assert material.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert records.get("pool-key/p") == {
+        "name": name,
+        "keyPairId": _pool_key_pairs(ec2, "p")[0]["KeyPairId"],
+        "privateKey": material,
+    }
+    # A restarted service (a new provider on the same records) reaches the instances with it.
+    restarted = _restarted(first)
+    restarted._ec2.create_key_pair = counting
+    assert restarted._pool_key("p", make=False) == (name, material)
+    assert len(made) == 1
+    # A key pair we tagged whose private key we never recorded is deleted and made again.
+    records.delete("pool-key/p")
+    again = _restarted(first)
+    with pytest.raises(AgentError, match="is gone"):
+        again._pool_key("p", make=False)
+    remade_name, remade = again._pool_key("p")
+    assert remade_name == name and remade != material
+    (pair,) = _pool_key_pairs(ec2, "p")
+    assert records.get("pool-key/p")["keyPairId"] == pair["KeyPairId"]
+    # One of that name that this source did not make is left alone.
+    foreign = again._key_name("q")
+    ec2.create_key_pair(KeyName=foreign, KeyType="ed25519")
+    with pytest.raises(AgentError, match="did not make"):
+        again._pool_key("q")
+    assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]].count(foreign) == 1
+    # Deleting the pool deletes its key pair; deleting it again is harmless.
+    pool = PoolRef(account="acct", pool_id="p", vm_size="t3.micro", task_slots_per_node=1)
+    again.pool_deleted(pool, wait_seconds=5)
+    assert _pool_key_pairs(ec2, "p") == [] and records.get("pool-key/p") is None
+    again.pool_deleted(pool, wait_seconds=5)
+    restarted.pool_deleted(pool, wait_seconds=5)  # one that still has it in memory, too
+    assert _pool_key_pairs(ec2, "p") == []
+    # A key made by a call whose answer was lost is found by its tags and deleted too.
+    ec2.create_key_pair(KeyName=again._key_name("p"), TagSpecifications=_key_tags(again, "p"))
+    again.pool_deleted(pool, wait_seconds=5)
+    assert _pool_key_pairs(ec2, "p") == []
+    body = material.splitlines()[1]
+    assert body not in caplog.text and remade.splitlines()[1] not in caplog.text
+    assert loopback_only == []
+
+
+def _restarted(provider: Any) -> Any:
+    """The provider a restarted service builds: the same template, account and records."""
+    return type(provider)(provider.sku, provider.template, provider.account, provider.records)
+
+
+def _key_tags(provider: Any, pool_id: str) -> list[dict[str, Any]]:
+    return [{"ResourceType": "key-pair", "Tags": provider._key_tags(pool_id)}]
+
+
+def test_pool_key_names_are_bounded_and_in_the_characters_ec2_takes(
+    servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path
+) -> None:
+    import re
+
+    provider = _provider(servers, ec2, moto_url, tmp_path, privateKeyPath=None)
+    provider.account = "a" * 200
+    long_names = {provider._key_name(p) for p in ("p" * 64, "p" * 63 + "q")}
+    assert len(long_names) == 2
+    for name in long_names | {provider._key_name("odd pool/ü")}:
+        assert len(name) <= 255 and re.fullmatch(r"[A-Za-z0-9._-]+", name), name
+
+
+def test_key_fields_that_do_not_agree_are_refused_naming_the_field(
+    client: BatchClient, servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path
+) -> None:
+    good = _template(servers, ec2, moto_url, tmp_path)
+    keyless = _keyless(good)
+    for body, field in [
+        ({**keyless, "keyPairName": "batch"}, "privateKeyPath"),
+        ({**good, "privateKeySecretName": "ec2-key"}, "privateKeySecretName"),
+        ({**keyless, "maxLaunchAttempts": 0}, "maxLaunchAttempts"),
+    ]:
+        with pytest.raises(BatchInvalidRequestError) as err:
+            client.create_node_source(body)
+        assert err.value.values["PropertyName"] == field, (field, err.value)
+    assert client.list_node_sources() == []
+    client.create_node_source(keyless)  # no key at all: the pools get their own
+    client.create_node_source({**good, "name": good["name"] + "k", "keyPairName": "batch"})
+    assert len(client.list_node_sources()) == 2
+    assert _instances(ec2, good["name"], ("pending", "running", "terminated")) == []
+    assert ec2.describe_key_pairs()["KeyPairs"] == []  # nothing made before a pool needs it
+
+
+# -- bounded replacement of instances that never answer ---------------------------------------
+
+
+@pytest.fixture
+def dead_endpoint() -> Iterator[str]:
+    """host:port on loopback where a connect is refused: bound, never listening."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+def test_an_instance_that_never_answers_is_replaced_at_most_max_launch_attempts_times(
+    client: BatchClient,
+    servers: SSHServers,
+    ec2: Any,
+    moto_url: str,
+    tmp_path: Path,
+    dead_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    cleaned_up: list[str],
+) -> None:
+    template = _template(
+        servers,
+        ec2,
+        moto_url,
+        tmp_path,
+        sshEndpoints=[dead_endpoint],
+        readyTimeoutSeconds=1,
+        connectTimeoutSeconds=1,
+        maxLaunchAttempts=3,
+    )
+    client.create_node_source(template)
+    name = template["name"]
+    real_run = InstanceBackend.run_instances
+    launches: list[str | None] = []
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        launches.append(kwargs.get("client_token"))
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(InstanceBackend, "run_instances", counting)
+    _pool(client, "silent", name, 1)
+    pool = wait_until(
+        lambda: (p := client.get_pool("silent")).resize_errors and p, timeout=90, message="error"
+    )
+    (error,) = pool.resize_errors
+    assert error.code == "AllocationTimedOut"
+    values = {v.name: v.value for v in error.error_values or []}
+    every = _instances(ec2, name, ("pending", "running", "shutting-down", "terminated"))
+    assert len(launches) == 3 == len(every) == len(set(launches))
+    assert sorted(values["instanceIds"].split(",")) == sorted(i["InstanceId"] for i in every)
+    (node,) = client.list_nodes("silent")
+    assert values["nodeId"] == node.id and node.id in error.message
+    # A later start of the node launches nothing: it stays unusable, saying why.
+    node = wait_until(
+        lambda: (
+            (n := client.get_node("silent", node.id)).errors
+            and "gave up after" in n.errors[0].message
+            and n
+        ),
+        timeout=60,
+        message="a later start refused",
+    )
+    assert node.state == "unusable"
+    assert "AllocationTimedOut" in node.errors[0].message
+    assert len(launches) == 3
+    assert _instances(ec2, name) == []  # each one terminated
+    assert client.get_pool("silent").allocation_state == "steady"
+    client.delete_pool("silent")
+    wait_until(lambda: "silent" in cleaned_up, timeout=60, message="the pool cleaned up")
+    assert len(launches) == 3
+
+
+# -- throttling --------------------------------------------------------------------------------
+
+
+def test_a_throttled_launch_fails_the_start_and_the_next_start_launches_with_its_token(
+    client: BatchClient,
+    servers: SSHServers,
+    ec2: Any,
+    moto_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cleaned_up: list[str],
+) -> None:
+    template = _template(servers, ec2, moto_url, tmp_path)
+    client.create_node_source(template)
+    real_run = InstanceBackend.run_instances
+    tokens: list[str | None] = []
+
+    def throttled_once(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tokens.append(kwargs.get("client_token"))
+        if len(tokens) == 1:
+            raise EC2ClientError("RequestLimitExceeded", "Request limit exceeded.")
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(InstanceBackend, "run_instances", throttled_once)
+    _pool(client, "busy", template["name"], 1)
+    (node,) = wait_for_nodes(client, "busy", 1, timeout=90)
+    assert len(tokens) == 2 and tokens[0] == tokens[1]  # the next start, with the same token
+    pool = client.get_pool("busy")
+    assert not pool.resize_errors and pool.current_dedicated_nodes == 1
+    assert len(_instances(ec2, template["name"])) == 1
+    client.delete_pool("busy")
+    wait_until(lambda: "busy" in cleaned_up, timeout=60, message="the pool cleaned up")
+    assert _instances(ec2, template["name"]) == []
