@@ -63,13 +63,15 @@ def build_engine(
 
     from prefect_batch.providers.kinds import LOCAL_NODE_AGENT_SKU
     from prefect_batch.providers.local import LocalNodeSource
-    from prefect_batch.service.engine.confinement import agent_confinement_args
+    from prefect_batch.service.engine.confinement import agent_confinement_args, tasks_confined
 
     protect = [settings.home, settings.effective_node_root]
     if store.is_sqlite and make_url(store.url).database:
         protect.append(Path(str(make_url(store.url).database)).parent)
     agent_args = agent_confinement_args(
-        confine=settings.confine_tasks, protect=protect, task_paths=settings.task_paths
+        confine=tasks_confined(settings.confine_tasks, server=server),
+        protect=protect,
+        task_paths=settings.task_paths,
     )
     return Engine(
         store,

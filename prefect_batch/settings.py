@@ -96,13 +96,14 @@ class BatchSettings(BaseSettings):
     agent_starts_per_second: float = Field(
         10.0, gt=0, description="How many new nodes' agents the engine starts per second."
     )
-    confine_tasks: bool = Field(
-        False,
+    confine_tasks: bool | None = Field(
+        None,
         description="Confine tasks on local nodes (Linux Landlock, no capabilities): a task "
         "reaches its own directories, the system's read-only trees and task_paths, never the "
-        "service's home, other nodes or /proc. Off by default in this version (tasks that use "
-        "files elsewhere would fail); a server with several accounts needs it on, or "
-        "--allow-unconfined-tasks.",
+        "service's home, other nodes or /proc. Default: on for `prefect-batch server start` "
+        "wherever this kernel can confine (its accounts are kept apart), off for an embedded "
+        "client (the machine's own user running its own tasks). A server with unconfined "
+        "tasks refuses several accounts unless --allow-unconfined-tasks.",
     )
     task_paths: list[Path] = Field(
         default_factory=list,

@@ -9,6 +9,7 @@ home of the test's own, for tests that restart or share a service. Every client 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -26,6 +27,21 @@ from prefect_batch.testing import check_invariants, embedded_client
 os.environ.setdefault(STRICT_ENV, "1")
 
 _counter = itertools.count()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _task_paths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Confined tasks (a server confines by default) may use the files tests keep in their
+    temporary directories (gates, markers, ledgers); each service's home stays out of reach.
+    Set in the environment, so servers started as processes get it too."""
+    name = "PREFECT_BATCH_TASK_PATHS"
+    before = os.environ.get(name)
+    os.environ[name] = json.dumps([str(tmp_path_factory.getbasetemp())])
+    yield
+    if before is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = before
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,9 @@ def _check_confinement(settings: BatchSettings, accounts: int, allow_unconfined:
     from prefect_batch.service.engine.confinement import confinement_unavailable
 
     reason = (
-        confinement_unavailable() if settings.confine_tasks else "PREFECT_BATCH_CONFINE_TASKS=false"
+        "PREFECT_BATCH_CONFINE_TASKS=false"
+        if settings.confine_tasks is False
+        else confinement_unavailable()
     )
     if reason is None:
         return

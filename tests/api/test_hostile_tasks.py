@@ -6,6 +6,10 @@ files named with a newline and with invalid UTF-8. Every file request about them
 clear 400 or 404, never a hang and never a 500 — and the service keeps answering meanwhile.
 A task that leaves a background process behind, and a large ``stdout.txt`` served in ranges,
 leave the service as responsive (and the server's memory bounded).
+
+The server here runs its tasks unconfined (``confine_tasks=False``): what is under test is the
+file API's own rules against whatever a task can leave, not the confinement, under which most of
+these entries could not be made at all.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from azure.core.exceptions import HttpResponseError
 
 from prefect_batch.exceptions import BatchInvalidRequestError
 from prefect_batch.remote import RemoteBatchService
-from tests.api.conftest import Server, database, wait_for
+from tests.api.conftest import Server, database, running_server, wait_for
 
 POOL = "hostile"
 JOB = "hostile"
@@ -42,6 +46,14 @@ def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """SQLite only: nothing here depends on the store."""
     with database("sqlite", tmp_path_factory.mktemp("db")) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def server(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose tasks run unconfined (see the module's docstring)."""
+    home = tmp_path_factory.mktemp("home")
+    with running_server(store_url, home, settings={"confine_tasks": False}) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,8 @@ def test_the_client_speaks_to_the_server(server: Server, remote: BatchClient, po
     top = {f.name for f in remote.list_node_files(pool, node.id)}
     assert {"shared", "startup", "rjob"} <= top
     below = {f.name for f in remote.list_node_files(pool, node.id, path="rjob/t42")}
-    assert below == {"rjob/t42/stdout.txt", "rjob/t42/stderr.txt", "rjob/t42/wd"}
+    # A confined task (a server confines by default) also gets its private TMPDIR, tmp/.
+    assert below - {"rjob/t42/tmp"} == {"rjob/t42/stdout.txt", "rjob/t42/stderr.txt", "rjob/t42/wd"}
     assert remote.get_node_file(pool, node.id, "rjob/t42/stdout.txt") == b"line42"
     assert remote.get_node_file_properties(pool, node.id, "rjob/t42").is_directory
 

@@ -5,8 +5,8 @@ the store (``batch.db``, which holds every account's keys), the engine's ``/proc
 the node files of A's pool and A's task output. With confinement on (``confine_tasks``; off by
 default in this version) every read
 fails with a permission error; with ``confine_tasks=False`` the same task reads them all, which
-shows that the confinement is what stops it. A task asking for ``admin`` elevation runs
-unconfined, as Azure's admin tasks run as the node's administrator.
+shows that the confinement is what stops it. A task asking for ``admin`` elevation is confined
+too: a local node is the service's own machine, whose administrator reaches every account.
 """
 
 from __future__ import annotations
@@ -110,12 +110,44 @@ def test_without_confinement_the_same_task_reads_everything(
 
 
 @needs_landlock
-def test_an_admin_task_runs_unconfined(
+def test_an_admin_task_is_confined_too(
     client_factory: Callable[..., BatchClient], tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
     found = _probe(home, client_factory(home, confine_tasks=True), True, admin=True)
-    assert found["store"] == "read"
+    assert set(found.values()) == {"PermissionError"}, found
+
+
+@needs_landlock
+def test_confining_a_task_leaves_the_agent_and_unconfined_runs_unrestricted(
+    client_factory: Callable[..., BatchClient], tmp_path: Path
+) -> None:
+    """Confined tasks are spawned from a thread that restricts itself: the agent's own threads
+    and a later unconfined run (an embedded job manager, handed the store) keep their reach."""
+    home = tmp_path / "home"
+    client = client_factory(home, confine_tasks=True)
+    client.create_pool({"id": "p", "vmSize": "local", "targetDedicatedNodes": 1})
+    client.create_job({"id": "j", "poolInfo": {"poolId": "p"}})
+    targets = json.dumps({"store": str(home / "batch.db")})
+    probe = f"{sys.executable} -c '{PROBE}' '{targets}'"
+    for i in range(3):
+        client.create_task("j", {"id": f"t{i}", "commandLine": probe})
+    for i in range(3):
+        assert wait_for_task(client, "j", f"t{i}", timeout=60).execution_info.exit_code == 0
+        assert json.loads(_stdout(home, client, "j", f"t{i}")) == {"store": "PermissionError"}
+    client.create_job(
+        {
+            "id": "managed",
+            "poolInfo": {"poolId": "p"},
+            "jobManagerTask": {"id": "jm", "commandLine": probe, "killJobOnCompletion": False},
+        }
+    )
+    manager = wait_for_task(client, "managed", "jm", timeout=60)
+    assert manager.execution_info.exit_code == 0, manager.execution_info
+    assert json.loads(_stdout(home, client, "managed", "jm")) == {"store": "read"}
+    client.create_task("j", {"id": "after", "commandLine": probe})
+    assert wait_for_task(client, "j", "after", timeout=60).execution_info.exit_code == 0
+    assert json.loads(_stdout(home, client, "j", "after")) == {"store": "PermissionError"}
 
 
 @needs_landlock
@@ -155,3 +187,27 @@ def test_the_server_refuses_several_accounts_with_unconfined_tasks(
         capsys.readouterr()
         _check_confinement(fast_settings(tmp_path, confine_tasks=True), 2, False)
         assert capsys.readouterr().err == ""
+
+
+def test_a_server_confines_by_default_and_an_embedded_client_does_not(tmp_path: Path) -> None:
+    from prefect_batch.client import build_engine
+    from prefect_batch.providers.kinds import LOCAL_NODE_AGENT_SKU
+    from prefect_batch.service.engine.confinement import tasks_confined
+    from prefect_batch.store import Store
+    from prefect_batch.testing import fast_settings
+
+    available = confinement_unavailable() is None
+    assert tasks_confined(None, server=True) is available
+    assert tasks_confined(None, server=False) is False
+    assert tasks_confined(True, server=False) is True
+    assert tasks_confined(False, server=True) is False
+    settings = fast_settings(tmp_path / "home")
+    assert settings.confine_tasks is None
+    store = Store(settings.effective_database_url)
+    try:
+        for server, confined in ((True, available), (False, False)):
+            engine = build_engine(store, settings, {}, server=server)
+            local = engine.providers.own[LOCAL_NODE_AGENT_SKU]
+            assert ("--confine" in local.agent_args) is confined
+    finally:
+        store.dispose()

@@ -6,8 +6,10 @@ and startup directories and its job's preparation directory, reads the system's 
 and the interpreter, and nothing of the service's home (the store and its keys, other nodes and
 pools, agent state) nor any ``/proc`` entry. This module says which options the engine gives
 its local agents (``confine_tasks``, ``task_paths``), whether this kernel can confine at all,
-and which runs go unconfined: a task whose ``userIdentity`` asks for ``admin`` elevation, and
-an embedded job manager, which is handed the store itself (there is no server to talk to).
+and which runs go unconfined: only an embedded job manager, which is handed the store itself
+(there is no server to talk to). A task whose ``userIdentity`` asks for ``admin`` elevation is
+confined like any other: a local node is a directory on the service's machine, and the root of
+that machine (capabilities, no Landlock) would reach every account.
 
 What it does not do: confine anything itself (the agent does, in the child, just before exec).
 """
@@ -28,6 +30,7 @@ __all__ = [
     "is_admin",
     "run_confinement",
     "set_not_dumpable",
+    "tasks_confined",
 ]
 
 _LANDLOCK_CREATE_RULESET = 444  # the same number on every architecture
@@ -49,6 +52,14 @@ def confinement_unavailable() -> str | None:
             f"{os.strerror(ctypes.get_errno())}"
         )
     return None
+
+
+def tasks_confined(setting: bool | None, *, server: bool) -> bool:
+    """Whether local nodes confine their tasks: ``confine_tasks`` when set, else on for a
+    server wherever this kernel can confine, and off for an embedded client."""
+    if setting is not None:
+        return setting
+    return server and confinement_unavailable() is None
 
 
 def _python_trees() -> list[str]:
@@ -78,13 +89,15 @@ def agent_confinement_args(
 
 
 def is_admin(spec: dict[str, Any] | None) -> bool:
-    """Whether a task's ``userIdentity`` asks for admin elevation (it then runs unconfined)."""
+    """Whether a task's ``userIdentity`` asks for admin elevation (on local nodes it confers
+    nothing more: such a task is confined like any other)."""
     identity = (spec or {}).get("userIdentity") or {}
     auto = identity.get("autoUser") or {}
     return auto.get("elevationLevel") == "admin"
 
 
 def run_confinement(spec: dict[str, Any] | None, *, unconfined: bool = False) -> dict[str, Any]:
-    """The ``confine`` field of a run request: ``{"confine": False}`` for an admin task (or
-    when ``unconfined``), else nothing (a confined agent confines every other run)."""
-    return {"confine": False} if unconfined or is_admin(spec) else {}
+    """The ``confine`` field of a run request: ``{"confine": False}`` when ``unconfined`` (an
+    embedded job manager), else nothing (a confined agent confines every run, admin ones
+    too)."""
+    return {"confine": False} if unconfined else {}

@@ -589,6 +589,10 @@ class NodeMixin:
     def _connect(self, rt: NodeRuntime, pool: Any, now: float) -> None:
         """Start the node's agent on a worker thread; the outcome comes back as an event."""
         with self.store.begin() as conn:
+            edges = NODE_TRANSITIONS[NodeState(rt.state)]
+            if NodeState.STARTING not in edges and NodeState.UNKNOWN in edges:
+                # Left idle or running by an engine that died: it was unknown since.
+                self._set_state(conn, rt, NodeState.UNKNOWN, now)
             self._set_state(conn, rt, NodeState.STARTING, now)
         rt.connect_time = now
         rt.restart_at = None
