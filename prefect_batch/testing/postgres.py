@@ -95,6 +95,21 @@ class PrivatePostgres:
         """The SQLAlchemy URL of the cluster's ``postgres`` database."""
         return f"postgresql+psycopg://{USER}:{self.password}@127.0.0.1:{self.port}/postgres"
 
+    def create_database(self, name: str) -> str:
+        """Create the database ``name`` (letters, digits, ``_``) and return its URL."""
+        if not name.replace("_", "").isalnum() or not name.isascii():
+            raise ValueError(f"not a plain database name: {name!r}")
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        admin = create_engine(self.url, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            admin.dispose()
+        return make_url(self.url).set(database=name).render_as_string(hide_password=False)
+
     def _run(self, program: str, *args: str) -> None:
         cmd = [str(self.bin_dir / program), *args]
         if self._as_postgres:
