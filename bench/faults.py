@@ -1,7 +1,7 @@
 """The fault suite: crashes and outages under a running job, each checked for lost work.
 
     python bench/faults.py [--rounds 20] [--tasks-per-round 20] [--agent-tasks 40]
-                           [--outage-seconds 10] [--only a,b,c,d] [--quick] [--seed 16]
+                           [--outage-seconds 10] [--only abcde] [--quick] [--seed 16]
 
 Every scenario runs ``prefect-batch server start`` as a process on 127.0.0.1 (a free port, a
 temporary home), drives it with the official azure-batch SDK, and gives it a job of tasks that
@@ -28,6 +28,8 @@ The scenarios:
 (d) the store unreachable: the private PostgreSQL cluster is stopped for ``--outage-seconds``
     mid-job; requests meanwhile must answer 503 ``ServerBusy`` (never a 500) and a task added
     then must not exist afterwards; once the cluster is back the job completes.
+(e) as (c), the two servers on one SQLite home (``PREFECT_BATCH_HOME``): the second start is
+    not refused; the same guarantee is checked.
 
 PostgreSQL for (c) and (d) is a throw-away cluster of the run's own
 (:class:`prefect_batch.testing.postgres.PrivatePostgres`: ``initdb`` in a temporary directory,
@@ -113,14 +115,14 @@ class Outcome:
     def line(self) -> str:
         notes = " ".join(f"{k}={v}" for k, v in self.notes.items())
         return (
-            f"{self.name:<38} {self.accepted:>6} {self.completed:>6} {self.lost:>5} "
+            f"{self.name:<42} {self.accepted:>6} {self.completed:>6} {self.lost:>5} "
             f"{self.reran:>6} {self.counted:>7} {self.uncounted:>9} {self.requeues:>8} "
             f"{self.seconds:>7.1f}  {'ok' if self.ok else 'FAIL'}  {notes}"
         )
 
 
 HEADER = (
-    f"{'scenario':<38} {'tasks':>6} {'done':>6} {'lost':>5} {'ran>1':>6} {'counted':>7} "
+    f"{'scenario':<42} {'tasks':>6} {'done':>6} {'lost':>5} {'ran>1':>6} {'counted':>7} "
     f"{'uncounted':>9} {'requeues':>8} {'seconds':>7}  result  notes"
 )
 
@@ -533,16 +535,23 @@ def lease_holder(database_url: str) -> int | None:
 
 
 def twin_failover(
-    base: Path, pg: PrivatePostgres, *, tasks: int, timeout: float = WAIT_SECONDS
+    base: Path, pg: PrivatePostgres | None, *, tasks: int, timeout: float = WAIT_SECONDS
 ) -> Outcome:
-    """(c) Two servers on one database; the lease holder killed; the other finishes the job."""
-    outcome = Outcome("(c) 2 servers on PostgreSQL, 1 killed")
+    """(c) Two servers on one database; the lease holder killed; the other finishes the job.
+
+    ``pg`` None: (e), the two servers on one SQLite home instead.
+    """
+    letter = "c" if pg is not None else "e"
+    where = "PostgreSQL" if pg is not None else "one SQLite home"
+    outcome = Outcome(f"({letter}) 2 servers on {where}, 1 killed")
     start = time.monotonic()
-    home, ledger, gate = base / "c-home", base / "c-ledger.txt", base / "c-gate"
+    home = base / f"{letter}-home"
+    ledger, gate = base / f"{letter}-ledger.txt", base / f"{letter}-gate"
     key = new_key()
-    url = pg.create_database("twin")
-    a = Server(home, key, database_url=url)
-    b = Server(home, key, database_url=url)
+    database = pg.create_database("twin") if pg is not None else None
+    url = database or f"sqlite:///{home / 'batch.db'}"
+    a = Server(home, key, database_url=database)
+    b = Server(home, key, database_url=database)
     try:
         with running(a), running(b):
             sdks = [a.sdk(), b.sdk()]
@@ -671,7 +680,7 @@ class Plan:
     outage_tasks: int = 60
     outage_seconds: float = 10.0
     seed: int = 16
-    only: str = "abcd"
+    only: str = "abcde"
     timeout: float = WAIT_SECONDS
 
 
@@ -704,6 +713,11 @@ def run(plan: Plan, base: Path) -> list[Outcome]:
         one(
             "(b) kill -9 of one node agent mid-job",
             lambda: agent_kill(base, tasks=plan.agent_tasks, timeout=plan.timeout),
+        )
+    if "e" in plan.only:
+        one(
+            "(e) two servers on one SQLite home, the lease holder killed",
+            lambda: twin_failover(base, None, tasks=plan.twin_tasks, timeout=plan.timeout),
         )
     if "c" in plan.only or "d" in plan.only:
         pg = PrivatePostgres()
@@ -738,13 +752,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--twin-tasks", type=int, default=None, help="(c) tasks")
     ap.add_argument("--outage-tasks", type=int, default=None, help="(d) tasks")
     ap.add_argument("--outage-seconds", type=float, default=None, help="(d) default 10")
-    ap.add_argument("--only", default="abcd", help="scenarios to run, e.g. 'ab'")
+    ap.add_argument("--only", default="abcde", help="scenarios to run, e.g. 'ab'")
     ap.add_argument("--seed", type=int, default=16, help="kill moments (a)")
     ap.add_argument("--timeout", type=float, default=WAIT_SECONDS, help="bound of each wait")
     ap.add_argument("--quick", action="store_true", help="CI sizes: 3 rounds, a 4 s outage")
     args = ap.parse_args(argv)
-    if set(args.only) - set("abcd") or not args.only:
-        ap.error(f"--only takes letters of 'abcd', not {args.only!r}")
+    if set(args.only) - set("abcde") or not args.only:
+        ap.error(f"--only takes letters of 'abcde', not {args.only!r}")
     for name in ("rounds", "tasks_per_round", "agent_tasks", "twin_tasks", "outage_tasks"):
         value = getattr(args, name)
         if value is not None and not 1 <= value <= 10_000:
