@@ -40,7 +40,9 @@ def unreachable(store: Any) -> Iterator[None]:
 def test_a_result_reported_while_the_store_is_away_is_recorded_after(
     client_factory: Callable[..., BatchClient], tmp_path: Path
 ) -> None:
-    client = client_factory()
+    # Leases renewed every 100 s: the steps during the outage get past the lease renewal (which
+    # would fail first and leave the report in the queue) to the transaction that records it.
+    client = client_factory(lease_seconds=300)
     client.create_pool({"id": "p", "vmSize": "local", "targetDedicatedNodes": 1})
     wait_for_nodes(client, "p", 1)
     client.create_job({"id": "j", "poolInfo": {"poolId": "p"}})
