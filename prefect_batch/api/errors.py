@@ -10,8 +10,10 @@ answered with its own status and body::
 
 Query and header parameters FastAPI validates become ``InvalidQueryParameterValue`` /
 ``InvalidHeaderValue``; an unknown path ``ResourceNotFound``; a known path with another verb
-``UnsupportedHttpVerb``; anything unexpected ``InternalError`` (logged with its traceback, never
-with the request's headers). A ``304`` (``ConditionNotMet`` on a read) has no body.
+``UnsupportedHttpVerb``; the store unreachable (a database connection refused or dropped,
+PostgreSQL shutting down, SQLite locked past its timeout) 503 ``ServerBusy`` with a
+``Retry-After``, so clients retry; anything else unexpected ``InternalError`` (logged with its
+traceback, never with the request's headers). A ``304`` (``ConditionNotMet`` on a read) has no body.
 
 This module decides statuses and bodies only; it raises nothing of its own accord.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -32,6 +35,7 @@ from prefect_batch.exceptions import (
     BatchInvalidRequestError,
     BatchServiceError,
 )
+from prefect_batch.store import store_unreachable
 
 __all__ = [
     "ODATA_JSON",
@@ -44,6 +48,7 @@ __all__ = [
     "invalid_request_body",
     "missing_header",
     "not_implemented",
+    "store_unavailable",
 ]
 
 log = logging.getLogger("prefect_batch.api")
@@ -118,6 +123,22 @@ def missing_header(name: str) -> BatchInvalidRequestError:
     )
 
 
+def store_unavailable(reason: str = "unreachable") -> BatchServiceError:
+    """503 ``ServerBusy``: the service's store cannot be reached (or is busy) just now."""
+    what = "busy" if reason == "busy" else "unreachable"
+    return BatchServiceError(
+        "ServerBusy",
+        f"The server is currently unable to receive requests: its store is {what}. "
+        "Please retry your request.",
+        {"Reason": f"store {what}"},
+        status_code=503,
+    )
+
+
+RETRY_AFTER_SECONDS = 1
+"""The ``Retry-After`` of a 503 for a store that cannot be reached."""
+
+
 def authentication_failed(detail: str) -> BatchAuthenticationError:
     """403 ``AuthenticationFailed`` with Azure's ``AuthenticationErrorDetail``."""
     return BatchAuthenticationError(
@@ -179,6 +200,16 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return error_response(BatchServiceError(code, message, status_code=exc.status_code))
 
 
+async def _store_error(request: Request, exc: Exception) -> Response:
+    reason = store_unreachable(exc)
+    if reason is None:
+        raise exc  # a wrong statement, a bug: on to _unexpected (500, its traceback logged)
+    log.warning("%s %s: store %s: %s", request.method, request.url.path, reason, type(exc).__name__)
+    response = error_response(store_unavailable(reason))
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # Method and path only: headers carry the signature and are never logged. (Starlette
     # re-raises the exception after this answer, so the server logs its traceback once.)
@@ -195,4 +226,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BatchServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(sa_exc.DBAPIError, _store_error)
+    app.add_exception_handler(sa_exc.DisconnectionError, _store_error)
     app.add_exception_handler(Exception, _unexpected)

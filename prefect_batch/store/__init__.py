@@ -4,7 +4,7 @@ The store holds every resource; nothing the service accepted lives only in memor
 tables and transactions, not Azure Batch rules: those are in ``service/``.
 """
 
-from prefect_batch.store.database import Store
+from prefect_batch.store.database import Store, store_unreachable
 from prefect_batch.store.schema import metadata
 
-__all__ = ["Store", "metadata"]
+__all__ = ["Store", "metadata", "store_unreachable"]

@@ -16,12 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from prefect_batch.exceptions import PrefectBatchError
 from prefect_batch.store.schema import SCHEMA_VERSION, metadata, schema_info
 
-__all__ = ["Store"]
+__all__ = ["Store", "store_unreachable"]
 
 
 class Store:
@@ -84,6 +85,62 @@ class Store:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+# SQLSTATE classes of PostgreSQL errors that say the server cannot serve now, not that the
+# statement is wrong: connection exception, insufficient resources, operator intervention
+# (shutdown, "cannot connect now"), system error.
+_UNREACHABLE_SQLSTATE_CLASSES = ("08", "53", "57P", "58")
+# What SQLite says when the file is locked past its busy timeout or cannot be opened or read.
+_SQLITE_UNAVAILABLE = (
+    "database is locked",
+    "database is busy",
+    "database table is locked",
+    "unable to open database file",
+    "disk i/o error",
+)
+
+
+def store_unreachable(exc: BaseException) -> str | None:
+    """Why the store could not serve, when ``exc`` (or what it was raised from) says so.
+
+    A connection refused, dropped or invalidated, a PostgreSQL server shutting down or starting
+    up, SQLite's file locked past its busy timeout: a short reason (``"unreachable"`` or
+    ``"busy"``). Anything else — a wrong statement, a constraint violated, a bug — is None.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        reason = _unreachable(current)
+        if reason:
+            return reason
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    if isinstance(exc, sa_exc.DisconnectionError):
+        return "unreachable"
+    if not isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return None
+    if exc.connection_invalidated:
+        return "unreachable"
+    orig = exc.orig
+    module = type(orig).__module__ or ""
+    if module.startswith("sqlite3"):
+        text = str(orig).lower()
+        if any(m in text for m in _SQLITE_UNAVAILABLE):
+            return "busy" if "locked" in text or "busy" in text else "unreachable"
+        return None  # "no such table", a syntax error...: a bug, not an outage
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate is None:
+        return "unreachable"  # failed before the server answered: refused, reset, timed out
+    if str(sqlstate).startswith(_UNREACHABLE_SQLSTATE_CLASSES):
+        return "unreachable"
+    if str(sqlstate) in ("55P03", "40P01", "57014"):
+        return "busy"  # lock not available, deadlock detected, statement timed out
+    return None
 
 
 def _private_files(database: str | None) -> None:

@@ -34,7 +34,8 @@ import socket
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from prefect_batch.service.rows.common import now as wall_now
 from prefect_batch.service.rows.providers import ProviderDirectory
 from prefect_batch.service.rows.sealing import terminate_grace_seconds
 from prefect_batch.service.rows.statewrites import task_edge
-from prefect_batch.store import Store
+from prefect_batch.store import Store, store_unreachable
 from prefect_batch.store.schema import jobs, node_commands, nodes, pools, tasks
 
 __all__ = ["Engine", "NodeRuntime"]
@@ -181,6 +182,9 @@ class Engine(NodeMixin):
             transfer_timeout_seconds=transfer_timeout_seconds,
         )
         self._short: dict[int, float] = {}
+        # Agent events taken in a step whose transaction could not reach the store: recorded by
+        # the next step, before newer ones (an agent reports each result once per connection).
+        self._held: list[tuple[int, int, dict[str, Any]]] = []
         self.pool_passes = 0
         """Passes over the pools held (leases renewed, sizes reconciled) since the start."""
         self.error: BaseException | None = None
@@ -281,7 +285,11 @@ class Engine(NodeMixin):
                 self.step()
             except Exception as exc:  # noqa: BLE001 - the loop must survive and retry
                 self.error = exc
-                log.exception("engine step failed; retrying")
+                reason = store_unreachable(exc)
+                if reason:  # no traceback every half second while the database is away
+                    log.warning("engine step: store %s (%s); retrying", reason, type(exc).__name__)
+                else:
+                    log.exception("engine step failed; retrying")
                 self._stop.wait(0.5)
             if self._events.empty():
                 self._wake.wait(self.job_schedules.wait(self.tick_seconds))
@@ -297,9 +305,9 @@ class Engine(NodeMixin):
             self._refresh_leases(now)
             self._next_lease = now + self.lease_seconds / 3
         self.job_schedules.run(now, poked=self._poked)
-        events = self._drain()
+        events, self._held = self._held + self._drain(), []
         sends: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        with self.store.begin() as conn:
+        with self._held_back(events), self.store.begin() as conn:
             effects = self._apply_events(conn, events, now, sends)
             if now >= self._next_slow:
                 self._check_deadlines(conn, now)
@@ -329,6 +337,16 @@ class Engine(NodeMixin):
                     target.connection.send_many(msgs)
                 except Exception:  # noqa: BLE001 - a broken pipe shows up as a "closed" event
                     log.warning("could not send to node %s", target.node_id)
+
+    @contextmanager
+    def _held_back(self, events: list[tuple[int, int, dict[str, Any]]]) -> Iterator[None]:
+        """Keep ``events`` for the next step when the store could not be reached."""
+        try:
+            yield
+        except Exception as exc:
+            if store_unreachable(exc):
+                self._held = events
+            raise
 
     def _on_event(self, node_pk: int, msg: dict[str, Any], generation: int = 0) -> None:
         # Called from the channel's reader thread.

@@ -1,0 +1,61 @@
+"""A short run of the fault suite (bench/faults.py) on every CI run: 3 rounds of ``kill -9`` of
+the server mid-job, ``kill -9`` of one node agent mid-job, and the server's PostgreSQL (a
+private cluster of the test's own) stopped for 3 s mid-job. Nothing accepted may be lost, no
+task may run again without its requeue or retry counted, nothing of a killed server may be left
+running, and requests during the outage answer 503 ``ServerBusy``. (The 20 rounds and the two
+servers on one database: ``python bench/faults.py``; tests/api/test_restart.py has the two
+servers too.)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench import faults  # noqa: E402
+from prefect_batch.testing.postgres import PrivatePostgres  # noqa: E402
+
+pytestmark = pytest.mark.faults
+
+
+def _passed(outcome: faults.Outcome) -> None:
+    faults.report(outcome)
+    assert outcome.ok, outcome.failures
+    assert outcome.accepted > 0
+    assert outcome.completed == outcome.accepted
+    assert (outcome.lost, outcome.uncounted) == (0, 0)
+    assert outcome.notes["orphans"] == 0
+
+
+def test_server_killed_three_rounds_loses_nothing(tmp_path: Path) -> None:
+    _passed(faults.server_kills(tmp_path, rounds=3, per_round=12, seed=16))
+
+
+def test_node_agent_killed_loses_nothing(tmp_path: Path) -> None:
+    _passed(faults.agent_kill(tmp_path, tasks=24))
+
+
+def test_store_stopped_mid_job_answers_503_and_loses_nothing(tmp_path: Path) -> None:
+    pg = PrivatePostgres()
+    try:
+        pg.start()
+        outcome = faults.store_outage(tmp_path, pg, tasks=24, outage_seconds=3)
+    finally:
+        pg.close()
+    _passed(outcome)
+    assert set(outcome.notes["answers"].split(",")) == {outcome.notes["answers"]}
+    assert outcome.notes["answers"].startswith("503 ServerBusy:")
+
+
+def test_the_suite_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--only", "xz"], ["--rounds", "0"], ["--outage-seconds", "-1"]):
+        with pytest.raises(SystemExit) as info:
+            faults.main(argv)
+        assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--only takes letters of 'abcde'" in err
+    assert "--rounds must be between 1 and 10000" in err
