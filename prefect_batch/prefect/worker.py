@@ -326,7 +326,9 @@ class BatchWorker(BaseWorker[BatchJobConfiguration, BatchVariables, BatchWorkerR
             except BatchConflictError as exc:
                 if exc.code != "TaskExists":
                     raise
-        return Watched(client, client.account_name, job_id, run_id, configuration.mode)
+        return Watched(
+            client, client.account_name, job_id, run_id, configuration.mode, pool_id=pool_id
+        )
 
     # -- Prefect side --------------------------------------------------------------------------
 

@@ -316,7 +316,10 @@ def test_a_node_removed_with_requeue_reruns_the_flow_once(harness: Harness, tmp_
     assert len(marker.read_text().split()) == 2
     with harness.server.client() as client:
         states = client.read_flow_run_states(run_id)
-    assert [s.name for s in states].count("Completed") == 1
+    names = [s.name for s in states]
+    assert names.count("Completed") == 1
+    # Its task was active again after the requeue, as a queued one is: the run stayed Running.
+    assert all(s.type.value != "PENDING" for s in states[names.index("Running") :]), names
     harness.batch.resize_pool("p", {"targetDedicatedNodes": 2})
 
 
@@ -365,3 +368,26 @@ def test_no_secret_is_stored_or_logged_but_the_node_gets_them(harness: Harness) 
             assert API_KEY.encode() not in data and AUTH_STRING.encode() not in data, path
     worker_log = (harness.root / "worker.log").read_bytes()
     assert API_KEY.encode() not in worker_log and AUTH_STRING.encode() not in worker_log
+
+
+def _state_names(h: Harness, run_id: Any) -> list[str]:
+    with h.server.client() as client:
+        return [s.name for s in client.read_flow_run_states(run_id)]
+
+
+def test_a_run_waiting_for_a_node_is_infrastructure_pending_then_runs(harness: Harness) -> None:
+    harness.batch.create_pool({"id": "later", "vmSize": "local", "targetDedicatedNodes": 0})
+    run_id = harness.run("hello", pool_id="later")
+    fr = harness.wait_state(run_id, "InfrastructurePending", "Completed", "Failed", "Crashed")
+    assert fr.state.name == "InfrastructurePending" and fr.state.is_pending()
+    assert fr.state.message == (
+        f"batch task {fr.infrastructure_pid} is queued: waiting for a node of pool later"
+    )
+    assert _task(harness, run_id).state.value == "active"
+    harness.batch.resize_pool("later", {"targetDedicatedNodes": 1})
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=90)
+    assert fr.state.name == "Completed"
+    names = _state_names(harness, run_id)
+    assert names.count("InfrastructurePending") == 1
+    assert names.index("InfrastructurePending") < names.index("Running"), names
+    harness.batch.resize_pool("later", {"targetDedicatedNodes": 0})
