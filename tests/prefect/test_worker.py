@@ -64,6 +64,33 @@ def sleepy(marker: str, seconds: float = 4.0, rerun_seconds: float | None = None
     return "slept"
 
 
+@flow(log_prints=True)
+def manager(seconds: float = 300):
+    # The job manager of its own job: adds a task beside it, waits for one quick task, returns.
+    from prefect_batch import BatchClient
+
+    job_id = os.environ["AZ_BATCH_JOB_ID"]
+    with BatchClient() as client:
+        client.create_tasks(
+            job_id,
+            [
+                {"id": "beside", "commandLine": f"/bin/sh -c 'sleep {seconds}'"},
+                {"id": "quick", "commandLine": "/bin/sh -c 'echo quick'"},
+            ],
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = {
+                t.id: t.state.value
+                for t in client.list_tasks(job_id)
+                if t.id != os.environ["AZ_BATCH_TASK_ID"]
+            }
+            if states["quick"] == "completed" and states["beside"] == "running":
+                break
+            time.sleep(0.2)
+    print("manager saw", sorted(states.items()))
+
+
 @flow
 def probe():
     for name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"):
@@ -391,3 +418,38 @@ def test_a_run_waiting_for_a_node_is_infrastructure_pending_then_runs(harness: H
     assert names.count("InfrastructurePending") == 1
     assert names.index("InfrastructurePending") < names.index("Running"), names
     harness.batch.resize_pool("later", {"targetDedicatedNodes": 0})
+
+
+def test_jobmanager_mode_runs_the_flow_as_the_manager_of_its_own_job(harness: Harness) -> None:
+    run_id = harness.run("manager", mode="jobmanager")
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=90)
+    assert fr.state.name == "Completed", fr.state.message
+    job_id = f"prefect-{run_id}"
+    assert fr.infrastructure_pid == f"local/{job_id}/{run_id}"
+    harness.wait_logs(run_id, "manager saw [('beside', 'running'), ('quick', 'completed')")
+    # The job ends with its manager: the task beside it is terminated.
+    job = wait_for(
+        lambda: (j := harness.batch.get_job(job_id)).state.value == "completed" and j,
+        timeout=60,
+        interval=0.3,
+        what="job completed",
+    )
+    assert job.job_manager_task is not None and job.job_manager_task.id == str(run_id)
+    assert job.execution_info.termination_reason == "JMComplete"
+    tasks = {t.id: t for t in harness.batch.list_tasks(job_id)}
+    assert set(tasks) == {str(run_id), "beside", "quick"}
+    assert all(t.state.value == "completed" for t in tasks.values())
+    assert tasks[str(run_id)].execution_info.exit_code == 0
+    assert tasks["quick"].execution_info.exit_code == 0
+    assert tasks["beside"].execution_info.exit_code != 0
+
+
+def test_jobmanager_mode_refuses_a_job_that_is_not_the_runs_own(harness: Harness) -> None:
+    # A job_id template without {flow_run_id} names one job for every run: the second is
+    # refused (Crashed at submission) rather than left Pending with nothing to run it.
+    harness.batch.create_job({"id": "jm-shared", "poolInfo": {"poolId": "p"}})
+    run_id = harness.run("hello", mode="jobmanager", job_id="jm-shared")
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=60)
+    assert fr.state.name == "Crashed"
+    assert "job 'jm-shared' exists and is not this flow run's" in fr.state.message
+    harness.batch.terminate_job("jm-shared")
