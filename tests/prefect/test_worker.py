@@ -444,6 +444,80 @@ def test_jobmanager_mode_runs_the_flow_as_the_manager_of_its_own_job(harness: Ha
     assert tasks["beside"].execution_info.exit_code != 0
 
 
+def _kill(harness: Harness, monkeypatch: pytest.MonkeyPatch, pid: str, **variables: Any) -> None:
+    """The worker's kill_infrastructure, on a BatchWorker of this process.
+
+    It reaches the module's store through the test's engine-less client: the worker process
+    runs the one engine of that store, which carries the termination out.
+    """
+    import anyio
+
+    from prefect_batch.prefect.worker import BatchJobConfiguration, BatchWorker
+
+    worker = BatchWorker(work_pool_name=WORK_POOL)
+    monkeypatch.setattr(worker, "batch_client", lambda account: harness.batch)
+    configuration = BatchJobConfiguration(pool_id="p", **variables)
+    anyio.run(lambda: worker.kill_infrastructure(pid, configuration, grace_seconds=5))
+
+
+def test_kill_infrastructure_terminates_a_running_task(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "started"
+    run_id = harness.run("sleepy", parameters={"marker": str(marker), "seconds": 120})
+    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    pid = harness.flow_run(run_id).infrastructure_pid
+    _kill(harness, monkeypatch, pid)
+    task = _ended_task(harness, run_id)
+    assert task.execution_info.exit_code != 0
+    # Ended outside Prefect's cancellation: the observer reports it.
+    fr = harness.wait_state(run_id, "Crashed", "Completed", "Cancelled", timeout=60)
+    assert fr.state.name == "Crashed" and pid in fr.state.message
+
+
+def test_kill_infrastructure_terminates_the_job_in_jobmanager_mode(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "started"
+    parameters = {"marker": str(marker), "seconds": 120}
+    run_id = harness.run("sleepy", mode="jobmanager", parameters=parameters)
+    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    _kill(harness, monkeypatch, harness.flow_run(run_id).infrastructure_pid, mode="jobmanager")
+    job = wait_for(
+        lambda: (j := harness.batch.get_job(f"prefect-{run_id}")).state.value == "completed" and j,
+        timeout=60,
+        interval=0.3,
+        what="job completed",
+    )
+    assert job.execution_info.termination_reason == "UserTerminate"
+    assert _ended_task(harness, run_id).execution_info.exit_code != 0
+
+
+@pytest.mark.parametrize(
+    "pid",
+    ["local/prefect-nowhere/nothing", "local/prefect-batch-test-p-p0/no-such-task", "garbage"],
+)
+def test_kill_infrastructure_of_an_unknown_task_is_not_found(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, pid: str
+) -> None:
+    from prefect.exceptions import InfrastructureNotFound
+
+    with pytest.raises(InfrastructureNotFound):
+        _kill(harness, monkeypatch, pid)
+
+
+def test_kill_infrastructure_of_an_ended_task_is_not_found(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.exceptions import InfrastructureNotFound
+
+    run_id = harness.run("hello")
+    harness.wait_state(run_id, "Completed", "Failed", "Crashed")
+    _ended_task(harness, run_id)
+    with pytest.raises(InfrastructureNotFound, match="already ended"):
+        _kill(harness, monkeypatch, harness.flow_run(run_id).infrastructure_pid)
+
+
 def test_jobmanager_mode_refuses_a_job_that_is_not_the_runs_own(harness: Harness) -> None:
     # A job_id template without {flow_run_id} names one job for every run: the second is
     # refused (Crashed at submission) rather than left Pending with nothing to run it.
