@@ -14,6 +14,7 @@ import hashlib
 import os
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from flowtest_helpers import wait_for
 from prefect_server import PREFECT, REPO, Server
 
 from prefect_batch import BatchClient
+from prefect_batch.testing.sshd import SSHServers
 
 pytestmark = pytest.mark.slow
 
@@ -527,3 +529,62 @@ def test_jobmanager_mode_refuses_a_job_that_is_not_the_runs_own(harness: Harness
     assert fr.state.name == "Crashed"
     assert "job 'jm-shared' exists and is not this flow run's" in fr.state.message
     harness.batch.terminate_job("jm-shared")
+
+
+@pytest.fixture(scope="module")
+def ssh_pool(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A pool of one node on a registered SSH host group: a private sshd on 127.0.0.2."""
+    root = tmp_path_factory.mktemp("ssh")
+    servers = SSHServers(root / "sshd", count=1, first_address="127.0.0.2")
+    servers.start()
+    try:
+        (server,) = servers
+        host = server.host_config(root=str(root / "host"))  # host key pinned
+        harness.batch.create_node_source(
+            servers.group_config(name="prefect-lab", hosts=[host], python=sys.executable)
+        )
+        harness.batch.create_pool(
+            {
+                "id": "sshp",
+                "vmSize": "ssh",
+                "targetDedicatedNodes": 1,
+                "virtualMachineConfiguration": {
+                    "imageReference": {
+                        "publisher": "prefect-batch",
+                        "offer": "ssh",
+                        "sku": "prefect-lab",
+                    },
+                    "nodeAgentSKUId": "batch.node.ssh.prefect-lab",
+                },
+            }
+        )
+        yield "sshp"
+        harness.batch.delete_pool("sshp")
+        wait_for(
+            lambda: not harness.batch.pool_exists("sshp"),
+            timeout=60,
+            interval=0.5,
+            what="ssh pool deleted",
+        )
+    finally:
+        servers.stop()
+
+
+def test_a_flow_run_on_an_ssh_node_completes_with_its_logs(harness: Harness, ssh_pool: str) -> None:
+    # The node is another "host" (127.0.0.2, reached over SSH) on this machine: it reaches the
+    # Prefect server through api_url, and runs the flow with this interpreter (it has Prefect).
+    run_id = harness.run(
+        "hello",
+        pool_id=ssh_pool,
+        api_url=harness.server.url,
+        python=sys.executable,
+        env={"PREFECT_HOME": str(harness.root / "ssh-node-prefect-home")},
+    )
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=120)
+    assert fr.state.name == "Completed", fr.state.message
+    task = _ended_task(harness, run_id)
+    node = harness.batch.get_node(ssh_pool, task.node_info.node_id)
+    assert node.ip_address == "127.0.0.2"
+    names = {e.name: e.value for e in task.environment_settings}
+    assert names["PREFECT_API_URL"] == harness.server.url
+    harness.wait_logs(run_id, f"hello from node {node.id}", "Finished in state Completed")
