@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 from flowtest_helpers import wait_for
-from prefect_server import PREFECT, REPO, Server
+from prefect_server import PREFECT, REPO, Server, entry_point_dist
 
 from prefect_batch import BatchClient
 from prefect_batch.testing.sshd import SSHServers
@@ -105,18 +104,6 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _entry_point_dist(root: Path) -> Path:
-    """A dist-info carrying pyproject's entry points, as ``pip install`` would write it."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    points = project["entry-points"]["prefect.collections"]
-    dist = root / "dist" / "prefect_batch-0.1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: prefect-batch\nVersion: 0.1.0\n")
-    lines = ["[prefect.collections]"] + [f"{k} = {v}" for k, v in points.items()]
-    (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
-    return dist.parent
-
-
 class Harness:
     def __init__(self, server: Server, root: Path) -> None:
         self.server = server
@@ -124,7 +111,7 @@ class Harness:
         self.code = root / "code"
         self.code.mkdir()
         (self.code / "wflows.py").write_text(FLOWS)
-        dist = _entry_point_dist(root)
+        dist = entry_point_dist(root)
         self.env = {
             **server.env,
             "PYTHONPATH": os.pathsep.join([str(dist), str(REPO)]),
