@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10, help=f"pairs of runs (1..{MAX_RUNS})")
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (server, worker logs)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.runs <= MAX_RUNS:
         parser.error(f"--runs must be between 1 and {MAX_RUNS}")
@@ -245,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"total {time.perf_counter() - started:.1f} s")
     finally:
         bench.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
