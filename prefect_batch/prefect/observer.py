@@ -10,6 +10,12 @@ the tail of its stdout/stderr to the flow run's logs and proposes Crashed. A req
 active again, so a node lost with ``requeue`` is the service's business, never a Crashed here.
 A flow run cancelled while its task is still queued (no supervisor runs yet to see it) gets its
 task terminated and is marked Cancelled.
+
+While a task waits for a node (``active``: not yet dispatched) and its flow run is still Pending,
+the observer proposes ``InfrastructurePending`` once, with a message naming the pool it waits on,
+so the UI tells a queued run from a submitted one. It never proposes it for a run past Pending (a
+requeued task of a Running run is active too), and the server refuses Running -> Pending anyway
+should the task start between the look and the proposal.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from prefect.exceptions import Abort
+from prefect.states import InfrastructurePending
+from prefect.utilities.engine import propose_state
 
 from prefect_batch.exceptions import BatchNotFoundError, PrefectBatchError
 
@@ -30,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["BatchTaskObserver", "Watched"]
 
 log = logging.getLogger(__name__)
+
+WAITING_STATE_NAME = "InfrastructurePending"
+"""The Pending state's name while the flow run's batch task waits for a node."""
 
 TAIL_BYTES = 4000
 """How much of stdout.txt and stderr.txt a Crashed flow run gets in its logs."""
@@ -44,7 +56,9 @@ class Watched:
     job_id: str
     task_id: str
     mode: str = "task"
+    pool_id: str = ""
     ended_looks: int = 0
+    waiting_proposed: bool = False
 
     @property
     def infrastructure_pid(self) -> str:
@@ -121,7 +135,9 @@ class BatchTaskObserver:
             except BatchNotFoundError:
                 task = None
             if task is not None and _state(task) == "active":
-                await self._cancel_if_cancelling(flow_run_id, w)
+                flow_run = await self.worker.client.read_flow_run(flow_run_id)
+                if not await self._cancel_if_cancelling(flow_run, w):
+                    await self._propose_waiting(flow_run, w)
                 continue
             if task is not None and _state(task) != "completed":
                 w.ended_looks = 0
@@ -143,15 +159,35 @@ class BatchTaskObserver:
             self.worker.get_flow_run_logger(flow_run).error(text)
             await self.worker._propose_crashed_state(flow_run, message)
 
-    async def _cancel_if_cancelling(self, flow_run_id: UUID, w: Watched) -> None:
+    async def _propose_waiting(self, flow_run: Any, w: Watched) -> None:
+        """A Pending run whose task waits for a node: ``InfrastructurePending``, once."""
+        state = flow_run.state
+        if w.waiting_proposed or state is None or not state.is_pending():
+            return
+        w.waiting_proposed = True
+        if state.name == WAITING_STATE_NAME:
+            return
+        message = f"batch task {w.infrastructure_pid} is queued: waiting for a node"
+        if w.pool_id:
+            message += f" of pool {w.pool_id}"
+        try:
+            await propose_state(
+                self.worker.client, InfrastructurePending(message=message), flow_run_id=flow_run.id
+            )
+        except Abort:  # the run moved on (Running, Cancelling) between the look and now
+            return
+        self.worker.get_flow_run_logger(flow_run).info(message)
+
+    async def _cancel_if_cancelling(self, flow_run: Any, w: Watched) -> bool:
         """A run cancelled while its task is still queued: nobody runs it, so end it here.
 
         (Prefect's own worker-side cancellation of pending runs is off unless
         PREFECT_WORKER_ENABLE_CANCELLATION is set; a queued batch task can wait for hours.)
+        Returns whether it was.
         """
-        flow_run = await self.worker.client.read_flow_run(flow_run_id)
+        flow_run_id = flow_run.id
         if flow_run.state is None or not flow_run.state.is_cancelling():
-            return
+            return False
         try:
             if w.mode == "jobmanager":
                 await anyio.to_thread.run_sync(w.client.terminate_job, w.job_id)
@@ -169,3 +205,4 @@ class BatchTaskObserver:
         self.worker.get_flow_run_logger(flow_run).info(
             "terminated queued batch task %s", w.infrastructure_pid
         )
+        return True

@@ -319,6 +319,14 @@ class BatchWorker(BaseWorker[BatchJobConfiguration, BatchVariables, BatchWorkerR
             except BatchConflictError as exc:
                 if exc.code != "JobExists":
                     raise
+                # A resubmission finds its own job; any other job of that id is not this run's.
+                manager = client.get_job(job_id).job_manager_task
+                if manager is None or manager.id.casefold() != run_id.casefold():
+                    raise ValueError(
+                        f"job {job_id!r} exists and is not this flow run's: in jobmanager mode "
+                        "each flow run needs a job of its own (a job_id template with "
+                        "{flow_run_id})"
+                    ) from exc
         else:
             self._ensure_job(client, job_id, pool_id, configuration.priority)
             try:
@@ -326,7 +334,9 @@ class BatchWorker(BaseWorker[BatchJobConfiguration, BatchVariables, BatchWorkerR
             except BatchConflictError as exc:
                 if exc.code != "TaskExists":
                     raise
-        return Watched(client, client.account_name, job_id, run_id, configuration.mode)
+        return Watched(
+            client, client.account_name, job_id, run_id, configuration.mode, pool_id=pool_id
+        )
 
     # -- Prefect side --------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = [sys.executable, "-m", "prefect"]
 
@@ -18,6 +20,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def entry_point_dist(root: Path) -> Path:
+    """A directory with a dist-info carrying pyproject's entry points, as ``pip install`` would
+    write it: first on PYTHONPATH, Prefect finds the ``batch`` worker type through it."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    points = project["entry-points"]["prefect.collections"]
+    dist = root / "dist" / "prefect_batch-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: prefect-batch\nVersion: 0.1.0\n")
+    lines = ["[prefect.collections]"] + [f"{k} = {v}" for k, v in points.items()]
+    (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    return dist.parent
 
 
 class Server:

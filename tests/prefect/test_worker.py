@@ -14,16 +14,17 @@ import hashlib
 import os
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 from flowtest_helpers import wait_for
-from prefect_server import PREFECT, REPO, Server
+from prefect_server import PREFECT, REPO, Server, entry_point_dist
 
 from prefect_batch import BatchClient
+from prefect_batch.testing.sshd import SSHServers
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +65,33 @@ def sleepy(marker: str, seconds: float = 4.0, rerun_seconds: float | None = None
     return "slept"
 
 
+@flow(log_prints=True)
+def manager(seconds: float = 300):
+    # The job manager of its own job: adds a task beside it, waits for one quick task, returns.
+    from prefect_batch import BatchClient
+
+    job_id = os.environ["AZ_BATCH_JOB_ID"]
+    with BatchClient() as client:
+        client.create_tasks(
+            job_id,
+            [
+                {"id": "beside", "commandLine": f"/bin/sh -c 'sleep {seconds}'"},
+                {"id": "quick", "commandLine": "/bin/sh -c 'echo quick'"},
+            ],
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = {
+                t.id: t.state.value
+                for t in client.list_tasks(job_id)
+                if t.id != os.environ["AZ_BATCH_TASK_ID"]
+            }
+            if states["quick"] == "completed" and states["beside"] == "running":
+                break
+            time.sleep(0.2)
+    print("manager saw", sorted(states.items()))
+
+
 @flow
 def probe():
     for name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"):
@@ -76,18 +104,6 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _entry_point_dist(root: Path) -> Path:
-    """A dist-info carrying pyproject's entry points, as ``pip install`` would write it."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    points = project["entry-points"]["prefect.collections"]
-    dist = root / "dist" / "prefect_batch-0.1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: prefect-batch\nVersion: 0.1.0\n")
-    lines = ["[prefect.collections]"] + [f"{k} = {v}" for k, v in points.items()]
-    (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
-    return dist.parent
-
-
 class Harness:
     def __init__(self, server: Server, root: Path) -> None:
         self.server = server
@@ -95,7 +111,7 @@ class Harness:
         self.code = root / "code"
         self.code.mkdir()
         (self.code / "wflows.py").write_text(FLOWS)
-        dist = _entry_point_dist(root)
+        dist = entry_point_dist(root)
         self.env = {
             **server.env,
             "PYTHONPATH": os.pathsep.join([str(dist), str(REPO)]),
@@ -316,7 +332,10 @@ def test_a_node_removed_with_requeue_reruns_the_flow_once(harness: Harness, tmp_
     assert len(marker.read_text().split()) == 2
     with harness.server.client() as client:
         states = client.read_flow_run_states(run_id)
-    assert [s.name for s in states].count("Completed") == 1
+    names = [s.name for s in states]
+    assert names.count("Completed") == 1
+    # Its task was active again after the requeue, as a queued one is: the run stayed Running.
+    assert all(s.type.value != "PENDING" for s in states[names.index("Running") :]), names
     harness.batch.resize_pool("p", {"targetDedicatedNodes": 2})
 
 
@@ -365,3 +384,194 @@ def test_no_secret_is_stored_or_logged_but_the_node_gets_them(harness: Harness) 
             assert API_KEY.encode() not in data and AUTH_STRING.encode() not in data, path
     worker_log = (harness.root / "worker.log").read_bytes()
     assert API_KEY.encode() not in worker_log and AUTH_STRING.encode() not in worker_log
+
+
+def _state_names(h: Harness, run_id: Any) -> list[str]:
+    with h.server.client() as client:
+        return [s.name for s in client.read_flow_run_states(run_id)]
+
+
+def test_a_run_waiting_for_a_node_is_infrastructure_pending_then_runs(harness: Harness) -> None:
+    harness.batch.create_pool({"id": "later", "vmSize": "local", "targetDedicatedNodes": 0})
+    run_id = harness.run("hello", pool_id="later")
+    fr = harness.wait_state(run_id, "InfrastructurePending", "Completed", "Failed", "Crashed")
+    assert fr.state.name == "InfrastructurePending" and fr.state.is_pending()
+    assert fr.state.message == (
+        f"batch task {fr.infrastructure_pid} is queued: waiting for a node of pool later"
+    )
+    assert _task(harness, run_id).state.value == "active"
+    harness.batch.resize_pool("later", {"targetDedicatedNodes": 1})
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=90)
+    assert fr.state.name == "Completed"
+    names = _state_names(harness, run_id)
+    assert names.count("InfrastructurePending") == 1
+    assert names.index("InfrastructurePending") < names.index("Running"), names
+    harness.batch.resize_pool("later", {"targetDedicatedNodes": 0})
+
+
+def test_jobmanager_mode_runs_the_flow_as_the_manager_of_its_own_job(harness: Harness) -> None:
+    run_id = harness.run("manager", mode="jobmanager")
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=90)
+    assert fr.state.name == "Completed", fr.state.message
+    job_id = f"prefect-{run_id}"
+    assert fr.infrastructure_pid == f"local/{job_id}/{run_id}"
+    harness.wait_logs(run_id, "manager saw [('beside', 'running'), ('quick', 'completed')")
+    # The job ends with its manager: the task beside it is terminated.
+    job = wait_for(
+        lambda: (j := harness.batch.get_job(job_id)).state.value == "completed" and j,
+        timeout=60,
+        interval=0.3,
+        what="job completed",
+    )
+    assert job.job_manager_task is not None and job.job_manager_task.id == str(run_id)
+    assert job.execution_info.termination_reason == "JMComplete"
+    tasks = {t.id: t for t in harness.batch.list_tasks(job_id)}
+    assert set(tasks) == {str(run_id), "beside", "quick"}
+    assert all(t.state.value == "completed" for t in tasks.values())
+    assert tasks[str(run_id)].execution_info.exit_code == 0
+    assert tasks["quick"].execution_info.exit_code == 0
+    assert tasks["beside"].execution_info.exit_code != 0
+
+
+def _kill(harness: Harness, monkeypatch: pytest.MonkeyPatch, pid: str, **variables: Any) -> None:
+    """The worker's kill_infrastructure, on a BatchWorker of this process.
+
+    It reaches the module's store through the test's engine-less client: the worker process
+    runs the one engine of that store, which carries the termination out.
+    """
+    import anyio
+
+    from prefect_batch.prefect.worker import BatchJobConfiguration, BatchWorker
+
+    worker = BatchWorker(work_pool_name=WORK_POOL)
+    monkeypatch.setattr(worker, "batch_client", lambda account: harness.batch)
+    configuration = BatchJobConfiguration(pool_id="p", **variables)
+    anyio.run(lambda: worker.kill_infrastructure(pid, configuration, grace_seconds=5))
+
+
+def test_kill_infrastructure_terminates_a_running_task(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "started"
+    run_id = harness.run("sleepy", parameters={"marker": str(marker), "seconds": 120})
+    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    pid = harness.flow_run(run_id).infrastructure_pid
+    _kill(harness, monkeypatch, pid)
+    task = _ended_task(harness, run_id)
+    assert task.execution_info.exit_code != 0
+    # Ended outside Prefect's cancellation: the observer reports it.
+    fr = harness.wait_state(run_id, "Crashed", "Completed", "Cancelled", timeout=60)
+    assert fr.state.name == "Crashed" and pid in fr.state.message
+
+
+def test_kill_infrastructure_terminates_the_job_in_jobmanager_mode(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "started"
+    parameters = {"marker": str(marker), "seconds": 120}
+    run_id = harness.run("sleepy", mode="jobmanager", parameters=parameters)
+    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    _kill(harness, monkeypatch, harness.flow_run(run_id).infrastructure_pid, mode="jobmanager")
+    job = wait_for(
+        lambda: (j := harness.batch.get_job(f"prefect-{run_id}")).state.value == "completed" and j,
+        timeout=60,
+        interval=0.3,
+        what="job completed",
+    )
+    assert job.execution_info.termination_reason == "UserTerminate"
+    assert _ended_task(harness, run_id).execution_info.exit_code != 0
+
+
+@pytest.mark.parametrize(
+    "pid",
+    ["local/prefect-nowhere/nothing", "local/prefect-batch-test-p-p0/no-such-task", "garbage"],
+)
+def test_kill_infrastructure_of_an_unknown_task_is_not_found(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, pid: str
+) -> None:
+    from prefect.exceptions import InfrastructureNotFound
+
+    with pytest.raises(InfrastructureNotFound):
+        _kill(harness, monkeypatch, pid)
+
+
+def test_kill_infrastructure_of_an_ended_task_is_not_found(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.exceptions import InfrastructureNotFound
+
+    run_id = harness.run("hello")
+    harness.wait_state(run_id, "Completed", "Failed", "Crashed")
+    _ended_task(harness, run_id)
+    with pytest.raises(InfrastructureNotFound, match="already ended"):
+        _kill(harness, monkeypatch, harness.flow_run(run_id).infrastructure_pid)
+
+
+def test_jobmanager_mode_refuses_a_job_that_is_not_the_runs_own(harness: Harness) -> None:
+    # A job_id template without {flow_run_id} names one job for every run: the second is
+    # refused (Crashed at submission) rather than left Pending with nothing to run it.
+    harness.batch.create_job({"id": "jm-shared", "poolInfo": {"poolId": "p"}})
+    run_id = harness.run("hello", mode="jobmanager", job_id="jm-shared")
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=60)
+    assert fr.state.name == "Crashed"
+    assert "job 'jm-shared' exists and is not this flow run's" in fr.state.message
+    harness.batch.terminate_job("jm-shared")
+
+
+@pytest.fixture(scope="module")
+def ssh_pool(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A pool of one node on a registered SSH host group: a private sshd on 127.0.0.2."""
+    root = tmp_path_factory.mktemp("ssh")
+    servers = SSHServers(root / "sshd", count=1, first_address="127.0.0.2")
+    servers.start()
+    try:
+        (server,) = servers
+        host = server.host_config(root=str(root / "host"))  # host key pinned
+        harness.batch.create_node_source(
+            servers.group_config(name="prefect-lab", hosts=[host], python=sys.executable)
+        )
+        harness.batch.create_pool(
+            {
+                "id": "sshp",
+                "vmSize": "ssh",
+                "targetDedicatedNodes": 1,
+                "virtualMachineConfiguration": {
+                    "imageReference": {
+                        "publisher": "prefect-batch",
+                        "offer": "ssh",
+                        "sku": "prefect-lab",
+                    },
+                    "nodeAgentSKUId": "batch.node.ssh.prefect-lab",
+                },
+            }
+        )
+        yield "sshp"
+        harness.batch.delete_pool("sshp")
+        wait_for(
+            lambda: not harness.batch.pool_exists("sshp"),
+            timeout=60,
+            interval=0.5,
+            what="ssh pool deleted",
+        )
+    finally:
+        servers.stop()
+
+
+def test_a_flow_run_on_an_ssh_node_completes_with_its_logs(harness: Harness, ssh_pool: str) -> None:
+    # The node is another "host" (127.0.0.2, reached over SSH) on this machine: it reaches the
+    # Prefect server through api_url, and runs the flow with this interpreter (it has Prefect).
+    run_id = harness.run(
+        "hello",
+        pool_id=ssh_pool,
+        api_url=harness.server.url,
+        python=sys.executable,
+        env={"PREFECT_HOME": str(harness.root / "ssh-node-prefect-home")},
+    )
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=120)
+    assert fr.state.name == "Completed", fr.state.message
+    task = _ended_task(harness, run_id)
+    node = harness.batch.get_node(ssh_pool, task.node_info.node_id)
+    assert node.ip_address == "127.0.0.2"
+    names = {e.name: e.value for e in task.environment_settings}
+    assert names["PREFECT_API_URL"] == harness.server.url
+    harness.wait_logs(run_id, f"hello from node {node.id}", "Finished in state Completed")
