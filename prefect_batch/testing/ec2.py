@@ -14,6 +14,7 @@ here imports pytest.
 from __future__ import annotations
 
 import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,16 @@ from typing import Any
 
 from prefect_batch.testing.sshd import SSHServers
 
-__all__ = ["NO_IMDS", "REGION", "ec2_template", "loopback_only", "moto_ec2"]
+__all__ = [
+    "NO_IMDS",
+    "REGION",
+    "create_ec2_pool",
+    "ec2_template",
+    "lab_template",
+    "loopback_only",
+    "moto_ec2",
+    "source_instances",
+]
 
 REGION = "us-east-1"
 NO_IMDS = "http://127.0.0.1:9"
@@ -94,3 +104,48 @@ def ec2_template(
         "orphanCommand": "true",
         **extra,
     }
+
+
+def lab_template(
+    prefix: str, servers: SSHServers, ec2: Any, endpoint_url: str, tmp_path: Path, **extra: Any
+) -> dict[str, Any]:
+    """:func:`ec2_template` named ``<prefix><6 hex>``, on moto's first Amazon image, polling
+    every 0.5 s and ready within 30 s (``extra`` overrides)."""
+    return ec2_template(
+        f"{prefix}{uuid.uuid4().hex[:6]}",
+        servers,
+        endpoint_url,
+        ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"],
+        tmp_path / "known_hosts",
+        tmp_path / "instances",
+        **{"pollSeconds": 0.5, "readyTimeoutSeconds": 30, **extra},
+    )
+
+
+def create_ec2_pool(client: Any, pool_id: str, source: str, dedicated: int, low: int = 0) -> None:
+    """A pool of ``dedicated`` on-demand and ``low`` spot nodes on the EC2 source ``source``."""
+    client.create_pool(
+        {
+            "id": pool_id,
+            "vmSize": "t3.micro",
+            "targetDedicatedNodes": dedicated,
+            "targetLowPriorityNodes": low,
+            "virtualMachineConfiguration": {
+                "imageReference": {"publisher": "prefect-batch", "offer": "ec2", "sku": source},
+                "nodeAgentSKUId": f"batch.node.ec2.{source}",
+            },
+        }
+    )
+
+
+def source_instances(
+    ec2: Any, source: str, states: tuple[str, ...] = ("pending", "running")
+) -> list[dict[str, Any]]:
+    """The instances tagged for the EC2 source ``source`` in one of ``states``."""
+    pages = ec2.get_paginator("describe_instances").paginate(
+        Filters=[
+            {"Name": "tag:prefect-batch:source", "Values": [source]},
+            {"Name": "instance-state-name", "Values": list(states)},
+        ]
+    )
+    return [i for p in pages for r in p["Reservations"] for i in r["Instances"]]

@@ -3,7 +3,9 @@
 The servers (``prefect_batch.testing.sshd``) start once per session; a test that kills one
 leaves it to :func:`servers` to start it again for the next test. Each test gets node roots of
 its own under ``tmp_path`` (the loopback "hosts" share this machine's file system), and every
-agent a test starts is killed with its tasks at the end.
+agent a test starts is killed with its tasks at the end. The EC2 tests get moto's server on
+127.0.0.1 (``moto_url``, ``ec2``) and a guard that fails any connect off loopback
+(``loopback_only``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,36 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from prefect_batch.providers.ssh import SSHAgentConnection, SSHNodeSource
+from prefect_batch.testing.ec2 import REGION, moto_ec2
+from prefect_batch.testing.ec2 import loopback_only as guard_loopback
 from prefect_batch.testing.sshd import SSHServers, sshd_available
 
 EVENT_TIMEOUT = 20.0
+
+
+@pytest.fixture
+def loopback_only() -> Iterator[list[str]]:
+    """Fail on any IPv4/IPv6 connect that is not to loopback; yields the addresses refused."""
+    with guard_loopback() as refused:
+        yield refused
+
+
+@pytest.fixture
+def moto_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with moto_ec2() as url:
+        yield url
+
+
+@pytest.fixture
+def ec2(moto_url: str) -> Any:
+    return boto3.client("ec2", region_name=REGION, endpoint_url=moto_url)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

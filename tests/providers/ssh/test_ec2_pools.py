@@ -8,12 +8,10 @@ Faults are injected into moto's backend: it has no capacity errors and no spot r
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ec2.exceptions import EC2ClientError
@@ -22,30 +20,13 @@ from moto.ec2.models.instances import InstanceBackend, StateReason
 
 from prefect_batch import BatchClient, BatchInvalidRequestError
 from prefect_batch.testing import embedded_client, wait_for_nodes, wait_for_task, wait_until
-from prefect_batch.testing.ec2 import REGION, ec2_template, moto_ec2
-from prefect_batch.testing.ec2 import loopback_only as guard_loopback
+from prefect_batch.testing.ec2 import (
+    REGION,
+    create_ec2_pool,
+    lab_template,
+    source_instances,
+)
 from prefect_batch.testing.sshd import SSHServers
-
-
-@pytest.fixture
-def loopback_only() -> Iterator[list[str]]:
-    """Fail on any IPv4/IPv6 connect that is not to loopback; yields the addresses refused."""
-    with guard_loopback() as refused:
-        yield refused
-
-
-@pytest.fixture
-def moto_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with moto_ec2() as url:
-        yield url
-
-
-@pytest.fixture
-def ec2(moto_url: str) -> Any:
-    return boto3.client("ec2", region_name=REGION, endpoint_url=moto_url)
 
 
 @pytest.fixture
@@ -59,40 +40,9 @@ def client(tmp_path: Path, loopback_only: list[str], moto_url: str) -> Iterator[
 def _template(
     servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path, **extra: Any
 ) -> dict[str, Any]:
-    return ec2_template(
-        f"lab{uuid.uuid4().hex[:6]}",
-        servers,
-        moto_url,
-        ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"],
-        tmp_path / "known_hosts",
-        tmp_path / "instances",
-        **{"pollSeconds": 0.5, "readyTimeoutSeconds": 30, "tags": {"team": "batch"}, **extra},
+    return lab_template(
+        "lab", servers, ec2, moto_url, tmp_path, **{"tags": {"team": "batch"}, **extra}
     )
-
-
-def _pool(client: BatchClient, pool_id: str, source: str, dedicated: int, low: int = 0) -> None:
-    client.create_pool(
-        {
-            "id": pool_id,
-            "vmSize": "t3.micro",
-            "targetDedicatedNodes": dedicated,
-            "targetLowPriorityNodes": low,
-            "virtualMachineConfiguration": {
-                "imageReference": {"publisher": "prefect-batch", "offer": "ec2", "sku": source},
-                "nodeAgentSKUId": f"batch.node.ec2.{source}",
-            },
-        }
-    )
-
-
-def _instances(ec2: Any, source: str, states: tuple[str, ...] = ("pending", "running")) -> list:
-    pages = ec2.get_paginator("describe_instances").paginate(
-        Filters=[
-            {"Name": "tag:prefect-batch:source", "Values": [source]},
-            {"Name": "instance-state-name", "Values": list(states)},
-        ]
-    )
-    return [i for p in pages for r in p["Reservations"] for i in r["Instances"]]
 
 
 def _tags(instance: dict[str, Any]) -> dict[str, str]:
@@ -117,7 +67,7 @@ def test_a_bad_template_names_its_field_and_registers_nothing(
         client.create_node_source({**good, "privateKey": "-----BEGIN"})
     assert err.value.values["PropertyName"] == "privateKey"
     assert client.list_node_sources() == []
-    assert _instances(ec2, good["name"], ("pending", "running", "terminated")) == []
+    assert source_instances(ec2, good["name"], ("pending", "running", "terminated")) == []
 
 
 def test_an_ec2_pool_launches_on_demand_and_spot_instances_and_runs_tasks(
@@ -127,11 +77,11 @@ def test_an_ec2_pool_launches_on_demand_and_spot_instances_and_runs_tasks(
     client.create_node_source(template)
     name = template["name"]
     assert f"batch.node.ec2.{name}" in [i.node_agent_sku_id for i in client.list_supported_images()]
-    _pool(client, "ec2pool", name, 1, low=1)
+    create_ec2_pool(client, "ec2pool", name, 1, low=1)
     nodes = wait_for_nodes(client, "ec2pool", 2, timeout=90)
     assert sorted(n.is_dedicated for n in nodes) == [False, True]
     assert {n.ip_address for n in nodes} <= {s.address for s in servers}
-    running = _instances(ec2, name)
+    running = source_instances(ec2, name)
     assert len(running) == 2
     by_node = {_tags(i)["prefect-batch:node"]: i for i in running}
     assert set(by_node) == {n.id for n in nodes}
@@ -158,8 +108,10 @@ def test_an_ec2_pool_launches_on_demand_and_spot_instances_and_runs_tasks(
         assert out == ("true" if dedicated else "false")
     client.delete_pool("ec2pool")
     wait_until(lambda: not client.pool_exists("ec2pool"), timeout=60, message="pool deleted")
-    wait_until(lambda: _instances(ec2, name) == [], timeout=30, message="instances terminated")
-    assert len(_instances(ec2, name, ("terminated",))) == 2
+    wait_until(
+        lambda: source_instances(ec2, name) == [], timeout=30, message="instances terminated"
+    )
+    assert len(source_instances(ec2, name, ("terminated",))) == 2
 
 
 def test_no_capacity_in_any_subnet_is_allocation_failed_with_the_aws_code(
@@ -180,7 +132,7 @@ def test_no_capacity_in_any_subnet_is_allocation_failed_with_the_aws_code(
         raise EC2ClientError("InsufficientInstanceCapacity", "no t3.micro capacity here")
 
     monkeypatch.setattr(InstanceBackend, "run_instances", no_capacity)
-    _pool(client, "full", template["name"], 1)
+    create_ec2_pool(client, "full", template["name"], 1)
     pool = wait_until(
         lambda: (p := client.get_pool("full")).resize_errors and p, timeout=60, message="error"
     )
@@ -200,7 +152,7 @@ def test_a_spot_reclaim_preempts_the_node_and_requeues_its_task_without_a_retry(
 ) -> None:
     template = _template(servers, ec2, moto_url, tmp_path)
     client.create_node_source(template)
-    _pool(client, "spot", template["name"], 0, low=1)
+    create_ec2_pool(client, "spot", template["name"], 0, low=1)
     (node,) = wait_for_nodes(client, "spot", 1, timeout=90)
     gate = tmp_path / "gate"
     client.create_job({"id": "sj", "poolInfo": {"poolId": "spot"}})
@@ -213,7 +165,7 @@ def test_a_spot_reclaim_preempts_the_node_and_requeues_its_task_without_a_retry(
         },
     )
     wait_for_task(client, "sj", "t", "running", timeout=60)
-    (instance,) = _instances(ec2, template["name"])
+    (instance,) = source_instances(ec2, template["name"])
     backend = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
     reclaimed = backend.get_instance(instance["InstanceId"])
     reclaimed.terminate()
@@ -243,7 +195,9 @@ def test_a_spot_reclaim_preempts_the_node_and_requeues_its_task_without_a_retry(
     assert task.node_info.node_id == replacement[0].id
     assert (task.execution_info.requeue_count, task.execution_info.retry_count) == (1, 0)
     client.delete_pool("spot")
-    wait_until(lambda: _instances(ec2, template["name"]) == [], timeout=60, message="cleaned up")
+    wait_until(
+        lambda: source_instances(ec2, template["name"]) == [], timeout=60, message="cleaned up"
+    )
 
 
 def _provider(
@@ -293,9 +247,10 @@ def test_an_instance_launched_before_its_record_is_adopted_not_launched_again(
     events: list[dict[str, Any]] = []
     conn = provider.connect(node, events.append)
     try:
-        assert len(_instances(ec2, name)) == 1
+        assert len(source_instances(ec2, name)) == 1
         assert (
-            provider.records.get("node/n1")["instanceId"] == _instances(ec2, name)[0]["InstanceId"]
+            provider.records.get("node/n1")["instanceId"]
+            == source_instances(ec2, name)[0]["InstanceId"]
         )
     finally:
         conn.kill(tasks=True, grace_seconds=5)
@@ -309,7 +264,7 @@ def test_an_instance_launched_before_its_record_is_adopted_not_launched_again(
     provider._ec2.terminate_instances = counting
     provider.release("r1", node)
     provider.release("r1", node)  # the same request again: nothing more
-    assert _instances(ec2, name) == []
+    assert source_instances(ec2, name) == []
     assert len(terminated) == 1
     assert loopback_only == []
 
@@ -360,7 +315,7 @@ def test_a_file_read_never_launches_an_instance(
     node = NodeRef(account="acct", pool_id="p", node_id="gone", root=str(tmp_path / "gone"))
     with pytest.raises(AgentError, match="has no instance"):
         provider.attach(node, lambda msg: None)
-    assert _instances(ec2, provider.template.name, ("pending", "running", "terminated")) == []
+    assert source_instances(ec2, provider.template.name, ("pending", "running", "terminated")) == []
 
 
 def test_inter_node_communication_gets_a_security_group_of_the_pools_own(
@@ -411,7 +366,7 @@ def test_inter_node_communication_gets_a_security_group_of_the_pools_own(
         ("tcp", 1101, 65535, (gid,), ()),
         ("udp", 1101, 65535, (gid,), ()),
     ]
-    members = [{g["GroupId"] for g in i["SecurityGroups"]} for i in _instances(ec2, name)]
+    members = [{g["GroupId"] for g in i["SecurityGroups"]} for i in source_instances(ec2, name)]
     assert members == [{gid}, {gid}]
     # EC2 refuses to delete a group while it still counts a member: once here.
     real_delete = SecurityGroupBackend.delete_security_group
@@ -435,7 +390,7 @@ def test_inter_node_communication_gets_a_security_group_of_the_pools_own(
         message="the pool's group deleted",
     )
     assert refusals == [gid]
-    assert _instances(ec2, name) == []
+    assert source_instances(ec2, name) == []
 
 
 # -- per-pool key pairs ---------------------------------------------------------------------
@@ -515,7 +470,7 @@ def test_a_template_without_a_key_gives_each_pool_a_key_pair_deleted_with_it(
     name = template["name"]
     (source,) = client.list_node_sources()
     assert not {"privateKeyPath", "privateKeySecretName", "keyPairName"} & set(source.spec)
-    _pool(client, "keyed", name, 2)
+    create_ec2_pool(client, "keyed", name, 2)
     nodes = wait_for_nodes(client, "keyed", 2, timeout=90)
     key_name = f"prefect-batch-{client.account_name}-{name}-keyed"
     (pair,) = _pool_key_pairs(ec2, "keyed")
@@ -526,7 +481,7 @@ def test_a_template_without_a_key_gives_each_pool_a_key_pair_deleted_with_it(
         "prefect-batch:pool": "keyed",
     }
     assert authorize_launch_keys == [key_name, key_name]  # one key pair for the pool's nodes
-    assert [i["KeyName"] for i in _instances(ec2, name)] == [key_name, key_name]
+    assert [i["KeyName"] for i in source_instances(ec2, name)] == [key_name, key_name]
     client.create_job({"id": "kj", "poolInfo": {"poolId": "keyed"}})
     client.create_tasks("kj", [{"id": f"t{i}", "commandLine": "/bin/true"} for i in range(2)])
     for i in range(2):
@@ -542,7 +497,9 @@ def test_a_template_without_a_key_gives_each_pool_a_key_pair_deleted_with_it(
         ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [key_name]}])["KeyPairs"]
         == []
     )
-    wait_until(lambda: _instances(ec2, name) == [], timeout=30, message="instances terminated")
+    wait_until(
+        lambda: source_instances(ec2, name) == [], timeout=30, message="instances terminated"
+    )
     wait_until(lambda: "keyed" in cleaned_up, timeout=60, message="the pool cleaned up")
 
 
@@ -668,7 +625,7 @@ def test_key_fields_that_do_not_agree_are_refused_naming_the_field(
     client.create_node_source(keyless)  # no key at all: the pools get their own
     client.create_node_source({**good, "name": good["name"] + "k", "keyPairName": "batch"})
     assert len(client.list_node_sources()) == 2
-    assert _instances(ec2, good["name"], ("pending", "running", "terminated")) == []
+    assert source_instances(ec2, good["name"], ("pending", "running", "terminated")) == []
     assert ec2.describe_key_pairs()["KeyPairs"] == []  # nothing made before a pool needs it
 
 
@@ -718,14 +675,14 @@ def test_an_instance_that_never_answers_is_replaced_at_most_max_launch_attempts_
         return real_run(self, *args, **kwargs)
 
     monkeypatch.setattr(InstanceBackend, "run_instances", counting)
-    _pool(client, "silent", name, 1)
+    create_ec2_pool(client, "silent", name, 1)
     pool = wait_until(
         lambda: (p := client.get_pool("silent")).resize_errors and p, timeout=90, message="error"
     )
     (error,) = pool.resize_errors
     assert error.code == "AllocationTimedOut"
     values = {v.name: v.value for v in error.error_values or []}
-    every = _instances(ec2, name, ("pending", "running", "shutting-down", "terminated"))
+    every = source_instances(ec2, name, ("pending", "running", "shutting-down", "terminated"))
     assert len(launches) == 3 == len(every) == len(set(launches))
     assert sorted(values["instanceIds"].split(",")) == sorted(i["InstanceId"] for i in every)
     (node,) = client.list_nodes("silent")
@@ -743,7 +700,7 @@ def test_an_instance_that_never_answers_is_replaced_at_most_max_launch_attempts_
     assert node.state == "unusable"
     assert "AllocationTimedOut" in node.errors[0].message
     assert len(launches) == 3
-    assert _instances(ec2, name) == []  # each one terminated
+    assert source_instances(ec2, name) == []  # each one terminated
     assert client.get_pool("silent").allocation_state == "steady"
     client.delete_pool("silent")
     wait_until(lambda: "silent" in cleaned_up, timeout=60, message="the pool cleaned up")
@@ -774,12 +731,12 @@ def test_a_throttled_launch_fails_the_start_and_the_next_start_launches_with_its
         return real_run(self, *args, **kwargs)
 
     monkeypatch.setattr(InstanceBackend, "run_instances", throttled_once)
-    _pool(client, "busy", template["name"], 1)
+    create_ec2_pool(client, "busy", template["name"], 1)
     (node,) = wait_for_nodes(client, "busy", 1, timeout=90)
     assert len(tokens) == 2 and tokens[0] == tokens[1]  # the next start, with the same token
     pool = client.get_pool("busy")
     assert not pool.resize_errors and pool.current_dedicated_nodes == 1
-    assert len(_instances(ec2, template["name"])) == 1
+    assert len(source_instances(ec2, template["name"])) == 1
     client.delete_pool("busy")
     wait_until(lambda: "busy" in cleaned_up, timeout=60, message="the pool cleaned up")
-    assert _instances(ec2, template["name"]) == []
+    assert source_instances(ec2, template["name"]) == []

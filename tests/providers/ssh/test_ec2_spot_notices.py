@@ -9,12 +9,10 @@ process connects anywhere but loopback.
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from prefect_batch import BatchClient
@@ -25,30 +23,13 @@ from prefect_batch.testing import (
     wait_for_task,
     wait_until,
 )
-from prefect_batch.testing.ec2 import REGION, ec2_template, moto_ec2
-from prefect_batch.testing.ec2 import loopback_only as guard_loopback
+from prefect_batch.testing.ec2 import (
+    create_ec2_pool,
+    lab_template,
+    source_instances,
+)
 from prefect_batch.testing.imds import FakeIMDS
 from prefect_batch.testing.sshd import SSHServers
-
-
-@pytest.fixture
-def loopback_only() -> Iterator[list[str]]:
-    with guard_loopback() as refused:
-        yield refused
-
-
-@pytest.fixture
-def moto_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with moto_ec2() as url:
-        yield url
-
-
-@pytest.fixture
-def ec2(moto_url: str) -> Any:
-    return boto3.client("ec2", region_name=REGION, endpoint_url=moto_url)
 
 
 @pytest.fixture
@@ -67,40 +48,7 @@ def client(tmp_path: Path, loopback_only: list[str], moto_url: str) -> Iterator[
 def _template(
     servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path, **extra: Any
 ) -> dict[str, Any]:
-    return ec2_template(
-        f"spot{uuid.uuid4().hex[:6]}",
-        servers,
-        moto_url,
-        ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"],
-        tmp_path / "known_hosts",
-        tmp_path / "instances",
-        **{"pollSeconds": 0.5, "readyTimeoutSeconds": 30, **extra},
-    )
-
-
-def _pool(client: BatchClient, pool_id: str, source: str, dedicated: int, low: int = 0) -> None:
-    client.create_pool(
-        {
-            "id": pool_id,
-            "vmSize": "t3.micro",
-            "targetDedicatedNodes": dedicated,
-            "targetLowPriorityNodes": low,
-            "virtualMachineConfiguration": {
-                "imageReference": {"publisher": "prefect-batch", "offer": "ec2", "sku": source},
-                "nodeAgentSKUId": f"batch.node.ec2.{source}",
-            },
-        }
-    )
-
-
-def _instances(ec2: Any, source: str, states: tuple[str, ...] = ("pending", "running")) -> list:
-    pages = ec2.get_paginator("describe_instances").paginate(
-        Filters=[
-            {"Name": "tag:prefect-batch:source", "Values": [source]},
-            {"Name": "instance-state-name", "Values": list(states)},
-        ]
-    )
-    return [i for p in pages for r in p["Reservations"] for i in r["Instances"]]
+    return lab_template("spot", servers, ec2, moto_url, tmp_path, **{**extra})
 
 
 def _gated(gate: Path) -> str:
@@ -118,7 +66,7 @@ def test_an_interruption_notice_preempts_the_spot_node_requeues_its_task_and_rep
     template = _template(servers, ec2, moto_url, tmp_path, imdsUrl=imds.url, imdsPollSeconds=0.2)
     client.create_node_source(template)
     name = template["name"]
-    _pool(client, "spot", name, 0, low=1)
+    create_ec2_pool(client, "spot", name, 0, low=1)
     (node,) = wait_for_nodes(client, "spot", 1, timeout=90)
     assert node.is_dedicated is False
     gate = tmp_path / "gate"
@@ -128,7 +76,7 @@ def test_an_interruption_notice_preempts_the_spot_node_requeues_its_task_and_rep
     )
     wait_for_task(client, "sj", "t", "running", timeout=60)
     wait_until(lambda: imds.tokens, timeout=30, message="the spot agent polls IMDS")
-    (instance,) = _instances(ec2, name)
+    (instance,) = source_instances(ec2, name)
     imds.interrupt("terminate", "2026-12-07T12:02:00Z")  # EC2 itself has not terminated it
     preempted = wait_until(
         lambda: (n := client.get_node("spot", node.id)).state == "preempted" and n,
@@ -148,7 +96,9 @@ def test_an_interruption_notice_preempts_the_spot_node_requeues_its_task_and_rep
     # The preempted instance is given back; a replacement comes up (its agent has a token of
     # its own, which has no notice) and runs the task.
     wait_until(
-        lambda: _instances(ec2, name, ("terminated",)), timeout=30, message="instance terminated"
+        lambda: source_instances(ec2, name, ("terminated",)),
+        timeout=30,
+        message="instance terminated",
     )
     replacement = wait_until(
         lambda: [n for n in client.list_nodes("spot") if n.state in ("idle", "running")],
@@ -163,7 +113,7 @@ def test_an_interruption_notice_preempts_the_spot_node_requeues_its_task_and_rep
     assert (task.execution_info.requeue_count, task.execution_info.retry_count) == (1, 0)
     assert client.get_node("spot", replacement[0].id).state in ("idle", "running")
     client.delete_pool("spot")
-    wait_until(lambda: _instances(ec2, name) == [], timeout=60, message="cleaned up")
+    wait_until(lambda: source_instances(ec2, name) == [], timeout=60, message="cleaned up")
 
 
 def test_a_rebalance_recommendation_disables_scheduling_on_the_spot_node(
@@ -176,7 +126,7 @@ def test_a_rebalance_recommendation_disables_scheduling_on_the_spot_node(
 ) -> None:
     template = _template(servers, ec2, moto_url, tmp_path, imdsUrl=imds.url, imdsPollSeconds=0.2)
     client.create_node_source(template)
-    _pool(client, "mixed", template["name"], 1, low=1)
+    create_ec2_pool(client, "mixed", template["name"], 1, low=1)
     nodes = wait_for_nodes(client, "mixed", 2, timeout=90)
     spot = next(n for n in nodes if not n.is_dedicated)
     dedicated = next(n for n in nodes if n.is_dedicated)
@@ -223,7 +173,9 @@ def test_a_rebalance_recommendation_disables_scheduling_on_the_spot_node(
     assert new.node_info.node_id == dedicated.id
     assert client.get_node("mixed", spot.id).state == "offline"
     client.delete_pool("mixed")
-    wait_until(lambda: _instances(ec2, template["name"]) == [], timeout=60, message="cleaned up")
+    wait_until(
+        lambda: source_instances(ec2, template["name"]) == [], timeout=60, message="cleaned up"
+    )
 
 
 def test_a_service_that_keeps_in_touch_keeps_its_agents_and_one_that_is_gone_does_not(
@@ -245,9 +197,9 @@ def test_a_service_that_keeps_in_touch_keeps_its_agents_and_one_that_is_gone_doe
     )
     try:
         client.create_node_source(template)
-        _pool(client, "p", template["name"], 1)
+        create_ec2_pool(client, "p", template["name"], 1)
         wait_for_nodes(client, "p", 1, timeout=90)
-        (instance,) = _instances(ec2, template["name"])
+        (instance,) = source_instances(ec2, template["name"])
         behaviour = ec2.describe_instance_attribute(
             InstanceId=instance["InstanceId"], Attribute="instanceInitiatedShutdownBehavior"
         )["InstanceInitiatedShutdownBehavior"]["Value"]
