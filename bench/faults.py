@@ -72,6 +72,7 @@ from prefect_batch.agent import AGENT_PATH  # noqa: E402
 from prefect_batch.core.sharedkey import authorization_header, http_date, new_key  # noqa: E402
 from prefect_batch.testing import gate_command  # noqa: E402
 from prefect_batch.testing.postgres import PrivatePostgres  # noqa: E402
+from prefect_batch.testing.server import server_command, server_env  # noqa: E402
 
 ACCOUNT = "faults"
 API_VERSION = "2025-06-01"
@@ -168,6 +169,10 @@ class Server:
         self, home: Path, key: str, *, database_url: str | None = None, port: int | None = None
     ) -> None:
         self.home = home
+        # The tasks' ledgers and gates: a directory of its own beside the home, open to the
+        # server's confined tasks (it exists before the server starts, and holds no home).
+        self.shared = home.parent / "tasks"
+        self.shared.mkdir(parents=True, exist_ok=True)
         self.key = key
         self.database_url = database_url
         self.port = port or free_port()
@@ -176,31 +181,14 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = WAIT_SECONDS) -> Server:
-        env = {
-            **os.environ,
-            "PREFECT_BATCH_HOME": str(self.home),
-            "PREFECT_BATCH_ACCOUNT_NAME": ACCOUNT,
-            "PREFECT_BATCH_ACCOUNT_KEY": self.key,
-            "PREFECT_BATCH_LEASE_SECONDS": "1.5",
-            "PREFECT_BATCH_ENGINE_TICK_SECONDS": "0.05",
-        }
-        env.pop("PREFECT_BATCH_SERVICE_URL", None)
-        env.pop("PREFECT_BATCH_DATABASE_URL", None)
-        if self.database_url:
-            env["PREFECT_BATCH_DATABASE_URL"] = self.database_url
-        cmd = [
-            sys.executable,
-            "-c",
-            "from prefect_batch.cli import app; app(prog_name='prefect-batch')",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
+        env = server_env(
+            self.home,
+            ACCOUNT,
+            self.key,
+            database_url=self.database_url,
+            task_paths=[self.shared],
+        )
+        cmd = server_command(self.port)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         proc = self.proc
@@ -418,7 +406,7 @@ def server_kills(
     outcome = Outcome(f"(a) server kill -9 x{rounds}")
     start = time.monotonic()
     rng = random.Random(seed)
-    home, ledger = base / "a-home", base / "a-ledger.txt"
+    home, ledger = base / "a-home", base / "tasks" / "a-ledger.txt"
     server = Server(home, new_key())
     accepted: list[str] = []
     agents_seen: set[int] = set()
@@ -471,7 +459,7 @@ def agent_kill(base: Path, *, tasks: int, timeout: float = WAIT_SECONDS) -> Outc
     """(b) ``kill -9`` of the agent of a node running tasks: requeued, nothing lost."""
     outcome = Outcome("(b) node agent kill -9")
     start = time.monotonic()
-    home, ledger = base / "b-home", base / "b-ledger.txt"
+    home, ledger = base / "b-home", base / "tasks" / "b-ledger.txt"
     server = Server(home, new_key())
     try:
         with running(server):
@@ -546,7 +534,7 @@ def twin_failover(
     outcome = Outcome(f"({letter}) 2 servers on {where}, 1 killed")
     start = time.monotonic()
     home = base / f"{letter}-home"
-    ledger, gate = base / f"{letter}-ledger.txt", base / f"{letter}-gate"
+    ledger, gate = base / "tasks" / f"{letter}-ledger.txt", base / "tasks" / f"{letter}-gate"
     key = new_key()
     database = pg.create_database("twin") if pg is not None else None
     url = database or f"sqlite:///{home / 'batch.db'}"
@@ -615,7 +603,7 @@ def store_outage(
     """(d) The private PostgreSQL cluster stopped for ``outage_seconds`` mid-job."""
     outcome = Outcome(f"(d) PostgreSQL stopped {outage_seconds:.0f} s")
     start = time.monotonic()
-    home, ledger = base / "d-home", base / "d-ledger.txt"
+    home, ledger = base / "d-home", base / "tasks" / "d-ledger.txt"
     server = Server(home, new_key(), database_url=pg.create_database("outage"))
     try:
         with running(server):

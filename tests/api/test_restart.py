@@ -4,10 +4,8 @@ server killed (SIGKILL) mid-job and started again loses no accepted task and no 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +18,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 
 from prefect_batch.core.sharedkey import new_key
 from prefect_batch.testing import gate_command
+from prefect_batch.testing.server import server_command, server_env
 from tests.api.conftest import database, free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -52,33 +51,9 @@ def server_process(
     ``extra_args`` go to ``server start``; ``up(url)`` tells when it answers (default: plain
     HTTP ``/openapi.json``).
     """
-    env = {
-        **os.environ,
-        "PREFECT_BATCH_HOME": str(home),
-        "PREFECT_BATCH_ACCOUNT_NAME": ACCOUNT,
-        "PREFECT_BATCH_ACCOUNT_KEY": key,
-        "PREFECT_BATCH_LEASE_SECONDS": "1.5",
-        "PREFECT_BATCH_ENGINE_TICK_SECONDS": "0.05",
-    }
-    env.pop("PREFECT_BATCH_SERVICE_URL", None)
-    if store_url.startswith("postgresql"):
-        env["PREFECT_BATCH_DATABASE_URL"] = store_url
-    else:
-        env.pop("PREFECT_BATCH_DATABASE_URL", None)
-    cmd = [
-        sys.executable,
-        "-c",
-        "from prefect_batch.cli import app; app(prog_name='prefect-batch')",
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *extra_args,
-    ]
+    database_url = store_url if store_url.startswith("postgresql") else None
+    env = server_env(home, ACCOUNT, key, database_url=database_url)
+    cmd = server_command(port, *extra_args)
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
