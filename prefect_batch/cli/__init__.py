@@ -1,6 +1,6 @@
 """The ``prefect-batch`` command line: ``pool``, ``job``, ``schedule``, ``task``, ``node``,
 ``nodesource``, ``file``, ``engine``, ``server``, ``account``, ``ui`` (the web page),
-``quickstart``.
+``quickstart``, ``doctor`` (checks of the machine and the settings).
 
 Every command takes ``--json`` (the Azure wire JSON on stdout, nothing else) and otherwise prints
 rich tables. An error answer of the service prints ``Error <code>: <message>`` on stderr and
@@ -23,6 +23,7 @@ import typer
 
 from prefect_batch.cli import (
     accounts,
+    doctor,
     engine,
     files,
     jobs,
@@ -85,6 +86,7 @@ app.add_typer(engine.app, name="engine")
 app.add_typer(server.app, name="server")  # the batch server
 app.add_typer(accounts.app, name="account")  # its accounts and keys
 app.command("ui")(ui.ui)  # the web page over the embedded default's store
+app.command("doctor")(doctor.doctor)  # confinement, modes, the store, free disk
 
 
 @app.command("quickstart")

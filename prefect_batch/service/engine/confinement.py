@@ -28,6 +28,7 @@ __all__ = [
     "agent_confinement_args",
     "confinement_unavailable",
     "is_admin",
+    "landlock_abi",
     "run_confinement",
     "set_not_dumpable",
     "tasks_confined",
@@ -52,6 +53,19 @@ def confinement_unavailable() -> str | None:
             f"{os.strerror(ctypes.get_errno())}"
         )
     return None
+
+
+def landlock_abi() -> int | None:
+    """The Landlock ABI version this kernel offers (1, 2...), or None where it offers none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        abi = libc.syscall(_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    except (OSError, AttributeError):
+        return None
+    return int(abi) if abi >= 1 else None
 
 
 def tasks_confined(setting: bool | None, *, server: bool) -> bool:
