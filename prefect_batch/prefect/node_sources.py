@@ -355,7 +355,9 @@ print(template.ami_id, template.instance_type)
         default=None, description="An EC2-compatible endpoint instead of AWS's."
     )
     aws_credentials: _aws.AwsCredentials | None = Field(
-        default=None, description="AWS credentials; the default boto3 chain when empty."
+        default=None,
+        description="AWS credentials; the default boto3 chain when empty. A saved "
+        "AwsCredentials block is named in the registration, so the service uses it too.",
     )
 
     def _image_sku(self) -> str:
@@ -389,19 +391,28 @@ print(template.ami_id, template.instance_type)
             "knownHosts": self.known_hosts,
             "trustOnFirstUse": self.trust_on_first_use,
             "tags": dict(self.tags),
+            # A saved block is loaded by name where the service runs; keys never travel here.
+            "awsCredentialsBlockName": _saved_name(self.aws_credentials),
         }
         return {k: v for k, v in spec.items() if v not in (None, [], {})}
 
     def ensure_registered(self, client: Any) -> None:
         """Register this template with the service, or bring its registration up to date.
 
-        The service checks it against EC2 with its own credentials (``aws_credentials`` is
-        for flows that use the block themselves); the key stays in its Secret block.
+        The service checks it against EC2 with the saved ``aws_credentials`` block it names (or,
+        with none or an unsaved one, its own boto3 chain); the key stays in its Secret block.
 
         Args:
             client: An open ``BatchClient``.
         """
         _ensure_registered(client, self.template_name, self, lambda s: s.spec)
+
+
+def _saved_name(block: Any) -> str | None:
+    """The name ``block`` is saved under, or None (unset, unsaved, or saved inside another)."""
+    if block is None or getattr(block, "_is_anonymous", False):
+        return None
+    return getattr(block, "_block_document_name", None)
 
 
 def _ensure_registered(client: Any, name: str, block: NodeSourceBlock, current_of: Any) -> None:

@@ -82,7 +82,9 @@ terminate).
 
 ``sshEndpoints`` (``host:port``) stand in for the instances' addresses, the first one free for
 each launch: a lab behind a bastion, and the tests, which map instances to private sshd servers
-on loopback. AWS credentials come from boto3's chain (environment, profile, instance role).
+on loopback. AWS credentials come from the prefect-aws ``AwsCredentials`` block the template
+names (``awsCredentialsBlockName``, loaded from the service's Prefect API when the provider is
+built and at registration), else from boto3's chain (environment, profile, instance role).
 
 What this module does not do: batches of several instances per ``run_instances`` call (each
 instance carries its own node's tags from launch); rotating a pool's key pair while the pool
@@ -201,6 +203,12 @@ class EC2Template(BaseModel):
     )
     private_key_path: Path | None = Field(None, description="Its private key, on this machine.")
     private_key_secret_name: str | None = Field(None, description="Or a Prefect Secret block.")
+    aws_credentials_block_name: str | None = Field(
+        None,
+        min_length=1,
+        description="A prefect-aws AwsCredentials block whose keys (or profile) the service "
+        "uses for this template; unset: boto3's chain (environment, profile, instance role).",
+    )
     ssh_user: str = Field("ec2-user", min_length=1)
     ssh_port: int = Field(22, ge=1, le=65535)
     ssh_endpoints: list[str] = Field(
@@ -298,13 +306,36 @@ class EC2Template(BaseModel):
         return host, int(port)
 
 
+def aws_session(template: EC2Template) -> Any:
+    """The boto3 session the template's calls use: its ``awsCredentialsBlockName`` block's, else
+    boto3's own chain (the clients are made in the template's region either way).
+
+    Raises:
+        AgentError: The block cannot be loaded (prefect-aws missing, no such block, no API).
+    """
+    import boto3  # the kind's module is imported only for EC2 sources
+
+    name = template.aws_credentials_block_name
+    if name is None:
+        return boto3.session.Session(region_name=template.region_name)
+    try:
+        from prefect_aws import AwsCredentials
+
+        credentials = AwsCredentials.load(name, _sync=True)  # type: ignore[call-arg]
+        session = credentials.get_boto3_session()  # type: ignore[union-attr]
+    except Exception as exc:  # noqa: BLE001 - ImportError, ValueError, the API unreachable...
+        raise AgentError(
+            f"cannot load the AwsCredentials block {name!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    return session
+
+
 def _clients(template: EC2Template) -> tuple[Any, Any]:
     """(a client that retries with backoff, a fail-fast one for launches)."""
-    import boto3  # the kind's module is imported only for EC2 sources
     from botocore.config import Config
 
-    session = boto3.session.Session(region_name=template.region_name)
-    common = {"endpoint_url": template.endpoint_url}
+    session = aws_session(template)
+    common = {"endpoint_url": template.endpoint_url, "region_name": template.region_name}
     # ``total_max_attempts`` counts the first call; ``max_attempts`` in ``retries`` would count
     # retries only (1 would send a launch twice).
     patient = Config(retries={"mode": "standard", "total_max_attempts": 8}, connect_timeout=10)
@@ -1083,7 +1114,12 @@ def _check_keys(template: EC2Template) -> None:
 
 
 def _check_against_ec2(template: EC2Template) -> None:
-    ec2, _ = _clients(template)
+    try:
+        ec2, _ = _clients(template)
+    except AgentError as exc:
+        raise invalid_property(
+            "awsCredentialsBlockName", template.aws_credentials_block_name, str(exc)
+        ) from None
     checks: list[tuple[str, Any, str, dict[str, Any]]] = [
         (
             "instanceType",

@@ -310,6 +310,13 @@ def test_blocks_save_and_load_with_nested_blocks(prefect_api: None) -> None:
     )
     ec2 = EC2Template.load("test-ec2")
     assert ec2.aws_credentials is not None and ec2.aws_credentials.region_name == "eu-west-1"
+    assert "awsCredentialsBlockName" not in ec2.node_source_spec()  # saved inside the template
+    AwsCredentials(region_name="eu-west-1").save("test-lab-aws", overwrite=True)
+    EC2Template(ami_id="ami-1", aws_credentials=AwsCredentials.load("test-lab-aws")).save(
+        "test-ec2-named", overwrite=True
+    )
+    named = EC2Template.load("test-ec2-named").node_source_spec()
+    assert named["awsCredentialsBlockName"] == "test-lab-aws"
 
 
 # -- blocks/ -----------------------------------------------------------------------------------

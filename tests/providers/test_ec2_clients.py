@@ -78,6 +78,7 @@ class Wire:
     def __init__(self, client: Any) -> None:
         self.answers: dict[str, list[tuple[int, str]]] = {}
         self.sent: list[dict[str, str]] = []
+        self.signed: list[str] = []  # each request's Authorization header
         client.meta.events.register("before-send.ec2", self._send)
 
     def answer(self, action: str, *answers: tuple[int, str]) -> None:
@@ -90,6 +91,8 @@ class Wire:
         body = request.body.decode() if isinstance(request.body, bytes) else request.body
         params = {k: v[0] for k, v in parse_qs(body or "").items()}
         self.sent.append(params)
+        auth = request.headers.get("Authorization") or b""
+        self.signed.append(auth.decode() if isinstance(auth, bytes) else auth)
         queue = self.answers.get(params["Action"]) or []
         assert queue, f"no answer left for {params['Action']}"
         status, text = queue.pop(0)
@@ -200,3 +203,89 @@ def test_a_node_out_of_launches_is_refused_without_a_call_and_reported_once(
     assert (event.kind, event.code) == ("unusable", "AllocationTimedOut")
     assert event.error is not None and event.error.code == "AllocationTimedOut"
     assert dict(event.error.values)["instanceIds"] == "i-1,i-2,i-3"
+
+
+def _template_with(endpoint: str, tmp_path: Path, **extra: Any) -> EC2Template:
+    return EC2Template.model_validate(
+        {
+            "name": "unit",
+            "amiId": "ami-12c6146b",
+            "instanceType": "t3.micro",
+            "endpointUrl": endpoint,
+            "sshEndpoints": ["127.0.0.1:1"],
+            "privateKeyPath": str(tmp_path / "key"),
+            **extra,
+        }
+    )
+
+
+def test_a_template_naming_an_aws_credentials_block_signs_with_its_keys(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from prefect_aws import AwsCredentials
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFROMTHEENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    loaded: list[str] = []
+
+    def load(cls: Any, name: str, **_: Any) -> AwsCredentials:
+        loaded.append(name)
+        return AwsCredentials(aws_access_key_id="AKIAFROMTHEBLOCK", aws_secret_access_key="s3cr3t")
+
+    monkeypatch.setattr(AwsCredentials, "load", classmethod(load))
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+    with loopback_only() as refused:
+        for extra, key in (
+            ({"awsCredentialsBlockName": "lab-aws"}, "AKIAFROMTHEBLOCK"),
+            ({}, "AKIAFROMTHEENV"),
+        ):
+            provider = EC2Provider(
+                "batch.node.ec2.unit",
+                _template_with(endpoint, tmp_path, **extra),
+                "acct",
+                MemoryRecords(),
+            )
+            try:
+                wire = Wire(provider._ec2)
+                wire.answer("DescribeInstances", NO_INSTANCES)
+                provider.poll()
+            finally:
+                provider.close()
+            assert wire.signed and f"Credential={key}/" in wire.signed[0]
+    refusing.close()
+    assert loaded == ["lab-aws"]
+    assert refused == []
+
+
+def test_an_aws_credentials_block_that_cannot_be_loaded_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from prefect_aws import AwsCredentials
+
+    def load(cls: Any, name: str, **_: Any) -> AwsCredentials:
+        raise ValueError(f"Unable to find block document named {name}")
+
+    monkeypatch.setattr(AwsCredentials, "load", classmethod(load))
+    template = _template_with("http://127.0.0.1:1", tmp_path, awsCredentialsBlockName="nope")
+    with pytest.raises(AgentError, match="cannot load the AwsCredentials block 'nope'"):
+        EC2Provider("batch.node.ec2.unit", template, "acct", MemoryRecords())
+
+
+def test_registering_a_template_whose_credentials_block_cannot_load_names_the_field(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from prefect_aws import AwsCredentials
+
+    from prefect_batch.exceptions import BatchServiceError
+    from prefect_batch.providers.ec2 import validate_registration
+
+    def load(cls: Any, name: str, **_: Any) -> AwsCredentials:
+        raise ValueError(f"Unable to find block document named {name}")
+
+    monkeypatch.setattr(AwsCredentials, "load", classmethod(load))
+    body = _template_with("http://127.0.0.1:1", tmp_path, awsCredentialsBlockName="nope")
+    with pytest.raises(BatchServiceError) as info:
+        validate_registration({"kind": "ec2", **body.model_dump(mode="json", by_alias=True)})
+    assert info.value.values.get("PropertyName") == "awsCredentialsBlockName"
