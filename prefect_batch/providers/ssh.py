@@ -35,7 +35,16 @@ runs again (``requeueCount`` + 1) — only after its first process has ended.
 What this module does not do: decide how many nodes a pool has (the engine does, and asks
 :meth:`SSHNodeSource.place` for hosts), reconnect by itself (a dropped session ends the connection
 with a ``closed`` event; the service starts the agent again with backoff), install Python on
-hosts, or isolate tasks (they run as the SSH user). Host keys are never accepted silently.
+hosts, or isolate tasks from one another beyond their directories (they run as the SSH user).
+Host keys are never accepted silently.
+
+Confinement: with the group's ``confineTasks`` (the default) the agent runs with ``--confine``
+(:func:`~prefect_batch.service.engine.confinement.remote_confinement_args`): each task runs
+under Landlock without capabilities, reaching its own directories, the node's shared and
+startup directories, the system's read-only trees and the agent's interpreter, and neither the
+SSH user's home (``~/.ssh``) nor the node root's other contents (``<root>/.agent``, other
+tasks) nor any ``/proc`` entry. On a kernel without Landlock the agent still starts, runs tasks
+unconfined and says so in ``hello``; the node then carries a ``TasksUnconfined`` error.
 """
 
 from __future__ import annotations
@@ -78,6 +87,7 @@ from prefect_batch.providers.hostkeys import (
     load_known_hosts,
     parse_public_key,
 )
+from prefect_batch.service.engine.confinement import remote_confinement_args
 
 __all__ = [
     "DEFAULT_NODE_ROOT",
@@ -502,6 +512,7 @@ class SSHNodeSource(NodeProvider):
     def launcher_command(self, root: str) -> str:
         """The command line sent to the host: the constant launcher, every value quoted."""
         args = [root, self.group.python, self._agent_name, str(len(self._agent_data))]
+        args += remote_confinement_args(confine=self.group.confine_tasks, root=root)
         return " ".join(
             ["exec", "/bin/sh", "-c", shlex.quote(_LAUNCHER), "prefect-batch-agent"]
             + [shlex.quote(a) for a in [*args, *self.group.agent_args]]
