@@ -10,8 +10,10 @@ shows the confinement is what stops it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,3 +211,50 @@ def test_ec2_instances_agents_are_confined_unless_the_template_says_not(tmp_path
     with pytest.raises(BatchInvalidRequestError) as info:
         validate_registration({**spec, "confineTasks": "yes"})
     assert info.value.values["PropertyName"] == "confineTasks"
+
+
+WITHOUT_LANDLOCK = """#!{python}
+# Runs the node agent as on a host whose kernel has no Landlock (its Confinement cannot be
+# built): the launcher calls this as ``python -I agent.py --root ...``.
+import errno, runpy, sys
+
+args = [a for a in sys.argv[1:] if a != "-I"]
+ns = runpy.run_path(args[0], run_name="agent")
+
+
+def refuse(*_):
+    raise OSError(errno.ENOSYS, "Landlock is not available on this kernel")
+
+
+ns["Confinement"].__init__ = refuse
+sys.exit(ns["main"](args[1:]))
+"""
+
+
+def test_a_host_without_landlock_runs_tasks_unconfined_and_its_node_says_so(
+    servers: SSHServers,
+    tmp_path: Path,
+    home_secret: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    python = tmp_path / "python-without-landlock"
+    python.write_text(WITHOUT_LANDLOCK.format(python=sys.executable))
+    python.chmod(0o755)
+    hosts_dir = tmp_path / "hosts"
+    caplog.set_level(logging.WARNING, logger="prefect_batch.engine")
+    with embedded_client(tmp_path / "home") as client:
+        _pool(client, servers, hosts_dir, python=str(python))  # confineTasks by default
+        (node,) = wait_for_nodes(client, "p", 1, timeout=60)
+        ((code, message),) = [(e.code, e.message) for e in node.errors or []]
+        assert code == "TasksUnconfined"
+        assert message.startswith("tasks unconfined: cannot confine tasks on ")
+        assert message.endswith(": Landlock is not available on this kernel")
+        assert any(message in r.getMessage() for r in caplog.records)
+        client.create_job({"id": "j", "poolInfo": {"poolId": "p"}})
+        targets = {"home_secret": str(home_secret)}
+        client.create_task(
+            "j", {"id": "probe", "commandLine": f"python3 -c '{PROBE}' '{json.dumps(targets)}'"}
+        )
+        task = wait_for_task(client, "j", "probe", timeout=60)
+        assert task.execution_info.exit_code == 0
+        assert json.loads(client.get_task_file("j", "probe", "stdout.txt"))["home_secret"] == "read"
