@@ -1018,7 +1018,8 @@ class Confinement:
             _fields_ = [("access", ctypes.c_uint64), ("fd", ctypes.c_int32)]
 
         self.Attr, self.Beneath = Attr, Beneath
-        self.protect = [os.path.realpath(os.path.expanduser(p)) for p in protect]
+        protected = (os.path.realpath(os.path.expanduser(p)) for p in protect)
+        self.protect = [p for p in protected if p != "/"]  # a home of "/" protects nothing
         self.cap_last = self._cap_last() if self._has_caps() else -1
         self.base: list = []
         for path in SYSTEM_READ_PATHS:
@@ -1053,8 +1054,8 @@ class Confinement:
     def _allowed(self, path: str, access: int, *, own: bool = False) -> list:
         """Rules for ``path``, leaving out every protected tree (and paths inside one).
 
-        ``own``: ``path`` is the agent's interpreter, allowed even inside a protected tree
-        (not when it is one, nor a protected tree inside it).
+        ``own``: ``path`` is the agent's interpreter or in its ``PATH``, allowed even inside a
+        protected tree (not when it is one, nor a protected tree inside it).
         """
         real = os.path.realpath(path)
         if not os.path.exists(real):

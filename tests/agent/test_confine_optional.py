@@ -1,14 +1,17 @@
-"""An agent asked to confine where the kernel has no Landlock: it refuses, or, with
-``--confine-optional`` (remote hosts), runs tasks unconfined and says why in ``hello``."""
+"""Confinement options of agents on remote hosts: ``~`` paths, the agent's own interpreter
+inside a protected home, and a kernel without Landlock (the agent refuses, or, with
+``--confine-optional``, runs tasks unconfined and says why in ``hello``)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from prefect_batch.agent import AGENT_PATH
+from prefect_batch.agent.agent import Confinement, interpreter_trees
 from prefect_batch.service.engine.confinement import unconfined_errors
 
 
@@ -42,3 +45,16 @@ def test_an_agent_without_landlock_starts_unconfined_when_confining_is_optional(
     (error,) = unconfined_errors(answer) or []
     assert error["code"] == "TasksUnconfined"
     assert error["message"].startswith("tasks unconfined: cannot confine tasks on ")
+
+
+def test_home_paths_are_the_agents_and_its_interpreter_stays_readable_in_a_protected_tree() -> None:
+    home = os.path.realpath(os.path.expanduser("~"))
+    prefix = os.path.realpath(sys.prefix)
+    above = os.path.dirname(prefix)  # a protected tree that holds the interpreter
+    confinement = Confinement([], [], ["~", above, "/"])
+    expected = [home] + ([os.path.realpath(above)] if above != "/" else [])
+    assert confinement.protect == expected  # "~" is the agent's home; "/" protects nothing
+    allowed = {path for path, _ in confinement.base}
+    assert prefix in {os.path.realpath(t) for t in interpreter_trees()}
+    assert prefix in allowed
+    assert not any(p in expected for p in allowed)
