@@ -41,10 +41,11 @@ Host keys are never accepted silently.
 Confinement: with the group's ``confineTasks`` (the default) the agent runs with ``--confine``
 (:func:`~prefect_batch.service.engine.confinement.remote_confinement_args`): each task runs
 under Landlock without capabilities, reaching its own directories, the node's shared and
-startup directories, the system's read-only trees and the agent's interpreter, and neither the
-SSH user's home (``~/.ssh``) nor the node root's other contents (``<root>/.agent``, other
-tasks) nor any ``/proc`` entry. On a kernel without Landlock the agent still starts, runs tasks
-unconfined and says so in ``hello``; the node then carries a ``TasksUnconfined`` error.
+startup directories, the system's read-only trees, the agent's interpreter and the
+directories of the agent's ``PATH``, and neither the rest of the SSH user's home (``~/.ssh``)
+nor the node root's other contents (``<root>/.agent``, other tasks) nor any ``/proc`` entry.
+On a kernel without Landlock the agent still starts, runs tasks unconfined and says so in
+``hello``; the node then carries a ``TasksUnconfined`` error.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Task confinement on local nodes: which agent options confine tasks, and where it works.
+"""Task confinement: which agent options confine tasks (local, SSH and EC2 nodes), and where.
 
 A confined agent (``--confine``, see the agent's "confinement" section) starts every task under
 Linux Landlock with no capabilities: a task reaches its own task directory, the node's shared
@@ -14,13 +14,14 @@ that machine (capabilities, no Landlock) would reach every account.
 Agents on SSH hosts and EC2 instances (``confineTasks``, on by default) are confined with
 :func:`remote_confinement_args`: the service knows no path on such a host, so it names them as
 the agent will see them there (``~`` is the SSH user's home, expanded by the agent) and the
-agent adds its own interpreter's trees. Tasks there reach their task, shared, startup and job
-preparation directories, the system's read-only trees and that interpreter, and nothing else
-of the user's home (``~/.ssh`` included) nor the node root (the agent's state in
-``<root>/.agent``, other tasks). A host whose kernel has no Landlock still runs its agent
-(``--confine-optional``): the agent's ``hello`` says ``"unconfined": <reason>``, the service
-logs a warning and the node carries a ``TasksUnconfined`` error, "tasks unconfined: <reason>"
-(:func:`unconfined_errors`), for as long as that agent runs.
+agent adds its own interpreter's trees and its ``PATH``'s directories. Tasks there reach their
+task, shared, startup and job preparation directories, the system's read-only trees, that
+interpreter and ``PATH``, and nothing else of the user's home (``~/.ssh`` included) nor of the
+node root (the agent's state in ``<root>/.agent``, other tasks). A host whose kernel has no
+Landlock still runs its agent (``--confine-optional``): the agent's ``hello`` says
+``"unconfined": <reason>``, the service logs a warning and the node carries a
+``TasksUnconfined`` error, "tasks unconfined: <reason>" (:func:`unconfined_errors`), for as
+long as that agent runs.
 
 What it does not do: confine anything itself (the agent does, in the child, just before exec).
 """
