@@ -5,7 +5,7 @@ a pinned host key, a node root), one client key (a file, or the key text as a se
 known_hosts file for hosts without a pinned key, trust on first use (off unless opted in), the
 size to declare (``vmSize`` label, cores, memory), whether the hosts' agents confine their
 tasks (``confineTasks``, also ``confine_tasks``; on by default, see
-:func:`prefect_batch.service.engine.confinement.remote_confinement_args`) and connection
+:func:`prefect_batch.providers.ssh.remote_confinement_args`) and connection
 bounds. Validation makes a group whose every host key *can* be verified: a host with neither a
 pinned key nor a known_hosts file is refused, as is trust on first use without a file to record
 in.

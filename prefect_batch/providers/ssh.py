@@ -39,7 +39,7 @@ hosts, or isolate tasks from one another beyond their directories (they run as t
 Host keys are never accepted silently.
 
 Confinement: with the group's ``confineTasks`` (the default) the agent runs with ``--confine``
-(:func:`~prefect_batch.service.engine.confinement.remote_confinement_args`): each task runs
+(:func:`remote_confinement_args`): each task runs
 under Landlock without capabilities, reaching its own directories, the node's shared and
 startup directories, the system's read-only trees, the agent's interpreter and the
 directories of the agent's ``PATH``, and neither the rest of the SSH user's home (``~/.ssh``)
@@ -88,7 +88,6 @@ from prefect_batch.providers.hostkeys import (
     load_known_hosts,
     parse_public_key,
 )
-from prefect_batch.service.engine.confinement import remote_confinement_args
 
 __all__ = [
     "DEFAULT_NODE_ROOT",
@@ -126,6 +125,18 @@ command -v "$PY" >/dev/null 2>&1 || { echo "@pb fail no $PY on this host"; exit 
 printf '@pb start %s %s\n' "$$" "$R"
 exec "$PY" -I "$A" --root "$R" "$@" 2>>"$D/agent.log"
 """.strip()
+
+
+def remote_confinement_args(*, confine: bool, root: str) -> list[str]:
+    """A remote agent's options (an SSH host, an EC2 instance): ``--confine``, which it may
+    go without where the kernel has no Landlock (``--confine-optional``), with the SSH user's
+    home and the node root ``root`` (as configured, ``~/...`` allowed) protected. The service
+    knows no path on the host: the agent expands ``~`` and adds its own interpreter's trees and
+    its ``PATH``'s directories (:mod:`prefect_batch.service.engine.confinement` reads what its
+    ``hello`` says)."""
+    if not confine:
+        return []
+    return ["--confine", "--confine-optional", "--protect", "~", "--protect", root]
 
 
 @functools.cache

@@ -12,16 +12,16 @@ confined like any other: a local node is a directory on the service's machine, a
 that machine (capabilities, no Landlock) would reach every account.
 
 Agents on SSH hosts and EC2 instances (``confineTasks``, on by default) are confined with
-:func:`remote_confinement_args`: the service knows no path on such a host, so it names them as
-the agent will see them there (``~`` is the SSH user's home, expanded by the agent) and the
-agent adds its own interpreter's trees and its ``PATH``'s directories. Tasks there reach their
-task, shared, startup and job preparation directories, the system's read-only trees, that
-interpreter and ``PATH``, and nothing else of the user's home (``~/.ssh`` included) nor of the
-node root (the agent's state in ``<root>/.agent``, other tasks). A host whose kernel has no
-Landlock still runs its agent (``--confine-optional``): the agent's ``hello`` says
-``"unconfined": <reason>``, the service logs a warning and the node carries a
-``TasksUnconfined`` error, "tasks unconfined: <reason>" (:func:`unconfined_errors`), for as
-long as that agent runs.
+:func:`prefect_batch.providers.ssh.remote_confinement_args`: the service knows no path on such
+a host, so it names them as the agent will see them there (``~`` is the SSH user's home,
+expanded by the agent) and the agent adds its own interpreter's trees and its ``PATH``'s
+directories. Tasks there reach their task, shared, startup and job preparation directories,
+the system's read-only trees, that interpreter and ``PATH``, and nothing else of the user's
+home (``~/.ssh`` included) nor of the node root (the agent's state in ``<root>/.agent``, other
+tasks). A host whose kernel has no Landlock still runs its agent (``--confine-optional``): the
+agent's ``hello`` says ``"unconfined": <reason>``, the service logs a warning and the node
+carries a ``TasksUnconfined`` error, "tasks unconfined: <reason>" (:func:`unconfined_errors`),
+for as long as that agent runs.
 
 What it does not do: confine anything itself (the agent does, in the child, just before exec).
 """
@@ -40,7 +40,6 @@ __all__ = [
     "agent_confinement_args",
     "confinement_unavailable",
     "is_admin",
-    "remote_confinement_args",
     "run_confinement",
     "set_not_dumpable",
     "tasks_confined",
@@ -102,15 +101,6 @@ def agent_confinement_args(
     for path in protect:
         args += ["--protect", str(path)]
     return args
-
-
-def remote_confinement_args(*, confine: bool, root: str) -> list[str]:
-    """A remote agent's options (an SSH host, an EC2 instance): ``--confine``, which it may
-    go without where the kernel has no Landlock, with the SSH user's home and the node root
-    ``root`` (as configured, ``~/...`` allowed) protected. The agent adds its interpreter."""
-    if not confine:
-        return []
-    return ["--confine", "--confine-optional", "--protect", "~", "--protect", root]
 
 
 def unconfined_errors(hello: dict[str, Any]) -> list[dict[str, Any]] | None:
