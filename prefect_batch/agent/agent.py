@@ -27,7 +27,8 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
 ``hello`` ``{"op":"hello","v":1,"node_id":..,"pool_id":..}`` ->
     ``{"ev":"hello","v":1,"agent_version":"0.1.0","pid":..,"hostname":..,"cpu_count":..,
     "memory_bytes":..,"root":..,"time":..,"reaper":"pidfd"|"sigchld",
-    "spawn":"posix_spawn"|"popen"}``.
+    "spawn":"posix_spawn"|"popen","confined":bool}``, plus ``"unconfined":"<reason>"`` when
+    the agent was asked to confine (``--confine --confine-optional``) and this kernel cannot.
 
 ``run`` ``{"op":"run","key":K,"argv":[..],"dir":"jobA/task1","env":{..},
     "wall_clock_seconds":float|null,"job_prep_dir":"jobA/jobpreparation"|null}``
@@ -932,6 +933,13 @@ def _upload_all(
 # paths the service names (``--task-path``); and nothing else: not the node root, other tasks,
 # other nodes, the service's home, nor any /proc entry. Capabilities are dropped first (an empty
 # bounding set and no_new_privs), so a task of an agent running as root holds none after exec.
+# Paths given to ``--task-read``, ``--task-path`` and ``--protect`` may start with ``~`` (the
+# agent's home, as on a remote host whose paths the service does not know). The agent's own
+# interpreter trees and the directories of its own ``PATH`` (with a pyenv root above
+# ``shims``) are readable even inside a protected tree (a Python under the protected home of
+# an SSH user), though never a protected tree itself nor one inside them. With
+# ``--confine-optional`` an agent on a kernel without Landlock runs tasks unconfined and says
+# why in ``hello`` (``"unconfined"``) instead of refusing to start.
 # ctypes only, so the agent stays standard library. Syscall numbers 444-446 are the same on
 # every architecture (they came after the syscall tables were unified).
 
@@ -961,6 +969,13 @@ def set_not_dumpable() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def interpreter_trees() -> list:
+    """The trees of the Python running this agent (its prefixes and its executable's)."""
+    trees = {sys.prefix, sys.base_prefix, sys.exec_prefix,
+             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}  # fmt: skip
+    return sorted(t for t in trees if t)
 
 
 def _inside(path: str, parent: str) -> bool:
@@ -1003,15 +1018,19 @@ class Confinement:
             _fields_ = [("access", ctypes.c_uint64), ("fd", ctypes.c_int32)]
 
         self.Attr, self.Beneath = Attr, Beneath
-        self.protect = [os.path.realpath(p) for p in protect]
+        protected = (os.path.realpath(os.path.expanduser(p)) for p in protect)
+        self.protect = [p for p in protected if p != "/"]  # a home of "/" protects nothing
         self.cap_last = self._cap_last() if self._has_caps() else -1
-        prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix,
-                    os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}  # fmt: skip
         self.base: list = []
-        for path in list(SYSTEM_READ_PATHS) + sorted(prefixes) + list(read_paths):
+        for path in SYSTEM_READ_PATHS:
             self.base += self._allowed(path, _LL_RO)
+        for path in interpreter_trees():  # readable even inside a protected tree
+            self.base += self._allowed(path, _LL_RO, own=True)
+        self.base += self._path_rules(os.environ.get("PATH") or "", own=True)  # the agent's
+        for path in read_paths:
+            self.base += self._allowed(os.path.expanduser(path), _LL_RO)
         for path in write_paths:
-            self.base += self._allowed(path, _LL_ALL)
+            self.base += self._allowed(os.path.expanduser(path), _LL_ALL)
 
     @staticmethod
     def _has_caps() -> bool:
@@ -1032,12 +1051,18 @@ class Confinement:
         except (OSError, ValueError):
             return 63
 
-    def _allowed(self, path: str, access: int) -> list:
-        """Rules for ``path``, leaving out every protected tree (and paths inside one)."""
+    def _allowed(self, path: str, access: int, *, own: bool = False) -> list:
+        """Rules for ``path``, leaving out every protected tree (and paths inside one).
+
+        ``own``: ``path`` is the agent's interpreter or in its ``PATH``, allowed even inside a
+        protected tree (not when it is one, nor a protected tree inside it).
+        """
         real = os.path.realpath(path)
-        if not os.path.exists(real) or any(_inside(real, p) for p in self.protect):
+        if not os.path.exists(real):
             return []
-        held = [p for p in self.protect if _inside(p, real)]
+        if any(real == p if own else _inside(real, p) for p in self.protect):
+            return []
+        held = [p for p in self.protect if _inside(p, real) and p != real]
         if not held:
             return [(real, access)]
         out: list = []
@@ -1049,14 +1074,18 @@ class Confinement:
             out += self._allowed(os.path.join(real, name), access)
         return out
 
-    def _path_rules(self, path_var: str) -> list:
-        """Rules for the directories of a task's ``PATH`` (and a pyenv root above ``shims``)."""
+    def _path_rules(self, path_var: str, *, own: bool = False) -> list:
+        """Rules for the directories of a task's ``PATH`` (and a pyenv root above ``shims``).
+
+        ``own``: the agent's own ``PATH``, readable even inside a protected tree (a task's
+        ``PATH`` is the task's to choose, so its entries never are).
+        """
         rules: list = []
         for entry in path_var.split(":"):
             if entry.startswith("/"):
-                rules += self._allowed(entry, _LL_RO)
+                rules += self._allowed(entry, _LL_RO, own=own)
                 if os.path.basename(entry.rstrip("/")) == "shims":  # pyenv: its root too
-                    rules += self._allowed(os.path.dirname(entry.rstrip("/")), _LL_RO)
+                    rules += self._allowed(os.path.dirname(entry.rstrip("/")), _LL_RO, own=own)
         return rules
 
     def task_rules(self, dirs: list, env: dict) -> list:
@@ -1392,6 +1421,7 @@ class Agent:
         out_fd: int = 1,
         disk_reserve_bytes: int = DISK_RESERVE_BYTES,
         confinement: Confinement | None = None,
+        unconfined: str | None = None,
         imds_url: str | None = None,
         imds_poll_seconds: float = IMDS_POLL_SECONDS,
         imds_timeout_seconds: float = IMDS_TIMEOUT_SECONDS,
@@ -1400,6 +1430,7 @@ class Agent:
     ) -> None:
         self.root = os.path.realpath(os.path.abspath(root))
         self.confinement = confinement
+        self.unconfined = unconfined  # why tasks run unconfined although confining was asked
         self.runs_dir = os.path.join(self.root, ".agent", "runs")
         self._make_layout()
         self.in_fd = in_fd
@@ -1855,6 +1886,8 @@ class Agent:
                 "time": time.time(),
                 "reaper": self.reaper,
                 "spawn": self.spawn_mode,
+                "confined": self.confinement is not None,
+                **({"unconfined": self.unconfined} if self.unconfined else {}),
             }
         )
 
@@ -3010,6 +3043,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task-path", action="append", default=[], help="a tree tasks may write")
     parser.add_argument("--protect", action="append", default=[], help="a tree no task may reach")
     parser.add_argument(
+        "--confine-optional",
+        action="store_true",
+        help="with --confine: where this kernel cannot confine, run tasks unconfined and say "
+        "why in hello instead of exiting",
+    )
+    parser.add_argument(
         "--imds-url", default=None, help="poll this IMDSv2 endpoint for spot notices (EC2)"
     )
     parser.add_argument("--imds-poll-seconds", type=float, default=IMDS_POLL_SECONDS)
@@ -3031,12 +3070,15 @@ def main(argv: list[str] | None = None) -> int:
     _protect_inherited_fds()
     set_not_dumpable()  # same-user processes cannot read this agent's environ or memory
     confinement = None
+    unconfined = None
     if args.confine:
         try:
             confinement = Confinement(args.task_read, args.task_path, args.protect)
         except OSError as exc:  # refuse to run tasks unconfined when asked to confine them
             sys.stderr.write(f"agent: cannot confine tasks: {exc}\n")
-            return 3
+            if not args.confine_optional:
+                return 3
+            unconfined = f"cannot confine tasks on {os.uname().nodename}: {exc.strerror or exc}"
     agent = Agent(
         args.root,
         reaper=args.reaper,
@@ -3045,6 +3087,7 @@ def main(argv: list[str] | None = None) -> int:
         prep_mode=args.prep_mode,
         disk_reserve_bytes=args.disk_reserve_bytes,
         confinement=confinement,
+        unconfined=unconfined,
         imds_url=args.imds_url,
         imds_poll_seconds=args.imds_poll_seconds,
         imds_timeout_seconds=args.imds_timeout_seconds,

@@ -222,6 +222,11 @@ group = hosts.to_host_group()  # the SSH node source's configuration, key includ
         default=None, ge=0, description="Declared memory per host, in bytes."
     )
     python: str = Field(default="python3", description="Python 3.8+ on the hosts.")
+    confine_tasks: bool = Field(
+        default=True,
+        description="Confine tasks on the hosts (Landlock): they reach neither the SSH user's "
+        "home nor the node root beyond their own directories.",
+    )
 
     def node_agent_sku(self) -> str:
         return f"{SSH_NODE_AGENT_SKU}.{self.group_name}"
@@ -249,6 +254,7 @@ group = hosts.to_host_group()  # the SSH node source's configuration, key includ
             "cores": self.cores,
             "memory_bytes": self.memory_bytes,
             "python": self.python,
+            "confine_tasks": self.confine_tasks,
         }
 
     def to_host_group(self) -> Any:
@@ -351,6 +357,11 @@ print(template.ami_id, template.instance_type)
     trust_on_first_use: bool = Field(
         default=False, description="Record an instance's unknown host key on first contact."
     )
+    confine_tasks: bool = Field(
+        default=True,
+        description="Confine tasks on the instances (Landlock): they reach neither the login "
+        "user's home nor the node root beyond their own directories.",
+    )
     endpoint_url: str | None = Field(
         default=None, description="An EC2-compatible endpoint instead of AWS's."
     )
@@ -390,6 +401,7 @@ print(template.ami_id, template.instance_type)
             "privateKeySecretName": self.private_key_secret_name,
             "knownHosts": self.known_hosts,
             "trustOnFirstUse": self.trust_on_first_use,
+            "confineTasks": self.confine_tasks,
             "tags": dict(self.tags),
             # A saved block is loaded by name where the service runs; keys never travel here.
             "awsCredentialsBlockName": _saved_name(self.aws_credentials),

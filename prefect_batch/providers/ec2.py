@@ -76,6 +76,12 @@ every ``heartbeat_seconds``) it kills its tasks and runs ``orphanCommand`` (defa
 ``InstanceInitiatedShutdownBehavior=terminate``, so a service that is gone does not leave them
 running for ever.
 
+Tasks on an instance are confined unless the template says ``confineTasks: false``: its agent
+is started with ``--confine`` like an SSH host's (see :mod:`prefect_batch.providers.ssh`), so a
+task reaches neither the login user's home (``~/.ssh``, where the pool's key is authorized) nor
+the node root's agent state; an AMI whose kernel has no Landlock runs them unconfined and the
+node says so (``TasksUnconfined``).
+
 Not done here: EventBridge interruption events (the agent's polling is the only early
 warning), and stop or hibernate interruption behaviours (spot instances are launched to
 terminate).
@@ -223,6 +229,11 @@ class EC2Template(BaseModel):
     trust_on_first_use: bool = Field(False, description="Record an unknown host key once.")
     node_root: str = Field(DEFAULT_NODE_ROOT, description="The node root on an instance.")
     python: str = Field("python3", min_length=1)
+    confine_tasks: bool = Field(
+        True,
+        strict=True,
+        description="Confine tasks on the instances (as an SSH host group's `confineTasks`).",
+    )
     tags: dict[str, str] = Field(default_factory=dict, description="Tags on every instance.")
     user_data: str | None = Field(None, max_length=16384)
     iam_instance_profile: str | None = Field(None, description="An instance profile name.")
@@ -648,6 +659,14 @@ class EC2Provider(NodeProvider):
     ) -> AgentConnection:
         """Start the node's agent over SSH on its instance (at its address or endpoint)."""
         address, port = self._address(str(record["instanceId"]), record)
+        source = SSHNodeSource(self._ssh_group(node, record, address, port), sku=self.sku)
+        on_event = self._hear_notices(node, str(record["instanceId"]), on_event)
+        return source.start_agent_on(source.hosts[0].id, node.node_id, on_event, root=node.root)
+
+    def _ssh_group(
+        self, node: NodeRef, record: Mapping[str, Any], address: str, port: int
+    ) -> dict[str, Any]:
+        """The SSH host group of one instance: its address, login, key and agent options."""
         t = self.template
         group: dict[str, Any] = {
             "name": t.name,
@@ -656,6 +675,7 @@ class EC2Provider(NodeProvider):
             "trust_on_first_use": t.trust_on_first_use,
             "node_root": t.node_root,
             "python": t.python,
+            "confine_tasks": t.confine_tasks,
             "connect_timeout_seconds": t.connect_timeout_seconds,
             "agent_args": self._agent_args(node),
         }
@@ -668,9 +688,7 @@ class EC2Provider(NodeProvider):
         elif t.pool_keys:
             pool_id = str(record.get("pool") or node.pool_id)
             group["private_key"] = self._pool_key(pool_id, make=False)[1]
-        source = SSHNodeSource(group, sku=self.sku)
-        on_event = self._hear_notices(node, str(record["instanceId"]), on_event)
-        return source.start_agent_on(source.hosts[0].id, node.node_id, on_event, root=node.root)
+        return group
 
     # -- what an instance's agent says of it -----------------------------------------------------
 

@@ -3,9 +3,12 @@
 An :class:`SSHHostGroup` is what a pool's nodes are taken from: its hosts (address, port, user,
 a pinned host key, a node root), one client key (a file, or the key text as a secret), a
 known_hosts file for hosts without a pinned key, trust on first use (off unless opted in), the
-size to declare (``vmSize`` label, cores, memory) and connection bounds. Validation makes a
-group whose every host key *can* be verified: a host with neither a pinned key nor a
-known_hosts file is refused, as is trust on first use without a file to record in.
+size to declare (``vmSize`` label, cores, memory), whether the hosts' agents confine their
+tasks (``confineTasks``, also ``confine_tasks``; on by default, see
+:func:`prefect_batch.providers.ssh.remote_confinement_args`) and connection
+bounds. Validation makes a group whose every host key *can* be verified: a host with neither a
+pinned key nor a known_hosts file is refused, as is trust on first use without a file to record
+in.
 
 This module does not connect anywhere (``prefect_batch.providers.ssh`` does); loading the
 client key is the one thing it does with the outside world.
@@ -122,7 +125,7 @@ class SSHHostGroup(BaseModel):
     records unknown keys in ``known_hosts``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True)
 
     name: str = Field(
         "ssh",
@@ -168,6 +171,15 @@ class SSHHostGroup(BaseModel):
     )
     agent_args: list[str] = Field(
         default_factory=list, description="Extra node agent arguments, e.g. `--reaper sigchld`."
+    )
+    confine_tasks: bool = Field(
+        True,
+        alias="confineTasks",
+        strict=True,
+        description="Start each host's agent with `--confine`: tasks run under Landlock with no "
+        "capabilities and reach neither the SSH user's home (`~/.ssh` included) nor the node "
+        "root beyond their own directories. A host without Landlock runs tasks unconfined and "
+        "its node says so (`TasksUnconfined`).",
     )
     connect_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="Bound on TCP connect, SSH banner, auth and channel open."

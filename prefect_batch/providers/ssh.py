@@ -35,7 +35,17 @@ runs again (``requeueCount`` + 1) — only after its first process has ended.
 What this module does not do: decide how many nodes a pool has (the engine does, and asks
 :meth:`SSHNodeSource.place` for hosts), reconnect by itself (a dropped session ends the connection
 with a ``closed`` event; the service starts the agent again with backoff), install Python on
-hosts, or isolate tasks (they run as the SSH user). Host keys are never accepted silently.
+hosts, or isolate tasks from one another beyond their directories (they run as the SSH user).
+Host keys are never accepted silently.
+
+Confinement: with the group's ``confineTasks`` (the default) the agent runs with ``--confine``
+(:func:`remote_confinement_args`): each task runs
+under Landlock without capabilities, reaching its own directories, the node's shared and
+startup directories, the system's read-only trees, the agent's interpreter and the
+directories of the agent's ``PATH``, and neither the rest of the SSH user's home (``~/.ssh``)
+nor the node root's other contents (``<root>/.agent``, other tasks) nor any ``/proc`` entry.
+On a kernel without Landlock the agent still starts, runs tasks unconfined and says so in
+``hello``; the node then carries a ``TasksUnconfined`` error.
 """
 
 from __future__ import annotations
@@ -115,6 +125,18 @@ command -v "$PY" >/dev/null 2>&1 || { echo "@pb fail no $PY on this host"; exit 
 printf '@pb start %s %s\n' "$$" "$R"
 exec "$PY" -I "$A" --root "$R" "$@" 2>>"$D/agent.log"
 """.strip()
+
+
+def remote_confinement_args(*, confine: bool, root: str) -> list[str]:
+    """A remote agent's options (an SSH host, an EC2 instance): ``--confine``, which it may
+    go without where the kernel has no Landlock (``--confine-optional``), with the SSH user's
+    home and the node root ``root`` (as configured, ``~/...`` allowed) protected. The service
+    knows no path on the host: the agent expands ``~`` and adds its own interpreter's trees and
+    its ``PATH``'s directories (:mod:`prefect_batch.service.engine.confinement` reads what its
+    ``hello`` says)."""
+    if not confine:
+        return []
+    return ["--confine", "--confine-optional", "--protect", "~", "--protect", root]
 
 
 @functools.cache
@@ -502,6 +524,7 @@ class SSHNodeSource(NodeProvider):
     def launcher_command(self, root: str) -> str:
         """The command line sent to the host: the constant launcher, every value quoted."""
         args = [root, self.group.python, self._agent_name, str(len(self._agent_data))]
+        args += remote_confinement_args(confine=self.group.confine_tasks, root=root)
         return " ".join(
             ["exec", "/bin/sh", "-c", shlex.quote(_LAUNCHER), "prefect-batch-agent"]
             + [shlex.quote(a) for a in [*args, *self.group.agent_args]]

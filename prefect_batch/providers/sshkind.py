@@ -5,7 +5,9 @@ fields without key material: the client key is a file path on the service's mach
 (``private_key_path``) or the name of a Prefect ``Secret`` block (``private_key_secret_name``)
 resolved when a provider is built, in the process that connects. A group given with the key
 text itself is refused. Pools name a group ``batch.node.ssh.<name>``; each host runs one node at
-a time.
+a time. ``confineTasks`` (stored as ``confine_tasks``, a strict boolean, default true) says
+whether the hosts' agents confine their tasks; a value that is not a boolean is refused naming
+``confineTasks``.
 """
 
 from __future__ import annotations

@@ -97,6 +97,16 @@ def test_node_source_specs_carry_no_secret() -> None:
     assert "PRIVATE KEY" not in repr(spec)
 
 
+def test_node_source_blocks_confine_tasks_unless_told_not_to() -> None:
+    hosts = SSHHostGroup(hosts=[SSHHost(address="127.0.0.5", host_key=HOST_KEY)], user="b")
+    assert hosts.node_source_spec()["confine_tasks"] is True
+    off = SSHHostGroup(hosts=[SSHHost(address="127.0.0.5")], user="b", confine_tasks=False)
+    assert off.node_source_spec()["confine_tasks"] is False
+    assert EC2Template(ami_id="ami-1", instance_type="t3").node_source_spec()["confineTasks"]
+    ec2_off = EC2Template(ami_id="ami-1", instance_type="t3", confine_tasks=False)
+    assert ec2_off.node_source_spec()["confineTasks"] is False
+
+
 def test_account_settings(tmp_path: Path) -> None:
     embedded = BatchAccount(home=str(tmp_path), account_name="acct")
     assert embedded.settings().home == tmp_path

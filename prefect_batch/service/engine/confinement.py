@@ -1,4 +1,4 @@
-"""Task confinement on local nodes: which agent options confine tasks, and where it works.
+"""Task confinement: which agent options confine tasks (local, SSH and EC2 nodes), and where.
 
 A confined agent (``--confine``, see the agent's "confinement" section) starts every task under
 Linux Landlock with no capabilities: a task reaches its own task directory, the node's shared
@@ -10,6 +10,18 @@ and which runs go unconfined: only an embedded job manager, which is handed the 
 (there is no server to talk to). A task whose ``userIdentity`` asks for ``admin`` elevation is
 confined like any other: a local node is a directory on the service's machine, and the root of
 that machine (capabilities, no Landlock) would reach every account.
+
+Agents on SSH hosts and EC2 instances (``confineTasks``, on by default) are confined with
+:func:`prefect_batch.providers.ssh.remote_confinement_args`: the service knows no path on such
+a host, so it names them as the agent will see them there (``~`` is the SSH user's home,
+expanded by the agent) and the agent adds its own interpreter's trees and its ``PATH``'s
+directories. Tasks there reach their task, shared, startup and job preparation directories,
+the system's read-only trees, that interpreter and ``PATH``, and nothing else of the user's
+home (``~/.ssh`` included) nor of the node root (the agent's state in ``<root>/.agent``, other
+tasks). A host whose kernel has no Landlock still runs its agent (``--confine-optional``): the
+agent's ``hello`` says ``"unconfined": <reason>``, the service logs a warning and the node
+carries a ``TasksUnconfined`` error, "tasks unconfined: <reason>" (:func:`unconfined_errors`),
+for as long as that agent runs.
 
 What it does not do: confine anything itself (the agent does, in the child, just before exec).
 """
@@ -32,7 +44,10 @@ __all__ = [
     "run_confinement",
     "set_not_dumpable",
     "tasks_confined",
+    "unconfined_errors",
 ]
+
+UNCONFINED_CODE = "TasksUnconfined"
 
 _LANDLOCK_CREATE_RULESET = 444  # the same number on every architecture
 
@@ -100,6 +115,15 @@ def agent_confinement_args(
     for path in protect:
         args += ["--protect", str(path)]
     return args
+
+
+def unconfined_errors(hello: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The node errors an agent's ``hello`` calls for: ``TasksUnconfined`` when it was asked
+    to confine its tasks and cannot (``"unconfined"``), else None."""
+    reason = hello.get("unconfined")
+    if not reason:
+        return None
+    return [{"code": UNCONFINED_CODE, "message": f"tasks unconfined: {reason}"}]
 
 
 def is_admin(spec: dict[str, Any] | None) -> bool:

@@ -49,7 +49,7 @@ from prefect_batch.providers.contract import (
     ProviderTraits,
     ResizeError,
 )
-from prefect_batch.service.engine.confinement import run_confinement
+from prefect_batch.service.engine.confinement import run_confinement, unconfined_errors
 from prefect_batch.service.engine.dispatcher import (
     NODE_RUNNING,
     base_environment,
@@ -765,12 +765,15 @@ class NodeMixin:
         info = {
             k: msg.get(k) for k in ("agent_version", "hostname", "cpu_count", "memory_bytes", "pid")
         }
+        errors = unconfined_errors(msg)
+        if errors is not None:
+            log.warning("node %s: %s", rt.node_id, errors[0]["message"])
         values = dict(
             last_boot_time=now,
             ip_address=rt.address or "127.0.0.1",
             agent_info=info,
             last_heartbeat=now,
-            errors=None,
+            errors=errors,
             running_tasks=len(in_flight),
             running_slots=used,
         )

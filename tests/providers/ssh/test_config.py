@@ -224,6 +224,7 @@ def test_launcher_is_a_constant_and_values_arrive_quoted() -> None:
         "/opt/py thon/bin/python3",
         source._agent_name,
         str(len(source._agent_data)),
+        *("--confine", "--confine-optional", "--protect", "~", "--protect", evil),
         "--x",
         "a;b",
     ]

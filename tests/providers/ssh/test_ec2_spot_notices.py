@@ -187,8 +187,15 @@ def test_a_service_that_keeps_in_touch_keeps_its_agents_and_one_that_is_gone_doe
 ) -> None:
     marker = tmp_path / "orphaned"
     command = f"{sys.executable} -c \"open('{marker}', 'a').write('x')\""
+    # Unconfined: the tasks and the orphan command write to the test's directory.
     template = _template(
-        servers, ec2, moto_url, tmp_path, orphanTimeoutSeconds=3, orphanCommand=command
+        servers,
+        ec2,
+        moto_url,
+        tmp_path,
+        orphanTimeoutSeconds=3,
+        orphanCommand=command,
+        confineTasks=False,
     )
     gate, long_run = tmp_path / "gate", tmp_path / "long-run"
     client = BatchClient(

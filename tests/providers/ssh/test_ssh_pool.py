@@ -436,7 +436,7 @@ def test_an_agent_killed_mid_task_its_task_is_requeued_once_it_ends(
     make_lab: Callable[..., Lab], tmp_path: Path
 ) -> None:
     lab = make_lab()
-    lab.register()
+    lab.register(confineTasks=False)  # the task writes to the test's directory
     lab.pool("p", 1)
     (node,) = wait_for_nodes(lab.client, "p", 1, timeout=WAIT)
     root = lab.root_of(lab.server_of(node))
