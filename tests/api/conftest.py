@@ -24,6 +24,7 @@ from azure.batch import BatchClient as SdkClient
 from azure.core.credentials import AzureNamedKeyCredential
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
 
 from prefect_batch.api import create_app
 from prefect_batch.client import build_engine
@@ -46,8 +47,17 @@ def postgres_database(admin_url: str) -> Iterator[str]:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        # FORCE ends the database's sessions; an autovacuum worker on it belongs to no role, so
+        # ending it needs pg_signal_backend (granted by .ci/run): else wait for it, boundedly.
+        for attempt in range(20):
+            try:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                break
+            except ProgrammingError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
         admin.dispose()
 
 

@@ -184,11 +184,19 @@ class Harness:
             return client.read_flow_run(run_id)
 
     def wait_state(self, run_id: Any, *names: str, timeout: float = 60) -> Any:
+        seen: list[str] = []
+
         def done() -> Any:
             fr = self.flow_run(run_id)
-            return fr if fr.state is not None and fr.state.name in names else None
+            name = fr.state.name if fr.state is not None else "no state"
+            if not seen or seen[-1] != name:
+                seen.append(name)
+            return fr if name in names else None
 
-        return wait_for(done, timeout=timeout, interval=0.5, what=f"flow run in {names}")
+        try:
+            return wait_for(done, timeout=timeout, interval=0.5, what=f"flow run in {names}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc} (states seen: {' -> '.join(seen)})") from None
 
     def logs(self, run_id: Any) -> str:
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
