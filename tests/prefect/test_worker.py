@@ -535,8 +535,17 @@ def ssh_pool(harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         (server,) = servers
         host = server.host_config(root=str(root / "host"))  # host key pinned
+        # Its tasks are confined (the default): the flow's code and Prefect's home on the node
+        # are opened to them, as a user would for a directory of their own.
+        (harness.root / "ssh-node-prefect-home").mkdir(exist_ok=True)
+        opened = [
+            *("--task-read", str(harness.code)),
+            *("--task-path", str(harness.root / "ssh-node-prefect-home")),
+        ]
         harness.batch.create_node_source(
-            servers.group_config(name="prefect-lab", hosts=[host], python=sys.executable)
+            servers.group_config(
+                name="prefect-lab", hosts=[host], python=sys.executable, agent_args=opened
+            )
         )
         harness.batch.create_pool(
             {
