@@ -183,7 +183,7 @@ class Harness:
         with self.server.client() as client:
             return client.read_flow_run(run_id)
 
-    def wait_state(self, run_id: Any, *names: str, timeout: float = 60) -> Any:
+    def wait_state(self, run_id: Any, *names: str, timeout: float = 120) -> Any:
         seen: list[str] = []
 
         def done() -> Any:
