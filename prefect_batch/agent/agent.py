@@ -996,6 +996,7 @@ class Confinement:
         import ctypes
 
         self.ct = ctypes
+        self._common_rules: dict = {}  # a task PATH -> its held rules (see _common)
         libc = ctypes.CDLL(None, use_errno=True)
         self._syscall = libc.syscall
         self._syscall.restype = ctypes.c_long
@@ -1114,7 +1115,7 @@ class Confinement:
 
     def _common(self, path_var: str) -> list:
         """The held rules every task with this ``PATH`` shares (the base, PATH, devices)."""
-        cache = self.__dict__.setdefault("_common_rules", {})
+        cache = self._common_rules
         found = cache.get(path_var)
         if found is None:
             if len(cache) >= 32:  # a bounded cache: tasks rarely vary their PATH
