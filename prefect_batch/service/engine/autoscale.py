@@ -27,7 +27,6 @@ import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -71,18 +70,6 @@ _NODE_METRICS = (
 )
 
 
-@dataclass
-class _AutoScalerState:
-    sample_seconds: float
-    next_sample: float = 0.0
-    next_check: float = 0.0
-    next_trim: float = 0.0
-    # node pk -> (pool pk, the node's latest ``metrics`` answer since the previous sample)
-    readings: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict)
-    tasks: TaskSampler = field(default_factory=TaskSampler)
-    requests: itertools.count[int] = field(default_factory=itertools.count)
-
-
 class AutoScaler:
     """Metric samples and autoscale evaluations for one engine.
 
@@ -109,28 +96,30 @@ class AutoScaler:
         self.owner = owner
         self._nodes = nodes
         self._pools_changed = pools_changed
-        self._autoscaler = _AutoScalerState(float(sample_seconds))
-
-    @property
-    def sample_seconds(self) -> float:
+        self.sample_seconds = float(sample_seconds)
         """How often pools are sampled."""
-        return self._autoscaler.sample_seconds
+        self._next_sample = 0.0
+        self._next_check = 0.0
+        self._next_trim = 0.0
+        # node pk -> (pool pk, the node's latest ``metrics`` answer since the previous sample)
+        self._readings: dict[int, tuple[int, dict[str, Any]]] = {}
+        self._tasks = TaskSampler()
+        self._requests = itertools.count()
 
     def on_metrics(self, rt: Any, msg: dict[str, Any]) -> None:
         """A node's ``metrics`` answer: kept for the next sample of its pool."""
-        self._autoscaler.readings[rt.pk] = (rt.pool_pk, msg)
+        self._readings[rt.pk] = (rt.pool_pk, msg)
 
     def step(self, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
         """Sample and evaluate when their time has come (called by every engine step)."""
-        state = self._autoscaler
         try:
-            if now >= state.next_sample:
+            if now >= self._next_sample:
                 self._take_samples(now, sends)
                 # Keep the samples evenly spaced unless the engine fell a whole interval behind.
-                following = state.next_sample + state.sample_seconds
-                state.next_sample = following if following > now else now + state.sample_seconds
-            if now >= state.next_check:
-                state.next_check = now + EVALUATION_POLL_SECONDS
+                following = self._next_sample + self.sample_seconds
+                self._next_sample = following if following > now else now + self.sample_seconds
+            if now >= self._next_check:
+                self._next_check = now + EVALUATION_POLL_SECONDS
                 self._evaluate_due(now)
         except Exception:  # noqa: BLE001 - autoscale must never stop the engine's other work
             log.exception("autoscale sampling or evaluation failed; retrying")
@@ -138,16 +127,15 @@ class AutoScaler:
     # -- samples ---------------------------------------------------------------------------
 
     def _take_samples(self, now: float, sends: dict[int, list[dict[str, Any]]]) -> None:
-        state = self._autoscaler
         readings: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for pool_pk, msg in state.readings.values():
+        for pool_pk, msg in self._readings.values():
             readings[pool_pk].append(msg)
         latest = [
             {"b_pk": node_pk, "b_metrics": node_metrics(msg)}
-            for node_pk, (_, msg) in state.readings.items()
+            for node_pk, (_, msg) in self._readings.items()
             if node_pk in self._nodes
         ]
-        state.readings.clear()
+        self._readings.clear()
         with self.store.begin() as conn:
             leased = conn.execute(
                 select(pools.c.pk, pools.c.account, pools.c.id, pools.c.creation_time).where(
@@ -156,21 +144,21 @@ class AutoScaler:
             ).all()
             keys = {r.pk: str(pool_key(r.account, r.id)) for r in leased}
             created = {r.pk: r.creation_time for r in leased}
-            task_metrics = state.tasks.sample(conn, keys, now, created)
+            task_metrics = self._tasks.sample(conn, keys, now, created)
             counts = node_counts(conn, keys)
             samples = {
                 pk: {**task_metrics[pk], **counts[pk], **node_sample(readings.get(pk, ()))}
                 for pk in keys
             }
-            store_samples(conn, samples, now, state.sample_seconds)
+            store_samples(conn, samples, now, self.sample_seconds)
             if latest:
                 conn.execute(_NODE_METRICS, latest)
-            if now >= state.next_trim:
+            if now >= self._next_trim:
                 trim_samples(conn, keys, now)
-                state.next_trim = now + TRIM_EVERY_SECONDS
+                self._next_trim = now + TRIM_EVERY_SECONDS
         for rt in self._nodes.values():
             if rt.ready:
-                sends[rt.pk].append({"op": "metrics", "req": next(state.requests)})
+                sends[rt.pk].append({"op": "metrics", "req": next(self._requests)})
 
     # -- evaluations -----------------------------------------------------------------------
 
