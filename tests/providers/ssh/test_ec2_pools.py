@@ -19,7 +19,13 @@ from moto.ec2.models import ec2_backends
 from moto.ec2.models.instances import InstanceBackend, StateReason
 
 from prefect_batch import BatchClient, BatchInvalidRequestError
-from prefect_batch.testing import embedded_client, wait_for_nodes, wait_for_task, wait_until
+from prefect_batch.testing import (
+    embedded_client,
+    gate_command,
+    wait_for_nodes,
+    wait_for_task,
+    wait_until,
+)
 from prefect_batch.testing.ec2 import (
     REGION,
     create_ec2_pool,
@@ -160,7 +166,7 @@ def test_a_spot_reclaim_preempts_the_node_and_requeues_its_task_without_a_retry(
         "sj",
         {
             "id": "t",
-            "commandLine": f"/bin/sh -c 'while [ ! -e {gate} ]; do sleep 0.1; done'",
+            "commandLine": gate_command(gate, limit_seconds=300),
             "constraints": {"maxTaskRetryCount": 0},
         },
     )

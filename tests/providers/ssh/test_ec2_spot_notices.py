@@ -19,6 +19,7 @@ from prefect_batch import BatchClient
 from prefect_batch.testing import (
     embedded_client,
     fast_settings,
+    gate_command,
     wait_for_nodes,
     wait_for_task,
     wait_until,
@@ -48,11 +49,11 @@ def client(tmp_path: Path, loopback_only: list[str], moto_url: str) -> Iterator[
 def _template(
     servers: SSHServers, ec2: Any, moto_url: str, tmp_path: Path, **extra: Any
 ) -> dict[str, Any]:
-    return lab_template("spot", servers, ec2, moto_url, tmp_path, **{**extra})
+    return lab_template("spot", servers, ec2, moto_url, tmp_path, **extra)
 
 
 def _gated(gate: Path) -> str:
-    return f"/bin/sh -c 'while [ ! -e {gate} ]; do sleep 0.1; done'"
+    return gate_command(gate, limit_seconds=300)  # longer than any wait here
 
 
 def test_an_interruption_notice_preempts_the_spot_node_requeues_its_task_and_replaces_it(
