@@ -99,6 +99,20 @@ class Wire:
         return AWSResponse(request.url, status, {}, _Raw(text.encode()))
 
 
+def _template_with(endpoint: str, tmp_path: Path, **extra: Any) -> EC2Template:
+    return EC2Template.model_validate(
+        {
+            "name": "unit",
+            "amiId": "ami-12c6146b",
+            "instanceType": "t3.micro",
+            "endpointUrl": endpoint,
+            "sshEndpoints": ["127.0.0.1:1"],
+            "privateKeyPath": str(tmp_path / "key"),
+            **extra,
+        }
+    )
+
+
 @pytest.fixture
 def provider(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[EC2Provider]:
     for name, value in [
@@ -109,16 +123,7 @@ def provider(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[EC2Pro
         monkeypatch.setenv(name, value)
     refusing = socket.socket()
     refusing.bind(("127.0.0.1", 0))  # bound, never listening: a connect is refused
-    template = EC2Template.model_validate(
-        {
-            "name": "unit",
-            "amiId": "ami-12c6146b",
-            "instanceType": "t3.micro",
-            "endpointUrl": f"http://127.0.0.1:{refusing.getsockname()[1]}",
-            "sshEndpoints": ["127.0.0.1:1"],
-            "privateKeyPath": str(tmp_path / "key"),
-        }
-    )
+    template = _template_with(f"http://127.0.0.1:{refusing.getsockname()[1]}", tmp_path)
     with loopback_only() as refused:
         made = EC2Provider("batch.node.ec2.unit", template, "acct", MemoryRecords())
         try:
@@ -203,20 +208,6 @@ def test_a_node_out_of_launches_is_refused_without_a_call_and_reported_once(
     assert (event.kind, event.code) == ("unusable", "AllocationTimedOut")
     assert event.error is not None and event.error.code == "AllocationTimedOut"
     assert dict(event.error.values)["instanceIds"] == "i-1,i-2,i-3"
-
-
-def _template_with(endpoint: str, tmp_path: Path, **extra: Any) -> EC2Template:
-    return EC2Template.model_validate(
-        {
-            "name": "unit",
-            "amiId": "ami-12c6146b",
-            "instanceType": "t3.micro",
-            "endpointUrl": endpoint,
-            "sshEndpoints": ["127.0.0.1:1"],
-            "privateKeyPath": str(tmp_path / "key"),
-            **extra,
-        }
-    )
 
 
 def test_a_template_naming_an_aws_credentials_block_signs_with_its_keys(
