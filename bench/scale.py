@@ -1,0 +1,231 @@
+"""The control plane at scale: the engine alone, on simulated nodes, measured in one run.
+
+    python bench/scale.py [--nodes 1000] [--slots 8] [--queued 100000] [--jobs 10]
+
+Nodes come from a ``sim`` node source (``prefect_batch.testing.simnodes``): in-process agents
+that answer a ``run`` with ``started`` and ``exited`` at once, spawning nothing. So what is
+measured is the service's own path — embedded client -> store (SQLite, or ``--database-url``)
+-> engine -> scheduler -> run request -> result durable — at a size no real fleet here could
+have. Prints:
+
+(s) how long the pool took to reach ``--nodes`` idle nodes;
+(r1) dispatch decisions per second (run requests sent) while 1,000 tasks are queued in
+     ``--jobs`` jobs of different priority, and (rN) the same while ``--queued`` are (the
+     target: rN within 20 % of r1, and >= 10,000/s);
+(l) dispatch latency (the task's batch added -> its run request sent) p50 / p99 while batches
+    of 100 tasks arrive below capacity, so it is the engine's reaction time, not queueing;
+(m) the process's RSS with the pool idle, with 1,000 queued, and with ``--queued`` queued —
+    memory should follow nodes and tasks in flight, not tasks queued;
+(c) the service's CPU per task over the (rN) phase.
+
+Every wait is bounded; the whole run takes a few minutes on 2 cores. Figures drift up to 2x on
+shared machines: compare the ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prefect_batch import BatchClient  # noqa: E402
+from prefect_batch.service.ops.quotas import set_quota  # noqa: E402
+from prefect_batch.settings import get_settings  # noqa: E402
+from prefect_batch.testing import simnodes  # noqa: E402
+
+WAIT_SECONDS = 600.0
+SOURCE = "fleet"
+
+
+def rss_mib() -> float:
+    """The resident set size of this process now (not the peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_until(predicate, what: str, timeout: float = WAIT_SECONDS) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def add_queued(client: BatchClient, jobs: list[str], total: int, tag: str) -> None:
+    """``total`` trivial tasks spread over ``jobs``, added 100 at a time."""
+    per_job = total // len(jobs)
+    for job in jobs:
+        for start in range(0, per_job, 100):
+            client.create_tasks(
+                job,
+                [
+                    {"id": f"{tag}{i}", "commandLine": "true"}
+                    for i in range(start, min(start + 100, per_job))
+                ],
+            )
+
+
+def held(client: BatchClient, jobs: list[str]) -> None:
+    """Disable ``jobs``: tasks added now stay queued until :func:`release` enables them."""
+    for job in jobs:
+        client.disable_job(job, "requeue")
+
+
+def release(client: BatchClient, jobs: list[str], sent: dict[str, float], count: int) -> float:
+    """Enable ``jobs``, then time their first ``count`` run requests: run requests per second."""
+    before = len(sent)
+    t = time.perf_counter()
+    for job in jobs:
+        client.enable_job(job)
+    wait_until(lambda: len(sent) >= before + count, f"{count:,} run requests")
+    return (len(sent) - before) / (time.perf_counter() - t)
+
+
+def ready_nodes(client: BatchClient, pool: str) -> int:
+    return sum(n.state in ("idle", "running") for n in client.list_nodes(pool))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--queued", type=int, default=100_000)
+    ap.add_argument("--jobs", type=int, default=10)
+    ap.add_argument("--measure", type=int, default=20_000, help="run requests timed per rate")
+    ap.add_argument("--database-url", default=None, help="a PostgreSQL URL instead of SQLite")
+    args = ap.parse_args(argv)
+    if args.nodes < 1 or args.slots < 1 or args.jobs < 1 or args.queued < 1000 * 2:
+        ap.error("--nodes, --slots, --jobs must be >= 1 and --queued >= 2,000")
+
+    simnodes.install()
+    home = Path(tempfile.mkdtemp(prefix="prefect-batch-scale-"))
+    settings = get_settings().model_copy(
+        update={"home": home, "agent_starts_per_second": float(max(args.nodes, 10))}
+    )
+    if args.database_url:
+        settings = settings.model_copy(update={"database_url": args.database_url})
+    rows: list[tuple[str, str, str]] = []
+    with BatchClient(settings=settings) as client:
+        assert client.store is not None
+        set_quota(client.store, client.account_name, dedicated_nodes=args.nodes)
+        client.create_node_source({"kind": "sim", "name": SOURCE, "taskSeconds": 0})
+        sent = simnodes.sent_runs(client.account_name, SOURCE)
+        t = time.perf_counter()
+        client.create_pool(
+            {
+                "id": "big",
+                "vmSize": "sim",
+                "targetDedicatedNodes": args.nodes,
+                "taskSlotsPerNode": args.slots,
+                "virtualMachineConfiguration": {
+                    "nodeAgentSKUId": simnodes.KIND.sku(SOURCE),
+                    "imageReference": {"publisher": "prefect-batch", "offer": "sim", "sku": SOURCE},
+                },
+            }
+        )
+        wait_until(
+            lambda: ready_nodes(client, "big") >= args.nodes,
+            f"{args.nodes} nodes idle",
+        )
+        rows.append(
+            (
+                f"(s) {args.nodes:,} nodes x {args.slots} slots idle",
+                f"{time.perf_counter() - t:.1f} s",
+                "",
+            )
+        )
+        rss_idle = rss_mib()
+
+        jobs = [f"j{p}" for p in range(args.jobs)]
+        for p, job in enumerate(jobs):
+            client.create_job({"id": job, "poolInfo": {"poolId": "big"}, "priority": p * 10})
+
+        # (l) latency below capacity: a batch of 100 every 20 ms into an idle pool.
+        added: dict[str, float] = {}
+        for b in range(50):
+            job = jobs[b % len(jobs)]
+            ids = [f"lat{b}-{i}" for i in range(100)]
+            client.create_tasks(job, [{"id": x, "commandLine": "true"} for x in ids])
+            now = time.monotonic()
+            added.update({f"{job}/{x}": now for x in ids})
+            time.sleep(0.02)
+        wait_until(lambda: all(k in sent for k in added), "latency tasks dispatched")
+        lat = sorted((sent[k] - added[k]) * 1000 for k in added)
+        p50, p99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
+        rows.append(
+            (
+                f"(l) dispatch latency below capacity ({len(lat):,} tasks)",
+                f"p50 {p50:.1f} ms",
+                f"p99 {p99:.1f} ms",
+            )
+        )
+
+        # (r1) 1,000 queued at a time, five rounds.
+        small, rounds, r1s = 1000, 5, []
+        for r in range(rounds):
+            held(client, jobs)
+            add_queued(client, jobs, small, f"s{r}-")
+            if r == 0:
+                rss_small = rss_mib()
+            r1s.append(release(client, jobs, sent, small))
+        r1 = statistics.median(r1s)
+
+        # (rN) the deep queue: the same jobs hold --queued, released at once.
+        held(client, jobs)
+        t = time.perf_counter()
+        add_queued(client, jobs, args.queued, "q")
+        ingest = args.queued / (time.perf_counter() - t)
+        rss_deep = rss_mib()
+        cpu0, before = cpu_seconds(), len(sent)
+        rn = release(client, jobs, sent, min(args.measure, args.queued))
+        cpu_us = (cpu_seconds() - cpu0) / max(len(sent) - before, 1) * 1e6
+        wait_until(lambda: len(sent) >= before + args.queued, "deep queue drained")
+        rss_after = rss_mib()
+        top = client.get_job_task_counts(jobs[-1]).task_counts.completed
+        rows.append(
+            (f"(r1) dispatch, {small:,} queued (median of {rounds})", f"{r1:,.0f} runs/s", "")
+        )
+        rows.append(
+            (
+                f"(rN) dispatch, {args.queued:,} queued in {args.jobs} priorities",
+                f"{rn:,.0f} runs/s",
+                f"rN/r1 = {rn / r1:.2f} (target >= 0.8; both >= 10,000)",
+            )
+        )
+        rows.append((f"    ingest of {args.queued:,} tasks", f"{ingest:,.0f} tasks/s", ""))
+        rows.append(
+            ("(c) service CPU per run request over (rN)", f"{cpu_us:,.0f} µs", "target <= 100")
+        )
+        rows.append(
+            (
+                "(m) RSS: idle / 1k queued / deep queued / drained",
+                f"{rss_idle:.0f} / {rss_small:.0f} / {rss_deep:.0f} / {rss_after:.0f} MiB",
+                "",
+            )
+        )
+        rows.append((f"    highest-priority job {jobs[-1]} completed", f"{top:,}", ""))
+    width = max(len(r[0]) for r in rows)
+    print(
+        f"bench/scale.py  nodes={args.nodes} slots={args.slots} queued={args.queued:,} "
+        f"({time.strftime('%Y-%m-%d')})"
+    )
+    for name, figure, note in rows:
+        print(f"{name:<{width}}  {figure:>18}  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
