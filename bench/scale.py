@@ -25,16 +25,24 @@ shared machines: compare the ratios of one run.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefect_batch import BatchClient  # noqa: E402
+from prefect_batch.service.engine import Engine  # noqa: E402
 from prefect_batch.service.ops.quotas import set_quota  # noqa: E402
 from prefect_batch.settings import get_settings  # noqa: E402
 from prefect_batch.testing import simnodes  # noqa: E402
@@ -78,6 +86,68 @@ def add_queued(client: BatchClient, jobs: list[str], total: int, tag: str) -> No
             )
 
 
+class StatementCounter:
+    """Counts what the store is asked to do: statements, and rows of ``executemany`` batches."""
+
+    def __init__(self, engine: Any) -> None:
+        self.statements: Counter[str] = Counter()
+        self.rows: Counter[str] = Counter()
+        self.on = False
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if not self.on:
+            return
+        verb = " ".join(statement.split()[:3])[:48]
+        self.statements[verb] += 1
+        self.rows[verb] += len(parameters) if executemany else 1
+
+    def report(self, per: int) -> list[tuple[str, str, str]]:
+        out = []
+        total_s, total_r = sum(self.statements.values()), sum(self.rows.values())
+        out.append(
+            (
+                "(q) store work per run request over (rN)",
+                f"{total_s / per:.2f} stmts",
+                f"{total_r / per:.2f} row operations",
+            )
+        )
+        for verb, n in self.rows.most_common(8):
+            out.append(
+                (f"    {verb}", f"{self.statements[verb] / per:.3f} stmts", f"{n / per:.2f} rows")
+            )
+        return out
+
+
+class StepProfile:
+    """cProfile of the engine's steps (on its own thread) while ``on``: where its time goes."""
+
+    def __init__(self) -> None:
+        self.profile = cProfile.Profile()
+        self.on = False
+        original = Engine.step
+        me = self
+
+        def step(engine: Engine) -> None:
+            if not me.on:
+                return original(engine)
+            me.profile.enable()
+            try:
+                return original(engine)
+            finally:
+                me.profile.disable()
+
+        Engine.step = step  # type: ignore[method-assign]
+
+    def report(self, per: int, top: int = 20) -> str:
+        out = io.StringIO()
+        stats = pstats.Stats(self.profile, stream=out)
+        stats.sort_stats("tottime").print_stats(top)
+        total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
+        head = f"engine steps under cProfile: {total / per * 1e6:,.0f} µs of own time per run"
+        return head + "\n" + out.getvalue()
+
+
 def held(client: BatchClient, jobs: list[str]) -> None:
     """Disable ``jobs``: tasks added now stay queued until :func:`release` enables them."""
     for job in jobs:
@@ -106,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=10)
     ap.add_argument("--measure", type=int, default=20_000, help="run requests timed per rate")
     ap.add_argument("--database-url", default=None, help="a PostgreSQL URL instead of SQLite")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the engine's steps over (rN) and print the top functions (slows it)",
+    )
     args = ap.parse_args(argv)
     if args.nodes < 1 or args.slots < 1 or args.jobs < 1 or args.queued < 1000 * 2:
         ap.error("--nodes, --slots, --jobs must be >= 1 and --queued >= 2,000")
@@ -189,9 +264,18 @@ def main(argv: list[str] | None = None) -> int:
         add_queued(client, jobs, args.queued, "q")
         ingest = args.queued / (time.perf_counter() - t)
         rss_deep = rss_mib()
+        counter = StatementCounter(client.store.engine)
+        profiler = StepProfile() if args.profile else None
         cpu0, before = cpu_seconds(), len(sent)
+        counter.on = True
+        if profiler is not None:
+            profiler.on = True
         rn = release(client, jobs, sent, min(args.measure, args.queued))
-        cpu_us = (cpu_seconds() - cpu0) / max(len(sent) - before, 1) * 1e6
+        counter.on = False
+        if profiler is not None:
+            profiler.on = False
+        measured = max(len(sent) - before, 1)
+        cpu_us = (cpu_seconds() - cpu0) / measured * 1e6
         wait_until(lambda: len(sent) >= before + args.queued, "deep queue drained")
         rss_after = rss_mib()
         top = client.get_job_task_counts(jobs[-1]).task_counts.completed
@@ -216,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             )
         )
+        rows.extend(counter.report(measured))
         rows.append((f"    highest-priority job {jobs[-1]} completed", f"{top:,}", ""))
     width = max(len(r[0]) for r in rows)
     print(
@@ -224,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, figure, note in rows:
         print(f"{name:<{width}}  {figure:>18}  {note}")
+    if profiler is not None:
+        print(profiler.report(measured))
+        profiler.profile.dump_stats(home / "engine.prof")
+        print(f"(the whole profile: {home / 'engine.prof'}, for pstats or snakeviz)")
     return 0
 
 

@@ -51,6 +51,10 @@ def test_simulated_nodes_run_every_task_once(client_factory: Callable[..., Batch
     assert {t.state for t in tasks} == {"completed"}
     assert {t.execution_info.exit_code for t in tasks} == {0}
     assert {t.execution_info.result for t in tasks} == {"success"}
+    # Started and ended in one batch of events, a task is written once, by its completion;
+    # what it shows is the same as if it had been written running first.
+    assert {t.previous_state for t in tasks} == {"running"}
+    assert all(t.previous_state_transition_time == t.execution_info.start_time for t in tasks)
     sent = simnodes.sent_runs(client.account_name, source)
     assert set(sent) == {f"j/t{i}" for i in range(300)}
     nodes_used = {t.node_info.node_id for t in tasks}

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import Text, bindparam, cast, delete, select, update
 
 from prefect_batch.core.commandline import split_command_line
 from prefect_batch.core.scheduler import NodeSlots, QueuedTask, assign
@@ -77,9 +78,12 @@ _MARK_PREPARING = task_edge((TaskState.ACTIVE,), TaskState.PREPARING).statement(
     last_modified=bindparam("b_now"),
     version=tasks.c.version + 1,
     node_pk=bindparam("b_node"),
-    attempt=tasks.c.attempt + 1,
+    attempt=bindparam("b_attempt"),
+    node_history=bindparam("b_hist"),
     node_info=None,
 )
+"""Dispatch: the task is preparing on its node, with this attempt recorded in its history
+(one statement per task; ``b_attempt`` is the attempt read just before, plus one)."""
 _RUN_ROWS = (
     select(
         tasks.c.pk,
@@ -92,14 +96,33 @@ _RUN_ROWS = (
         tasks.c.node_history,
         jobs.c.pk.label("job_pk"),
         jobs.c.id.label("job_id"),
-        jobs.c.spec.label("job_spec"),
     )
     .join(jobs, jobs.c.pk == tasks.c.job_pk)
     .where(tasks.c.pk.in_(bindparam("pks", expanding=True)))
 )
-_RECORD_ATTEMPT = (
-    update(tasks).where(tasks.c.pk == bindparam("b_pk")).values(node_history=bindparam("b_hist"))
+
+
+_SPEC_TEXT = select(tasks.c.pk, cast(tasks.c.spec, Text)).where(
+    tasks.c.pk.in_(bindparam("pks", expanding=True))
 )
+
+
+class _RunRow:
+    """A task being dispatched: its row as read, with the node and attempt it gets now and its
+    job's spec (read once per job, not once per task)."""
+
+    __slots__ = ("_row", "attempt", "job_spec", "node_pk")
+
+    def __init__(self, row: Any, node_pk: int, attempt: int, job_spec: Any) -> None:
+        self._row = row
+        self.node_pk = node_pk
+        self.attempt = attempt
+        self.job_spec = job_spec
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._row, name)
+
+
 NODE_RUNNING = (
     update(nodes)
     .where(nodes.c.pk == bindparam("b_pk"))
@@ -277,10 +300,37 @@ class Dispatcher:
         if not placed:
             return
         pks = [pk for pk, _ in placed]
+        node_of = {pk: int(node) for pk, node in placed}
+        # Read what the run requests need first (attempt and history as they are now), so the
+        # state, the node, the new attempt and its history entry go in one write per task.
+        rows = [
+            _RunRow(r, node_of[r.pk], r.attempt + 1, job_rows[r.job_pk].spec)
+            for r in conn.execute(_RUN_ROWS, {"pks": pks}).all()
+        ]
         conn.execute(_DEQUEUE, {"pks": pks})
         _MARK_PREPARING.execute(
             conn,
-            [{"b_pk": pk, "b_node": int(node), "b_now": now} for pk, node in placed],
+            [
+                {
+                    "b_pk": r.pk,
+                    "b_node": r.node_pk,
+                    "b_now": now,
+                    "b_attempt": r.attempt,
+                    # Which node ran which attempt, so a client can spot a bad node.
+                    "b_hist": (
+                        list(r.node_history or [])
+                        + [
+                            {
+                                "attempt": r.attempt,
+                                "poolId": pool.id,
+                                "nodeId": self._nodes[r.node_pk].node_id,
+                                "dispatchTime": now,
+                            }
+                        ]
+                    )[-MAX_ATTEMPTS_KEPT:],
+                }
+                for r in rows
+            ],
             expected=len(placed),
         )
         deltas: dict[int, lifecycle.JobDelta] = defaultdict(lifecycle.JobDelta)
@@ -296,29 +346,7 @@ class Dispatcher:
             NODE_RUNNING,
             [{"b_pk": pk, "b_tasks": n, "b_slots": sl} for pk, (n, sl) in per_node.items()],
         )
-        rows = conn.execute(_RUN_ROWS, {"pks": pks}).all()
         base_url = self.account_urls.get(pool.account, "embedded://local")
-        # Which node ran which attempt, so a client can spot a bad node.
-        conn.execute(
-            _RECORD_ATTEMPT,
-            [
-                {
-                    "b_pk": r.pk,
-                    "b_hist": (
-                        list(r.node_history or [])
-                        + [
-                            {
-                                "attempt": r.attempt,
-                                "poolId": pool.id,
-                                "nodeId": self._nodes[r.node_pk].node_id,
-                                "dispatchTime": now,
-                            }
-                        ]
-                    )[-MAX_ATTEMPTS_KEPT:],
-                }
-                for r in rows
-            ],
-        )
         for r in rows:
             rt = self._nodes[r.node_pk]
             message = self._run_message(r, pool, rt, base_url, conn)
@@ -503,14 +531,18 @@ class Dispatcher:
 def _affinities(conn: Any, pool_id: str, head: list[Any], rts: list[Any]) -> dict[int, str]:
     """The node (``str(node pk)``) each head task's ``affinityInfo.affinityId`` names, where it
     names a node of this pool that could take tasks now (``<poolId>/<nodeId>``, as nodes and
-    tasks show it). The hint is soft: the scheduler uses it when that node has room."""
+    tasks show it). The hint is soft: the scheduler uses it when that node has room.
+
+    The specs are read as text and parsed only where ``affinityInfo`` appears: the head is up
+    to twice the free slots long, and most tasks carry no hint.
+    """
     node_of = {f"{pool_id}/{rt.node_id}".casefold(): str(rt.pk) for rt in rts}
-    rows = conn.execute(
-        select(tasks.c.pk, tasks.c.spec).where(tasks.c.pk.in_([r.task_pk for r in head]))
-    ).all()
+    rows = conn.execute(_SPEC_TEXT, {"pks": [r.task_pk for r in head]}).all()
     out: dict[int, str] = {}
-    for pk, spec in rows:
-        wanted = ((spec or {}).get("affinityInfo") or {}).get("affinityId")
+    for pk, text in rows:
+        if not text or '"affinityInfo"' not in text:
+            continue
+        wanted = ((json.loads(text) or {}).get("affinityInfo") or {}).get("affinityId")
         node = node_of.get(str(wanted).casefold()) if wanted else None
         if node is not None:
             out[pk] = node

@@ -36,6 +36,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -458,6 +459,24 @@ class Engine(NodeMixin):
                 self._record_node_failure(conn, rt, msg["code"], msg["message"], now)
             elif ev == "error":
                 log.warning("agent on %s: %s", rt.node_id, msg.get("message"))
+        if started and attempts:
+            # An attempt that started and ended within one batch (a short task) is written
+            # once, by its completion, rather than moved to running first.
+            began = {(s["b_pk"], s["b_attempt"]): s["b_start"] for s in started}
+            attempts = [
+                a
+                if (a.task_pk, a.attempt) not in began
+                else replace(
+                    a,
+                    started_with_end=True,
+                    start_time=began[(a.task_pk, a.attempt)]
+                    if a.start_time is None
+                    else a.start_time,
+                )
+                for a in attempts
+            ]
+            ended = {(a.task_pk, a.attempt) for a in attempts}
+            started = [s for s in started if (s["b_pk"], s["b_attempt"]) not in ended]
         if started:
             _MARK_STARTED.execute(conn, started)
         effects = lifecycle.complete_attempts(conn, attempts, now)

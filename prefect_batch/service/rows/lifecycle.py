@@ -176,6 +176,10 @@ class Attempt:
     outcome: AttemptOutcome
     start_time: float | None
     end_time: float
+    started_with_end: bool = False
+    """Its ``started`` came in the same batch as its end, and was not written on its own: the
+    attempt went preparing -> running -> completed, and the row shows running as its previous
+    state, entered at ``start_time``."""
 
 
 @dataclass
@@ -320,6 +324,9 @@ def complete_attempts(
             task_failure_mode=job.on_task_failure,
         )
         start = a.start_time if a.start_time is not None else r.start_time
+        through_running = a.started_with_end and r.state == TaskState.PREPARING.value
+        prev_state = TaskState.RUNNING.value if through_running else r.state
+        prev_time = start if through_running else r.state_transition_time
         if decision.retry:
             retry_updates.append(
                 {
@@ -327,7 +334,7 @@ def complete_attempts(
                     "b_exit": decision.exit_code,
                     "b_start": start,
                     "b_end": a.end_time,
-                    "b_prev_time": r.state_transition_time,
+                    "b_prev_time": prev_time,
                 }
             )
             deltas[r.job_pk].move("running", "active", slots)
@@ -348,8 +355,8 @@ def complete_attempts(
         completed_updates.append(
             {
                 "b_pk": r.pk,
-                "b_prev_state": r.state,
-                "b_prev_time": r.state_transition_time,
+                "b_prev_state": prev_state,
+                "b_prev_time": prev_time,
                 "b_start": start,
                 "b_end": a.end_time,
                 "b_exit": decision.exit_code,
