@@ -137,7 +137,12 @@ class StepProfile:
             finally:
                 me.profile.disable()
 
+        self._original = original
         Engine.step = step  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        """Put the engine's own step back."""
+        Engine.step = self._original  # type: ignore[method-assign]
 
     def report(self, per: int, top: int = 20) -> str:
         out = io.StringIO()
@@ -274,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         counter.on = False
         if profiler is not None:
             profiler.on = False
+            profiler.close()
         measured = max(len(sent) - before, 1)
         cpu_us = (cpu_seconds() - cpu0) / measured * 1e6
         wait_until(lambda: len(sent) >= before + args.queued, "deep queue drained")
