@@ -458,6 +458,8 @@ class Engine(NodeMixin):
                 self._record_node_failure(conn, rt, msg["code"], msg["message"], now)
             elif ev == "error":
                 log.warning("agent on %s: %s", rt.node_id, msg.get("message"))
+            elif ev == "user_expired":
+                log.info("node user %s of %s expired and was removed", msg.get("name"), rt.node_id)
         if started:
             _MARK_STARTED.execute(conn, started)
         effects = lifecycle.complete_attempts(conn, attempts, now)
