@@ -25,7 +25,7 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     .agent/runs/<key>.json                 run records: what was started, and its result
 
 ``hello`` ``{"op":"hello","v":1,"node_id":..,"pool_id":..}`` ->
-    ``{"ev":"hello","v":1,"agent_version":"0.1.0","pid":..,"hostname":..,"cpu_count":..,
+    ``{"ev":"hello","v":1,"agent_version":"0.1.0","pid":..,"uid":..,"hostname":..,"cpu_count":..,
     "memory_bytes":..,"root":..,"time":..,"reaper":"pidfd"|"sigchld",
     "spawn":"posix_spawn"|"popen","confined":bool}``, plus ``"unconfined":"<reason>"`` when
     the agent was asked to confine (``--confine --confine-optional``) and this kernel cannot.
@@ -2144,6 +2144,7 @@ class Agent:
                 "v": PROTOCOL_VERSION,
                 "agent_version": AGENT_VERSION,
                 "pid": self.pid,
+                "uid": os.geteuid(),
                 "hostname": os.uname().nodename,
                 "cpu_count": _cpu_count(),
                 "memory_bytes": _sysconf_bytes("SC_PHYS_PAGES") or _meminfo("MemTotal") or 0,
@@ -2206,7 +2207,7 @@ class Agent:
             # The service could not resolve the task's files (e.g. a bucket that does not
             # exist): the task ends as a pre-processing error, recorded like any other end.
             error = {k: stage_error.get(k) for k in ("code", "message", "category", "values")}
-            error["phase"] = "download"
+            error["phase"] = stage_error.get("phase") or "download"
             self._fail_run(key, str(error["code"]), str(error["message"]), rel, error=error)
             return
         p = _Prep(key, argv, rel, task_dir, env_req, wall, prep_dir)

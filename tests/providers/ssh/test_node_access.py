@@ -26,6 +26,7 @@ from azure.batch import models as sdk_models
 from azure.core.exceptions import HttpResponseError
 
 from prefect_batch import BatchClient
+from prefect_batch.testing import wait_for_task
 from prefect_batch.testing.sshd import SSHServers, sshd_available
 from tests.api.conftest import running_server, wait_for
 
@@ -40,6 +41,9 @@ PREFIX = f"pbt{secrets.token_hex(3)}"
 def _remove_test_users() -> None:
     for entry in pwd.getpwall():
         if entry.pw_name.startswith(PREFIX):
+            subprocess.run(
+                ["pkill", "-KILL", "-u", entry.pw_name], capture_output=True, check=False
+            )
             subprocess.run(["userdel", "-f", "-r", entry.pw_name], capture_output=True, check=False)
             Path(f"/etc/sudoers.d/prefect-batch-{entry.pw_name}").unlink(missing_ok=True)
 
@@ -102,6 +106,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 sdk = server.sdk()
                 try:
                     yield {
+                        "ssh_dir": ssh_dir,
+                        "servers": servers,
                         "server": server,
                         "client": client,
                         "sdk": sdk,
@@ -127,6 +133,12 @@ def _idle_node(sdk: Any, pool_id: str) -> str:
 
 def _key() -> tuple[paramiko.Ed25519Key, str]:
     """A new ed25519 key and its OpenSSH public line."""
+    key, public, _ = _key_files()
+    return key, public
+
+
+def _key_files() -> tuple[paramiko.Ed25519Key, str, str]:
+    """A new ed25519 key, its OpenSSH public line and its private key file's text."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -141,7 +153,8 @@ def _key() -> tuple[paramiko.Ed25519Key, str]:
         .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         .decode()
     )
-    return paramiko.Ed25519Key.from_private_key(io.StringIO(pem)), public + " someone@laptop"
+    key = paramiko.Ed25519Key.from_private_key(io.StringIO(pem))
+    return key, public + " someone@laptop", pem
 
 
 def _login(lab: dict[str, Any], name: str, key: paramiko.PKey) -> str:
@@ -368,6 +381,67 @@ def test_an_admin_user_needs_sudo_on_the_node(lab: dict[str, Any]) -> None:
     assert stat.S_IMODE(sudoers.stat().st_mode) == 0o440
     lab["sdk"].delete_node_user("sshpool", lab["ssh_node"], name)
     assert not sudoers.exists() and not _exists(name)
+
+
+def test_admin_elevation_is_refused_where_the_agent_is_not_root(lab: dict[str, Any]) -> None:
+    """A node user is an unprivileged login: a host group logging in as it has a non-root
+    agent, which cannot run a task as an administrator: the task fails at dispatch."""
+    client: BatchClient = lab["client"]
+    name = f"{PREFIX}u"
+    _, public, pem = _key_files()
+    lab["sdk"].create_node_user("sshpool", lab["ssh_node"], _user(name, public))
+    key_path = lab["ssh_dir"] / "acct" / f"{name}_key"
+    key_path.write_text(pem)
+    key_path.chmod(0o600)
+    host = lab["servers"][0].host_config(user=name)
+    client.create_node_source(
+        {
+            **lab["servers"].group_config(name="unpriv", hosts=[host]),
+            "private_key_path": str(key_path),
+        }
+    )
+    client.create_pool({**_ssh_pool("unprivpool", "unpriv")})
+    _idle_node(lab["sdk"], "unprivpool")
+    client.create_job({"id": "elevation", "poolInfo": {"poolId": "unprivpool"}})
+    client.create_task(
+        "elevation",
+        {
+            "id": "admin",
+            "commandLine": "/bin/true",
+            "userIdentity": {"autoUser": {"elevationLevel": "admin"}},
+        },
+    )
+    client.create_task(
+        "elevation",
+        {
+            "id": "nonadmin",
+            "commandLine": "/usr/bin/id -u",
+            "userIdentity": {"autoUser": {"elevationLevel": "nonadmin"}},
+        },
+    )
+    admin = wait_for_task(client, "elevation", "admin", timeout=90)
+    info = admin.execution_info.failure_info
+    assert info is not None and info.code == "ElevationNotAvailable"
+    assert str(getattr(info.category, "value", info.category)) == "usererror"
+    assert f"uid {pwd.getpwnam(name).pw_uid}" in info.message
+    nonadmin = wait_for_task(client, "elevation", "nonadmin", timeout=90)
+    assert nonadmin.execution_info.exit_code == 0
+    out = client.get_task_file("elevation", "nonadmin", "stdout.txt").decode()
+    assert out.strip() == str(pwd.getpwnam(name).pw_uid)
+    client.delete_pool("unprivpool")
+    wait_for(lambda: not client.pool_exists("unprivpool"), timeout=90)
+
+
+def _ssh_pool(pool_id: str, group: str) -> dict[str, Any]:
+    return {
+        "id": pool_id,
+        "vmSize": "ssh",
+        "targetDedicatedNodes": 1,
+        "virtualMachineConfiguration": {
+            "imageReference": {"publisher": "prefect-batch", "offer": "ssh", "sku": group},
+            "nodeAgentSKUId": f"batch.node.ssh.{group}",
+        },
+    }
 
 
 def test_users_go_with_the_node(lab: dict[str, Any]) -> None:
