@@ -1434,10 +1434,7 @@ class NodeUsers:
         users = self.load()
         if not users or os.geteuid() != 0:
             return []
-        names = sorted(users)
-        for name in names:
-            self._remove(name, users)
-        return names
+        return self._remove_each(sorted(users), users)
 
     def expire(self, now: float) -> list[str]:
         """Remove the users whose expiry has passed; their names."""
@@ -1445,9 +1442,22 @@ class NodeUsers:
         gone = [n for n, u in users.items() if float(u.get("expiry") or 0) <= now]
         if not gone or os.geteuid() != 0:
             return []
-        for name in gone:
-            self._remove(name, users)
-        return gone
+        return self._remove_each(gone, users)
+
+    def _remove_each(self, names: list[str], users: dict[str, Any]) -> list[str]:
+        """Remove each of ``names``; one that fails stays recorded (tried again later) and the
+        others are still removed. The names removed."""
+        removed, failed = [], []
+        for name in names:
+            try:
+                self._remove(name, users)
+            except _Invalid as exc:
+                failed.append(f"{name}: {exc.message}")
+            else:
+                removed.append(name)
+        if failed:
+            sys.stderr.write("agent: cannot remove node users: " + "; ".join(failed) + "\n")
+        return removed
 
     def _remove(self, name: str, users: dict[str, Any]) -> None:
         if not USER_NAME_RE.match(name):  # a hand-edited record: never pass it on
