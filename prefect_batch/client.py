@@ -24,6 +24,7 @@ from prefect_batch.models import (
     BatchJobSchedule,
     BatchNode,
     BatchNodeFile,
+    BatchNodeRemoteLoginSettings,
     BatchNodeSource,
     BatchPool,
     BatchPoolNodeCounts,
@@ -343,6 +344,26 @@ class BatchClient:
         """A node's liveness (``lastHeartbeat``) and its latest readings from the agent:
         ``cpuPercent`` (0-100), ``memoryBytes``, ``diskBytes``, disk and network counters."""
         return self.service.get_node_metrics(pool_id, node_id)
+
+    def get_node_remote_login_settings(
+        self, pool_id: str, node_id: str
+    ) -> BatchNodeRemoteLoginSettings:
+        """Where to log in to a node over SSH (``remoteLoginIPAddress``, ``remoteLoginPort``);
+        refused (``OperationNotValidOnNode``) for local nodes, which are on this machine."""
+        return self.service.get_node_remote_login_settings(pool_id, node_id)
+
+    def create_node_user(self, pool_id: str, node_id: str, user: Any) -> None:
+        """Add a login user (``name``, ``sshPublicKey``, ``password``, ``expiryTime``,
+        ``isAdmin``) to an SSH or EC2 node whose agent runs as root."""
+        self.service.create_node_user(pool_id, node_id, user)
+
+    def replace_node_user(self, pool_id: str, node_id: str, user_name: str, options: Any) -> None:
+        """Replace a node user's password, key and expiry (what is left out is reset)."""
+        self.service.replace_node_user(pool_id, node_id, user_name, options)
+
+    def delete_node_user(self, pool_id: str, node_id: str, user_name: str) -> None:
+        """Remove a login user (its home and processes too) from a node."""
+        self.service.delete_node_user(pool_id, node_id, user_name)
 
     def reboot_node(self, pool_id: str, node_id: str, options: Any = None) -> None:
         """Reboot a node (``requeue`` | ``terminate`` | ``taskcompletion`` | ``retaineddata``)."""

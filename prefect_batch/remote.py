@@ -54,8 +54,11 @@ from prefect_batch.models import (
     BatchNodeFile,
     BatchNodeRebootOptions,
     BatchNodeReimageOptions,
+    BatchNodeRemoteLoginSettings,
     BatchNodeRemoveOptions,
     BatchNodeSource,
+    BatchNodeUserCreateOptions,
+    BatchNodeUserReplaceOptions,
     BatchPool,
     BatchPoolCreateOptions,
     BatchPoolEnableAutoScaleOptions,
@@ -380,6 +383,30 @@ class RemoteBatchService:
     def enable_node_scheduling(self, pool_id: str, node_id: str) -> None:
         """Schedule tasks on a node again."""
         self._node_action(pool_id, node_id, "enablescheduling", None, 200)
+
+    def get_node_remote_login_settings(
+        self, pool_id: str, node_id: str
+    ) -> BatchNodeRemoteLoginSettings:
+        """The SSH address and port of a node's machine."""
+        url = f"/pools/{_q(pool_id)}/nodes/{_q(node_id)}/remoteloginsettings"
+        return BatchNodeRemoteLoginSettings.model_validate(self._get(url))
+
+    def create_node_user(self, pool_id: str, node_id: str, user: Any) -> None:
+        """Add a login user to a node."""
+        body = parse(BatchNodeUserCreateOptions, user).to_wire()
+        url = f"/pools/{_q(pool_id)}/nodes/{_q(node_id)}/users"
+        self._send("POST", url, body=body, expect=(201,))
+
+    def replace_node_user(self, pool_id: str, node_id: str, user_name: str, options: Any) -> None:
+        """Replace a node user's password, key and expiry."""
+        body = parse(BatchNodeUserReplaceOptions, options or {}).to_wire()
+        url = f"/pools/{_q(pool_id)}/nodes/{_q(node_id)}/users/{_q(user_name)}"
+        self._send("PUT", url, body=body, expect=(200,))
+
+    def delete_node_user(self, pool_id: str, node_id: str, user_name: str) -> None:
+        """Remove a login user from a node."""
+        url = f"/pools/{_q(pool_id)}/nodes/{_q(node_id)}/users/{_q(user_name)}"
+        self._send("DELETE", url, expect=(200,))
 
     # -- jobs --------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     .agent/runs/<key>.json                 run records: what was started, and its result
 
 ``hello`` ``{"op":"hello","v":1,"node_id":..,"pool_id":..}`` ->
-    ``{"ev":"hello","v":1,"agent_version":"0.1.0","pid":..,"hostname":..,"cpu_count":..,
+    ``{"ev":"hello","v":1,"agent_version":"0.1.0","pid":..,"uid":..,"hostname":..,"cpu_count":..,
     "memory_bytes":..,"root":..,"time":..,"reaper":"pidfd"|"sigchld",
     "spawn":"posix_spawn"|"popen","confined":bool}``, plus ``"unconfined":"<reason>"`` when
     the agent was asked to confine (``--confine --confine-optional``) and this kernel cannot.
@@ -153,6 +153,22 @@ the way is ``OperationInvalid``), and checks run on the opened descriptor (``fst
     once its own running tasks have ended and been recorded; kill SIGKILLs every task process
     group (recorded as killed) and exits. Before exiting the agent emits
     ``{"ev":"bye","reason":"drain"|"kill"|"eof"|"signal"|"orphan"}``.
+
+Node users (root only; otherwise every request is refused with ``OperationNotValidOnNode``):
+``{"op":"add_user","req":R,"name":N,"ssh_public_key":K|null,"password":P|null,"expiry":T,
+"admin":bool}``, ``{"op":"update_user","req":R,"name":N,"ssh_public_key":..,"password":..,
+"expiry":T}`` (replaces all three), ``{"op":"delete_user","req":R,"name":N}`` ->
+``{"ev":"user","op":..,"req":R,"name":N}``; ``{"op":"remove_users","req":R}`` ->
+``{"ev":"user","op":"remove_users","req":R,"removed":[names]}``. ``N`` matches
+``^[a-z_][a-z0-9_-]{0,30}$``, ``K`` is one ``<type> <base64>`` line, ``P`` one line (set with
+``chpasswd`` on stdin; none: ``*``). Users are made with ``useradd -m`` and removed with
+``userdel -f -r`` (their processes killed first), from argument lists; a name that exists and is
+not in ``.agent/users.json`` (the users this root's agents made) is ``NodeUserExists`` and is
+never changed or removed; an unknown one is ``NodeUserNotFound``. ``admin`` writes
+``/etc/sudoers.d/prefect-batch-<name>`` (refused when that directory is missing).
+``~/.ssh/authorized_keys`` is written 0600 in a 0700 ``.ssh`` owned by the user, opened without
+following links and replaced by rename. On ``hello`` and ``ping`` users whose expiry has passed
+are removed, each reported as ``{"ev":"user_expired","name":N}``.
 
 Spot notices (``--imds-url URL``, EC2 spot instances only): a thread polls the instance metadata
 service (IMDSv2) every ``--imds-poll-seconds`` (default 5): a session token from ``PUT
@@ -1286,6 +1302,258 @@ class ImdsPoller:
         return found
 
 
+# ------------------------------------------------------------------ node users
+# Login users made on request (``add_user``...): only by an agent running as root, only users it
+# made itself (recorded in ``.agent/users.json``), removed when they expire (checked on every
+# ``hello`` and ``ping``) and on ``remove_users`` (the node leaves or is reimaged). Every
+# program runs from an argv list, never a shell; names and keys are checked again here.
+
+USER_NAME_RE = re.compile(r"\A[a-z_][a-z0-9_-]{0,30}\Z")
+SSH_KEY_RE = re.compile(
+    r"\A(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
+    r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,2}\Z"
+)
+SUDOERS_DIR = "/etc/sudoers.d"
+_USER_COMMENT = "prefect-batch node user"
+
+
+class NodeUsers:
+    """The login users this node's agents made, with their expiry (a JSON file under .agent)."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, "users.json")
+
+    @staticmethod
+    def check_root() -> None:
+        if os.geteuid() != 0:
+            raise _Invalid(
+                "OperationNotValidOnNode",
+                f"the node's agent runs as uid {os.geteuid()}, not root: it cannot manage users",
+            )
+
+    def load(self) -> dict[str, Any]:
+        try:
+            with open(self.path, "rb") as f:
+                data = json.loads(f.read())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save(self, users: dict[str, Any]) -> None:
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(users, f)
+        os.replace(tmp, self.path)
+
+    @staticmethod
+    def _name(msg: dict[str, Any]) -> str:
+        name = msg.get("name")
+        if not isinstance(name, str) or not USER_NAME_RE.match(name):
+            raise _Invalid("InvalidPropertyValue", f"not a valid user name: {name!r}")
+        return name
+
+    @staticmethod
+    def _fields(msg: dict[str, Any]) -> tuple[str | None, str | None, float]:
+        key, password, expiry = msg.get("ssh_public_key"), msg.get("password"), msg.get("expiry")
+        if key is not None and (not isinstance(key, str) or not SSH_KEY_RE.match(key)):
+            raise _Invalid("InvalidPropertyValue", "sshPublicKey is not an OpenSSH public key")
+        if password is not None and (
+            not isinstance(password, str) or not password or any(c in password for c in "\0\r\n")
+        ):
+            raise _Invalid("InvalidPropertyValue", "password must be one line of text")
+        if isinstance(expiry, bool) or not isinstance(expiry, (int, float)):
+            raise _Invalid("InvalidPropertyValue", "expiry must be a UNIX time")
+        return key, password, float(expiry)
+
+    @staticmethod
+    def _run(argv: list[str], stdin: str | None = None) -> None:
+        try:
+            done = subprocess.run(
+                argv,
+                input=None if stdin is None else stdin.encode(),
+                stdin=None if stdin is not None else subprocess.DEVNULL,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise _Invalid("OperationNotValidOnNode", f"{argv[0]} failed: {exc}") from None
+        if done.returncode != 0:
+            err = done.stderr.decode(errors="replace").strip()[-300:]
+            raise _Invalid(
+                "OperationNotValidOnNode", f"{argv[0]} exited with {done.returncode}: {err}"
+            )
+
+    def add(self, msg: dict[str, Any]) -> None:
+        self.check_root()
+        name = self._name(msg)
+        key, password, expiry = self._fields(msg)
+        admin = msg.get("admin") is True
+        users = self.load()
+        if name in users or _user_exists(name):
+            raise _Invalid("NodeUserExists", f"a user named {name} exists on the node")
+        if admin and not os.path.isdir(SUDOERS_DIR):
+            raise _Invalid(
+                "OperationNotValidOnNode",
+                f"isAdmin needs sudo on the node ({SUDOERS_DIR} is missing)",
+            )
+        shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+        # "*": no password login until one is set (a locked "!" would also refuse keys).
+        self._run(["useradd", "-m", "-s", shell, "-c", _USER_COMMENT, "-p", "*", "--", name])
+        users[name] = {"expiry": expiry, "admin": admin}
+        self._save(users)
+        try:
+            self._apply(name, key, password)
+            if admin:
+                self._sudoers(name, True)
+        except BaseException:
+            self._remove(name, users)
+            raise
+
+    def update(self, msg: dict[str, Any]) -> None:
+        self.check_root()
+        name = self._name(msg)
+        key, password, expiry = self._fields(msg)
+        users = self.load()
+        if name not in users:
+            raise _Invalid("NodeUserNotFound", f"the node has no user named {name}")
+        self._apply(name, key, password)
+        users[name]["expiry"] = expiry
+        self._save(users)
+
+    def delete(self, msg: dict[str, Any]) -> None:
+        self.check_root()
+        name = self._name(msg)
+        users = self.load()
+        if name not in users:
+            raise _Invalid("NodeUserNotFound", f"the node has no user named {name}")
+        self._remove(name, users)
+
+    def remove_all(self) -> list[str]:
+        users = self.load()
+        if not users or os.geteuid() != 0:
+            return []
+        return self._remove_each(sorted(users), users)
+
+    def expire(self, now: float) -> list[str]:
+        """Remove the users whose expiry has passed; their names."""
+        users = self.load()
+        gone = [n for n, u in users.items() if float(u.get("expiry") or 0) <= now]
+        if not gone or os.geteuid() != 0:
+            return []
+        return self._remove_each(gone, users)
+
+    def _remove_each(self, names: list[str], users: dict[str, Any]) -> list[str]:
+        """Remove each of ``names``; one that fails stays recorded (tried again later) and the
+        others are still removed. The names removed."""
+        removed, failed = [], []
+        for name in names:
+            try:
+                self._remove(name, users)
+            except _Invalid as exc:
+                failed.append(f"{name}: {exc.message}")
+            else:
+                removed.append(name)
+        if failed:
+            sys.stderr.write("agent: cannot remove node users: " + "; ".join(failed) + "\n")
+        return removed
+
+    def _remove(self, name: str, users: dict[str, Any]) -> None:
+        if not USER_NAME_RE.match(name):  # a hand-edited record: never pass it on
+            users.pop(name, None)
+            self._save(users)
+            return
+        uid = _user_uid(name)
+        if uid is not None and uid != 0:
+            _kill_uid(uid)
+        self._sudoers(name, False)
+        if uid is not None and uid != 0:
+            self._run(["userdel", "-f", "-r", "--", name])
+        users.pop(name, None)
+        self._save(users)
+
+    def _apply(self, name: str, key: str | None, password: str | None) -> None:
+        """Set the user's password (or none) and authorized key (or none)."""
+        if password is None:
+            self._run(["usermod", "-p", "*", "--", name])
+        else:
+            self._run(["chpasswd"], stdin=f"{name}:{password}\n")
+        self._write_key(name, key)
+
+    @staticmethod
+    def _write_key(name: str, key: str | None) -> None:
+        """``~/.ssh/authorized_keys`` (0600 in a 0700 ``.ssh``, the user's), never through a
+        link the user may have planted: each step is opened without following links, and the
+        file is replaced by rename, so its old target is never written."""
+        import pwd
+
+        entry = pwd.getpwnam(name)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        home = os.open(entry.pw_dir, flags)
+        try:
+            try:
+                os.mkdir(".ssh", 0o700, dir_fd=home)
+            except FileExistsError:
+                pass
+            ssh = os.open(".ssh", flags, dir_fd=home)
+            try:
+                os.fchown(ssh, entry.pw_uid, entry.pw_gid)
+                os.fchmod(ssh, 0o700)
+                tmp = f".authorized_keys.{os.getpid()}.tmp"
+                fd = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=ssh
+                )
+                try:
+                    os.fchown(fd, entry.pw_uid, entry.pw_gid)
+                    os.write(fd, (key + "\n").encode() if key else b"")
+                finally:
+                    os.close(fd)
+                os.replace(tmp, "authorized_keys", src_dir_fd=ssh, dst_dir_fd=ssh)
+            finally:
+                os.close(ssh)
+        finally:
+            os.close(home)
+
+    @staticmethod
+    def _sudoers(name: str, admin: bool) -> None:
+        path = os.path.join(SUDOERS_DIR, f"prefect-batch-{name}")
+        if not admin:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o440)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{name} ALL=(ALL) NOPASSWD:ALL\n")
+        os.replace(tmp, path)
+
+
+def _user_uid(name: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def _user_exists(name: str) -> bool:
+    return _user_uid(name) is not None
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of ``uid`` (a user being removed: its logins and what they left)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid == uid:
+                os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            pass
+
+
 class _Run:
     """One task process the agent supervises (its own child, or adopted from an old agent)."""
 
@@ -1468,7 +1736,12 @@ class Agent:
             "ping": self._op_ping,
             "metrics": self._op_metrics,
             "shutdown": self._op_shutdown,
+            "add_user": self._op_user,
+            "update_user": self._op_user,
+            "delete_user": self._op_user,
+            "remove_users": self._op_user,
         }
+        self.users = NodeUsers(os.path.join(self.root, ".agent"))
         self._setup_signals()
         # Contact: any request from the service. Every agent on this root touches the contact
         # file, so a draining agent (its session dropped) is not orphaned while the agent of
@@ -1874,12 +2147,14 @@ class Agent:
 
     def _op_hello(self, msg: dict[str, Any]) -> None:
         self._make_layout()
+        self._expire_users()
         self._emit(
             {
                 "ev": "hello",
                 "v": PROTOCOL_VERSION,
                 "agent_version": AGENT_VERSION,
                 "pid": self.pid,
+                "uid": os.geteuid(),
                 "hostname": os.uname().nodename,
                 "cpu_count": _cpu_count(),
                 "memory_bytes": _sysconf_bytes("SC_PHYS_PAGES") or _meminfo("MemTotal") or 0,
@@ -1942,7 +2217,7 @@ class Agent:
             # The service could not resolve the task's files (e.g. a bucket that does not
             # exist): the task ends as a pre-processing error, recorded like any other end.
             error = {k: stage_error.get(k) for k in ("code", "message", "category", "values")}
-            error["phase"] = "download"
+            error["phase"] = stage_error.get("phase") or "download"
             self._fail_run(key, str(error["code"]), str(error["message"]), rel, error=error)
             return
         p = _Prep(key, argv, rel, task_dir, env_req, wall, prep_dir)
@@ -2879,6 +3154,7 @@ class Agent:
     # ------------------------------------------------------------------ ping
 
     def _op_ping(self, msg: dict[str, Any]) -> None:
+        self._expire_users()
         try:
             load: list[float] | None = list(os.getloadavg())
         except (OSError, AttributeError):
@@ -2900,6 +3176,35 @@ class Agent:
                 "disk_free_bytes": disk_free,
             }
         )
+
+    # ------------------------------------------------------------------ node users
+
+    def _op_user(self, msg: dict[str, Any]) -> None:
+        op = msg["op"]
+        removed: list[str] = []
+        if op == "add_user":
+            self.users.add(msg)
+        elif op == "update_user":
+            self.users.update(msg)
+        elif op == "delete_user":
+            self.users.delete(msg)
+        else:
+            removed = self.users.remove_all()
+        answer: dict[str, Any] = {"ev": "user", "op": op, "req": msg.get("req")}
+        if op == "remove_users":
+            answer["removed"] = removed
+        else:
+            answer["name"] = msg.get("name")
+        self._emit(answer)
+
+    def _expire_users(self) -> None:
+        try:
+            gone = self.users.expire(time.time())
+        except _Invalid as exc:
+            self._diag(f"cannot remove expired users: {exc.message}")
+            return
+        for name in gone:
+            self._emit({"ev": "user_expired", "name": name})
 
     # ------------------------------------------------------------------ metrics
 

@@ -76,6 +76,9 @@ from prefect_batch.models.node import (
     BatchNodeError,
     BatchNodeRebootOptions,
     BatchNodeReimageOptions,
+    BatchNodeRemoteLoginSettings,
+    BatchNodeUserCreateOptions,
+    BatchNodeUserReplaceOptions,
     BatchTaskInfo,
 )
 from prefect_batch.models.nodesource import BatchNodeSource
@@ -180,6 +183,9 @@ __all__ = [
     "BatchNodeFile",
     "BatchNodeInfo",
     "BatchNodeRebootOptions",
+    "BatchNodeRemoteLoginSettings",
+    "BatchNodeUserCreateOptions",
+    "BatchNodeUserReplaceOptions",
     "BatchNodeReimageOptions",
     "BatchNodeRemoveOptions",
     "BatchNodeSource",

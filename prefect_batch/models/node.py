@@ -36,6 +36,9 @@ __all__ = [
     "BatchNodeError",
     "BatchNodeRebootOptions",
     "BatchNodeReimageOptions",
+    "BatchNodeRemoteLoginSettings",
+    "BatchNodeUserCreateOptions",
+    "BatchNodeUserReplaceOptions",
     "BatchTaskInfo",
 ]
 
@@ -58,6 +61,48 @@ class BatchNodeReimageOptions(RequestModel):
         default=None,
         alias="nodeReimageOption",
         description="What happens to running tasks (requeue).",
+    )
+
+
+class BatchNodeUserReplaceOptions(RequestModel):
+    """The body of a replace-node-user request: what it names replaces the user's, what it
+    leaves out is reset (no password, no key, an expiry one day from now)."""
+
+    password: str | None = Field(
+        default=None, max_length=256, description="The account's password (one line)."
+    )
+    expiry_time: UtcDateTime | None = Field(
+        default=None,
+        alias="expiryTime",
+        description="When the account is removed from the node (default: one day from now).",
+    )
+    ssh_public_key: str | None = Field(
+        default=None,
+        alias="sshPublicKey",
+        max_length=16384,
+        description="An OpenSSH public key (``ssh-ed25519 AAAA...``) for SSH login.",
+    )
+
+
+class BatchNodeUserCreateOptions(BatchNodeUserReplaceOptions):
+    """The body of a create-node-user request (``POST .../nodes/{nodeId}/users``)."""
+
+    name: str = Field(description="The account's user name (``^[a-z_][a-z0-9_-]{0,30}$``).")
+    is_admin: bool | None = Field(
+        default=None,
+        alias="isAdmin",
+        description="Whether the account may use sudo on the node (default false).",
+    )
+
+
+class BatchNodeRemoteLoginSettings(ResponseModel):
+    """Where to log in to a node over SSH."""
+
+    remote_login_ip_address: str = Field(
+        alias="remoteLoginIPAddress", description="The address of the node's SSH server."
+    )
+    remote_login_port: int = Field(
+        alias="remoteLoginPort", description="The port of the node's SSH server."
     )
 
 

@@ -115,8 +115,16 @@ class AgentCalls:
 def wipe_node_root(calls: AgentCalls) -> None:
     """Delete everything under the node root except the agent's own state (``.agent``).
 
-    The agent makes ``shared``, ``startup`` and the rest again on ``hello``.
+    The agent makes ``shared``, ``startup`` and the rest again on ``hello``. The login users
+    its agents made (``create_node_user``) are removed first: they belonged to the node.
     """
+    try:
+        removed = calls.call({"op": "remove_users"}).get("removed") or []
+    except AgentCallError as exc:  # the root is still wiped; the agent retries on expiry
+        log.warning("could not remove node users on %s: %s", calls.name, exc)
+        removed = []
+    if removed:
+        log.info("removed node users %s on %s", ", ".join(removed), calls.name)
     listed = calls.call({"op": "list_files", "path": "", "recursive": False})
     for entry in listed.get("files") or []:
         name = str(entry.get("name") or "")

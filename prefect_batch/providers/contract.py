@@ -292,6 +292,16 @@ class NodeProvider(ABC):
                 that will take the next node).
         """
 
+    def remote_login(self, node: NodeRef) -> tuple[str, int] | None:
+        """The address and port of the SSH server of the node's machine; None when the node
+        has no machine of its own (it runs on the service's). May ask the cloud (off the
+        engine thread).
+
+        Raises:
+            AgentError: The node's machine is not known or not up.
+        """
+        return None
+
     def pool_deleted(self, pool: PoolRef) -> None:  # noqa: B027 - optional: most keep nothing
         """The pool is gone and each of its nodes was given to :meth:`release`: give back what
         the pool itself held (a security group, ...). Runs on a start worker; default nothing.

@@ -506,6 +506,13 @@ class EC2Provider(NodeProvider):
             raise AgentError(f"node {node.node_id} has no instance")
         return self._join_instance(node, record, on_event)
 
+    def remote_login(self, node: NodeRef) -> tuple[str, int]:
+        """The instance's SSH address (public, else private, or its ``sshEndpoints`` one)."""
+        record = self.records.get(_key(node.node_id)) or {}
+        if not record.get("instanceId"):
+            raise AgentError(f"node {node.node_id} has no instance")
+        return self._address(str(record["instanceId"]), record)
+
     def _launch(self, node: NodeRef, record: dict[str, Any]) -> dict[str, Any]:
         """Launch (or adopt) the node's instance; its record, ``instanceId`` included."""
         launched = list(record.get("launched") or [])

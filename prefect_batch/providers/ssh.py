@@ -340,6 +340,13 @@ class SSHNodeSource(NodeProvider):
             raise AgentError(f"node {node.node_id} has no host of group {self.group.name!r}")
         return self.start_agent_on(node.machine_id, node.node_id, on_event, root=node.root)
 
+    def remote_login(self, node: NodeRef) -> tuple[str, int]:
+        """The host's SSH address and port."""
+        if node.machine_id is None:
+            raise AgentError(f"node {node.node_id} has no host of group {self.group.name!r}")
+        host = self.host(node.machine_id)
+        return host.address, host.port
+
     def release(self, request_id: str, node: NodeRef, *, wipe_only: bool = False) -> None:
         """Empty the node's root on its host through an agent of its own (the host stays)."""
         with self._lock:

@@ -12,6 +12,7 @@ from prefect_batch.service.ops.files import FileOperations
 from prefect_batch.service.ops.jobs import JobOperations
 from prefect_batch.service.ops.nodes import NodeOperations
 from prefect_batch.service.ops.nodesources import NodeSourceOperations
+from prefect_batch.service.ops.nodeusers import NodeUserOperations
 from prefect_batch.service.ops.pools import PoolOperations
 from prefect_batch.service.ops.quotas import QuotaOperations
 from prefect_batch.service.ops.schedules import JobScheduleOperations
@@ -24,6 +25,7 @@ class BatchService(
     PoolOperations,
     AutoScaleOperations,
     NodeOperations,
+    NodeUserOperations,
     NodeSourceOperations,
     JobOperations,
     JobScheduleOperations,

@@ -80,6 +80,11 @@ def test_an_ec2_pool_of_dedicated_and_spot_nodes_runs_a_job_through_the_sdk(
 
         nodes = wait_for(idle, timeout=120)
         assert sorted(n.is_dedicated for n in nodes) == [False, True]
+        # Each instance logs in at its own SSH endpoint (here the servers stand in for them).
+        logins = [sdk.get_node_remote_login_settings("burst", n.id) for n in nodes]
+        found = {(s.remote_login_ip_address, s.remote_login_port) for s in logins}
+        assert len(found) == 2
+        assert found <= {(s.address, s.port) for s in servers}
         pool = sdk.get_pool("burst")
         assert (pool.current_dedicated_nodes, pool.current_low_priority_nodes) == (1, 1)
         sdk.create_job(

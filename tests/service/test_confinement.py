@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from prefect_batch import BatchClient, PrefectBatchError
-from prefect_batch.service.engine.confinement import confinement_unavailable
+from prefect_batch.service.engine.confinement import confinement_unavailable, elevation_refusal
 from prefect_batch.testing import wait_for_task
 
 PROBE = r"""
@@ -211,3 +211,15 @@ def test_a_server_confines_by_default_and_an_embedded_client_does_not(tmp_path: 
             assert ("--confine" in local.agent_args) is confined
     finally:
         store.dispose()
+
+
+def test_admin_elevation_is_refused_only_where_the_agent_is_not_root() -> None:
+    admin = {"userIdentity": {"autoUser": {"elevationLevel": "admin"}}}
+    nonadmin = {"userIdentity": {"autoUser": {"elevationLevel": "nonadmin"}}}
+    refused = elevation_refusal(admin, 1000)["stage_error"]
+    assert (refused["code"], refused["category"]) == ("ElevationNotAvailable", "usererror")
+    assert "uid 1000" in refused["message"]
+    assert elevation_refusal(admin, 0) == {}
+    assert elevation_refusal(admin, None) == {}  # an agent that did not say
+    assert elevation_refusal(nonadmin, 1000) == {}
+    assert elevation_refusal({}, 1000) == {}

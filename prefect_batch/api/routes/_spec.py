@@ -45,6 +45,7 @@ __all__ = [
     "Select",
     "Svc",
     "TaskId",
+    "UserName",
     "call",
     "filtered_page",
     "implemented",
@@ -194,6 +195,7 @@ NodeId = Annotated[str, Path(alias="nodeId", description="The id of the node.")]
 JobId = Annotated[str, Path(alias="jobId", description="The id of the job.")]
 TaskId = Annotated[str, Path(alias="taskId", description="The id of the task.")]
 ScheduleId = Annotated[str, Path(alias="jobScheduleId", description="The id of the schedule.")]
+UserName = Annotated[str, Path(alias="userName", description="The name of a node user.")]
 FilePath = Annotated[
     str, Path(alias="filePath", description="The file's path under the task or node directory.")
 ]

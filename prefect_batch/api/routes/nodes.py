@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from prefect_batch.api.context import (
     accepted,
+    created,
     json_response,
     list_response,
     object_body,
@@ -26,6 +27,7 @@ from prefect_batch.api.routes._spec import (
     PoolId,
     Select,
     Svc,
+    UserName,
     call,
     filtered_page,
     spec,
@@ -35,6 +37,9 @@ from prefect_batch.models import (
     BatchNodeDisableSchedulingOptions,
     BatchNodeRebootOptions,
     BatchNodeReimageOptions,
+    BatchNodeRemoteLoginSettings,
+    BatchNodeUserCreateOptions,
+    BatchNodeUserReplaceOptions,
 )
 
 __all__ = ["router"]
@@ -130,4 +135,58 @@ def disable_node_scheduling(pool_id: PoolId, node_id: NodeId, svc: Svc, body: Bo
 )
 def enable_node_scheduling(pool_id: PoolId, node_id: NodeId, svc: Svc) -> Response:
     call(svc, "enable_node_scheduling", pool_id, node_id)
+    return ok()
+
+
+@router.get(
+    "/pools/{poolId}/nodes/{nodeId}/remoteloginsettings",
+    **spec(
+        "get_node_remote_login_settings",
+        "The SSH address and port of a node's machine",
+        returns=BatchNodeRemoteLoginSettings,
+        description="Refused with `OperationNotValidOnNode` for nodes on the service's machine.",
+    ),
+)
+def get_node_remote_login_settings(pool_id: PoolId, node_id: NodeId, svc: Svc) -> Response:
+    settings = call(svc, "get_node_remote_login_settings", pool_id, node_id)
+    return json_response(settings.to_wire())
+
+
+@router.post(
+    "/pools/{poolId}/nodes/{nodeId}/users",
+    **spec(
+        "create_node_user",
+        "Add a login user to a node",
+        status=201,
+        body=BatchNodeUserCreateOptions,
+        description="SSH and EC2 nodes whose agent runs as root; the user is removed when it "
+        "expires (`expiryTime`, default one day) or the node leaves the pool.",
+    ),
+)
+def create_node_user(pool_id: PoolId, node_id: NodeId, svc: Svc, body: Body) -> Response:
+    call(svc, "create_node_user", pool_id, node_id, object_body(body))
+    return created()
+
+
+@router.put(
+    "/pools/{poolId}/nodes/{nodeId}/users/{userName}",
+    **spec(
+        "replace_node_user",
+        "Replace a node user's password, key and expiry",
+        body=BatchNodeUserReplaceOptions,
+    ),
+)
+def replace_node_user(
+    pool_id: PoolId, node_id: NodeId, user_name: UserName, svc: Svc, body: Body
+) -> Response:
+    call(svc, "replace_node_user", pool_id, node_id, user_name, object_body(body))
+    return ok()
+
+
+@router.delete(
+    "/pools/{poolId}/nodes/{nodeId}/users/{userName}",
+    **spec("delete_node_user", "Remove a login user from a node"),
+)
+def delete_node_user(pool_id: PoolId, node_id: NodeId, user_name: UserName, svc: Svc) -> Response:
+    call(svc, "delete_node_user", pool_id, node_id, user_name)
     return ok()

@@ -23,6 +23,12 @@ agent's ``hello`` says ``"unconfined": <reason>``, the service logs a warning an
 carries a ``TasksUnconfined`` error, "tasks unconfined: <reason>" (:func:`unconfined_errors`),
 for as long as that agent runs.
 
+Admin elevation needs a root agent: a run asking for it on a node whose agent's ``hello`` says
+it is not root (``uid``) is ended at dispatch with ``ElevationNotAvailable`` (a ``usererror``
+failureInfo, :func:`elevation_refusal`) instead of running as the agent's own user. Where the
+agent is root, every run still runs as root (confined as above); ``nonadmin`` runs as an
+unprivileged user are not built.
+
 What it does not do: confine anything itself (the agent does, in the child, just before exec).
 """
 
@@ -39,6 +45,7 @@ from prefect_batch.agent.agent import set_not_dumpable  # one copy: the agent is
 __all__ = [
     "agent_confinement_args",
     "confinement_unavailable",
+    "elevation_refusal",
     "is_admin",
     "landlock_abi",
     "run_confinement",
@@ -132,6 +139,28 @@ def is_admin(spec: dict[str, Any] | None) -> bool:
     identity = (spec or {}).get("userIdentity") or {}
     auto = identity.get("autoUser") or {}
     return auto.get("elevationLevel") == "admin"
+
+
+ELEVATION_CODE = "ElevationNotAvailable"
+
+
+def elevation_refusal(spec: dict[str, Any] | None, agent_uid: int | None) -> dict[str, Any]:
+    """The ``stage_error`` that ends a run asking for admin elevation on a node whose agent is
+    not root (it could only run it as the agent's own user), else nothing. An agent that did
+    not say its uid (``None``) is not refused."""
+    if agent_uid is None or agent_uid == 0 or not is_admin(spec):
+        return {}
+    return {
+        "stage_error": {
+            "code": ELEVATION_CODE,
+            "message": "The task asks for admin elevation (userIdentity.autoUser.elevationLevel "
+            f"admin), but the node's agent runs as uid {agent_uid}, not root: it cannot run "
+            "tasks as an administrator. Use nonadmin, or nodes whose agent runs as root",
+            "category": "usererror",
+            "phase": "start",
+            "values": {"ElevationLevel": "admin", "AgentUid": str(agent_uid)},
+        }
+    }
 
 
 def run_confinement(spec: dict[str, Any] | None, *, unconfined: bool = False) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from prefect_batch.core.scheduler import NodeSlots, QueuedTask, assign
 from prefect_batch.core.sharedkey import decode_key, derive_job_key, job_scoped_name
 from prefect_batch.core.states import NodeFillType, PoolState, TaskState
 from prefect_batch.providers.storage import ObjectStorage, StagingError
-from prefect_batch.service.engine.confinement import run_confinement
+from prefect_batch.service.engine.confinement import elevation_refusal, run_confinement
 from prefect_batch.service.rows import lifecycle
 from prefect_batch.service.rows.common import iso
 from prefect_batch.service.rows.sealing import unseal_environment
@@ -409,6 +409,7 @@ class Dispatcher:
             **run_confinement(
                 r.spec, unconfined=r.kind == "jobmanager" and not self.scoped_job_credentials
             ),
+            **elevation_refusal(r.spec, rt.agent_uid),
         }
 
     def _store_unreachable_from(self, rt: Any) -> dict[str, Any] | None:

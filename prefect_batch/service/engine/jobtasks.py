@@ -20,7 +20,7 @@ from sqlalchemy import and_, delete, insert, select, update
 from prefect_batch.core.commandline import split_command_line
 from prefect_batch.core.completion import AttemptOutcome, decide
 from prefect_batch.core.states import TaskExecutionResult
-from prefect_batch.service.engine.confinement import run_confinement
+from prefect_batch.service.engine.confinement import elevation_refusal, run_confinement
 from prefect_batch.service.engine.dispatcher import (
     base_environment,
     completed_info,
@@ -243,6 +243,7 @@ class JobTasks:
                 "job_prep_dir": None,
                 **stage_request(prep, pool.account),
                 **run_confinement(prep),
+                **elevation_refusal(prep, rt.agent_uid),
             }
         )
 
@@ -346,6 +347,7 @@ class JobTasks:
                     "job_prep_dir": f"{r.job_id}/{prep_id(r.job_spec)}",
                     **stage_request(release, r.account),
                     **run_confinement(release),
+                    **elevation_refusal(release, rt.agent_uid),
                 }
             )
             conn.execute(

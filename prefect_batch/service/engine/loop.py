@@ -459,6 +459,8 @@ class Engine(NodeMixin):
                 self._record_node_failure(conn, rt, msg["code"], msg["message"], now)
             elif ev == "error":
                 log.warning("agent on %s: %s", rt.node_id, msg.get("message"))
+            elif ev == "user_expired":
+                log.info("node user %s of %s expired and was removed", msg.get("name"), rt.node_id)
         if started and attempts:
             # An attempt that started and ended within one batch (a short task) is written
             # once, by its completion, rather than moved to running first.

@@ -49,7 +49,11 @@ from prefect_batch.providers.contract import (
     ProviderTraits,
     ResizeError,
 )
-from prefect_batch.service.engine.confinement import run_confinement, unconfined_errors
+from prefect_batch.service.engine.confinement import (
+    elevation_refusal,
+    run_confinement,
+    unconfined_errors,
+)
 from prefect_batch.service.engine.dispatcher import (
     NODE_RUNNING,
     base_environment,
@@ -124,6 +128,8 @@ class NodeRuntime:
     dedicated: bool = True
     traits: ProviderTraits = field(default_factory=ProviderTraits)
     """What the node's kind of provider is like."""
+    agent_uid: int | None = None
+    """The uid the node's agent runs as (from its ``hello``): admin runs need root."""
     connecting: bool = False
     """An agent start runs on a worker thread; its outcome arrives as an event."""
     unreachable_since: float | None = None
@@ -758,6 +764,8 @@ class NodeMixin:
         rt.failures = 0
         rt.unreachable_since = None
         rt.boot_id = row.boot_id
+        uid = msg.get("uid")
+        rt.agent_uid = uid if isinstance(uid, int) and not isinstance(uid, bool) else None
         rt.schedulable = row.scheduling_state == "enabled"
         rt.held.clear()
         self.job_tasks.forget_node_jobs(conn, rt.pk, reimage=False, now=now)
@@ -840,6 +848,7 @@ class NodeMixin:
                 "job_prep_dir": None,
                 **stage_request(start, pool.account),
                 **run_confinement(start),
+                **elevation_refusal(start, rt.agent_uid),
             }
         )
 

@@ -28,7 +28,48 @@ from prefect_batch.providers.contract import NodeRef
 from prefect_batch.service.rows.common import iso
 from prefect_batch.service.rows.providers import directory_of, live_calls
 
-__all__ = ["AgentDir"]
+__all__ = ["AgentDir", "agent_session", "unreachable"]
+
+
+def unreachable(node: NodeRef, exc: BaseException) -> BatchConflictError:
+    """Azure's ``NodeStateUnusable`` for a node whose agent cannot be reached."""
+    return BatchConflictError(
+        "NodeStateUnusable",
+        f"The node {node.node_id} cannot be reached on {node.machine_id or node.address}: {exc}",
+        {"NodeId": node.node_id},
+    )
+
+
+@contextmanager
+def agent_session(store: Any, sku: str, node_pk: int, node: NodeRef) -> Iterator[AgentCalls]:
+    """Requests to a node's agent: over the connection an engine of this process holds, or
+    else a short-lived agent session of its own, opened by the node's provider.
+
+    Raises:
+        BatchConflictError: ``NodeStateUnusable``: the agent cannot be reached.
+    """
+    calls = live_calls(store.url, node_pk)
+    if calls is not None:
+        yield calls
+        return
+    try:
+        provider = directory_of(store).get(node.account, sku)
+        if provider is None:
+            raise AgentError(f"the node source {sku} is not registered")
+        box: list[AgentCalls] = []
+
+        def deliver(msg: dict[str, Any]) -> None:
+            if box:
+                box[0].deliver(msg)
+
+        conn = provider.attach(node, deliver)
+    except AgentError as exc:
+        raise unreachable(node, exc) from exc
+    box.append(AgentCalls(conn, f"node {node.node_id} ({node.machine_id or node.root})"))
+    try:
+        yield box[0]
+    finally:
+        conn.close()
 
 
 def _rel(path: str, prop: str) -> str:
@@ -65,37 +106,8 @@ class AgentDir:
 
     @contextmanager
     def _session(self) -> Iterator[AgentCalls]:
-        calls = live_calls(self.store.url, self.node_pk)
-        if calls is not None:
+        with agent_session(self.store, self.sku, self.node_pk, self.node) as calls:
             yield calls
-            return
-        node = self.node
-        try:
-            provider = directory_of(self.store).get(node.account, self.sku)
-            if provider is None:
-                raise AgentError(f"the node source {self.sku} is not registered")
-            box: list[AgentCalls] = []
-
-            def deliver(msg: dict[str, Any]) -> None:
-                if box:
-                    box[0].deliver(msg)
-
-            conn = provider.attach(node, deliver)
-        except AgentError as exc:
-            raise self._unreachable(exc) from exc
-        box.append(AgentCalls(conn, f"node {node.node_id} ({node.machine_id or node.root})"))
-        try:
-            yield box[0]
-        finally:
-            conn.close()
-
-    def _unreachable(self, exc: BaseException) -> BatchConflictError:
-        return BatchConflictError(
-            "NodeStateUnusable",
-            f"The node {self.node.node_id} cannot be reached on "
-            f"{self.node.machine_id or self.node.address}: {exc}",
-            {"NodeId": self.node.node_id},
-        )
 
     def _call(self, calls: AgentCalls, request: dict[str, Any], name: str) -> dict[str, Any]:
         if self.base:
@@ -113,7 +125,7 @@ class AgentDir:
                 ) from None
             raise invalid_property("filePath", name, exc.message) from None
         except AgentError as exc:
-            raise self._unreachable(exc) from exc
+            raise unreachable(self.node, exc) from exc
 
     def list(self, rel: str, recursive: bool, url: str, *, prefix: str = "") -> list[BatchNodeFile]:
         """Entries under ``rel`` (names relative to it, with ``prefix`` in front)."""
