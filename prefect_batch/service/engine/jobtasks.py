@@ -241,6 +241,7 @@ class JobTasks:
                     (prep.get("constraints") or {}).get("maxWallClockTime")
                 ),
                 "job_prep_dir": None,
+                "certs": "task",
                 **stage_request(prep, pool.account),
                 **run_confinement(prep),
             }
@@ -344,6 +345,7 @@ class JobTasks:
                     "env": env,
                     "wall_clock_seconds": min(wall, RELEASE_MAX_SECONDS),
                     "job_prep_dir": f"{r.job_id}/{prep_id(r.job_spec)}",
+                    "certs": "task",
                     **stage_request(release, r.account),
                     **run_confinement(release),
                 }
