@@ -84,7 +84,9 @@ class CertificateOperations(ServiceBase):
     def get_certificate(self, thumbprint_algorithm: str, thumbprint: str) -> BatchCertificate:
         """One certificate (its public part; never the private key)."""
         with self.store.read() as conn:
-            return self._model(self._row(conn, thumbprint_algorithm, thumbprint))
+            return self._certificate_model(
+                self._certificate(conn, thumbprint_algorithm, thumbprint)
+            )
 
     def list_certificates(self) -> list[BatchCertificate]:
         """Every certificate of the account, in the order they were added."""
@@ -94,7 +96,7 @@ class CertificateOperations(ServiceBase):
                 .where(certificates.c.account == self.account)
                 .order_by(certificates.c.pk)
             ).all()
-            return [self._model(r) for r in rows]
+            return [self._certificate_model(r) for r in rows]
 
     def delete_certificate(self, thumbprint_algorithm: str, thumbprint: str) -> None:
         """Delete a certificate; while a pool references it or a node has it installed the
@@ -106,7 +108,7 @@ class CertificateOperations(ServiceBase):
         """
         now = self.clock()
         with self.store.begin() as conn:
-            row = self._row(conn, thumbprint_algorithm, thumbprint)
+            row = self._certificate(conn, thumbprint_algorithm, thumbprint)
             state = CertificateState(row.state)
             if state == CertificateState.DELETING:
                 raise BatchConflictError(
@@ -158,7 +160,7 @@ class CertificateOperations(ServiceBase):
         """
         now = self.clock()
         with self.store.begin() as conn:
-            row = self._row(conn, thumbprint_algorithm, thumbprint)
+            row = self._certificate(conn, thumbprint_algorithm, thumbprint)
             state = CertificateState(row.state)
             if state == CertificateState.ACTIVE:
                 raise BatchConflictError(
@@ -190,7 +192,7 @@ class CertificateOperations(ServiceBase):
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _row(self, conn: Any, algorithm: str, thumbprint: str) -> Any:
+    def _certificate(self, conn: Any, algorithm: str, thumbprint: str) -> Any:
         if str(algorithm).lower() != "sha1":
             raise BatchNotFoundError(
                 "CertificateNotFound",
@@ -207,7 +209,7 @@ class CertificateOperations(ServiceBase):
             )
         return row
 
-    def _model(self, row: Any) -> BatchCertificate:
+    def _certificate_model(self, row: Any) -> BatchCertificate:
         url = f"{self.base_url}/certificates(thumbprintAlgorithm=sha1,thumbprint={row.thumbprint})"
         body: dict[str, Any] = {
             "thumbprint": row.thumbprint,
