@@ -9,8 +9,10 @@ reference is gone and the node rebooted, or its deletion is cancelled.
 from __future__ import annotations
 
 import base64
+import json
 import shlex
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from prefect_batch.exceptions import (
 from prefect_batch.store.schema import certificates
 from prefect_batch.testing import wait_for_nodes, wait_for_task, wait_until
 from prefect_batch.testing.certificates import TestCertificate, make_certificate
+
+from .test_confinement import PROBE, needs_landlock
 
 
 def _sh(script: str) -> str:
@@ -289,3 +293,57 @@ def test_visibility_task_only_hides_them_from_the_start_task(
     props = client.get_task_file_properties(job, "sees", f"certs/{c.thumbprint}.pem")
     assert stat.S_IMODE(int(props.properties.file_mode, 0)) == 0o600
     client.delete_pool(pool)
+
+
+@needs_landlock
+def test_confined_tasks_read_their_pools_certificates_and_no_other(
+    client_factory: Callable[..., BatchClient], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    a = client_factory(home, confine_tasks=True)
+    c = make_certificate("confined")
+    a.create_certificate(c.pfx_body())
+    ref = {"thumbprint": c.thumbprint, "thumbprintAlgorithm": "sha1"}
+    a.create_pool(
+        {
+            "id": "holder",
+            "vmSize": "local",
+            "targetDedicatedNodes": 1,
+            "certificateReferences": [ref],
+        }
+    )
+    a.create_pool({"id": "other", "vmSize": "local", "targetDedicatedNodes": 1})
+    blob = base64.b64encode(c.encrypt(b"confined secret")).decode()
+    a.create_job({"id": "hj", "poolInfo": {"poolId": "holder"}})
+    decrypt = (
+        f"echo {blob} | base64 -d | openssl pkeyutl -decrypt "
+        f'-inkey "$AZ_BATCH_CERTIFICATES_DIR/{c.thumbprint}.pem" '
+        "-pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256"
+    )
+    a.create_task("hj", {"id": "dec", "commandLine": _sh(decrypt)})
+    done = wait_for_task(a, "hj", "dec", timeout=60)
+    assert done.execution_info.exit_code == 0, a.get_task_file("hj", "dec", "stderr.txt")
+    assert a.get_task_file("hj", "dec", "stdout.txt") == b"confined secret"
+
+    root = home / "nodes" / done.node_info.node_id
+    targets = {
+        "node_set": str(root / ".agent" / "certs" / "task" / f"{c.thumbprint}.pem"),
+        "task_copy": str(root / "hj" / "dec" / "certs" / f"{c.thumbprint}.pem"),
+    }
+    assert all(Path(p).is_file() for p in targets.values())
+    probe = {"commandLine": f"{sys.executable} -c '{PROBE}' '{json.dumps(targets)}'"}
+    # A task of another pool of the account, and one of another account: neither reads them.
+    a.create_job({"id": "oj", "poolInfo": {"poolId": "other"}})
+    a.create_task("oj", {"id": "probe", **probe})
+    b = BatchClient("accountb", home=home, engine=False, settings=a.settings)
+    try:
+        b.create_pool({"id": "bpool", "vmSize": "local", "targetDedicatedNodes": 1})
+        b.create_job({"id": "bj", "poolInfo": {"poolId": "bpool"}})
+        b.create_task("bj", {"id": "probe", **probe})
+        for client, job in ((a, "oj"), (b, "bj")):
+            ended = wait_for_task(client, job, "probe", timeout=60)
+            assert ended.execution_info.exit_code == 0, ended.execution_info
+            found = json.loads(client.get_task_file(job, "probe", "stdout.txt"))
+            assert found == {"node_set": "PermissionError", "task_copy": "PermissionError"}
+    finally:
+        b.close()
