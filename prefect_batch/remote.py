@@ -350,21 +350,17 @@ class RemoteBatchService:
         """The account's certificates (public parts only)."""
         return self._list("/certificates", BatchCertificate)
 
-    def get_certificate(
-        self, thumbprint: str, thumbprint_algorithm: str = "sha1"
-    ) -> BatchCertificate:
+    def get_certificate(self, thumbprint_algorithm: str, thumbprint: str) -> BatchCertificate:
         """One certificate (its public part)."""
         return BatchCertificate.model_validate(
             self._get(_certificate_path(thumbprint_algorithm, thumbprint))
         )
 
-    def delete_certificate(self, thumbprint: str, thumbprint_algorithm: str = "sha1") -> None:
+    def delete_certificate(self, thumbprint_algorithm: str, thumbprint: str) -> None:
         """Delete a certificate; while pools or nodes use it, it goes to ``deletefailed``."""
         self._send("DELETE", _certificate_path(thumbprint_algorithm, thumbprint), expect=(202,))
 
-    def cancel_certificate_deletion(
-        self, thumbprint: str, thumbprint_algorithm: str = "sha1"
-    ) -> None:
+    def cancel_certificate_deletion(self, thumbprint_algorithm: str, thumbprint: str) -> None:
         """Return a certificate whose deletion failed to ``active``."""
         path = _certificate_path(thumbprint_algorithm, thumbprint) + "/canceldelete"
         self._send("POST", path, expect=(204,))
