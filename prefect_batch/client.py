@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from prefect_batch.exceptions import PrefectBatchError
 from prefect_batch.models import (
     AutoScaleRun,
+    BatchCertificate,
     BatchCreateTaskCollectionResult,
     BatchJob,
     BatchJobSchedule,
@@ -331,6 +332,34 @@ class BatchClient:
     def delete_node_source(self, name: str) -> None:
         """Forget a registered SSH host group (refused while a pool names it)."""
         self.service.delete_node_source(name)
+
+    # -- certificates (deprecated by Azure) -------------------------------------------------
+
+    def create_certificate(self, certificate: Any) -> None:
+        """Add a certificate: ``{"thumbprint", "thumbprintAlgorithm": "sha1", "data": base64,
+        "certificateFormat": "pfx"|"cer", "password"}`` (PFX with its password, CER in DER or
+        PEM); the thumbprint is checked."""
+        self.service.create_certificate(certificate)
+
+    def list_certificates(self) -> list[BatchCertificate]:
+        """The account's certificates (public parts only)."""
+        return self.service.list_certificates()
+
+    def get_certificate(
+        self, thumbprint: str, thumbprint_algorithm: str = "sha1"
+    ) -> BatchCertificate:
+        """One certificate (its public part)."""
+        return self.service.get_certificate(thumbprint_algorithm, thumbprint)
+
+    def delete_certificate(self, thumbprint: str, thumbprint_algorithm: str = "sha1") -> None:
+        """Delete a certificate; while pools or nodes use it, it goes to ``deletefailed``."""
+        self.service.delete_certificate(thumbprint_algorithm, thumbprint)
+
+    def cancel_certificate_deletion(
+        self, thumbprint: str, thumbprint_algorithm: str = "sha1"
+    ) -> None:
+        """Return a certificate whose deletion failed to ``active``."""
+        self.service.cancel_certificate_deletion(thumbprint_algorithm, thumbprint)
 
     def list_nodes(self, pool_id: str) -> list[BatchNode]:
         """The nodes of a pool."""

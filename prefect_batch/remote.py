@@ -39,6 +39,8 @@ from prefect_batch.exceptions import (
 )
 from prefect_batch.models import (
     AutoScaleRun,
+    BatchCertificate,
+    BatchCertificateCreateOptions,
     BatchCreateTaskCollectionResult,
     BatchJob,
     BatchJobCreateOptions,
@@ -99,6 +101,10 @@ parse = parse_model
 
 def _q(segment: str) -> str:
     return quote(segment, safe="")
+
+
+def _certificate_path(algorithm: str, thumbprint: str) -> str:
+    return f"/certificates(thumbprintAlgorithm={_q(algorithm)},thumbprint={_q(thumbprint)})"
 
 
 def _file(path: str) -> str:
@@ -335,6 +341,32 @@ class RemoteBatchService:
     def delete_node_source(self, name: str) -> None:
         """Forget a registered SSH host group (refused while a pool names it)."""
         self._send("DELETE", f"/nodesources/{_q(name)}")
+
+    # -- certificates (deprecated by Azure) -------------------------------------------------
+
+    def create_certificate(self, certificate: Any) -> None:
+        """Add a certificate (validated here first; see ``BatchClient.create_certificate``)."""
+        body = parse(BatchCertificateCreateOptions, certificate).to_wire()
+        self._send("POST", "/certificates", body=body, expect=(201,))
+
+    def list_certificates(self) -> list[BatchCertificate]:
+        """The account's certificates (public parts only)."""
+        return self._list("/certificates", BatchCertificate)
+
+    def get_certificate(self, thumbprint_algorithm: str, thumbprint: str) -> BatchCertificate:
+        """One certificate (its public part)."""
+        return BatchCertificate.model_validate(
+            self._get(_certificate_path(thumbprint_algorithm, thumbprint))
+        )
+
+    def delete_certificate(self, thumbprint_algorithm: str, thumbprint: str) -> None:
+        """Delete a certificate; while pools or nodes use it, it goes to ``deletefailed``."""
+        self._send("DELETE", _certificate_path(thumbprint_algorithm, thumbprint), expect=(202,))
+
+    def cancel_certificate_deletion(self, thumbprint_algorithm: str, thumbprint: str) -> None:
+        """Return a certificate whose deletion failed to ``active``."""
+        path = _certificate_path(thumbprint_algorithm, thumbprint) + "/canceldelete"
+        self._send("POST", path, expect=(204,))
 
     # -- nodes -------------------------------------------------------------------------------
 

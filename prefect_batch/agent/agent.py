@@ -84,6 +84,14 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     ``<dir>/fileuploaderr.txt``; the ``exited`` event then carries ``upload_error`` (``null`` or
     an error with ``"phase": "upload"``). ``transfer_timeout_seconds`` bounds each request.
 
+``certs`` ``{"op":"certs","certificates":[{"thumbprint":..,"visibility":[..],"files":{name:
+    base64}}]}`` -> replaces the node's certificates (no event): each file (``<thumbprint>.pfx``,
+    ``.cer`` or ``.pem``) is kept in ``.agent/certs/<role>/`` for each role of its
+    ``visibility`` (``starttask``, ``task``), directories 0700 and files 0600. A ``run`` with
+    ``"certs": "starttask"|"task"`` gets a copy of that role's files in ``<dir>/certs`` before
+    it starts, and ``AZ_BATCH_CERTIFICATES_DIR`` names that directory (Azure's Linux layout).
+    A confined task reads its copy; the node's own set, under ``.agent``, is out of its reach.
+
 ``kill`` ``{"op":"kill","key":K,"grace_seconds":float|null}`` -> SIGKILL the task's process
     group; with ``grace_seconds`` > 0, SIGTERM first and SIGKILL only if the group is still
     there when the grace period ends (so a supervisor such as ``prefect flow-run execute`` can
@@ -1595,6 +1603,22 @@ class _Run:
         self.transfer_timeout = TRANSFER_TIMEOUT_SECONDS
 
 
+CERT_ROLES = ("starttask", "task")
+"""Who a certificate is installed for (Azure's visibility; ``remoteuser`` has no user here)."""
+CERT_FILE_RE = re.compile(r"^[0-9a-f]{40}\.(pfx|cer|pem)$")
+
+
+def _write_private(path: str, data: bytes) -> None:
+    """Write a new file that only its owner may read (0600), following no link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 class _Prep:
     """A validated run request on its way to being started."""
 
@@ -1618,6 +1642,7 @@ class _Prep:
         "transfer_timeout",
         "stage_error",
         "confine",
+        "certs",
     )
 
     def __init__(
@@ -1638,6 +1663,7 @@ class _Prep:
         self.wall = wall
         self.prep_dir = prep_dir
         self.confine = True
+        self.certs: str | None = None
         self.out = -1
         self.err = -1
         self.rec = -1
@@ -1735,6 +1761,7 @@ class Agent:
             "delete_file": self._op_delete_file,
             "ping": self._op_ping,
             "metrics": self._op_metrics,
+            "certs": self._op_certs,
             "shutdown": self._op_shutdown,
             "add_user": self._op_user,
             "update_user": self._op_user,
@@ -2208,6 +2235,9 @@ class Agent:
                 if isinstance(wall, bool) or not isinstance(wall, (int, float)) or wall <= 0:
                     raise _Invalid("OperationInvalid", "wall_clock_seconds must be > 0 or null")
             downloads, uploads, transfer_timeout = self._transfers_of(msg)
+            certs = msg.get("certs")
+            if certs is not None and certs not in CERT_ROLES:
+                raise _Invalid("OperationInvalid", f"certs must be one of {CERT_ROLES} or null")
         except _Invalid as exc:
             self._fail_run(key, exc.code, exc.message, msg.get("dir"))
             return
@@ -2222,6 +2252,7 @@ class Agent:
             return
         p = _Prep(key, argv, rel, task_dir, env_req, wall, prep_dir)
         p.confine = msg.get("confine") is not False  # false: admin elevation, unconfined
+        p.certs = certs
         p.uploads = uploads
         p.transfer_timeout = transfer_timeout
         if downloads:
@@ -2418,6 +2449,8 @@ class Agent:
                 os.mkdir(wd)
             except OSError:
                 os.makedirs(wd, exist_ok=True)
+            if p.certs is not None:
+                self._copy_certs(p.certs, p.task_dir)
             p.out = os.open(p.task_dir + "/stdout.txt", _OPEN_W, 0o644)
             p.err = os.open(p.task_dir + "/stderr.txt", _OPEN_W, 0o644)
             p.rec = os.open(self._record_path(p.key), _OPEN_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -2472,6 +2505,8 @@ class Agent:
         ruleset = -1
         try:
             env = self._task_env(p.env_req, p.task_dir, p.prep_dir)
+            if p.certs is not None:
+                env["AZ_BATCH_CERTIFICATES_DIR"] = p.task_dir + "/certs"
             search = env.get("PATH") or os.defpath
             cached = "/" not in prog and (search, prog) in self.which_cache
             path = self._which(prog, search, wd) if "/" not in prog else prog
@@ -3020,6 +3055,63 @@ class Agent:
         self.forgetting.difference_update(keys)
 
     # ------------------------------------------------------------------ files
+
+    # ------------------------------------------------------------------ certificates
+
+    def _op_certs(self, msg: dict[str, Any]) -> None:
+        """Replace the node's certificates (see the module: ``certs``)."""
+        items = msg.get("certificates")
+        if not isinstance(items, list):
+            raise _Invalid("OperationInvalid", "certificates must be a list")
+        per_role: dict[str, dict[str, bytes]] = {role: {} for role in CERT_ROLES}
+        for item in items:
+            files = item.get("files") if isinstance(item, dict) else None
+            visibility = item.get("visibility") if isinstance(item, dict) else None
+            if not isinstance(files, dict) or not isinstance(visibility, list):
+                raise _Invalid("OperationInvalid", "a certificate needs files and visibility")
+            for name, data in files.items():
+                if not isinstance(name, str) or not CERT_FILE_RE.match(name):
+                    raise _Invalid("OperationInvalid", f"not a certificate file name: {name!r}")
+                try:
+                    raw = base64.b64decode(str(data), validate=True)
+                except ValueError:
+                    raise _Invalid("OperationInvalid", f"{name}: not base64") from None
+                for role in CERT_ROLES:
+                    if role in visibility:
+                        per_role[role][name] = raw
+        store = os.path.join(self.root, ".agent", "certs")
+        os.makedirs(store, mode=0o700, exist_ok=True)
+        os.chmod(store, 0o700)
+        for role, files in per_role.items():
+            final = os.path.join(store, role)
+            fresh = final + ".new"
+            shutil.rmtree(fresh, ignore_errors=True)
+            os.mkdir(fresh, 0o700)
+            for name, raw in files.items():
+                _write_private(os.path.join(fresh, name), raw)
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(fresh, final)
+
+    def _copy_certs(self, role: str, task_dir: str) -> None:
+        """Give a task a private copy of the node's certificates of ``role`` (thread-safe)."""
+        source = os.path.join(self.root, ".agent", "certs", role)
+        target = task_dir + "/certs"
+        if os.path.lexists(target):  # a rerun: the node's set may have changed
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            else:
+                os.unlink(target)
+        try:
+            names = sorted(os.listdir(source))
+        except FileNotFoundError:
+            return
+        if not names:
+            return
+        os.mkdir(target, 0o700)
+        for name in names:
+            if CERT_FILE_RE.match(name):
+                with open(os.path.join(source, name), "rb") as f:
+                    _write_private(os.path.join(target, name), f.read())
 
     def _own_state(self, rel: str, what: str) -> None:
         if rel == ".agent" or rel.startswith(".agent/"):

@@ -30,7 +30,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from prefect_batch.api.auth import Authenticator, KeyRing
 from prefect_batch.api.context import API_VERSIONS
 from prefect_batch.api.errors import install_error_handlers
-from prefect_batch.api.routes import files, jobs, nodes, nodesources, pools, schedules, tasks
+from prefect_batch.api.routes import (
+    certificates,
+    files,
+    jobs,
+    nodes,
+    nodesources,
+    pools,
+    schedules,
+    tasks,
+)
 from prefect_batch.api.routes._spec import BODY_MODELS
 from prefect_batch.store import Store
 
@@ -167,7 +176,7 @@ def create_app(
     app.state.cloud_accounts = frozenset(cloud_accounts)
     app.state.authenticator = Authenticator(KeyRing(store, on_load=account_seen), clock=clock)
     install_error_handlers(app)
-    for module in (pools, nodes, jobs, tasks, files, schedules, nodesources):
+    for module in (pools, nodes, jobs, tasks, files, schedules, nodesources, certificates):
         app.include_router(module.router)
     if ui:
         # The web page (/ui): sign-in with an account's key, then the same service operations.

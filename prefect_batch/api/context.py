@@ -47,10 +47,13 @@ from prefect_batch.service.rows.common import etag
 
 __all__ = [
     "API_VERSIONS",
+    "CERTIFICATE_API_VERSIONS",
+    "LEGACY_CERTIFICATE_API_VERSION",
     "MAX_BODY_BYTES",
     "MAX_JSON_DEPTH",
     "check_content_md5",
     "accepted",
+    "certificate_service",
     "conditions",
     "created",
     "json_body",
@@ -64,6 +67,11 @@ __all__ = [
 
 API_VERSIONS = ("2025-06-01",)
 """The api-version values answered (what azure-batch 15.x sends)."""
+
+LEGACY_CERTIFICATE_API_VERSION = "2024-07-01.20.0"
+"""The last api-version with Azure's (deprecated) ``/certificates``: answered by those routes
+only, so clients of that API (azure-batch 14.x) can manage certificates."""
+CERTIFICATE_API_VERSIONS = (*API_VERSIONS, LEGACY_CERTIFICATE_API_VERSION)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 """Largest request body accepted (Azure's addtaskcollection limit is about 1 MB of JSON)."""
@@ -85,14 +93,29 @@ async def api_version(
     ),
 ) -> str:
     """The required ``api-version`` query parameter (Azure's error when missing or unknown)."""
+    return _checked_version(value, API_VERSIONS)
+
+
+async def certificate_api_version(
+    value: str | None = Query(
+        None,
+        alias="api-version",
+        description=f"The REST API version: {', '.join(CERTIFICATE_API_VERSIONS)}.",
+    ),
+) -> str:
+    """``api-version`` of the ``/certificates`` routes: today's, or the last that had them."""
+    return _checked_version(value, CERTIFICATE_API_VERSIONS)
+
+
+def _checked_version(value: str | None, allowed: tuple[str, ...]) -> str:
     if not value:
         raise BatchInvalidRequestError(
             "MissingRequiredQueryParameter",
             "A query parameter that's mandatory for this request is not specified: api-version",
             {"QueryParameterName": "api-version"},
         )
-    if value not in API_VERSIONS:
-        raise invalid_query("api-version", value, f"supported: {', '.join(API_VERSIONS)}")
+    if value not in allowed:
+        raise invalid_query("api-version", value, f"supported: {', '.join(allowed)}")
     return value
 
 
@@ -106,6 +129,20 @@ async def service(
     (This and the other dependencies that do no I/O are ``async``: they run on the event loop
     instead of costing a thread hop each; the routes, which do I/O, run in the thread pool.)
     """
+    return _bound_service(request, account)
+
+
+async def certificate_service(
+    request: Request,
+    account: str = Depends(authenticated),
+    _version: str = Depends(certificate_api_version),
+) -> BatchService:
+    """:func:`service` for the ``/certificates`` routes (which also answer their last
+    api-version, ``LEGACY_CERTIFICATE_API_VERSION``)."""
+    return _bound_service(request, account)
+
+
+def _bound_service(request: Request, account: str) -> BatchService:
     state = request.app.state
     engine = state.engine
     return BatchService(

@@ -23,6 +23,7 @@ import typer
 
 from prefect_batch.cli import (
     accounts,
+    certificates,
     doctor,
     engine,
     files,
@@ -82,6 +83,7 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(nodes.app, name="node")
 app.add_typer(nodesources.app, name="nodesource")  # SSH host groups
 app.add_typer(files.app, name="file")
+app.add_typer(certificates.app, name="certificate")
 app.add_typer(engine.app, name="engine")
 app.add_typer(server.app, name="server")  # the batch server
 app.add_typer(accounts.app, name="account")  # its accounts and keys

@@ -20,6 +20,7 @@ from prefect_batch.exceptions import IllegalTransitionError
 
 __all__ = [
     "AllocationState",
+    "CertificateState",
     "DependencyAction",
     "DisableJobOption",
     "ErrorCategory",
@@ -40,6 +41,7 @@ __all__ = [
     "TaskExecutionResult",
     "TaskState",
     "ALLOCATION_TRANSITIONS",
+    "CERTIFICATE_TRANSITIONS",
     "JOB_SCHEDULE_TRANSITIONS",
     "JOB_TRANSITIONS",
     "NODE_TRANSITIONS",
@@ -103,6 +105,17 @@ class PoolState(str, Enum):
     """The pool can run tasks."""
     DELETING = "deleting"
     """The pool is being deleted; its nodes leave."""
+
+
+class CertificateState(str, Enum):
+    """Whether an account's certificate may be used (certificates are deprecated by Azure)."""
+
+    ACTIVE = "active"
+    """Pools may reference it."""
+    DELETING = "deleting"
+    """A delete was asked for and is being carried out."""
+    DELETE_FAILED = "deletefailed"
+    """A delete failed: pools reference it or nodes have it installed."""
 
 
 class AllocationState(str, Enum):
@@ -347,6 +360,16 @@ POOL_TRANSITIONS: Mapping[PoolState, frozenset[PoolState]] = {
     #   goes once its nodes have left.
     PoolState.ACTIVE: frozenset({PoolState.DELETING}),
     PoolState.DELETING: frozenset(),
+}
+
+CERTIFICATE_TRANSITIONS: Mapping[CertificateState, frozenset[CertificateState]] = {
+    # ACTIVE -> DELETING: delete requested.
+    CertificateState.ACTIVE: frozenset({CertificateState.DELETING}),
+    # DELETING -> DELETEFAILED: a pool references it or a node has it installed (the row goes
+    #   instead when nothing uses it).
+    CertificateState.DELETING: frozenset({CertificateState.DELETE_FAILED}),
+    # DELETEFAILED -> ACTIVE: cancel deletion.  DELETEFAILED -> DELETING: delete asked again.
+    CertificateState.DELETE_FAILED: frozenset({CertificateState.ACTIVE, CertificateState.DELETING}),
 }
 
 ALLOCATION_TRANSITIONS: Mapping[AllocationState, frozenset[AllocationState]] = {

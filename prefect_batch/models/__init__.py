@@ -28,6 +28,12 @@ from prefect_batch.models.base import (
     UtcDateTime,
     duration_to_iso,
 )
+from prefect_batch.models.certificate import (
+    BatchCertificate,
+    BatchCertificateCreateOptions,
+    BatchCertificateReference,
+    DeleteCertificateError,
+)
 from prefect_batch.models.common import (
     AutoUserSpecification,
     BatchApplicationPackageReference,
@@ -138,6 +144,10 @@ from prefect_batch.models.task import (
 )
 
 __all__ = [
+    "BatchCertificate",
+    "BatchCertificateCreateOptions",
+    "BatchCertificateReference",
+    "DeleteCertificateError",
     "DISPLAY_NAME_MAX_LENGTH",
     "ID_MAX_LENGTH",
     "ID_PATTERN",

@@ -34,6 +34,7 @@ from prefect_batch.models.base import (
     ResponseModel,
     UtcDateTime,
 )
+from prefect_batch.models.certificate import BatchCertificateReference
 from prefect_batch.models.common import (
     BatchApplicationPackageReference,
     BatchMetadataItem,
@@ -257,6 +258,12 @@ class BatchPoolSpecification(RequestModel):
     application_package_references: list[BatchApplicationPackageReference] | None = Field(
         default=None, alias="applicationPackageReferences", description="Packages on every node."
     )
+    certificate_references: list[BatchCertificateReference] | None = Field(
+        default=None,
+        alias="certificateReferences",
+        description="Certificates installed on every node before its start task (Azure: "
+        "deprecated); a change reaches nodes that join, reboot or are reimaged.",
+    )
     task_slots_per_node: int | None = Field(
         default=None,
         alias="taskSlotsPerNode",
@@ -332,6 +339,12 @@ class BatchPoolUpdateOptions(RequestModel):
     application_package_references: list[BatchApplicationPackageReference] | None = Field(
         default=None, alias="applicationPackageReferences", description="Packages on every node."
     )
+    certificate_references: list[BatchCertificateReference] | None = Field(
+        default=None,
+        alias="certificateReferences",
+        description="Certificates installed on every node before its start task (Azure: "
+        "deprecated); a change reaches nodes that join, reboot or are reimaged.",
+    )
     metadata: list[BatchMetadataItem] | None = Field(
         default=None, description="Replaces the pool's metadata."
     )
@@ -371,6 +384,12 @@ class BatchPoolReplaceOptions(RequestModel):
     application_package_references: list[BatchApplicationPackageReference] = Field(
         alias="applicationPackageReferences",
         description="Replaces the pool's packages; an empty list removes them all.",
+    )
+    certificate_references: list[BatchCertificateReference] | None = Field(
+        default=None,
+        alias="certificateReferences",
+        description="Replaces the pool's certificates (required before api-version 2025-06-01, "
+        "unchanged when omitted here); an empty list removes them all.",
     )
     metadata: list[BatchMetadataItem] = Field(
         description="Replaces the pool's metadata; an empty list removes it all."
@@ -550,6 +569,12 @@ class BatchPool(ResponseModel):
     )
     application_package_references: list[BatchApplicationPackageReference] | None = Field(
         default=None, alias="applicationPackageReferences", description="Packages on every node."
+    )
+    certificate_references: list[BatchCertificateReference] | None = Field(
+        default=None,
+        alias="certificateReferences",
+        description="Certificates installed on every node before its start task (Azure: "
+        "deprecated); a change reaches nodes that join, reboot or are reimaged.",
     )
     task_slots_per_node: int | None = Field(
         default=None, alias="taskSlotsPerNode", description="Tasks one node runs at once."

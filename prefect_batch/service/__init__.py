@@ -8,6 +8,7 @@ store, core and providers.
 """
 
 from prefect_batch.service.ops.autoscale import AutoScaleOperations
+from prefect_batch.service.ops.certificates import CertificateOperations
 from prefect_batch.service.ops.files import FileOperations
 from prefect_batch.service.ops.jobs import JobOperations
 from prefect_batch.service.ops.nodes import NodeOperations
@@ -32,5 +33,6 @@ class BatchService(
     TaskOperations,
     FileOperations,
     QuotaOperations,
+    CertificateOperations,
 ):
     """Every Azure Batch operation of one account, on one store."""

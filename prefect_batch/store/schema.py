@@ -31,11 +31,13 @@ __all__ = [
     "account_quotas",
     "accounts",
     "autoscale_runs",
+    "certificates",
     "deps",
     "job_nodes",
     "job_schedules",
     "jobs",
     "metadata",
+    "node_certificates",
     "node_commands",
     "node_sources",
     "nodes",
@@ -395,4 +397,37 @@ sealing_keys = Table(
     # (service/rows/sealing.py).
     Column("pk", Integer, primary_key=True, autoincrement=False),
     Column("key", String(64), nullable=False),
+)
+
+certificates = Table(
+    "certificates",
+    metadata,
+    # An account's certificates (Azure's deprecated certificates), by lower-case SHA-1
+    # thumbprint. ``sealed`` is a Fernet token (the ``sealing_keys`` key) of what nodes get: the
+    # certificate, its private key and the PFX file as added; never the password. New tables
+    # leave older stores readable.
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("account", String(64), nullable=False),
+    Column("thumbprint", String(40), nullable=False),
+    Column("format", String(8), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("state_transition_time", Float, nullable=False),
+    Column("previous_state", String(16), nullable=True),
+    Column("previous_state_transition_time", Float, nullable=True),
+    Column("public_data", Text, nullable=False),
+    Column("sealed", Text, nullable=False),
+    Column("delete_error", JSON, nullable=True),
+    Column("creation_time", Float, nullable=False),
+    UniqueConstraint("account", "thumbprint", name="uq_certificates_account_thumbprint"),
+    sqlite_autoincrement=True,  # never reuse the id of a deleted row
+)
+
+node_certificates = Table(
+    "node_certificates",
+    metadata,
+    # The certificates a node installed at its boot ``boot_id``: ``[{"thumbprint", "visibility"}]``
+    # (a pool's later change reaches the node when it reboots or is reimaged, as in Azure).
+    Column("node_pk", PK, ForeignKey("nodes.pk", ondelete="CASCADE"), primary_key=True),
+    Column("boot_id", Integer, nullable=False),
+    Column("refs", JSON, nullable=False),
 )

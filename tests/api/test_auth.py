@@ -312,7 +312,7 @@ def test_bad_bodies_and_queries_get_azure_errors(server: Server) -> None:
 
 
 def test_unknown_paths_and_verbs(server: Server) -> None:
-    response = send(server, "GET", "/certificates")
+    response = send(server, "GET", "/nosuchresources")
     assert response.status_code == 404 and error(response)[0] == "ResourceNotFound"
     response = send(server, "PUT", "/pools")
     assert response.status_code == 405 and error(response)[0] == "UnsupportedHttpVerb"

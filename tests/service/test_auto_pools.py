@@ -245,3 +245,38 @@ def test_patch_and_put_never_move_a_job_off_or_onto_an_auto_pool(h: Harness) -> 
     h.svc.terminate_job("j")
     h.step()
     assert h.pools() == {pool_id: "active"}
+
+
+def test_an_auto_pool_with_a_bad_certificate_reference_is_a_scheduling_error(
+    h: Harness,
+) -> None:
+    from prefect_batch.testing.certificates import make_certificate
+
+    unknown = auto()
+    ref = {"thumbprint": "ab" * 20, "thumbprintAlgorithm": "sha1"}
+    unknown["poolInfo"]["autoPoolSpecification"]["pool"]["certificateReferences"] = [ref]
+    h.svc.create_job({"id": "c1", **unknown})
+    error = h.svc.get_job("c1").execution_info.scheduling_error
+    assert error.code == "InvalidCertificatesInAutoPool"
+    details = {d.name: d.value for d in error.details}
+    assert details["PropertyName"].endswith("pool.certificateReferences[0].thumbprint")
+
+    c = make_certificate("auto")
+    h.svc.create_certificate(c.cer_body())
+    h.svc.create_pool(
+        {
+            "id": "holder",
+            "vmSize": "local",
+            "certificateReferences": [{"thumbprint": c.thumbprint, "thumbprintAlgorithm": "sha1"}],
+        }
+    )
+    h.svc.delete_certificate("sha1", c.thumbprint)  # fails: deletefailed
+    deleting = auto()
+    deleting["poolInfo"]["autoPoolSpecification"]["pool"]["certificateReferences"] = [
+        {"thumbprint": c.thumbprint, "thumbprintAlgorithm": "sha1"}
+    ]
+    h.svc.create_job({"id": "c2", **deleting})
+    error = h.svc.get_job("c2").execution_info.scheduling_error
+    assert error.code == "InvalidCertificatesInAutoPool"
+    assert {d.name: d.value for d in error.details}["Reason"] == "CertificateBeingDeleted"
+    assert set(h.pools()) == {"holder"}

@@ -403,6 +403,7 @@ class Dispatcher:
             "env": env,
             "wall_clock_seconds": r.wall_clock_seconds,
             "job_prep_dir": f"{r.job_id}/{prep.get('id') or 'jobpreparation'}" if prep else None,
+            "certs": "task",  # the node's certificates visible to tasks (AZ_BATCH_CERTIFICATES_DIR)
             **stage_request(r.spec, pool.account),
             **({"stage_error": unreachable} if unreachable else {}),
             # An embedded job manager is handed the store itself: it cannot be kept from it.

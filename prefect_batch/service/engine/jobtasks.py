@@ -241,6 +241,7 @@ class JobTasks:
                     (prep.get("constraints") or {}).get("maxWallClockTime")
                 ),
                 "job_prep_dir": None,
+                "certs": "task",
                 **stage_request(prep, pool.account),
                 **run_confinement(prep),
                 **elevation_refusal(prep, rt.agent_uid),
@@ -345,6 +346,7 @@ class JobTasks:
                     "env": env,
                     "wall_clock_seconds": min(wall, RELEASE_MAX_SECONDS),
                     "job_prep_dir": f"{r.job_id}/{prep_id(r.job_spec)}",
+                    "certs": "task",
                     **stage_request(release, r.account),
                     **run_confinement(release),
                     **elevation_refusal(release, rt.agent_uid),

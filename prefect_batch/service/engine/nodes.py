@@ -65,7 +65,7 @@ from prefect_batch.service.engine.starts import AgentStarts
 from prefect_batch.service.ops.nodes import mark_in_flight
 from prefect_batch.service.ops.pools import PoolOperations
 from prefect_batch.service.ops.quotas import AgentStartLimiter, node_room
-from prefect_batch.service.rows import lifecycle
+from prefect_batch.service.rows import certificates, lifecycle
 from prefect_batch.service.rows.common import iso, new_node_id, node_source_of
 from prefect_batch.service.rows.providers import ProviderDirectory, machines_in_use
 from prefect_batch.service.rows.statewrites import POOL_SETTLED, strict
@@ -786,6 +786,12 @@ class NodeMixin:
             running_slots=used,
         )
         pool = self._pools.get(rt.pool_pk)
+        if pool is not None:
+            # Certificates first: the start task and every task may need them (Azure installs
+            # them before the start task). This boot's set; a pool's change waits for a reboot.
+            refs, had = certificates.node_references(conn, rt.pk, rt.boot_id, pool.spec)
+            if refs or had:
+                sends[rt.pk].append(certificates.install_request(conn, pool.account, refs))
         start = (pool.spec or {}).get("startTask") if pool is not None else None
         st = row.start_task_info or {}
         if start and not (st.get("bootId") == rt.boot_id and st.get("state") == "completed"):
@@ -843,6 +849,7 @@ class NodeMixin:
                 "key": f"s{rt.pk}-{rt.boot_id}-{retry}",
                 "argv": split_command_line(start["commandLine"]),
                 "dir": "startup",
+                "certs": "starttask",
                 "env": env,
                 "wall_clock_seconds": None,
                 "job_prep_dir": None,

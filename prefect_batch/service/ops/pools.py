@@ -37,6 +37,7 @@ from prefect_batch.service.ops.autoscale import check_create_settings
 from prefect_batch.service.ops.base import ServiceBase
 from prefect_batch.service.ops.nodesources import pool_sku_is_known, registered_images
 from prefect_batch.service.rows.autopools import mark_pool_deleting
+from prefect_batch.service.rows.certificates import check_references
 from prefect_batch.service.rows.common import (
     iso,
     iso_duration,
@@ -194,6 +195,10 @@ class PoolOperations(ServiceBase):
         fill = (spec.get("taskSchedulingPolicy") or {}).get("nodeFillType") or "spread"
         timeout = parse_duration(spec.get("resizeTimeout"))
         validate_start_task(spec.get("startTask"))
+        if spec.get("certificateReferences") is not None:
+            spec["certificateReferences"] = check_references(
+                conn, self.account, spec["certificateReferences"], "certificateReferences"
+            )
         return {
             "spec": spec,
             "vm_size": spec["vmSize"],
@@ -304,7 +309,12 @@ class PoolOperations(ServiceBase):
             node_shape = [k for k in _PATCH_WITHOUT_NODES if k in patch]
             if node_shape:
                 values = self._node_shape_change(conn, row, spec, patch, node_shape)
-            for key in ("startTask", "metadata", "displayName"):
+            if "certificateReferences" in patch:
+                # A change reaches nodes that join, reboot or are reimaged (Azure).
+                patch["certificateReferences"] = check_references(
+                    conn, self.account, patch["certificateReferences"], "certificateReferences"
+                )
+            for key in ("startTask", "metadata", "displayName", "certificateReferences"):
                 if key in patch:
                     if key == "startTask" and not patch[key]:
                         spec.pop(key, None)
@@ -339,8 +349,10 @@ class PoolOperations(ServiceBase):
     def replace_pool_properties(
         self, pool_id: str, pool: BatchPoolReplaceOptions | dict[str, Any]
     ) -> None:
-        """Replace a pool's start task, application packages and metadata (Azure's
-        ``updateproperties``): an omitted start task is removed, the lists replace the old ones.
+        """Replace a pool's start task, application packages, certificate references and
+        metadata (Azure's ``updateproperties``): an omitted start task is removed, the lists
+        replace the old ones (omitted ``certificateReferences``, which api-version 2025-06-01
+        no longer has: unchanged).
 
         Like a PATCH, a new start task applies to nodes that join or reboot afterwards.
         """
@@ -362,6 +374,10 @@ class PoolOperations(ServiceBase):
                 spec["startTask"] = body["startTask"]
             if body.get("metadata"):
                 spec["metadata"] = body["metadata"]
+            if "certificateReferences" in body:  # omitted (2025-06-01 clients): unchanged
+                spec["certificateReferences"] = check_references(
+                    conn, self.account, body["certificateReferences"], "certificateReferences"
+                )
             conn.execute(
                 update(pools)
                 .where(pools.c.pk == row.pk)

@@ -30,7 +30,11 @@ from typing import Any
 from sqlalchemy import select
 
 from prefect_batch.core.states import PoolLifetimeOption, PoolState
-from prefect_batch.exceptions import BatchInvalidRequestError
+from prefect_batch.exceptions import (
+    BatchConflictError,
+    BatchInvalidRequestError,
+    BatchServiceError,
+)
 from prefect_batch.service.rows.statewrites import pool_edge
 from prefect_batch.store.schema import pools
 
@@ -117,18 +121,23 @@ def create_auto_pool(
     try:
         with prefixed_errors(f"{AUTO_POOL_PROPERTY}.pool"):
             checked = ops.check_pool_spec(conn, dict(auto.get("pool") or {}))
-    except BatchInvalidRequestError as exc:
+    except (BatchInvalidRequestError, BatchConflictError) as exc:  # conflict: a certificate
         return None, _scheduling_error(exc)
     ops.insert_pool(conn, pool_id, checked, now)
     return pool_id, None
 
 
-def _scheduling_error(exc: BatchInvalidRequestError) -> dict[str, Any]:
+def _scheduling_error(exc: BatchServiceError) -> dict[str, Any]:
     name = str(exc.values.get("PropertyName") or "")
     formula = "autoScale" in name or exc.code.startswith("AutoScal")
-    code = "InvalidAutoScaleFormulaInAutoPool" if formula else exc.code
-    details = [{"name": k, "value": str(v)} for k, v in exc.values.items() if v is not None]
+    certificates = "certificateReferences" in name or exc.code.startswith("Certificate")
+    code = exc.code
     if formula:
+        code = "InvalidAutoScaleFormulaInAutoPool"
+    elif certificates:
+        code = "InvalidCertificatesInAutoPool"
+    details = [{"name": k, "value": str(v)} for k, v in exc.values.items() if v is not None]
+    if formula or certificates:
         details.append({"name": "Reason", "value": exc.code})
     return {"category": "usererror", "code": code, "message": exc.message, "details": details}
 

@@ -34,6 +34,7 @@ __all__ = [
     "SEALED_PREFIX",
     "SECRET_PREFIX",
     "TERMINATE_GRACE_VARIABLE",
+    "fernet",
     "seal_settings",
     "terminate_grace_seconds",
     "unseal_environment",
@@ -49,7 +50,8 @@ supervisor to record its intent, short enough that a terminate still means stop.
 MAX_TERMINATE_GRACE_SECONDS = 600.0
 
 
-def _fernet(conn: Any) -> Any:
+def fernet(conn: Any) -> Any:
+    """The store's sealing key as a ``Fernet`` (made on first use)."""
     from cryptography.fernet import Fernet
 
     key = conn.execute(select(sealing_keys.c.key).where(sealing_keys.c.pk == 1)).scalar()
@@ -68,12 +70,12 @@ def seal_settings(conn: Any, settings: list[dict[str, Any]] | None) -> list[dict
     """``settings`` with the values of ``PREFECT_BATCH_SECRET_*`` names sealed (a new list)."""
     if not settings or not any(str(e.get("name", "")).startswith(SECRET_PREFIX) for e in settings):
         return settings
-    fernet = _fernet(conn)
+    box = fernet(conn)
     out = []
     for e in settings:
         value = e.get("value") or ""
         if str(e.get("name", "")).startswith(SECRET_PREFIX) and not value.startswith(SEALED_PREFIX):
-            token = fernet.encrypt(value.encode("utf-8")).decode("ascii")
+            token = box.encrypt(value.encode("utf-8")).decode("ascii")
             e = {**e, "value": SEALED_PREFIX + token}
         out.append(e)
     return out
@@ -86,7 +88,7 @@ def unseal_environment(conn: Any, env: dict[str, str]) -> dict[str, str]:
         return env
     from cryptography.fernet import InvalidToken
 
-    fernet = _fernet(conn)
+    box = fernet(conn)
     out = {n: v for n, v in env.items() if not n.startswith(SECRET_PREFIX)}
     for name in names:
         value = env[name]
@@ -97,7 +99,7 @@ def unseal_environment(conn: Any, env: dict[str, str]) -> dict[str, str]:
             out[target] = value  # added before sealing existed; still never shown twice
             continue
         try:
-            out[target] = fernet.decrypt(value[len(SEALED_PREFIX) :].encode("ascii")).decode()
+            out[target] = box.decrypt(value[len(SEALED_PREFIX) :].encode("ascii")).decode()
         except (InvalidToken, ValueError):
             log.warning("sealed environment setting %s cannot be unsealed; left out", name)
     return out

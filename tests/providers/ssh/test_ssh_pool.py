@@ -8,7 +8,9 @@ come back, files read through the agents.
 
 from __future__ import annotations
 
+import base64
 import os
+import shlex
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -22,7 +24,14 @@ import pytest
 from prefect_batch import BatchClient, BatchConflictError, BatchInvalidRequestError
 from prefect_batch.models import BatchNode
 from prefect_batch.providers.hostkeys import fingerprint, parse_public_key
-from prefect_batch.testing import embedded_client, gate_command, wait_for_nodes, wait_until
+from prefect_batch.testing import (
+    embedded_client,
+    gate_command,
+    wait_for_nodes,
+    wait_for_task,
+    wait_until,
+)
+from prefect_batch.testing.certificates import make_certificate
 from prefect_batch.testing.sshd import SSHServer, SSHServers, generate_key
 from prefect_batch.testing.storage import moto_s3_server
 
@@ -509,3 +518,48 @@ def test_a_host_that_never_comes_back_past_the_grace_its_tasks_finish_elsewhere(
     other = task.node_info.node_id
     assert other != lost_node
     assert lab.client.get_task_file("j", "t", "stdout.txt") == f"on {other}\n".encode()
+
+
+# -- certificates ----------------------------------------------------------------------
+
+
+def test_certificates_reach_ssh_nodes_before_the_start_task(make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab()
+    lab.register()
+    client = lab.client
+    c = make_certificate("ssh")
+    client.create_certificate(c.pfx_body())
+    tp = c.thumbprint
+    check = (
+        f'test -f "$AZ_BATCH_CERTIFICATES_DIR/{tp}.pfx" && '
+        f'test "$(stat -c %a "$AZ_BATCH_CERTIFICATES_DIR/{tp}.pem")" = 600'
+    )
+    client.create_pool(
+        {
+            "id": "sshcerts",
+            "vmSize": "ssh",
+            "targetDedicatedNodes": 1,
+            "virtualMachineConfiguration": {
+                "imageReference": {"publisher": "prefect-batch", "offer": "ssh", "sku": "lab"},
+                "nodeAgentSKUId": "batch.node.ssh.lab",
+            },
+            "certificateReferences": [{"thumbprint": tp, "thumbprintAlgorithm": "sha1"}],
+            "startTask": {"commandLine": "/bin/sh -c " + shlex.quote(check)},
+        }
+    )
+    (node,) = wait_for_nodes(client, "sshcerts", 1, timeout=WAIT)
+    assert node.start_task_info.exit_code == 0
+
+    blob = base64.b64encode(c.encrypt(b"via ssh")).decode()
+    script = (
+        f"echo {blob} | base64 -d | openssl pkeyutl -decrypt "
+        f'-inkey "$AZ_BATCH_CERTIFICATES_DIR/{tp}.pem" '
+        "-pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256"
+    )
+    client.create_job({"id": "sj", "poolInfo": {"poolId": "sshcerts"}})
+    client.create_task("sj", {"id": "dec", "commandLine": "/bin/sh -c " + shlex.quote(script)})
+    done = wait_for_task(client, "sj", "dec", timeout=WAIT)
+    assert done.execution_info.exit_code == 0, client.get_task_file("sj", "dec", "stderr.txt")
+    assert client.get_task_file("sj", "dec", "stdout.txt") == b"via ssh"
+    root = lab.root_of(lab.server_of(node))
+    assert (root / ".agent" / "certs" / "task" / f"{tp}.pem").stat().st_mode & 0o077 == 0
