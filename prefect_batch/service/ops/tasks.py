@@ -27,6 +27,7 @@ from prefect_batch.exceptions import (
 )
 from prefect_batch.models import (
     BatchCreateTaskCollectionResult,
+    BatchSubtask,
     BatchTask,
     BatchTaskConstraints,
     BatchTaskCreateOptions,
@@ -44,8 +45,8 @@ from prefect_batch.service.rows.common import (
 from prefect_batch.service.rows.nodes import queue_dir_deletion
 from prefect_batch.service.rows.sealing import seal_settings
 from prefect_batch.service.rows.statewrites import task_edge
-from prefect_batch.service.rows.views import task_view
-from prefect_batch.store.schema import deps, nodes, pools, queue, tasks
+from prefect_batch.service.rows.views import subtask_view, task_view
+from prefect_batch.store.schema import deps, nodes, pools, queue, subtasks, tasks
 
 __all__ = ["MAX_TASKS_PER_COLLECTION", "TaskOperations"]
 
@@ -570,6 +571,26 @@ class TaskOperations(ServiceBase):
             rows = rows[:limit]
             page = self._task_models(conn, job, rows)
             return page, (rows[-1].pk if more and rows else None)
+
+    def list_subtasks(self, job_id: str, task_id: str) -> list[BatchSubtask]:
+        """The subtasks of a multi-instance task's current attempt (``subtasksinfo``).
+
+        The primary is the task itself (its ``nodeInfo`` and ``executionInfo``); the items are
+        the other instances, ids 1 to ``numberOfInstances`` - 1. An ordinary task, or one that
+        has not been dispatched yet, has none.
+        """
+        with self.store.read() as conn:
+            job = self._job_row(conn, job_id)
+            row = self._task_row(conn, job, task_id)
+            rows = conn.execute(
+                select(subtasks)
+                .where(subtasks.c.task_pk == row.pk, subtasks.c.idx > 0)
+                .order_by(subtasks.c.idx)
+            ).all()
+        return [
+            BatchSubtask.model_validate(subtask_view(r, job.id, row.id, self.base_url))
+            for r in rows
+        ]
 
     def list_task_attempts(self, job_id: str, task_id: str) -> list[dict[str, Any]]:
         """The node each attempt of a task was sent to, oldest first (an extension of Azure).
