@@ -483,6 +483,11 @@ class BatchSubtask(ResponseModel):
     exit_code: int | None = Field(
         default=None, alias="exitCode", description="The coordination command's exit code."
     )
+    container_info: OpaqueObject | None = Field(
+        default=None,
+        alias="containerInfo",
+        description="The container it ran in (tasks here run in none).",
+    )
     failure_info: BatchTaskFailureInfo | None = Field(
         default=None, alias="failureInfo", description="Why it failed, if it could not run."
     )
