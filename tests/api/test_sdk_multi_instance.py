@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from azure.batch import models
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from prefect_batch.testing.storage import HttpFileServer, http_file_server
 from prefect_batch.testing.webapp import free_port
-from tests.api.conftest import Server, running_server, wait_for
+from tests.api.conftest import Server, database, running_server, wait_for
 
 POOL = "mpi"
 PLAIN_POOL = "plain"
@@ -169,10 +169,10 @@ def _completed(sdk, task_id: str, timeout: float = 120):
 
 
 def _stdout(sdk, task_id: str) -> str:
-    """The primary's stdout.txt so far ("" before its command started)."""
+    """The primary's stdout.txt so far ("" before its command started or while it moves)."""
     try:
         return b"".join(sdk.download_task_file("mpi", task_id, "stdout.txt")).decode()
-    except ResourceNotFoundError:
+    except (ResourceNotFoundError, ResourceExistsError):  # 404 no file yet, 409 no node yet
         return ""
 
 
@@ -310,3 +310,35 @@ def test_ordinary_tasks_run_beside_a_waiting_gang(sdk, files, tmp_path: Path) ->
     assert small.execution_info.exit_code == 0
     assert sdk.get_task("mpi", "huge").state == "active"
     sdk.delete_task("mpi", "huge")
+
+
+def test_a_restarted_server_requeues_a_running_multi_instance_task(files, tmp_path: Path) -> None:
+    home, out, gate = tmp_path / "home", tmp_path / "out", tmp_path / "gate"
+    out.mkdir()
+    with database("sqlite", tmp_path) as url:
+        with running_server(url, home) as first:
+            sdk = first.sdk()
+            sdk.create_pool(
+                models.BatchPoolCreateOptions(
+                    id=POOL,
+                    vm_size="local",
+                    target_dedicated_nodes=3,
+                    enable_inter_node_communication=True,
+                )
+            )
+            sdk.create_job(
+                models.BatchJobCreateOptions(id="mpi", pool_info=models.BatchPoolInfo(pool_id=POOL))
+            )
+            sdk.create_task("mpi", _task(files, "across", out, gate=str(gate)))
+            wait_for(lambda: "hello" in _stdout(sdk, "across"), timeout=120)
+            sdk.close()
+        with running_server(url, home) as second:
+            sdk = second.sdk()
+            wait_for(lambda: sdk.get_task("mpi", "across").execution_info.requeue_count >= 1)
+            gate.touch()
+            task = _completed(sdk, "across")
+            assert task.execution_info.exit_code == 0
+            # Every node's slot came back: a task on all three nodes runs.
+            sdk.create_task("mpi", _task(files, "all-three", out))
+            assert _completed(sdk, "all-three").execution_info.exit_code == 0
+            sdk.close()

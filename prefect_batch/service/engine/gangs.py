@@ -366,6 +366,42 @@ class Gangs:
         if rt is not None and rt.ready:
             sends[node_pk].append({"op": "kill", "key": key, "grace_seconds": None})
 
+    def requeue_orphans(self, conn: Any, in_flight: list[Any], now: float) -> None:
+        """Requeue the multi-instance tasks among a node's ``in_flight`` that no gang runs.
+
+        They were dispatched by an engine that is gone (this one before a restart, or another):
+        their coordination state is lost, so the attempt starts over elsewhere, as a task on a
+        lost node does. The next :meth:`check` kills what is left of them on the nodes this
+        engine reaches and frees their slots.
+        """
+        unknown = [r for r in in_flight if r.pk not in self._gangs]
+        if not unknown:
+            return
+        members: dict[int, list[Any]] = {}
+        for s in conn.execute(
+            select(subtasks.c.task_pk, subtasks.c.idx, subtasks.c.attempt, subtasks.c.node_pk)
+            .where(subtasks.c.task_pk.in_([r.pk for r in unknown]))
+            .order_by(subtasks.c.task_pk, subtasks.c.idx)
+        ).all():
+            members.setdefault(s.task_pk, []).append(s)
+        orphans = [r for r in unknown if r.pk in members and members[r.pk][0].attempt == r.attempt]
+        if not orphans:
+            return
+        counts = dict(
+            conn.execute(
+                select(tasks.c.pk, tasks.c.requeue_count).where(
+                    tasks.c.pk.in_([r.pk for r in orphans])
+                )
+            ).all()
+        )
+        for r in orphans:
+            log.info("multi-instance task %s lost its engine: requeued", r.pk)
+            self._gangs[r.pk] = _Gang(
+                r.pk, r.attempt, [s.node_pk for s in members[r.pk]], {}, None, counts[r.pk]
+            )
+            self._gangs[r.pk].app_sent = True  # nothing more is sent for it
+        lifecycle.requeue_tasks(conn, orphans, now)
+
     def forget(self) -> None:
         """The engine stops: what it ran is recovered (or requeued) by the next one."""
         self._gangs.clear()
