@@ -342,3 +342,29 @@ def test_a_restarted_server_requeues_a_running_multi_instance_task(files, tmp_pa
             sdk.create_task("mpi", _task(files, "all-three", out))
             assert _completed(sdk, "all-three").execution_info.exit_code == 0
             sdk.close()
+
+
+def test_terminating_during_coordination_ends_every_instance(sdk) -> None:
+    sdk.create_task(
+        "mpi",
+        models.BatchTaskCreateOptions(
+            id="stuck",
+            command_line="/bin/true",
+            multi_instance_settings=models.MultiInstanceSettings(
+                number_of_instances=2, coordination_command_line="/bin/sleep 120"
+            ),
+        ),
+    )
+    wait_for(lambda: sdk.get_task("mpi", "stuck").state == "running", timeout=60)
+    wait_for(lambda: all(s.state == "running" for s in sdk.list_subtasks("mpi", "stuck")))
+    sdk.terminate_task("mpi", "stuck")
+    task = _completed(sdk, "stuck", timeout=60)
+    assert task.execution_info.result == "failure"
+    assert task.execution_info.failure_info.code == "TaskEnded"
+    (subtask,) = sdk.list_subtasks("mpi", "stuck")
+    assert subtask.state == "completed"
+    # The nodes are free again: a task on three of them runs.
+    sdk.create_task(
+        "mpi", models.BatchTaskCreateOptions(id="after-stuck", command_line="/bin/true")
+    )
+    assert _completed(sdk, "after-stuck", timeout=60).execution_info.exit_code == 0
