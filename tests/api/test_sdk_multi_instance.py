@@ -368,3 +368,39 @@ def test_terminating_during_coordination_ends_every_instance(sdk) -> None:
         "mpi", models.BatchTaskCreateOptions(id="after-stuck", command_line="/bin/true")
     )
     assert _completed(sdk, "after-stuck", timeout=60).execution_info.exit_code == 0
+
+
+def test_job_preparation_runs_on_every_node_before_coordination(sdk) -> None:
+    marker = "$AZ_BATCH_NODE_SHARED_DIR/prepared-mpiprep"
+    sdk.create_job(
+        models.BatchJobCreateOptions(
+            id="mpiprep",
+            pool_info=models.BatchPoolInfo(pool_id=POOL),
+            job_preparation_task=models.BatchJobPreparationTask(
+                command_line=f"/bin/sh -c 'sleep 1; echo $AZ_BATCH_NODE_ID > {marker}'"
+            ),
+        )
+    )
+    sdk.create_task(
+        "mpiprep",
+        models.BatchTaskCreateOptions(
+            id="after-prep",
+            command_line=f"/bin/sh -c 'cat {marker}'",
+            multi_instance_settings=models.MultiInstanceSettings(
+                number_of_instances=3, coordination_command_line=f"/bin/sh -c 'test -s {marker}'"
+            ),
+        ),
+    )
+    task = wait_for(
+        lambda: (t := sdk.get_task("mpiprep", "after-prep")).state == "completed" and t,
+        timeout=120,
+    )
+    assert task.execution_info.exit_code == 0
+    subtasks = list(sdk.list_subtasks("mpiprep", "after-prep"))
+    assert [s.exit_code for s in subtasks] == [0, 0]
+    prepared = {
+        s.node_id
+        for s in sdk.list_job_preparation_and_release_task_status("mpiprep")
+        if s.job_preparation_task_execution_info.exit_code == 0
+    }
+    assert {task.node_info.node_id, *(s.node_info.node_id for s in subtasks)} <= prepared

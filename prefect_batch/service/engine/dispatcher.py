@@ -297,6 +297,14 @@ class Dispatcher:
             placed = primaries
         job_of = {r.task_pk: r.job_pk for r in head}
         slots_of = {r.task_pk: r.slots for r in head}
+        if gangs:
+            # A gang is not placed across a node where its job's preparation failed (it waits
+            # for other nodes, like a task the filter below cannot move).
+            for pk in [
+                pk for pk, members in gangs.items() if self._prep_failed(job_of[pk], members)
+            ]:
+                del gangs[pk]
+                placed = [(p, n) for p, n in placed if p != pk]
         ordinary = [(pk, node) for pk, node in placed if pk not in gangs]
         placed = [(pk, node) for pk, node in placed if pk in gangs] + (
             self.job_tasks.filter_prep_failed(
@@ -357,10 +365,23 @@ class Dispatcher:
             rt = self._nodes[r.node_pk]
             message = self._run_message(r, pool, rt, base_url, conn)
             if r.pk in gangs:
-                self.gangs.start(conn, r, gangs[r.pk], message, now, sends)
+                self.gangs.start(
+                    conn,
+                    r,
+                    gangs[r.pk],
+                    message,
+                    now,
+                    lambda node, run, r=r: self.job_tasks.send_after_prep(
+                        conn, r, pool, node, run, now, sends
+                    ),
+                )
             else:
                 self.job_tasks.send_after_prep(conn, r, pool, rt, message, now, sends)
         self._update_busy(conn, now)
+
+    def _prep_failed(self, job_pk: int, members: list[Any]) -> bool:
+        failed = self.job_tasks.prep_failures.get(job_pk)
+        return bool(failed) and any(rt.pk in failed for rt in members)
 
     def _job_manager_credentials(
         self, conn: Any, account: str, job_id: str, base_url: str

@@ -22,15 +22,18 @@ dispatcher hands the placement here. Then, as in Azure Batch:
 the primary's command gets what is left. The per-instance rows (``subtasks``) are what
 ``subtasksinfo`` lists.
 
-What it does not do: recover an attempt in flight across an engine restart (the primary's run
-is then unknown to its agent and the task is requeued, the ordinary path), or run a job's
-preparation task before a coordination command on a node where it has not run yet.
+A job's preparation task runs on each node before its coordination command (as before any
+task); where it fails with ``waitForSuccess``, the whole task is requeued and is not placed on
+that node again for that job.
+
+What it does not do: carry an attempt in flight across an engine restart (the task is
+requeued when its nodes say hello to the new engine, see :meth:`Gangs.requeue_orphans`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,12 +154,13 @@ class Gangs:
         rts: list[Any],
         app: dict[str, Any],
         now: float,
-        sends: dict[int, list[dict[str, Any]]],
+        send: Callable[[Any, dict[str, Any]], None],
     ) -> None:
         """Record a placed attempt and send the coordination commands (in the dispatch step).
 
-        ``r`` is the task's run row (``_RUN_ROWS``), ``rts`` its nodes (primary first) and
-        ``app`` the primary's run request, built as for any task.
+        ``r`` is the task's run row (``_RUN_ROWS``), ``rts`` its nodes (primary first), ``app``
+        the primary's run request, built as for any task, and ``send(rt, request)`` sends a
+        request to a node once the job's preparation task succeeded there.
         """
         multi = r.spec["multiInstanceSettings"]
         addresses = [rt.address or "127.0.0.1" for rt in rts]
@@ -198,7 +202,7 @@ class Gangs:
                 run["confine"] = app["confine"]
             if common:
                 run["stage"] = {"resourceFiles": common, "account": rt.account}
-            sends[rt.pk].append(run)
+            send(rt, run)
         app["env"].update(multi_instance_environment(addresses, 0))
         app["instance"] = "primary"
         self._gangs[r.pk] = _Gang(
