@@ -3,8 +3,9 @@
 :class:`Dispatcher` is a part of :class:`~prefect_batch.service.engine.Engine`. The queue's head
 is read through its ordering index; placement is the pure ``core.scheduler.assign``. A task of a
 job with a preparation task waits on its node until that node's preparation succeeded (see
-``jobtasks.py``). Statements on this path are built once at import: building SQLAlchemy
-expressions costs more than running them.
+``jobtasks.py``). A multi-instance task placed on several nodes is handed to ``gangs.py``, which
+runs its coordination commands first. Statements on this path are built once at import:
+building SQLAlchemy expressions costs more than running them.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ them. At-least-once: a task whose node was lost while it ran is run again elsewh
 
 The engine's parts, one concern each, are objects told what they use: the dispatcher (queue
 head to slots, :class:`~prefect_batch.service.engine.dispatcher.Dispatcher`), job preparation
-and release (:class:`~prefect_batch.service.engine.jobtasks.JobTasks`), metric samples and
+and release (:class:`~prefect_batch.service.engine.jobtasks.JobTasks`), multi-instance tasks
+on their nodes (:class:`~prefect_batch.service.engine.gangs.Gangs`), metric samples and
 autoscale formulas (:class:`~prefect_batch.service.engine.autoscale.AutoScaler`), the jobs of
 job schedules (:class:`~prefect_batch.service.engine.schedules.JobScheduler`) and agent starts
 (:class:`~prefect_batch.service.engine.starts.AgentStarts`). The node runtime (``nodes``:
