@@ -404,3 +404,43 @@ def test_job_preparation_runs_on_every_node_before_coordination(sdk) -> None:
         if s.job_preparation_task_execution_info.exit_code == 0
     }
     assert {task.node_info.node_id, *(s.node_info.node_id for s in subtasks)} <= prepared
+
+
+def test_a_failing_subtask_fails_and_retries_the_whole_task(sdk) -> None:
+    sdk.create_task(
+        "mpi",
+        models.BatchTaskCreateOptions(
+            id="subtasks-fail",
+            command_line="/bin/true",
+            constraints=models.BatchTaskConstraints(max_task_retry_count=1),
+            multi_instance_settings=models.MultiInstanceSettings(
+                number_of_instances=3,
+                # Both subtasks fail (exit 1) at once; the primary's coordination succeeds.
+                coordination_command_line=(
+                    "/bin/sh -c 'test $AZ_BATCH_IS_CURRENT_NODE_MASTER = true'"
+                ),
+            ),
+        ),
+    )
+    task = _completed(sdk, "subtasks-fail")
+    assert task.execution_info.exit_code == 1
+    assert task.execution_info.result == "failure"
+    assert task.execution_info.retry_count == 1  # retried once as a whole, then failed
+    subtasks = list(sdk.list_subtasks("mpi", "subtasks-fail"))
+    # The first failure ends the attempt; the other subtask may be killed before it exits.
+    assert 1 in [s.exit_code for s in subtasks]
+    assert all(s.state == "completed" and s.result == "failure" for s in subtasks)
+    counts = sdk.get_job_task_counts("mpi").task_counts
+    assert counts.running == 0
+    # Every node came back: a task on all three runs.
+    sdk.create_task(
+        "mpi",
+        models.BatchTaskCreateOptions(
+            id="after-fail",
+            command_line="/bin/true",
+            multi_instance_settings=models.MultiInstanceSettings(
+                number_of_instances=3, coordination_command_line="/bin/true"
+            ),
+        ),
+    )
+    assert _completed(sdk, "after-fail").execution_info.exit_code == 0

@@ -130,6 +130,7 @@ class _Gang:
     start: float | None = None
     coordinated: set[int] = field(default_factory=set)
     app_sent: bool = False
+    failed: bool = False
     kills_sent: bool = False
 
 
@@ -272,9 +273,11 @@ class Gangs:
             )
         )
         gang = self._gangs.get(pk)
-        if gang is None or gang.attempt != attempt or gang.app_sent:
+        if gang is None or gang.attempt != attempt or gang.app_sent or gang.failed:
             return None  # an attempt that is over, or one being ended
         if not ok:
+            # Once: the other instances' ends (killed next) must not complete it again.
+            gang.failed = True
             log.info("coordination command %s failed: the task's attempt ends", key)
             return lifecycle.Attempt(pk, attempt, outcome, msg.get("start_time"), now)
         gang.coordinated.add(index)
