@@ -29,6 +29,7 @@ from prefect_batch.models import (
     BatchNodeSource,
     BatchPool,
     BatchPoolNodeCounts,
+    BatchSubtask,
     BatchSupportedImage,
     BatchTask,
     BatchTaskCountsResult,
@@ -533,6 +534,10 @@ class BatchClient:
     def get_task(self, job_id: str, task_id: str) -> BatchTask:
         """One task."""
         return self.service.get_task(job_id, task_id)
+
+    def list_subtasks(self, job_id: str, task_id: str) -> list[BatchSubtask]:
+        """The subtasks of a multi-instance task: node, state, exit code of each."""
+        return self.service.list_subtasks(job_id, task_id)
 
     def list_task_attempts(self, job_id: str, task_id: str) -> list[dict[str, Any]]:
         """Which node each attempt of a task ran on (requeues and retries included)."""

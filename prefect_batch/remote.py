@@ -69,6 +69,7 @@ from prefect_batch.models import (
     BatchPoolReplaceOptions,
     BatchPoolResizeOptions,
     BatchPoolUpdateOptions,
+    BatchSubtask,
     BatchSupportedImage,
     BatchTask,
     BatchTaskConstraints,
@@ -613,6 +614,11 @@ class RemoteBatchService:
         if state is not None:
             params["$filter"] = "state eq '{}'".format(str(state).replace("'", "''"))
         return self._list(f"/jobs/{_q(job_id)}/tasks", BatchTask, **params)
+
+    def list_subtasks(self, job_id: str, task_id: str) -> list[BatchSubtask]:
+        """The subtasks of a multi-instance task (``subtasksinfo``)."""
+        answer = self._get(f"/jobs/{_q(job_id)}/tasks/{_q(task_id)}/subtasksinfo")
+        return [BatchSubtask.model_validate(v) for v in answer.get("value") or []]
 
     def list_task_attempts(self, job_id: str, task_id: str) -> list[dict[str, Any]]:
         """The node each attempt of a task was sent to."""

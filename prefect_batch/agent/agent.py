@@ -84,6 +84,14 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     ``<dir>/fileuploaderr.txt``; the ``exited`` event then carries ``upload_error`` (``null`` or
     an error with ``"phase": "upload"``). ``transfer_timeout_seconds`` bounds each request.
 
+    Multi-instance tasks (optional ``instance``): ``"coordination"`` runs a coordination
+    command: its output goes to ``<dir>/coordination-stdout.txt`` and
+    ``<dir>/coordination-stderr.txt``, its ``downloads`` (the common resource files) land in
+    ``<dir>`` rather than ``<dir>/wd``, and what it leaves running in its process group (the
+    background services it starts) stays alive after it exits, until a ``kill`` of the same key
+    ends that group. ``"primary"`` is the application command on the primary node. Both get
+    ``AZ_BATCH_TASK_SHARED_DIR`` = ``<dir>``.
+
 ``certs`` ``{"op":"certs","certificates":[{"thumbprint":..,"visibility":[..],"files":{name:
     base64}}]}`` -> replaces the node's certificates (no event): each file (``<thumbprint>.pfx``,
     ``.cer`` or ``.pem``) is kept in ``.agent/certs/<role>/`` for each role of its
@@ -97,7 +105,8 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     there when the grace period ends (so a supervisor such as ``prefect flow-run execute`` can
     record what it was doing). Its ``exited`` event says ``"killed": true`` (a run killed before
     its process started: ``exit_code`` null, no error). Unknown or finished keys: nothing
-    happens, nothing is emitted; a second kill during the grace period SIGKILLs at once.
+    happens, nothing is emitted — except a finished coordination command, whose left-over
+    process group is SIGKILLed; a second kill during the grace period SIGKILLs at once.
 
 ``recover`` ``{"op":"recover","keys":[..]}`` -> per key, one of:
     * the record has a result: the ``exited`` event again, with ``"recovered": true``;
@@ -1582,6 +1591,7 @@ class _Run:
         "done",
         "uploads",
         "transfer_timeout",
+        "linger",
     )
 
     def __init__(self, key: str, pid: int, rel_dir: str, start_time: float) -> None:
@@ -1601,6 +1611,7 @@ class _Run:
         self.done = False
         self.uploads: list[dict[str, Any]] | None = None
         self.transfer_timeout = TRANSFER_TIMEOUT_SECONDS
+        self.linger = False
 
 
 CERT_ROLES = ("starttask", "task")
@@ -1643,6 +1654,7 @@ class _Prep:
         "stage_error",
         "confine",
         "certs",
+        "instance",
     )
 
     def __init__(
@@ -1675,6 +1687,7 @@ class _Prep:
         self.uploads: list[dict[str, Any]] | None = None
         self.transfer_timeout = TRANSFER_TIMEOUT_SECONDS
         self.stage_error: dict[str, Any] | None = None
+        self.instance: str | None = None  # "coordination" | "primary" | None
 
     def close(self) -> None:
         for name in ("out", "err", "rec"):
@@ -1794,6 +1807,9 @@ class Agent:
         self.disk_reserve_bytes = disk_reserve_bytes
         self.staging: dict[str, _Prep] = {}
         self.uploading: dict[str, _Run] = {}
+        # Coordination commands that ended, by key: the process group id of what they left
+        # running (their background services), ended by a later kill of the same key.
+        self.lingering: dict[str, int] = {}
         self.transfer_q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.transfer_r, self.transfer_w = os.pipe()
         os.set_blocking(self.transfer_r, False)
@@ -2255,6 +2271,11 @@ class Agent:
         p.certs = certs
         p.uploads = uploads
         p.transfer_timeout = transfer_timeout
+        instance = msg.get("instance")
+        if instance is not None and instance not in ("coordination", "primary"):
+            self._fail_run(key, "OperationInvalid", "instance must be coordination or primary", rel)
+            return
+        p.instance = instance
         if downloads:
             p.downloads = downloads
             self.staging[key] = p
@@ -2321,7 +2342,8 @@ class Agent:
             try:
                 _download_all(
                     p.downloads or [],
-                    p.task_dir + "/wd",
+                    # commonResourceFiles go to the task directory, one above the working one
+                    p.task_dir if p.instance == "coordination" else p.task_dir + "/wd",
                     p.transfer_timeout,
                     self.disk_reserve_bytes,
                 )
@@ -2451,8 +2473,11 @@ class Agent:
                 os.makedirs(wd, exist_ok=True)
             if p.certs is not None:
                 self._copy_certs(p.certs, p.task_dir)
-            p.out = os.open(p.task_dir + "/stdout.txt", _OPEN_W, 0o644)
-            p.err = os.open(p.task_dir + "/stderr.txt", _OPEN_W, 0o644)
+            # A coordination command shares the task directory with the application command
+            # that follows it on the primary: it keeps its output apart.
+            prefix = "coordination-" if p.instance == "coordination" else ""
+            p.out = os.open(f"{p.task_dir}/{prefix}stdout.txt", _OPEN_W, 0o644)
+            p.err = os.open(f"{p.task_dir}/{prefix}stderr.txt", _OPEN_W, 0o644)
             p.rec = os.open(self._record_path(p.key), _OPEN_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
         except (OSError, ValueError) as exc:
             p.error = f"cannot prepare {p.rel}: {exc}"
@@ -2507,6 +2532,8 @@ class Agent:
             env = self._task_env(p.env_req, p.task_dir, p.prep_dir)
             if p.certs is not None:
                 env["AZ_BATCH_CERTIFICATES_DIR"] = p.task_dir + "/certs"
+            if p.instance is not None:
+                env["AZ_BATCH_TASK_SHARED_DIR"] = p.task_dir
             search = env.get("PATH") or os.defpath
             cached = "/" not in prog and (search, prog) in self.which_cache
             path = self._which(prog, search, wd) if "/" not in prog else prog
@@ -2572,6 +2599,7 @@ class Agent:
             if ruleset >= 0:
                 os.close(ruleset)
         run = _Run(key, pid, rel, start)
+        run.linger = p.instance == "coordination"
         run.popen = popen
         run.uploads = p.uploads
         run.transfer_timeout = p.transfer_timeout
@@ -2691,7 +2719,9 @@ class Agent:
             return
         run = self.runs.get(key) or self.adopted.get(key)
         if run is None or run.done:
+            self._end_lingering(key)
             return
+        run.linger = False  # killed while running: the group goes with it
         grace = msg.get("grace_seconds")
         if (
             not run.killed
@@ -2706,6 +2736,21 @@ class Agent:
             return
         run.killed = True
         self._kill_group(run)
+
+    def _end_lingering(self, key: str) -> None:
+        """SIGKILL what an ended coordination command left running in its process group.
+
+        Linux does not hand out a pid that is still some group's id, so while the background
+        services are alive the group id is theirs. Once they are gone the id may be reused; a
+        group led by one of this agent's own runs is never signalled here.
+        """
+        pgid = self.lingering.pop(key, None)
+        if pgid is None or pgid in self.by_pid:
+            return
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
 
     def _kill_group(self, run: _Run, sig: int = signal.SIGKILL) -> None:
         if run.adopted and not _alive(run.pid, run.proc_start, run.start_time):
@@ -2733,6 +2778,8 @@ class Agent:
         for run in list(self.runs.values()) + list(self.adopted.values()):
             run.killed = True
             self._kill_group(run)
+        for key in list(self.lingering):
+            self._end_lingering(key)
 
     def _begin_drain(self, reason: str) -> None:
         self.draining = True
@@ -2854,6 +2901,8 @@ class Agent:
         if self.runs.get(run.key) is run:
             del self.runs[run.key]
         code = _exit_code(status) if status >= 0 else None
+        if run.linger and not run.killed and not run.timed_out:
+            self.lingering[run.key] = run.pid
         if run.popen is not None:
             run.popen.returncode = code if code is not None else -1  # keep Popen from reaping
         result: dict[str, Any] = {

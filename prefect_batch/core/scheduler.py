@@ -12,6 +12,14 @@ enough free slots (``requiredSlots``), by the pool's ``taskSchedulingPolicy.node
 A task whose ``affinityId`` names a node that fits goes there first (a soft hint, as in Azure).
 A job's ``maxParallelTasks`` caps how many of its tasks run at once.
 
+A multi-instance task (``instances`` > 1) is a gang: it needs that many distinct nodes with all
+their slots free at once, and is placed on all of them or on none. Its assignment is one pair
+per node, primary first, next to each other in the result. When the first gang of a pass does
+not fit, the nodes it would take (the emptiest ones) are held for it for the rest of the pass,
+so later, smaller tasks cannot keep them busy forever: they drain and the gang gets them — but
+only when the pool has enough nodes (``gang_capacity``) for it to fit ever, or a gang too large
+for the pool would hold nodes for good. Ordinary tasks pay one integer test for this.
+
 Head-of-line choice: a task that fits on no node is skipped and later, smaller tasks may still
 take the free slots. That keeps slots busy, at the price that a large task can wait while small
 ones overtake it; it gets its turn on the next pass when a node has drained enough. A task held
@@ -51,16 +59,20 @@ class QueuedTask:
         job_key: Its job's store key (for ``maxParallelTasks``).
         required_slots: Slots it occupies on one node (``requiredSlots``, at least 1).
         node_affinity: The node (``node_key``) it prefers (from ``affinityInfo``), if any.
+        instances: Nodes it needs at once (``multiInstanceSettings.numberOfInstances``).
     """
 
     key: int
     job_key: int
     required_slots: int = 1
     node_affinity: str | None = None
+    instances: int = 1
 
     def __post_init__(self) -> None:
         if self.required_slots < 1:
             raise ValueError(f"required_slots must be >= 1, not {self.required_slots}")
+        if self.instances < 1:
+            raise ValueError(f"instances must be >= 1, not {self.instances}")
 
 
 @dataclass
@@ -102,6 +114,7 @@ def assign(
     *,
     job_running: Mapping[int, int] | None = None,
     job_max_parallel: Mapping[int, int] | None = None,
+    gang_capacity: int | None = None,
 ) -> list[tuple[int, str]]:
     """Place queued tasks on free slots, in queue order.
 
@@ -111,9 +124,12 @@ def assign(
         fill_type: ``spread`` or ``pack``.
         job_running: Tasks per job already running or preparing (for ``maxParallelTasks``).
         job_max_parallel: ``maxParallelTasks`` per job; -1, 0 or absent means unlimited.
+        gang_capacity: Nodes the pool could give one gang (its usable nodes, busy or not);
+            None: the nodes in ``nodes``. A gang larger than this holds no nodes back.
 
     Returns:
-        ``(task key, node key)`` pairs in the order the tasks were placed.
+        ``(task key, node key)`` pairs in the order the tasks were placed; a gang has one pair
+        per node, its primary's first.
     """
     fill_type = NodeFillType(fill_type)
     free = [max(node.free_slots, 0) for node in nodes]
@@ -125,6 +141,9 @@ def assign(
     caps = {job: cap for job, cap in (job_max_parallel or {}).items() if cap > 0}
     heaps = _NodeHeaps(free, fill_type)
 
+    capacity = len(nodes) if gang_capacity is None else gang_capacity
+    holding = False  # nodes are held for the first gang that did not fit
+
     placed: list[tuple[int, str]] = []
     for task in queued:
         if total_free == 0:
@@ -132,6 +151,25 @@ def assign(
         need = task.required_slots
         cap = caps.get(task.job_key)
         if cap is not None and running.get(task.job_key, 0) >= cap:
+            continue
+        if task.instances > 1:
+            if holding:
+                continue
+            chosen = _gang(free, nodes, task.instances)
+            if chosen is None:
+                if task.instances <= capacity:
+                    holding = True
+                    for i in _emptiest(free, nodes, task.instances):
+                        total_free -= free[i]
+                        free[i] = 0
+                        heaps.changed(i)
+                continue
+            for i in chosen:
+                total_free -= free[i]
+                free[i] = 0
+                heaps.changed(i)
+                placed.append((task.key, nodes[i].node_key))
+            running[task.job_key] = running.get(task.job_key, 0) + 1
             continue
         target: int | None = None
         if task.node_affinity is not None:
@@ -148,6 +186,28 @@ def assign(
         running[task.job_key] = running.get(task.job_key, 0) + 1
         placed.append((task.key, nodes[target].node_key))
     return placed
+
+
+def _gang(free: list[int], nodes: Sequence[NodeSlots], count: int) -> list[int] | None:
+    """``count`` distinct nodes with every slot free (earlier nodes first), or None."""
+    chosen: list[int] = []
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        if free[i] > 0 and free[i] >= node.total_slots and node.node_key not in seen:
+            seen.add(node.node_key)
+            chosen.append(i)
+            if len(chosen) == count:
+                return chosen
+    return None
+
+
+def _emptiest(free: list[int], nodes: Sequence[NodeSlots], count: int) -> list[int]:
+    """The ``count`` nodes closest to having every slot free (ties: earlier nodes)."""
+    ranked = sorted(
+        (i for i in range(len(nodes)) if free[i] > 0),
+        key=lambda i: (nodes[i].total_slots - free[i], i),
+    )
+    return ranked[:count]
 
 
 class _NodeHeaps:

@@ -46,6 +46,7 @@ __all__ = [
     "BatchAffinityInfo",
     "BatchCreateTaskCollectionResult",
     "BatchNodeInfo",
+    "BatchSubtask",
     "BatchTask",
     "BatchTaskConstraints",
     "BatchTaskCreateOptions",
@@ -188,7 +189,7 @@ class BatchAffinityInfo(RequestModel):
 
 
 class MultiInstanceSettings(RequestModel):
-    """Settings of a multi-instance (MPI) task; accepted and stored."""
+    """Settings of a multi-instance (MPI) task: how many nodes, and what runs on each first."""
 
     number_of_instances: int | None = Field(
         default=None,
@@ -463,6 +464,47 @@ class BatchTask(ResponseModel):
         default=None,
         alias="applicationPackageReferences",
         description="Application packages deployed before the command runs.",
+    )
+
+
+class BatchSubtask(ResponseModel):
+    """One subtask of a multi-instance task (an item of ``subtasksinfo``)."""
+
+    id: int | None = Field(default=None, description="The subtask's index: 1 to instances - 1.")
+    node_info: BatchNodeInfo | None = Field(
+        default=None, alias="nodeInfo", description="The node the subtask ran on."
+    )
+    start_time: UtcDateTime | None = Field(
+        default=None, alias="startTime", description="When its coordination command started."
+    )
+    end_time: UtcDateTime | None = Field(
+        default=None, alias="endTime", description="When it completed."
+    )
+    exit_code: int | None = Field(
+        default=None, alias="exitCode", description="The coordination command's exit code."
+    )
+    container_info: OpaqueObject | None = Field(
+        default=None,
+        alias="containerInfo",
+        description="The container it ran in (tasks here run in none).",
+    )
+    failure_info: BatchTaskFailureInfo | None = Field(
+        default=None, alias="failureInfo", description="Why it failed, if it could not run."
+    )
+    state: str | None = Field(default=None, description="preparing, running or completed.")
+    state_transition_time: UtcDateTime | None = Field(
+        default=None, alias="stateTransitionTime", description="When it entered its state."
+    )
+    previous_state: str | None = Field(
+        default=None, alias="previousState", description="The state before the current one."
+    )
+    previous_state_transition_time: UtcDateTime | None = Field(
+        default=None,
+        alias="previousStateTransitionTime",
+        description="When it entered that state.",
+    )
+    result: TaskExecutionResult | None = Field(
+        default=None, description="success or failure, once completed."
     )
 
 

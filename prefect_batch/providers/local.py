@@ -16,6 +16,7 @@ resources or count nodes (the service's quotas do).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -37,7 +38,7 @@ from prefect_batch.providers.contract import (
 )
 from prefect_batch.providers.kinds import LOCAL_NODE_AGENT_SKU, BuildContext, image_entry
 
-__all__ = ["TRAITS", "LocalNodeSource", "scrub_environment"]
+__all__ = ["TRAITS", "LocalNodeSource", "loopback_address", "scrub_environment"]
 
 TRAITS = ProviderTraits(same_machine=True, local_node_limit=True)
 """Local nodes: on this machine, restarted a few times before their tasks go elsewhere."""
@@ -45,6 +46,16 @@ TRAITS = ProviderTraits(same_machine=True, local_node_limit=True)
 _SECRET_NAMES = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_API_AUTH_STRING"})
 _SECRET_PREFIXES = ("PREFECT_BATCH_", "PREFECT_API_KEY")
 _SECRET_PARTS = ("SECRET", "PASSWORD", "TOKEN")
+
+
+def loopback_address(node_id: str) -> str:
+    """A stable address in 127.0.0.0/8 for a node (all of it is this machine's loopback).
+
+    Derived from the node id (no state to keep across restarts); two nodes share one with
+    a chance of about 1 in 16 million per pair, which the pool would show as equal addresses.
+    """
+    digest = hashlib.sha256(node_id.encode()).digest()
+    return f"127.{digest[0]}.{digest[1]}.{1 + digest[2] % 254}"
 
 
 def scrub_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -136,7 +147,14 @@ class LocalNodeSource(NodeProvider):
         *,
         dedicated: bool = True,
     ) -> Placement:
-        """Every node asked for, each in its own directory under the service's node root."""
+        """Every node asked for, each in its own directory under the service's node root.
+
+        Nodes of a pool with inter-node communication get a loopback address of their own
+        (:func:`loopback_address`), so the tasks of a multi-instance task can tell their nodes
+        apart and listen on the same port on each; the others show 127.0.0.1.
+        """
+        if pool.inter_node_communication:
+            return Placement([NodeSlot(node_id=n, address=loopback_address(n)) for n in node_ids])
         return Placement([NodeSlot(node_id=n) for n in node_ids])
 
     def connect(self, node: NodeRef, on_event: EventCallback) -> AgentConnection:

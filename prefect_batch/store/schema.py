@@ -47,11 +47,13 @@ __all__ = [
     "queue",
     "schema_info",
     "sealing_keys",
+    "subtasks",
     "tasks",
 ]
 
 SCHEMA_VERSION = 5
-"""Bumped whenever a table changes; a store written by another version is refused."""
+"""Bumped whenever an existing table changes (a new table is created in an existing store as it
+opens); a store written by another version is refused."""
 
 metadata = MetaData()
 
@@ -274,6 +276,30 @@ tasks = Table(
     Index("ix_tasks_kill", "kill_reason"),
     Index("ix_tasks_retention", "retention_deadline"),
     sqlite_autoincrement=True,  # never reuse the id of a deleted row
+)
+
+subtasks = Table(
+    "subtasks",
+    metadata,
+    # Per instance of a multi-instance task's current attempt: 0 is the primary, 1.. the
+    # subtasks (what subtasksinfo lists). Rewritten when the task is dispatched again.
+    Column("task_pk", PK, ForeignKey("tasks.pk", ondelete="CASCADE"), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("attempt", Integer, nullable=False),
+    Column("node_pk", PK, nullable=False),
+    Column("node_id", String(64), nullable=False),
+    Column("pool_id", String(64), nullable=False),
+    Column("address", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("state_transition_time", Float, nullable=False),
+    Column("previous_state", String(16), nullable=True),
+    Column("previous_state_transition_time", Float, nullable=True),
+    Column("start_time", Float, nullable=True),
+    Column("end_time", Float, nullable=True),
+    Column("exit_code", BigInteger, nullable=True),
+    Column("result", String(16), nullable=True),
+    Column("failure_info", JSON, nullable=True),
+    Index("ix_subtasks_node", "node_pk"),
 )
 
 queue = Table(

@@ -249,6 +249,41 @@ def test_kill_op_kills_the_task(agent: AgentDriver, root: Path) -> None:
     assert not agent.matching("error")
 
 
+def test_coordination_command_leaves_its_background_services_until_killed(
+    agent: AgentDriver, root: Path
+) -> None:
+    # A coordination command starts a service in the background and exits; the service stays
+    # (an ordinary task's would too, but nothing could end it), with its own output files.
+    script = "sleep 30 & echo $! > child.pid; echo $AZ_BATCH_TASK_SHARED_DIR"
+    exited = agent.run_and_wait("c1-1-0", [SH, "-c", script], instance="coordination")
+    assert exited["exit_code"] == 0
+    task_dir = root / "job" / "c1-1-0"
+    child = int(read_text(task_dir / "wd" / "child.pid"))
+    assert read_text(task_dir / "coordination-stdout.txt").strip() == str(task_dir)
+    assert not (task_dir / "stdout.txt").exists()
+    agent.ping()
+    assert not process_gone(child)
+    # A kill of the finished key ends the group it left behind, and emits nothing.
+    agent.send(op="kill", key="c1-1-0")
+    assert wait_until(lambda: process_gone(child))
+    agent.ping()
+    assert len(agent.matching("exited", "c1-1-0")) == 1
+
+
+def test_ordinary_finished_task_is_not_signalled_by_a_kill(agent: AgentDriver, root: Path) -> None:
+    agent.run_and_wait("o", [SH, "-c", "sleep 30 & echo $! > child.pid"])
+    child = int(read_text(root / "job" / "o" / "wd" / "child.pid"))
+    agent.send(op="kill", key="o")
+    agent.ping()
+    assert not process_gone(child)
+    os.kill(child, signal.SIGKILL)
+
+
+def test_instance_must_be_known(agent: AgentDriver) -> None:
+    exited = agent.run_and_wait("bad", ["true"], instance="everywhere")
+    assert exited["error"]["code"] == "OperationInvalid"
+
+
 def test_kill_with_grace_sends_sigterm_first(agent: AgentDriver, root: Path) -> None:
     """A task that handles SIGTERM gets to finish its handler: it exits with its own code."""
     script = "trap 'echo term > got.txt; exit 7' TERM; echo up > up.txt; sleep 30 & wait"

@@ -116,7 +116,9 @@ def running_server(
     """
     store = Store(store_url)
     settings = fast_settings(home, **(settings or {}))
-    account = AccountOperations(store).create("acct")
+    # A store that served before (a restart) keeps its account.
+    accounts = AccountOperations(store)
+    account = accounts.find("acct") or accounts.create("acct")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     engine = build_engine(store, settings, {account.name: url}, server=True)

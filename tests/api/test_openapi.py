@@ -31,7 +31,6 @@ NOT_ROUTED = {
     ("GET", "/pools/{poolId}/nodes/{nodeId}/extensions/{extensionName}"),
     ("POST", "/pools/{poolId}/nodes/{nodeId}/start"),
     ("POST", "/pools/{poolId}/nodes/{nodeId}/deallocate"),
-    ("GET", "/jobs/{jobId}/tasks/{taskId}/subtasksinfo"),
 }
 
 

@@ -203,3 +203,67 @@ def test_ordering_key() -> None:
     ]
     assert ordering_key(7, 1, 2) == (-7, 1, 2)
     assert sorted(keys) == [(-100, 2, 9), (0, 0, 7), (0, 1, 2), (0, 1, 5), (5, 0, 0)]
+
+
+# -- multi-instance tasks (gangs) -----------------------------------------------------------
+
+
+def gang(key: int, instances: int, job: int = 1) -> QueuedTask:
+    return QueuedTask(key=key, job_key=job, instances=instances)
+
+
+@pytest.mark.parametrize("fill", [SPREAD, PACK])
+def test_gang_takes_distinct_whole_nodes(fill: NodeFillType) -> None:
+    pool = nodes((1, 1), (1, 1), (1, 1), (1, 1))
+    placed = assign([gang(0, 3), QueuedTask(key=1, job_key=1)], pool, fill)
+    assert placed == [(0, "n0"), (0, "n1"), (0, "n2"), (1, "n3")]
+
+
+def test_gang_is_all_or_nothing() -> None:
+    # Two nodes free, a gang of three: nothing of it is placed.
+    assert assign([gang(0, 3)], nodes((1, 1), (1, 1)), SPREAD, gang_capacity=2) == []
+
+
+def test_gang_needs_every_slot_of_a_node() -> None:
+    # A node with one slot of two taken cannot host a subtask.
+    pool = nodes((2, 2), (1, 2), (2, 2))
+    assert assign([gang(0, 3)], pool, PACK) == []
+    assert assign([gang(0, 2)], pool, PACK) == [(0, "n0"), (0, "n2")]
+
+
+def test_waiting_gang_holds_the_emptiest_nodes_against_later_tasks() -> None:
+    # The gang needs 3 whole nodes; n0 and n2 are idle, n1 half busy. Without holding, the
+    # small tasks behind it would keep n0 and n2 busy and the gang would never start.
+    pool = nodes((2, 2), (1, 2), (2, 2), (1, 2))
+    queued = [gang(0, 3), *[QueuedTask(key=k, job_key=1) for k in range(1, 5)]]
+    placed = assign(queued, pool, SPREAD, gang_capacity=4)
+    # Held: n0, n2 (idle) and n1 (closest to idle after them; ties go to the earlier node).
+    assert placed == [(1, "n3")]
+
+
+def test_gang_larger_than_the_pool_holds_nothing() -> None:
+    pool = nodes((1, 1), (1, 1))
+    placed = assign([gang(0, 5), QueuedTask(key=1, job_key=1)], pool, SPREAD, gang_capacity=2)
+    assert placed == [(1, "n0")]
+
+
+def test_only_the_first_waiting_gang_holds_nodes() -> None:
+    pool = nodes((1, 1), (1, 1), (1, 1))
+    queued = [gang(0, 3), gang(1, 2), QueuedTask(key=2, job_key=1)]
+    # n0..n2 are all idle, so the first gang fits and takes them all.
+    assert assign(queued, pool, SPREAD) == [(0, "n0"), (0, "n1"), (0, "n2")]
+    pool = nodes((1, 1), (1, 1), (0, 1))
+    # The first gang waits and holds n0, n1; the second gang is not placed past it.
+    assert assign(queued, pool, SPREAD, gang_capacity=3) == []
+
+
+def test_gang_counts_once_for_max_parallel_tasks() -> None:
+    pool = nodes((1, 1), (1, 1), (1, 1))
+    queued = [gang(0, 2), QueuedTask(key=1, job_key=1), QueuedTask(key=2, job_key=1)]
+    placed = assign(queued, pool, SPREAD, job_max_parallel={1: 2})
+    assert placed == [(0, "n0"), (0, "n1"), (1, "n2")]
+
+
+def test_instances_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="instances"):
+        QueuedTask(key=0, job_key=1, instances=0)

@@ -34,6 +34,7 @@ from prefect_batch.api.routes._spec import (
 )
 from prefect_batch.models import (
     BatchCreateTaskCollectionResult,
+    BatchSubtask,
     BatchTask,
     BatchTaskCreateOptions,
     BatchTaskGroup,
@@ -145,6 +146,19 @@ def terminate_task(job_id: JobId, task_id: TaskId, request: Request, svc: Svc) -
 def reactivate_task(job_id: JobId, task_id: TaskId, request: Request, svc: Svc) -> Response:
     guard(svc, request, "task").reactivate_task(job_id, task_id)
     return no_content()
+
+
+@router.get(
+    "/jobs/{jobId}/tasks/{taskId}/subtasksinfo",
+    **spec(
+        "list_subtasks",
+        "List the subtasks of a multi-instance task",
+        returns=list[BatchSubtask],
+    ),
+)
+def list_subtasks(job_id: JobId, task_id: TaskId, request: Request, svc: Svc) -> Response:
+    items = guard(svc, request, "task", read=True).list_subtasks(job_id, task_id)
+    return json_response({"value": [s.to_wire() for s in items]})
 
 
 @router.get(

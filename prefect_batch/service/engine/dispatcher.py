@@ -3,8 +3,9 @@
 :class:`Dispatcher` is a part of :class:`~prefect_batch.service.engine.Engine`. The queue's head
 is read through its ordering index; placement is the pure ``core.scheduler.assign``. A task of a
 job with a preparation task waits on its node until that node's preparation succeeded (see
-``jobtasks.py``). Statements on this path are built once at import: building SQLAlchemy
-expressions costs more than running them.
+``jobtasks.py``). A multi-instance task placed on several nodes is handed to ``gangs.py``, which
+runs its coordination commands first. Statements on this path are built once at import:
+building SQLAlchemy expressions costs more than running them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prefect_batch.core.sharedkey import decode_key, derive_job_key, job_scoped_
 from prefect_batch.core.states import NodeFillType, PoolState, TaskState
 from prefect_batch.providers.storage import ObjectStorage, StagingError
 from prefect_batch.service.engine.confinement import elevation_refusal, run_confinement
+from prefect_batch.service.engine.gangs import instances_of
 from prefect_batch.service.rows import lifecycle
 from prefect_batch.service.rows.common import iso
 from prefect_batch.service.rows.sealing import unseal_environment
@@ -32,6 +34,7 @@ from prefect_batch.service.rows.statewrites import task_edge
 from prefect_batch.store.schema import accounts, jobs, nodes, queue, tasks
 
 if TYPE_CHECKING:
+    from prefect_batch.service.engine.gangs import Gangs
     from prefect_batch.service.engine.jobtasks import JobTasks
 
 __all__ = ["SPREAD_GRACE_SECONDS", "Dispatcher", "base_environment", "stage_request"]
@@ -94,6 +97,7 @@ _RUN_ROWS = (
         tasks.c.wall_clock_seconds,
         tasks.c.node_pk,
         tasks.c.node_history,
+        tasks.c.requeue_count,
         jobs.c.pk.label("job_pk"),
         jobs.c.id.label("job_id"),
     )
@@ -184,6 +188,7 @@ class Dispatcher:
         nodes: The engine's node runtimes by node pk (their free slots are changed here).
         pool_of: The engine's leased pool by pool pk, or None.
         job_tasks: Job preparation, which a task of a job with one waits for on its node.
+        gangs: Runs the multi-instance tasks placed here.
         update_busy: Records the nodes that turned busy or idle (the node runtime's).
         account_urls: Base URL per account, for ``AZ_BATCH_ACCOUNT_URL``.
         job_manager_env: What a job manager task needs to reach this service.
@@ -199,6 +204,7 @@ class Dispatcher:
         pool_of: Callable[[int], Any],
         job_tasks: JobTasks,
         update_busy: Callable[[Any, float], None],
+        gangs: Gangs,
         *,
         account_urls: Mapping[str, str],
         job_manager_env: Mapping[str, str],
@@ -210,6 +216,7 @@ class Dispatcher:
         self._nodes = nodes
         self._pool_of = pool_of
         self.job_tasks = job_tasks
+        self.gangs = gangs
         self._update_busy = update_busy
         self.account_urls = account_urls
         self.job_manager_env = job_manager_env
@@ -223,7 +230,10 @@ class Dispatcher:
         """Fill the free slots of every leased pool (in the engine step's transaction)."""
         by_pool: dict[int, list[Any]] = defaultdict(list)
         starting: set[int] = set()
+        accepting: dict[int, int] = defaultdict(int)
         for rt in self._nodes.values():
+            if rt.accepting:
+                accepting[rt.pool_pk] += 1
             if rt.accepting and rt.free_slots > 0:
                 by_pool[rt.pool_pk].append(rt)
             elif (
@@ -238,7 +248,7 @@ class Dispatcher:
                 continue
             if pool_pk in starting and pool.fill_type == NodeFillType.SPREAD.value:
                 continue  # let the other nodes join first, or "spread" would pack the first one
-            self._dispatch_pool(conn, pool, rts, now, sends)
+            self._dispatch_pool(conn, pool, rts, now, sends, accepting[pool_pk])
 
     def _dispatch_pool(
         self,
@@ -247,6 +257,7 @@ class Dispatcher:
         rts: list[Any],
         now: float,
         sends: dict[int, list[dict[str, Any]]],
+        accepting: int,
     ) -> None:
         free = sum(rt.free_slots for rt in rts)
         key = lifecycle.pool_key(pool.account, pool.id)
@@ -273,7 +284,7 @@ class Dispatcher:
         }
         limits = {pk: r for pk, r in job_rows.items() if r.max_parallel_tasks > 0}
         by_key = {str(rt.pk): rt for rt in rts}
-        affinity = _affinities(conn, pool.id, head, rts)
+        affinity, instances = _head_hints(conn, pool.id, head, rts)
         placed = assign(
             [
                 QueuedTask(
@@ -281,6 +292,7 @@ class Dispatcher:
                     job_key=r.job_pk,
                     required_slots=r.slots,
                     node_affinity=affinity.get(r.task_pk),
+                    instances=instances.get(r.task_pk, 1),
                 )
                 for r in head
             ],
@@ -291,11 +303,37 @@ class Dispatcher:
             NodeFillType(pool.fill_type),
             job_running={j: r.n_running for j, r in limits.items()},
             job_max_parallel={j: r.max_parallel_tasks for j, r in limits.items()},
+            gang_capacity=accepting,
         )
+        # A gang is one pair per node (primary first): the task goes to its primary and the
+        # other nodes are handed to the gang part below.
+        gangs: dict[int, list[Any]] = {}
+        if instances:
+            primaries: list[tuple[int, str]] = []
+            for pk, node in placed:
+                if pk in instances:
+                    gangs.setdefault(pk, [])
+                    if not gangs[pk]:
+                        primaries.append((pk, node))
+                    gangs[pk].append(by_key[node])
+                else:
+                    primaries.append((pk, node))
+            placed = primaries
         job_of = {r.task_pk: r.job_pk for r in head}
         slots_of = {r.task_pk: r.slots for r in head}
-        placed = self.job_tasks.filter_prep_failed(
-            conn, placed, job_of, job_rows, slots_of=slots_of, rts=rts, fill=pool.fill_type
+        if gangs:
+            # A gang is not placed across a node where its job's preparation failed (it waits
+            # for other nodes, like a task the filter below cannot move).
+            for pk in [
+                pk for pk, members in gangs.items() if self._prep_failed(job_of[pk], members)
+            ]:
+                del gangs[pk]
+                placed = [(p, n) for p, n in placed if p != pk]
+        ordinary = [(pk, node) for pk, node in placed if pk not in gangs]
+        placed = [(pk, node) for pk, node in placed if pk in gangs] + (
+            self.job_tasks.filter_prep_failed(
+                conn, ordinary, job_of, job_rows, slots_of=slots_of, rts=rts, fill=pool.fill_type
+            )
         )
         if not placed:
             return
@@ -341,6 +379,11 @@ class Dispatcher:
             rt.free_slots -= slots_of[pk]
             per_node[rt.pk][0] += 1
             per_node[rt.pk][1] += slots_of[pk]
+        for members in gangs.values():
+            for rt in members[1:]:  # each subtask holds its whole node (one slot)
+                rt.free_slots -= 1
+                per_node[rt.pk][0] += 1
+                per_node[rt.pk][1] += 1
         lifecycle.write_job_deltas(conn, deltas, now)
         conn.execute(
             NODE_RUNNING,
@@ -350,8 +393,24 @@ class Dispatcher:
         for r in rows:
             rt = self._nodes[r.node_pk]
             message = self._run_message(r, pool, rt, base_url, conn)
-            self.job_tasks.send_after_prep(conn, r, pool, rt, message, now, sends)
+            if r.pk in gangs:
+                self.gangs.start(
+                    conn,
+                    r,
+                    gangs[r.pk],
+                    message,
+                    now,
+                    lambda node, run, r=r: self.job_tasks.send_after_prep(
+                        conn, r, pool, node, run, now, sends
+                    ),
+                )
+            else:
+                self.job_tasks.send_after_prep(conn, r, pool, rt, message, now, sends)
         self._update_busy(conn, now)
+
+    def _prep_failed(self, job_pk: int, members: list[Any]) -> bool:
+        failed = self.job_tasks.prep_failures.get(job_pk)
+        return bool(failed) and any(rt.pk in failed for rt in members)
 
     def _job_manager_credentials(
         self, conn: Any, account: str, job_id: str, base_url: str
@@ -530,22 +589,31 @@ class Dispatcher:
         return _URL_ONLY
 
 
-def _affinities(conn: Any, pool_id: str, head: list[Any], rts: list[Any]) -> dict[int, str]:
-    """The node (``str(node pk)``) each head task's ``affinityInfo.affinityId`` names, where it
-    names a node of this pool that could take tasks now (``<poolId>/<nodeId>``, as nodes and
-    tasks show it). The hint is soft: the scheduler uses it when that node has room.
+def _head_hints(
+    conn: Any, pool_id: str, head: list[Any], rts: list[Any]
+) -> tuple[dict[int, str], dict[int, int]]:
+    """What the head tasks' specs tell the scheduler: affinity and instances.
 
-    The specs are read as text and parsed only where ``affinityInfo`` appears: the head is up
-    to twice the free slots long, and most tasks carry no hint.
+    Affinity: the node (``str(node pk)``) each head task's ``affinityInfo.affinityId`` names,
+    where it names a node of this pool that could take tasks now (``<poolId>/<nodeId>``, as
+    nodes and tasks show it). The hint is soft: the scheduler uses it when that node has room.
+    Instances: ``numberOfInstances`` of the multi-instance tasks among them.
+
+    The specs are read as text and parsed only where one of the two appears: the head is up
+    to twice the free slots long, and most tasks carry neither.
     """
     node_of = {f"{pool_id}/{rt.node_id}".casefold(): str(rt.pk) for rt in rts}
     rows = conn.execute(_SPEC_TEXT, {"pks": [r.task_pk for r in head]}).all()
     out: dict[int, str] = {}
+    instances: dict[int, int] = {}
     for pk, text in rows:
-        if not text or '"affinityInfo"' not in text:
+        if not text or ('"affinityInfo"' not in text and '"multiInstanceSettings"' not in text):
             continue
-        wanted = ((json.loads(text) or {}).get("affinityInfo") or {}).get("affinityId")
+        spec = json.loads(text) or {}
+        wanted = (spec.get("affinityInfo") or {}).get("affinityId")
         node = node_of.get(str(wanted).casefold()) if wanted else None
         if node is not None:
             out[pk] = node
-    return out
+        if spec.get("multiInstanceSettings"):
+            instances[pk] = instances_of(spec)
+    return out, instances

@@ -29,7 +29,7 @@ from prefect_batch.service.engine.dispatcher import (
 )
 from prefect_batch.service.rows import lifecycle
 from prefect_batch.service.rows.common import iso, seconds
-from prefect_batch.store.schema import job_nodes, jobs, tasks
+from prefect_batch.store.schema import job_nodes, jobs
 
 __all__ = ["RELEASE_MAX_SECONDS", "JobTasks"]
 
@@ -298,13 +298,9 @@ class JobTasks:
         keys = [m["key"] for m in held]
         pks = [int(k[1:].split("-")[0]) for k in keys]
         if pks:
-            in_flight = conn.execute(
-                select(tasks.c.pk, tasks.c.job_pk, tasks.c.required_slots, tasks.c.attempt).where(
-                    tasks.c.pk.in_(pks),
-                    tasks.c.node_pk == rt.pk,
-                    tasks.c.state.in_(lifecycle.IN_FLIGHT),
-                )
-            ).all()
+            # With the multi-instance tasks that wait here for a subtask (requeued as a whole).
+            wanted = set(pks)
+            in_flight = [r for r in lifecycle.running_task_rows(conn, rt.pk) if r.pk in wanted]
             lifecycle.requeue_tasks(conn, in_flight, now)
             freed = sum(r.required_slots for r in in_flight)
             self._node_counts(conn, rt.pk, -len(in_flight), -freed)

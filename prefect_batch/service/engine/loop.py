@@ -15,7 +15,8 @@ them. At-least-once: a task whose node was lost while it ran is run again elsewh
 
 The engine's parts, one concern each, are objects told what they use: the dispatcher (queue
 head to slots, :class:`~prefect_batch.service.engine.dispatcher.Dispatcher`), job preparation
-and release (:class:`~prefect_batch.service.engine.jobtasks.JobTasks`), metric samples and
+and release (:class:`~prefect_batch.service.engine.jobtasks.JobTasks`), multi-instance tasks
+on their nodes (:class:`~prefect_batch.service.engine.gangs.Gangs`), metric samples and
 autoscale formulas (:class:`~prefect_batch.service.engine.autoscale.AutoScaler`), the jobs of
 job schedules (:class:`~prefect_batch.service.engine.schedules.JobScheduler`) and agent starts
 (:class:`~prefect_batch.service.engine.starts.AgentStarts`). The node runtime (``nodes``:
@@ -47,6 +48,8 @@ from prefect_batch.core.states import NODE_TRANSITIONS, NodeState, TaskState
 from prefect_batch.providers.contract import ProviderEvent
 from prefect_batch.service.engine.autoscale import AutoScaler
 from prefect_batch.service.engine.dispatcher import Dispatcher
+from prefect_batch.service.engine.gangs import Gangs
+from prefect_batch.service.engine.gangs import parse_key as gang_key
 from prefect_batch.service.engine.jobtasks import JobTasks
 from prefect_batch.service.engine.nodes import NodeMixin, NodeRuntime
 from prefect_batch.service.engine.schedules import JobScheduler
@@ -164,11 +167,14 @@ class Engine(NodeMixin):
         self.job_tasks = JobTasks(
             self._nodes, self._leased_pool, self.account_urls, self._node_counts
         )
+        # Multi-instance tasks: coordination on every node, then the primary's command.
+        self.gangs = Gangs(self._nodes)
         self.dispatcher = Dispatcher(
             self._nodes,
             self._leased_pool,
             self.job_tasks,
             self._update_busy,
+            self.gangs,
             account_urls=self.account_urls,
             # What a job manager task needs to reach this service with the Python client.
             job_manager_env=dict(job_manager_env or {}),
@@ -250,6 +256,7 @@ class Engine(NodeMixin):
         self.starts.close()
         self.providers.close()
         self.dispatcher.close()
+        self.gangs.forget()
 
     def wake(self, *, pools: bool = False) -> None:
         """Look for new work now rather than at the next tick (a request changed something).
@@ -437,6 +444,17 @@ class Engine(NodeMixin):
                             msg.get("end_time") or now,
                         )
                     )
+            elif ev == "started" and kind == "c":
+                primary_start = self.gangs.on_started(conn, key, msg, now)
+                if primary_start is not None:
+                    started.append(primary_start)
+            elif ev == "exited" and kind == "c":
+                rt.kills_sent.discard(key)
+                ended = self.gangs.on_exited(conn, key, msg, _outcome(msg), now, sends)
+                if ended is not None:
+                    attempts.append(ended)
+            elif ev == "lost" and kind == "c":
+                self._on_lost_instance(conn, key, now)
             elif ev == "exited" and kind == "s":
                 self._on_start_task_exit(conn, rt, key, _outcome(msg), msg, now, sends)
             elif ev == "exited" and kind == "p":
@@ -486,6 +504,7 @@ class Engine(NodeMixin):
             rt = self._nodes.get(node_pk)
             if rt is not None:
                 rt.free_slots = min(rt.total_slots, rt.free_slots + freed)
+        self.gangs.check(conn, now, sends)
         self._update_busy(conn, now)
         return effects
 
@@ -506,6 +525,23 @@ class Engine(NodeMixin):
             lifecycle.requeue_tasks(conn, row, now)
             self._node_counts(conn, rt.pk, -1, -row[0].required_slots)
             rt.free_slots = min(rt.total_slots, rt.free_slots + row[0].required_slots)
+
+    def _on_lost_instance(self, conn: Any, key: str, now: float) -> None:
+        """An agent knows nothing of a coordination command we sent it: requeue the task.
+
+        The node restarted or was replaced; the other nodes' part of the attempt is ended by
+        :meth:`Gangs.check`, which also frees the primary's slot.
+        """
+        parsed = gang_key(key)
+        if parsed is None:
+            return
+        pk, attempt, _ = parsed
+        rows = conn.execute(
+            select(tasks.c.pk, tasks.c.job_pk, tasks.c.required_slots, tasks.c.attempt).where(
+                tasks.c.pk == pk, tasks.c.attempt == attempt, tasks.c.state.in_(IN_FLIGHT)
+            )
+        ).all()
+        lifecycle.requeue_tasks(conn, rows, now)
 
     def _check_deadlines(self, conn: Any, now: float) -> None:
         expired = conn.execute(

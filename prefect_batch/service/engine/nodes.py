@@ -72,6 +72,7 @@ from prefect_batch.service.rows.statewrites import POOL_SETTLED, strict
 from prefect_batch.store.schema import nodes, pools, tasks
 
 if TYPE_CHECKING:
+    from prefect_batch.service.engine.gangs import Gangs
     from prefect_batch.service.engine.jobtasks import JobTasks
 
 __all__ = [
@@ -205,6 +206,7 @@ class NodeMixin:
     _on_event: Callable[[int, dict[str, Any], int], None]
     _detach_pool: Callable[[int], None]
     job_tasks: JobTasks
+    gangs: Gangs
 
     # -- state -----------------------------------------------------------------------------
 
@@ -760,6 +762,7 @@ class NodeMixin:
         in_flight = lifecycle.running_task_rows(conn, rt.pk)
         used = sum(r.required_slots for r in in_flight)
         rt.free_slots = max(rt.total_slots - used, 0)
+        self.gangs.requeue_orphans(conn, in_flight, now)
         rt.ready = True
         rt.failures = 0
         rt.unreachable_since = None

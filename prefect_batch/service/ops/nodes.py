@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from prefect_batch.core.states import NodeState
 from prefect_batch.exceptions import BatchConflictError, BatchInvalidRequestError
@@ -25,7 +25,7 @@ from prefect_batch.service.ops.base import ServiceBase
 from prefect_batch.service.rows import lifecycle
 from prefect_batch.service.rows.nodes import node_row
 from prefect_batch.service.rows.statewrites import POOL_RESIZING
-from prefect_batch.store.schema import nodes, pools, tasks
+from prefect_batch.store.schema import nodes, pools, subtasks, tasks
 
 __all__ = ["NodeOperations", "mark_in_flight"]
 
@@ -49,10 +49,13 @@ def _value(option: Any, default: str) -> str:
 def mark_in_flight(conn: Any, node_pk: int, option: str) -> None:
     """Apply a deallocation option to the node's in-flight tasks (requeue or terminate them)."""
     if option in ("requeue", "terminate"):
+        # A multi-instance task with a subtask on the node goes with it as a whole (its
+        # subtask rows are those of its attempt in flight: they are rewritten at dispatch).
+        gangs_here = select(subtasks.c.task_pk).where(subtasks.c.node_pk == node_pk)
         conn.execute(
             update(tasks)
             .where(
-                tasks.c.node_pk == node_pk,
+                or_(tasks.c.node_pk == node_pk, tasks.c.pk.in_(gangs_here)),
                 tasks.c.state.in_(lifecycle.IN_FLIGHT),
                 tasks.c.kill_reason.is_(None),
             )

@@ -27,6 +27,7 @@ from prefect_batch.exceptions import (
 )
 from prefect_batch.models import (
     BatchCreateTaskCollectionResult,
+    BatchSubtask,
     BatchTask,
     BatchTaskConstraints,
     BatchTaskCreateOptions,
@@ -44,16 +45,19 @@ from prefect_batch.service.rows.common import (
 from prefect_batch.service.rows.nodes import queue_dir_deletion
 from prefect_batch.service.rows.sealing import seal_settings
 from prefect_batch.service.rows.statewrites import task_edge
-from prefect_batch.service.rows.views import task_view
-from prefect_batch.store.schema import deps, nodes, pools, queue, tasks
+from prefect_batch.service.rows.views import subtask_view, task_view
+from prefect_batch.store.schema import deps, nodes, pools, queue, subtasks, tasks
 
 __all__ = ["MAX_TASKS_PER_COLLECTION", "TaskOperations"]
 
 MAX_TASKS_PER_COLLECTION = 100
 """Azure's limit for one addtaskcollection request (the Python client chunks for you)."""
 
+MAX_INSTANCES = 100
+"""Most nodes one multi-instance task may ask for: Azure's size limit of a pool with inter-node
+communication."""
+
 _UNSUPPORTED_TASK_PROPERTIES = (
-    "multiInstanceSettings",
     "applicationPackageReferences",
     "containerSettings",
 )
@@ -127,6 +131,7 @@ class TaskOperations(ServiceBase):
         now = self.clock()
         with self.store.begin() as conn:
             job = self._job_row(conn, job_id)
+            gang_pool = self._gang_pool_error(conn, job, checked)
             if job.state == JobState.COMPLETED.value:
                 raise BatchConflictError(
                     "JobCompleted", f"The job is completed: {job.id}", {"JobId": job.id}
@@ -143,6 +148,8 @@ class TaskOperations(ServiceBase):
             for i, item in enumerate(items):
                 try:
                     spec = self._check_task_in_job(checked[i], job)
+                    if gang_pool is not None and spec.get("multiInstanceSettings"):
+                        raise _Rejected(gang_pool)
                 except _Rejected as rej:
                     results[i] = _error_result(_task_id_of(item), rej.error)
                     continue
@@ -192,11 +199,49 @@ class TaskOperations(ServiceBase):
             split_command_line(opts.command_line)
             validate_resource_files(spec.get("resourceFiles"), "resourceFiles")
             validate_output_files(spec.get("outputFiles"), "outputFiles")
+            _check_multi_instance(spec)
             env = spec.get("environmentSettings") or []
             validate_environment([(e["name"], e.get("value")) for e in env])
         except BatchServiceError as exc:
             raise _Rejected(exc) from exc
         return spec
+
+    @staticmethod
+    def _gang_pool_error(
+        conn: Any, job: Any, checked: Sequence[dict[str, Any] | _Rejected]
+    ) -> BatchServiceError | None:
+        """Why the job's pool cannot run multi-instance tasks, when some task is one.
+
+        Azure accepts such a task and never schedules it; here it is refused, naming the pool
+        property it lacks. A pool that does not exist (yet) is not checked.
+        """
+        if not any(isinstance(c, dict) and c.get("multiInstanceSettings") for c in checked):
+            return None
+        if job.pool_key is None:
+            return None
+        account, _, pool_key = job.pool_key.partition("/")
+        pool = conn.execute(
+            select(pools.c.id, pools.c.spec, pools.c.task_slots_per_node).where(
+                pools.c.account == account, pools.c.id_key == pool_key
+            )
+        ).first()
+        if pool is None:
+            return None
+        if not (pool.spec or {}).get("enableInterNodeCommunication"):
+            return BatchInvalidRequestError(
+                "InvalidPropertyValue",
+                f"multiInstanceSettings needs a pool with enableInterNodeCommunication; "
+                f"pool {pool.id} does not have it",
+                {"PropertyName": "multiInstanceSettings", "PoolId": pool.id},
+            )
+        if pool.task_slots_per_node != 1:
+            return BatchInvalidRequestError(
+                "InvalidPropertyValue",
+                f"multiInstanceSettings needs a pool with taskSlotsPerNode 1; pool {pool.id} "
+                f"has {pool.task_slots_per_node}",
+                {"PropertyName": "multiInstanceSettings", "PoolId": pool.id},
+            )
+        return None
 
     @staticmethod
     def _check_task_in_job(checked: dict[str, Any] | _Rejected, job: Any) -> dict[str, Any]:
@@ -527,6 +572,26 @@ class TaskOperations(ServiceBase):
             page = self._task_models(conn, job, rows)
             return page, (rows[-1].pk if more and rows else None)
 
+    def list_subtasks(self, job_id: str, task_id: str) -> list[BatchSubtask]:
+        """The subtasks of a multi-instance task's current attempt (``subtasksinfo``).
+
+        The primary is the task itself (its ``nodeInfo`` and ``executionInfo``); the items are
+        the other instances, ids 1 to ``numberOfInstances`` - 1. An ordinary task, or one that
+        has not been dispatched yet, has none.
+        """
+        with self.store.read() as conn:
+            job = self._job_row(conn, job_id)
+            row = self._task_row(conn, job, task_id)
+            rows = conn.execute(
+                select(subtasks)
+                .where(subtasks.c.task_pk == row.pk, subtasks.c.idx > 0)
+                .order_by(subtasks.c.idx)
+            ).all()
+        return [
+            BatchSubtask.model_validate(subtask_view(r, job.id, row.id, self.base_url))
+            for r in rows
+        ]
+
     def list_task_attempts(self, job_id: str, task_id: str) -> list[dict[str, Any]]:
         """The node each attempt of a task was sent to, oldest first (an extension of Azure).
 
@@ -730,6 +795,30 @@ def _task_id_of(item: Any) -> str:
 def _task_exists(task_id: str) -> BatchConflictError:
     return BatchConflictError(
         "TaskExists", f"The specified task already exists: {task_id}", {"TaskId": task_id}
+    )
+
+
+def _check_multi_instance(spec: dict[str, Any]) -> None:
+    """The checks of ``multiInstanceSettings`` that need no row."""
+    multi = spec.get("multiInstanceSettings")
+    if not multi:
+        return
+    count = multi.get("numberOfInstances") or 1
+    if count > MAX_INSTANCES:
+        raise BatchInvalidRequestError(
+            "InvalidPropertyValue",
+            f"multiInstanceSettings.numberOfInstances is at most {MAX_INSTANCES}, not {count}",
+            {"PropertyName": "multiInstanceSettings.numberOfInstances", "PropertyValue": count},
+        )
+    if (spec.get("requiredSlots") or 1) != 1:
+        raise BatchInvalidRequestError(
+            "InvalidPropertyValue",
+            "requiredSlots must be 1 for a multi-instance task",
+            {"PropertyName": "requiredSlots", "PropertyValue": spec["requiredSlots"]},
+        )
+    split_command_line(multi["coordinationCommandLine"])
+    validate_resource_files(
+        multi.get("commonResourceFiles"), "multiInstanceSettings.commonResourceFiles"
     )
 
 

@@ -28,7 +28,7 @@ from prefect_batch.core.states import (
 )
 from prefect_batch.service.rows.autopools import JOB, end_pool, ends_with
 from prefect_batch.service.rows.statewrites import job_edge, task_edge
-from prefect_batch.store.schema import deps, job_nodes, jobs, nodes, queue, tasks
+from prefect_batch.store.schema import deps, job_nodes, jobs, nodes, queue, subtasks, tasks
 
 __all__ = [
     "JobDelta",
@@ -642,11 +642,26 @@ def _end_auto_pool(conn: Connection, job: Any, now: float) -> None:
 
 
 def running_task_rows(conn: Connection, node_pk: int) -> list[Any]:
-    """In-flight tasks on a node."""
-    return list(
+    """In-flight tasks on a node, with the multi-instance tasks that have a subtask there.
+
+    A multi-instance task is requeued as a whole when any of its nodes goes away; its primary
+    node is its ``node_pk``, the others are in ``subtasks``.
+    """
+    columns = (tasks.c.pk, tasks.c.job_pk, tasks.c.required_slots, tasks.c.attempt)
+    rows = list(
         conn.execute(
-            select(tasks.c.pk, tasks.c.job_pk, tasks.c.required_slots, tasks.c.attempt).where(
-                tasks.c.node_pk == node_pk, tasks.c.state.in_(IN_FLIGHT)
-            )
+            select(*columns).where(tasks.c.node_pk == node_pk, tasks.c.state.in_(IN_FLIGHT))
         ).all()
     )
+    rows += conn.execute(
+        select(*columns)
+        .join(subtasks, subtasks.c.task_pk == tasks.c.pk)
+        .where(
+            subtasks.c.node_pk == node_pk,
+            subtasks.c.idx > 0,
+            subtasks.c.attempt == tasks.c.attempt,
+            tasks.c.node_pk != node_pk,
+            tasks.c.state.in_(IN_FLIGHT),
+        )
+    ).all()
+    return rows

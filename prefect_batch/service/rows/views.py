@@ -16,6 +16,7 @@ __all__ = [
     "node_view",
     "pool_view",
     "scheduled_job_id",
+    "subtask_view",
     "task_view",
 ]
 
@@ -199,6 +200,33 @@ def task_view(
         }
     )
     return _clean(out)
+
+
+def subtask_view(row: Any, job_id: str, task_id: str, base_url: str) -> dict[str, Any]:
+    """The wire form of a ``subtasks`` row (an item of ``subtasksinfo``)."""
+    node = f"{base_url}/pools/{row.pool_id}/nodes/{row.node_id}"
+    return _clean(
+        {
+            "id": row.idx,
+            "nodeInfo": {
+                "affinityId": f"{row.pool_id}/{row.node_id}",
+                "nodeUrl": node,
+                "poolId": row.pool_id,
+                "nodeId": row.node_id,
+                "taskRootDirectory": f"{job_id}/{task_id}",
+                "taskRootDirectoryUrl": f"{node}/files/{job_id}/{task_id}",
+            },
+            "startTime": iso(row.start_time),
+            "endTime": iso(row.end_time),
+            "exitCode": row.exit_code,
+            "failureInfo": row.failure_info,
+            "state": row.state,
+            "stateTransitionTime": iso(row.state_transition_time),
+            "previousState": row.previous_state,
+            "previousStateTransitionTime": iso(row.previous_state_transition_time),
+            "result": row.result,
+        }
+    )
 
 
 def scheduled_job_id(schedule_id: str, n: int) -> str:
