@@ -104,6 +104,16 @@ class BatchNodeRemoteLoginSettings(ResponseModel):
     remote_login_port: int = Field(
         alias="remoteLoginPort", description="The port of the node's SSH server."
     )
+    ipv6_remote_login_ip_address: str | None = Field(
+        default=None,
+        alias="ipv6RemoteLoginIPAddress",
+        description="The node's IPv6 login address (none here: nodes are reached over IPv4).",
+    )
+    ipv6_remote_login_port: int | None = Field(
+        default=None,
+        alias="ipv6RemoteLoginPort",
+        description="The port of the node's IPv6 login address (none here).",
+    )
 
 
 class BatchNodeDisableSchedulingOptions(RequestModel):
