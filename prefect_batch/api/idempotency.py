@@ -8,12 +8,15 @@ the write is not done twice:
   :data:`MAX_ID_LENGTH` printable ASCII characters, no space) is recorded, per account, in the
   same store transaction as the change it makes (``store/requests.py``): the record exists
   exactly when the write landed. Its fingerprint is the SHA-256 of the method, path, query,
-  conditional headers and body. A request that changed nothing (refused with a 4xx, or failed)
-  leaves no record, so sending it again — corrected or not — runs it normally;
+  conditional headers and body. A request that changed nothing (refused with a 4xx, or failed
+  before its write) leaves no record that counts, so sending it again — corrected or not —
+  runs it normally (a 4xx changes nothing: the record of a refused write is taken over by the
+  next request with its id);
 * once answered, the answer's status, the headers a client reads (``ETag``, ``Last-Modified``,
   ``Location``, ``DataServiceId``, ``Content-Type``) and its body (at most
-  ``MAX_ANSWER_BYTES``) are kept on the record — except a 5xx, after which the write still
-  landed and a retry is told so with the operation's success status;
+  ``MAX_ANSWER_BYTES``) are kept on the record — for a 5xx (the write landed, then the answer
+  failed) the operation's success status with no body is kept instead, so the retry a client
+  makes of a 5xx learns that its write landed;
 * a retry with the same id and the same fingerprint is answered with the kept answer (and
   ``x-prefect-batch-replayed: true``), or, when no answer was kept (the service stopped between
   the commit and the answer), the operation's success status with no body; a retry that arrives
@@ -44,7 +47,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prefect_batch.api.errors import error_response, invalid_header
+from prefect_batch.api.errors import RETRY_AFTER_SECONDS, error_response, invalid_header
+from prefect_batch.exceptions import BatchServiceError
 from prefect_batch.store import Store
 from prefect_batch.store.requests import (
     ClientRequest,
@@ -53,6 +57,7 @@ from prefect_batch.store.requests import (
     current_request,
     find,
     record_answer,
+    refused,
 )
 
 __all__ = [
@@ -134,12 +139,27 @@ def install_replay_handler(app: FastAPI) -> None:
     async def replay(http: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestSeen)
         store: Store = http.app.state.store
-        seen = await run_in_threadpool(_seen, store, exc.request, wait=True)
-        if seen is None:  # expired between the two reads: the retry may simply run again
-            return error_response(
-                invalid_header(HEADER, exc.request.request_id, "the request was just replayed")
+        request = exc.request
+        seen = await run_in_threadpool(_seen, store, request, wait=True)
+        if seen is None or (
+            seen.status is not None
+            and refused(seen.status)
+            and seen.fingerprint != request.fingerprint
+        ):
+            # The row expired, or a concurrent attempt with this id was refused, between the
+            # claim and this read: nothing was written; the retry the client makes will run.
+            response = error_response(
+                BatchServiceError(
+                    "ServerBusy",
+                    f"Another request with this {HEADER} was being answered. Please retry "
+                    "your request.",
+                    {"HeaderName": HEADER, "HeaderValue": request.request_id},
+                    status_code=503,
+                )
             )
-        return _replay(exc.request, seen)
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
+        return _replay(request, seen)
 
     app.add_exception_handler(RequestSeen, replay)
 
@@ -204,18 +224,22 @@ class IdempotencyMiddleware:
         """The answer to send: kept on the record of a landed write, or replayed from one."""
         status = int(start["status"])
         if request.claimed:
-            if status < 500:
-                kept = {
-                    k.decode("latin-1"): v.decode("latin-1")
-                    for k, v in start.get("headers") or []
-                    if k.decode("latin-1").lower() in _KEPT_HEADERS
-                }
-                try:
-                    await run_in_threadpool(
-                        record_answer, self.store.engine, request, status, kept, body
-                    )
-                except Exception as exc:  # the write landed; a retry replays its status
-                    log.warning("%s: answer not kept: %s", HEADER, type(exc).__name__)
+            kept = {
+                k.decode("latin-1"): v.decode("latin-1")
+                for k, v in start.get("headers") or []
+                if k.decode("latin-1").lower() in _KEPT_HEADERS
+            }
+            if status >= 500:
+                # The write landed all the same: a retry (the SDK retries a 5xx) is told so.
+                kept, kept_status, kept_body = {}, request.success_status, b""
+            else:
+                kept_status, kept_body = status, body
+            try:
+                await run_in_threadpool(
+                    record_answer, self.store.engine, request, kept_status, kept, kept_body
+                )
+            except Exception as exc:  # a retry replays the success status (no answer kept)
+                log.warning("%s: answer not kept: %s", HEADER, type(exc).__name__)
             return start, body
         if status < 400 or request.replayed or request.account is None:
             return start, body
@@ -225,8 +249,8 @@ class IdempotencyMiddleware:
         except Exception as exc:  # the store is down: the refusal stands
             log.warning("%s: record not read: %s", HEADER, type(exc).__name__)
             return start, body
-        if seen is None:
-            return start, body
+        if seen is None or (seen.status is not None and refused(seen.status)):
+            return start, body  # no write of this id landed: the refusal stands
         response = _replay(request, seen)
         first: Message = {
             "type": "http.response.start",

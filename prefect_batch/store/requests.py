@@ -6,9 +6,9 @@ A caller that wants its write to be idempotent sets :data:`current_request` to a
 <prefect_batch.store.Store.begin>`) first inserts a ``client_requests`` row for
 ``(account, request_id)`` — in the same transaction as the write, so the row exists exactly when
 the write landed. When a live row is already there (the same id was used by a write that
-landed), the insert changes nothing and :class:`RequestSeen` is raised before the caller's
-statements run: the transaction is rolled back and the caller answers with what
-:func:`find` returns instead of writing again. Two simultaneous requests with one id are
+landed and was not refused), the insert changes nothing and :class:`RequestSeen` is raised
+before the caller's statements run: the transaction is rolled back and the caller answers
+with what :func:`find` returns instead of writing again. Two simultaneous requests with one id are
 serialized by the row's key: SQLite's ``BEGIN IMMEDIATE``, or PostgreSQL's wait on the
 uncommitted key of the other transaction; the second sees the first's row.
 
@@ -41,6 +41,7 @@ __all__ = [
     "current_request",
     "find",
     "purge",
+    "refused",
     "record_answer",
 ]
 
@@ -110,8 +111,9 @@ def _insert(conn: Connection) -> Any:
 def claim(conn: Connection, request: ClientRequest, now: float | None = None) -> None:
     """Insert ``request``'s row in ``conn``'s transaction; :class:`RequestSeen` if it is live.
 
-    An expired row of the same id is taken over (``ON CONFLICT ... DO UPDATE WHERE expired``),
-    so no statement ever fails on the key: a PostgreSQL transaction is never left aborted.
+    An expired or refused (:func:`refused`) row of the same id is taken over (``ON CONFLICT
+    ... DO UPDATE WHERE``), so no statement ever fails on the key: a PostgreSQL transaction is
+    never left aborted.
     """
     now = time.time() if now is None else now
     values = {
@@ -128,10 +130,19 @@ def claim(conn: Connection, request: ClientRequest, now: float | None = None) ->
     stmt = stmt.on_conflict_do_update(
         index_elements=[client_requests.c.account, client_requests.c.request_id],
         set_={k: stmt.excluded[k] for k in values if k not in ("account", "request_id")},
-        where=client_requests.c.expires < now,
+        where=(client_requests.c.expires < now) | client_requests.c.status.between(400, 499),
     )
     if conn.execute(stmt).rowcount == 0:
         raise RequestSeen(request)
+
+
+def refused(status: int) -> bool:
+    """Whether an answer ``status`` refused the request (4xx).
+
+    A refused request changed nothing (the service's rule for a 4xx), even when its transaction
+    committed: its row is taken over by the next claim of its id, as if it were not there.
+    """
+    return 400 <= status < 500
 
 
 def purge(conn: Connection, now: float | None = None) -> int:
