@@ -132,7 +132,8 @@ def claim(conn: Connection, request: ClientRequest, now: float | None = None) ->
         set_={k: stmt.excluded[k] for k in values if k not in ("account", "request_id")},
         where=(client_requests.c.expires < now) | client_requests.c.status.between(400, 499),
     )
-    if conn.execute(stmt).rowcount == 0:
+    # RETURNING, not rowcount: psycopg reports -1 for an upsert that changed nothing.
+    if conn.execute(stmt.returning(client_requests.c.request_id)).first() is None:
         raise RequestSeen(request)
 
 
