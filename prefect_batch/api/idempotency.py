@@ -12,9 +12,10 @@ the write is not done twice:
   before its write) leaves no record that counts, so sending it again — corrected or not —
   runs it normally (a 4xx changes nothing: the record of a refused write is taken over by the
   next request with its id);
-* once answered, the answer's status, the headers a client reads (``ETag``, ``Last-Modified``,
+* as it is answered, the answer's status, the headers a client reads (``ETag``, ``Last-Modified``,
   ``Location``, ``DataServiceId``, ``Content-Type``) and its body (at most
-  ``MAX_ANSWER_BYTES``) are kept on the record — for a 5xx (the write landed, then the answer
+  ``MAX_ANSWER_BYTES``) are kept on the record (by a thread of their own, many answers per
+  transaction: the request does not wait for it) — for a 5xx (the write landed, then the answer
   failed) the operation's success status with no body is kept instead, so the retry a client
   makes of a 5xx learns that its write landed;
 * a retry with the same id and the same fingerprint is answered with the kept answer (and
@@ -51,12 +52,13 @@ from prefect_batch.api.errors import RETRY_AFTER_SECONDS, error_response, invali
 from prefect_batch.exceptions import BatchServiceError
 from prefect_batch.store import Store
 from prefect_batch.store.requests import (
+    AnswerWriter,
     ClientRequest,
     RequestSeen,
     SeenRequest,
+    answer_of,
     current_request,
     find,
-    record_answer,
     refused,
 )
 
@@ -170,6 +172,7 @@ class IdempotencyMiddleware:
     def __init__(self, app: ASGIApp, store: Store) -> None:
         self.app = app
         self.store = store
+        self.answers = AnswerWriter(store.engine)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in WRITE_METHODS:
@@ -234,12 +237,7 @@ class IdempotencyMiddleware:
                 kept, kept_status, kept_body = {}, request.success_status, b""
             else:
                 kept_status, kept_body = status, body
-            try:
-                await run_in_threadpool(
-                    record_answer, self.store.engine, request, kept_status, kept, kept_body
-                )
-            except Exception as exc:  # a retry replays the success status (no answer kept)
-                log.warning("%s: answer not kept: %s", HEADER, type(exc).__name__)
+            self.answers.put(answer_of(request, kept_status, kept, kept_body))
             return start, body
         if status < 400 or request.replayed or request.account is None:
             return start, body

@@ -21,28 +21,34 @@ What it does not do: decide what an answer is, or read HTTP (that is the REST la
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from prefect_batch.store.schema import client_requests
 
 __all__ = [
     "LIFETIME_SECONDS",
+    "AnswerWriter",
     "MAX_ANSWER_BYTES",
     "ClientRequest",
     "RequestSeen",
     "SeenRequest",
     "claim",
     "current_request",
+    "answer_of",
     "find",
     "purge",
     "refused",
     "record_answer",
+    "record_answers",
 ]
 
 LIFETIME_SECONDS = 15 * 60.0
@@ -53,6 +59,14 @@ MAX_ANSWER_BYTES = 1024 * 1024
 
 PURGE_EVERY = 200
 """Claims between two deletions of expired rows (per store handle)."""
+
+WRITER_BATCH = 500
+"""Most answers :class:`AnswerWriter` keeps in one transaction."""
+
+WRITER_IDLE_SECONDS = 5.0
+"""How long :class:`AnswerWriter`'s thread waits for answers before it ends."""
+
+log = logging.getLogger("prefect_batch.store")
 
 
 @dataclass
@@ -180,17 +194,85 @@ def record_answer(
     body: bytes,
 ) -> None:
     """Keep the answer given to ``request`` (claimed) on its row, for a retry to get."""
+    record_answers(engine, [answer_of(request, status, headers, body)])
+
+
+def answer_of(
+    request: ClientRequest, status: int, headers: dict[str, str], body: bytes
+) -> dict[str, Any]:
+    """The values :func:`record_answers` writes for ``request``'s answer."""
     assert request.account is not None
-    with engine.begin() as conn:
-        conn.execute(
-            update(client_requests)
-            .where(
-                _key(request.account, request.request_id),
-                client_requests.c.fingerprint == request.fingerprint,
-            )
-            .values(
-                status=status,
-                headers=headers,
-                body=body if len(body) <= MAX_ANSWER_BYTES else None,
-            )
+    return {
+        "k_account": request.account,
+        "k_request_id": request.request_id,
+        "k_fingerprint": request.fingerprint,
+        "status": status,
+        "headers": headers,
+        "body": body if len(body) <= MAX_ANSWER_BYTES else None,
+    }
+
+
+def record_answers(engine: Engine, answers: list[dict[str, Any]]) -> None:
+    """Keep several answers (:func:`answer_of`) in one transaction."""
+    if not answers:
+        return
+    c = client_requests.c
+    stmt = (
+        update(client_requests)
+        .where(
+            c.account == bindparam("k_account"),
+            c.request_id == bindparam("k_request_id"),
+            c.fingerprint == bindparam("k_fingerprint"),
         )
+        .values(status=bindparam("status"), headers=bindparam("headers"), body=bindparam("body"))
+    )
+    with engine.begin() as conn:
+        conn.execute(stmt, answers)
+
+
+class AnswerWriter:
+    """Keeps answers from a thread of its own, many per transaction, off the answering path.
+
+    A request is answered without waiting for its answer to be kept (a second write
+    transaction per request would take the store's write lock twice); a retry that comes
+    before it is kept waits for it (``api/idempotency.py``). The thread ends after
+    :data:`WRITER_IDLE_SECONDS` without answers and is started again by the next one. An
+    answer not kept (the store failed, the process stopped) leaves its row without one: a retry
+    is answered with the operation's success status.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def put(self, answer: dict[str, Any]) -> None:
+        """Keep ``answer`` (:func:`answer_of`) soon."""
+        self._queue.put(answer)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="prefect-batch-answers", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                batch = [self._queue.get(timeout=WRITER_IDLE_SECONDS)]
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            while len(batch) < WRITER_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                record_answers(self.engine, batch)
+            except Exception as exc:  # the rows keep no answer: retries get the success status
+                log.warning("client request answers not kept: %s", type(exc).__name__)
