@@ -59,6 +59,7 @@ from prefect_batch.store.requests import (
     answer_of,
     current_request,
     find,
+    record_answers,
     refused,
 )
 
@@ -237,7 +238,16 @@ class IdempotencyMiddleware:
                 kept, kept_status, kept_body = {}, request.success_status, b""
             else:
                 kept_status, kept_body = status, body
-            self.answers.put(answer_of(request, kept_status, kept, kept_body))
+            answer = answer_of(request, kept_status, kept, kept_body)
+            if not refused(kept_status):
+                self.answers.put(answer)
+                return start, body
+            # Refused: marked so before the client hears it, so that the corrected request it
+            # may send at once with the same id runs (rare: worth a transaction of its own).
+            try:
+                await run_in_threadpool(record_answers, self.store.engine, [answer])
+            except Exception as exc:  # the row stays unanswered: a retry is answered its status
+                log.warning("%s: refusal not kept: %s", HEADER, type(exc).__name__)
             return start, body
         if status < 400 or request.replayed or request.account is None:
             return start, body

@@ -11,7 +11,8 @@ per call as ``request_id=``) and raw signed requests, on SQLite and PostgreSQL:
 * the client timed out while the server committed, then retried: one task, the original answer;
 * the first attempt's answer failed after its write (503): the SDK's own retry succeeds;
 * a conditional write (If-Match) replayed: its original 200, not 412;
-* an implausible id takes no part.
+* an implausible id takes no part;
+* prefect-batch's own HTTP client sends an id per write and retries a lost answer with it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
+from prefect_batch.remote import RemoteBatchService
 from prefect_batch.service import BatchService
 from prefect_batch.store.schema import client_requests
 from tests.api.conftest import Server
@@ -250,3 +252,34 @@ def test_an_implausible_id_takes_no_part(server: Server, job: str, rid: str) -> 
     again = send(server, "POST", f"/jobs/{job}/tasks", body=body, headers={HEADER: rid})
     assert (first.status_code, again.status_code) == (201, 409)
     assert error(again)[0] == "TaskExists"
+
+
+class _AnswerLost(httpx.HTTPTransport):
+    """Sends every request; the answer to the first write is lost (the connection drops)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.method == "POST":
+            self.writes.append(request.headers.get(HEADER, ""))
+            if len(self.writes) == 1:
+                response.read()  # the server answered, after its commit
+                raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+def test_the_python_client_retries_a_lost_answer_once(server: Server, sdk: Any, job: str) -> None:
+    """``BatchClient(url=...)`` retries a write whose answer was lost, with the same id."""
+    transport = _AnswerLost()
+    remote = RemoteBatchService(
+        server.url, server.account.name, server.account.primary, transport=transport
+    )
+    try:
+        remote.create_task(job, {"id": "lost-answer", "commandLine": "/bin/true"})
+    finally:
+        remote.close()
+    assert len(transport.writes) == 2 and transport.writes[0] == transport.writes[1] != ""
+    assert _task_ids(sdk, job) == ["lost-answer"]
