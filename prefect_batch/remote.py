@@ -10,8 +10,11 @@ Azure's code, message and values.
 Requests are validated here with the same models first (so a bad argument fails the same way
 in both modes); a collection of tasks is validated per task, and the tasks that fail locally get
 their own error result, in order, as the server would give them. A request that never reached
-the server (connection refused: the server restarting) is retried a few times; a read that was
-sent is retried only for GET and HEAD, which change nothing.
+the server (connection refused: the server restarting) is retried a few times. A request that
+was sent and got no answer (the connection dropped, the read timed out) is retried too: a read
+(GET, HEAD) changes nothing, and a write carries a ``client-request-id`` of its own, the same in
+every attempt, so the server answers a retry of a write that landed with that write's answer
+instead of doing it again (``api/idempotency.py``).
 
 Nothing here logs the key or a signature.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -192,6 +196,9 @@ class RemoteBatchService:
         if body is not None:
             content = json.dumps(body, separators=(",", ":")).encode()
             hdrs["content-type"] = JSON_TYPE
+        if method not in ("GET", "HEAD"):
+            # One id for every attempt: a retry of a write that landed is answered, not redone.
+            hdrs.setdefault("client-request-id", str(uuid.uuid4()))
         attempts = iter(CONNECT_RETRY_DELAYS_SECONDS)
         while True:
             request = self._http.build_request(
@@ -201,9 +208,8 @@ class RemoteBatchService:
             try:
                 response = self._http.send(request)
             except httpx.TransportError as exc:
-                idempotent = method in ("GET", "HEAD")
                 delay = next(attempts, None)
-                if delay is None or not (isinstance(exc, httpx.ConnectError) or idempotent):
+                if delay is None:
                     raise PrefectBatchError(
                         f"cannot reach the batch server at {self.base_url}: {exc}"
                     ) from exc

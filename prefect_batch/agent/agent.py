@@ -23,6 +23,7 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     <dir>/stdout.txt  <dir>/stderr.txt     a task's output, truncated when it starts
     <dir>/wd/                              the task's working directory
     .agent/runs/<key>.json                 run records: what was started, and its result
+    .agent/trash/                          trees being deleted (``delete``)
 
 ``hello`` ``{"op":"hello","v":1,"node_id":..,"pool_id":..}`` ->
     ``{"ev":"hello","v":1,"agent_version":"0.1.0","pid":..,"uid":..,"hostname":..,"cpu_count":..,
@@ -128,6 +129,10 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
 ``delete`` ``{"op":"delete","dir":D[,"ev_id":X]}`` -> removes the directory tree ``D`` (validated
     like ``run``'s dir); with ``ev_id`` it answers ``{"ev":"deleted","dir":D,"ev_id":X}``. A
     failure answers ``{"ev":"error","op":"delete","dir":D,"ev_id":X,"code":..,"message":..}``.
+    The tree is first renamed into ``.agent/trash/`` (one atomic step, to a name no file
+    request can reach), then removed there: a concurrent list or read sees the whole tree or
+    none of it, never a half-removed one. What a stopped agent left in the trash is removed
+    when the next one starts.
 
 File access (paths relative to the root; ``""`` is the root itself). No symlink below the root is
 ever followed: every component is opened relative to its parent with ``O_NOFOLLOW`` (a link on
@@ -1740,7 +1745,11 @@ class Agent:
         self.confinement = confinement
         self.unconfined = unconfined  # why tasks run unconfined although confining was asked
         self.runs_dir = os.path.join(self.root, ".agent", "runs")
+        self.trash_dir = os.path.join(self.root, ".agent", "trash")
         self._make_layout()
+        # Trees a stopped agent renamed aside and had not removed yet.
+        for name in os.listdir(self.trash_dir):
+            shutil.rmtree(os.path.join(self.trash_dir, name), ignore_errors=True)
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.pid = os.getpid()
@@ -1827,7 +1836,13 @@ class Agent:
     # ------------------------------------------------------------------ setup
 
     def _make_layout(self) -> None:
-        for sub in ("shared", "startup", "fsmounts", os.path.join(".agent", "runs")):
+        for sub in (
+            "shared",
+            "startup",
+            "fsmounts",
+            os.path.join(".agent", "runs"),
+            os.path.join(".agent", "trash"),
+        ):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
 
     def _pick_reaper(self, wanted: str) -> str:
@@ -3175,13 +3190,26 @@ class Agent:
             if os.path.islink(target):
                 os.unlink(target)
             elif os.path.isdir(target):
-                shutil.rmtree(target)
+                self._remove_tree(target)
             elif os.path.lexists(target):
                 os.unlink(target)
         except OSError as exc:
             raise _Invalid("OperationInvalid", f"cannot delete {rel}: {exc}") from exc
         if "ev_id" in msg:
             self._emit({"ev": "deleted", "dir": msg.get("dir"), "ev_id": msg["ev_id"]})
+
+    def _remove_tree(self, target: str) -> None:
+        """Remove the tree ``target``: renamed aside in one step, then removed out of reach."""
+        aside = os.path.join(self.trash_dir, f"{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.makedirs(self.trash_dir, exist_ok=True)
+            os.rename(target, aside)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT and not os.path.lexists(target):
+                return  # removed meanwhile
+            shutil.rmtree(target)  # another file system (a mount): removed where it is
+            return
+        shutil.rmtree(aside, ignore_errors=True)  # out of reach; a leftover goes at next start
 
     @staticmethod
     def _file_entry(name: str, st: os.stat_result, kind: str) -> dict[str, Any]:

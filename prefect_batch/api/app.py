@@ -6,7 +6,9 @@ shutdown (``manage_engine``), and every accepted change wakes it. ``GET /openapi
 ``/docs``) describe the surface without authentication; every other path needs a valid
 signature, except the web page under ``/ui`` (``prefect_batch.ui``), which signs in with an
 account's key and keeps a signed session cookie. Answers carry Azure's ``request-id``
-header, and echo ``client-request-id`` when the client sends ``return-client-request-id: true``.
+header, and echo ``client-request-id`` when the client sends ``return-client-request-id: true``;
+a write retried with the same ``client-request-id`` is answered, not done again
+(``api/idempotency.py``).
 
 What it does not do: listen on a socket (``prefect-batch server start`` runs it with uvicorn), or
 hold any state beyond the store and the engine.
@@ -30,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from prefect_batch.api.auth import Authenticator, KeyRing
 from prefect_batch.api.context import API_VERSIONS
 from prefect_batch.api.errors import install_error_handlers
+from prefect_batch.api.idempotency import IdempotencyMiddleware, install_replay_handler
 from prefect_batch.api.routes import (
     certificates,
     files,
@@ -176,6 +179,7 @@ def create_app(
     app.state.cloud_accounts = frozenset(cloud_accounts)
     app.state.authenticator = Authenticator(KeyRing(store, on_load=account_seen), clock=clock)
     install_error_handlers(app)
+    install_replay_handler(app)
     for module in (pools, nodes, jobs, tasks, files, schedules, nodesources, certificates):
         app.include_router(module.router)
     if ui:
@@ -183,6 +187,8 @@ def create_app(
         from prefect_batch.ui import mount_ui
 
         mount_ui(app)
+    # Inside RequestIdMiddleware: a replayed answer still gets this attempt's own request-id.
+    app.add_middleware(IdempotencyMiddleware, store=store)
     app.add_middleware(RequestIdMiddleware)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -40,6 +40,7 @@ from prefect_batch.api.errors import (
     invalid_query,
     invalid_request_body,
 )
+from prefect_batch.api.idempotency import arm
 from prefect_batch.api.odata import encode_token, select
 from prefect_batch.exceptions import BatchInvalidRequestError
 from prefect_batch.service import BatchService
@@ -145,6 +146,8 @@ async def certificate_service(
 def _bound_service(request: Request, account: str) -> BatchService:
     state = request.app.state
     engine = state.engine
+    # A write carrying client-request-id is recorded under this (authenticated) account.
+    arm(account, request.scope.get("route"))
     return BatchService(
         state.store,
         account,

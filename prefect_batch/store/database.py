@@ -20,6 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from prefect_batch.exceptions import PrefectBatchError
+from prefect_batch.store import requests
 from prefect_batch.store.schema import SCHEMA_VERSION, metadata, schema_info
 
 __all__ = ["Store", "store_unreachable"]
@@ -47,6 +48,7 @@ class Store:
             _tune_sqlite(self.engine)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
+        self._claims = 0  # client request ids recorded by this handle (requests.PURGE_EVERY)
         existing = set(inspect(self.engine).get_table_names())
         metadata.create_all(self.engine)
         if self.is_sqlite:
@@ -70,9 +72,24 @@ class Store:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A write transaction: committed on success, rolled back on error."""
+        """A write transaction: committed on success, rolled back on error.
+
+        When the context carries a client request (``requests.current_request``) not yet
+        recorded, its row is inserted first, in this transaction (``requests.RequestSeen``
+        when that id already landed: nothing is written).
+        """
+        request = requests.current_request.get()
+        if request is None or request.claimed or request.account is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
         with self.engine.begin() as conn:
+            requests.claim(conn, request)
+            if self._claims % requests.PURGE_EVERY == 0:
+                requests.purge(conn)
+            self._claims += 1
             yield conn
+        request.claimed = True
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

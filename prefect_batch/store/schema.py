@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -32,6 +33,7 @@ __all__ = [
     "accounts",
     "autoscale_runs",
     "certificates",
+    "client_requests",
     "deps",
     "job_nodes",
     "job_schedules",
@@ -408,6 +410,24 @@ provider_records = Table(
     Column("value", JSON, nullable=False),
     UniqueConstraint("account", "sku", "key", name="uq_provider_records_key"),
     sqlite_autoincrement=True,  # never reuse the id of a deleted row
+)
+
+client_requests = Table(
+    "client_requests",
+    metadata,
+    # Writes that landed, by the client's ``client-request-id`` (store/requests.py): a row is
+    # inserted in the write's own transaction, so it exists exactly when the write does; the
+    # answer is added once produced, and a retry with the same id gets it again. A table of its
+    # own so that adding it leaves older stores readable.
+    Column("account", String(64), primary_key=True),
+    Column("request_id", String(128), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),  # sha256 of method, path, query, body
+    Column("expires", Float, nullable=False),
+    Column("success_status", Integer, nullable=False),  # replayed when no answer was stored
+    Column("status", Integer, nullable=True),  # the answer's; NULL until it is stored
+    Column("headers", JSON, nullable=True),
+    Column("body", LargeBinary, nullable=True),
+    Index("ix_client_requests_expires", "expires"),
 )
 
 schema_info = Table(

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -895,3 +896,52 @@ def test_package_constants_match_the_shipped_script() -> None:
     assert script.AGENT_VERSION == AGENT_VERSION
     assert script.PROTOCOL_VERSION == PROTOCOL_VERSION
     assert Path(script.__file__).resolve() == AGENT_PATH
+
+
+def test_a_deleted_tree_is_whole_or_gone_to_a_concurrent_reader(
+    agent: AgentDriver, root: Path
+) -> None:
+    """``delete`` renames the tree aside first: a reader never lists half of it."""
+    from prefect_batch.exceptions import BatchNotFoundError
+    from prefect_batch.service.rows.localfiles import LocalDir
+
+    wd = root / "job" / "big" / "wd"
+    for d in range(40):
+        (wd / f"d{d}").mkdir(parents=True)
+        for f in range(100):
+            (wd / f"d{d}" / f"f{f}").write_bytes(b"x")
+    task_dir = LocalDir(root, "job/big")
+    whole = len(task_dir.list("wd", False, "u"))  # quick to list: many looks mid-delete
+    seen: list[int] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                seen.append(len(task_dir.list("wd", False, "u")))
+            except BatchNotFoundError:
+                seen.append(0)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        agent.send(op="delete", dir="job/big", ev_id=7)
+        agent.event("deleted", ev_id=7)
+        # Read on a little after the answer: the reader must see the tree gone, too.
+        wait_until(lambda: seen.count(0) >= 3)
+    finally:
+        done.set()
+        thread.join()
+    assert not (root / "job" / "big").exists()
+    assert set(seen) <= {whole, 0}, sorted(set(seen))
+    assert os.listdir(root / ".agent" / "trash") == []
+
+
+def test_a_tree_left_in_the_trash_is_removed_at_start(
+    start_agent: Callable[..., AgentDriver], root: Path
+) -> None:
+    leftover = root / ".agent" / "trash" / "123-456" / "wd"
+    leftover.mkdir(parents=True)
+    (leftover / "out.txt").write_text("x")
+    start_agent()
+    assert os.listdir(root / ".agent" / "trash") == []

@@ -41,6 +41,7 @@ def send(
     date: datetime | None = None,
     headers: dict[str, str] | None = None,
     sign: bool = True,
+    timeout: float | httpx.Timeout = 30,
 ) -> httpx.Response:
     """One request signed like the SDK does (or not at all, with ``sign=False``)."""
     account = account or server.account.name
@@ -51,7 +52,7 @@ def send(
     if body is not None:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         hdrs["content-type"] = "application/json; odata=minimalmetadata"
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=server.url, timeout=timeout) as http:
         request = http.build_request(
             method, path, params={**API, **(params or {})}, content=content, headers=hdrs
         )

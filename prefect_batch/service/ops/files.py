@@ -98,19 +98,11 @@ class FileOperations(ServiceBase):
         try:
             return task_dir.read(file_path, offset, length)
         except BatchNotFoundError:
-            if task_dir.exists() and not self._retention_ended(job_id, task_id):
+            if task_dir.exists():
                 raise
-            # Its retention ended while it was read: the file went with the directory.
+            # Its retention ended while it was read: the file went with the directory (the
+            # agent renames a directory aside before removing it, so it is whole or gone).
             raise _cleaned_up(tid) from None
-
-    def _retention_ended(self, job_id: str, task_id: str) -> bool:
-        """Whether the task's files are past their retention (being or already removed)."""
-        with self.store.read() as conn:
-            job = self._job_row(conn, job_id)
-            row = TaskOperations._task_row(self, conn, job, task_id)  # type: ignore[arg-type]
-        if row.node_pk is None and row.files_node_pk is None:
-            return True
-        return row.retention_deadline is not None and row.retention_deadline < self.clock()
 
     def get_task_file_properties(self, job_id: str, task_id: str, file_path: str) -> BatchNodeFile:
         """Size, times and mode of a task file."""
