@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench import faults  # noqa: E402
+from bench import faults, load  # noqa: E402
 from prefect_batch.testing.postgres import PrivatePostgres  # noqa: E402
 from prefect_batch.testing.sshd import sshd_available  # noqa: E402
 
@@ -61,6 +61,18 @@ def test_ssh_host_sshd_killed_and_host_lost_lose_nothing(tmp_path: Path) -> None
     # The lost host's tasks in flight died with it: requeued, each counted.
     assert outcome.requeues >= 1
     assert "nodes" in outcome.notes  # the scenario waited for the 3 nodes idle or running
+
+
+def test_four_clients_reading_tasks_while_tasks_run_see_no_error(tmp_path: Path) -> None:
+    """bench/load.py at a small N: 4 SDK clients x 60 get_task/list_tasks while 60 tasks run."""
+    result = load.run_load(tmp_path, clients=4, requests=60, tasks=60, timeout=300)
+    load.report(result)
+    assert result.errors == {}
+    assert result.server_errors == 0
+    assert result.responses_logged >= 240  # the 5xx count sees every response the SDK got
+    assert [len(result.latencies[k]) for k in load.KINDS] == [120, 120]
+    assert result.completed_after == 60
+    assert result.rss_before > 0 and result.rss_after > 0
 
 
 def test_the_suite_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
