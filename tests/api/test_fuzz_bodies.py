@@ -37,7 +37,7 @@ from prefect_batch.testing.webapp import serve_app
 from tests.api.conftest import signed_send
 
 FUZZ = settings(
-    max_examples=45,
+    max_examples=30,
     deadline=None,
     database=None,
     derandomize=True,
@@ -258,7 +258,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
         yield a
 
 
-def check(app: App, name: str, body: Any) -> None:
+def check(app: App, name: str, body: Any) -> Any:
     method, path, _ = OPERATIONS[name]
     before = app.snapshot()
     got = app.send(method, path, body)
@@ -274,6 +274,7 @@ def check(app: App, name: str, body: Any) -> None:
         refused = [v["taskId"] for v in results if v["status"] != "success"]
         listed = {t["id"] for t in app.snapshot()["/jobs/j0/tasks"]}
         assert not set(refused) & listed, f"refused tasks exist: {set(refused) & listed}"
+    return got
 
 
 @pytest.mark.parametrize("name", list(OPERATIONS))
@@ -307,3 +308,57 @@ def test_bytes_that_are_not_a_valid_body_are_refused(app: App, name: str, raw: b
     got = app.send(*OPERATIONS[name][:2], raw)
     assert got.status_code == 400, got.text
     assert json.loads(got.text)["code"], got.text
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _leaves(item, (*path, i))
+    else:
+        yield path, value
+
+
+def _with(body: Any, path: tuple[Any, ...], value: Any) -> Any:
+    body = json.loads(json.dumps(body))
+    where = body
+    for step in path[:-1]:
+        where = where[step]
+    where[path[-1]] = value
+    return body
+
+
+OUT_OF_RANGE = [2**63, -(2**63) - 1, 1e300]
+
+
+def _wire_name(path: tuple[Any, ...]) -> str:
+    """How the error names a property: ``value[0].constraints.maxTaskRetryCount``."""
+    out = ""
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+    return out
+
+
+@pytest.mark.parametrize("name", list(OPERATIONS))
+def test_numbers_past_64_bits_in_every_field_are_refused_naming_it(app: App, name: str) -> None:
+    """Every field of the valid body, in turn, set to a number no 64-bit integer holds: a 400
+    naming the field (before: SQLite's ``OverflowError``, a 500, or a dropped connection)."""
+    method, path, template = OPERATIONS[name]
+    for where, _ in _leaves(template(0)):
+        for number in OUT_OF_RANGE:
+            body = _with(template(next(_ids)), where, number)
+            got = check(app, name, body)
+            assert got.status_code == 400, (name, where, number, got.text)
+            error = got.json()
+            assert error["code"] == "InvalidPropertyValue", got.text
+            named = {v["key"]: v["value"] for v in error["values"]}["PropertyName"]
+            assert named == _wire_name(where), got.text
+
+
+@pytest.mark.parametrize("raw", [b'{"id": NaN}', b'{"id": Infinity}', b'{"id": -Infinity}'])
+def test_json_extensions_nan_and_infinity_are_not_json(app: App, raw: bytes) -> None:
+    got = app.send("POST", "/pools", raw)
+    assert got.status_code == 400
+    assert got.json()["code"] == "InvalidRequestBody", got.text
