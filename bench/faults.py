@@ -1,7 +1,8 @@
 """The fault suite: crashes and outages under a running job, each checked for lost work.
 
     python bench/faults.py [--rounds 20] [--tasks-per-round 20] [--agent-tasks 40]
-                           [--outage-seconds 10] [--only abcde] [--quick] [--seed 16]
+                           [--outage-seconds 10] [--ssh-tasks 60] [--ssh-down-seconds 5]
+                           [--only abcdef] [--quick] [--seed 16]
 
 Every scenario runs ``prefect-batch server start`` as a process on 127.0.0.1 (a free port, a
 temporary home), drives it with the official azure-batch SDK, and gives it a job of tasks that
@@ -30,6 +31,12 @@ The scenarios:
     then must not exist afterwards; once the cluster is back the job completes.
 (e) as (c), the two servers on one SQLite home (``PREFECT_BATCH_HOME``): the second start is
     not refused; the same guarantee is checked.
+(f) an SSH pool of 3 loopback hosts (private sshd on 127.0.0.2-4,
+    :mod:`prefect_batch.testing.sshd`): one host's sshd crashes (``kill -9`` of the listener
+    and of the agent's session; the agent and its tasks live on) and restarts after
+    ``--ssh-down-seconds``; then another host is lost whole (sshd, session, agent and task
+    processes all ``kill -9``) and comes back after as long. Nothing lost, re-runs counted
+    (requeues), the three nodes back at the end, nothing left running on the hosts.
 
 PostgreSQL for (c) and (d) is a throw-away cluster of the run's own
 (:class:`prefect_batch.testing.postgres.PrivatePostgres`: ``initdb`` in a temporary directory,
@@ -38,7 +45,7 @@ PostgreSQL for (c) and (d) is a throw-away cluster of the run's own
 Every wait is bounded (``--timeout`` per wait); loopback only. Each scenario prints its counts;
 a summary table ends the run, and the exit status is non-zero when any scenario lost a task,
 ran one again without counting it, left an orphan or answered a 500. ``--quick`` (CI): 3
-rounds, fewer tasks, a 4 s outage.
+rounds, fewer tasks, a 4 s outage, a 3 s SSH host outage.
 """
 
 from __future__ import annotations
@@ -166,9 +173,16 @@ class Server:
     """``prefect-batch server start`` as a process, on 127.0.0.1."""
 
     def __init__(
-        self, home: Path, key: str, *, database_url: str | None = None, port: int | None = None
+        self,
+        home: Path,
+        key: str,
+        *,
+        database_url: str | None = None,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.home = home
+        self.extra_env = dict(env or {})
         # The tasks' ledgers and gates: a directory of its own beside the home, open to the
         # server's confined tasks (it exists before the server starts, and holds no home).
         self.shared = home.parent / "tasks"
@@ -188,6 +202,7 @@ class Server:
             database_url=self.database_url,
             task_paths=[self.shared],
         )
+        env.update(self.extra_env)
         cmd = server_command(self.port)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -656,6 +671,196 @@ def store_outage(
     return outcome
 
 
+# -- (f) an SSH host's sshd killed --------------------------------------------------------------
+
+
+def processes_under(root: Path) -> list[tuple[int, str]]:
+    """Processes of one loopback "host": an argument under ``root`` (its node agent, started
+    with ``--root``) or a working directory under it (its task processes)."""
+    found = []
+    prefix = str(root)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            words = [w.decode(errors="replace") for w in argv if w]
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if any(w == prefix or w.startswith(prefix + os.sep) for w in words) or (
+            cwd == prefix or cwd.startswith(prefix + os.sep)
+        ):
+            found.append((int(entry.name), " ".join(words)[:120]))
+    return found
+
+
+def running_on(sdk: SdkClient, address: str) -> int:
+    """Tasks of the job running on the node at ``address``."""
+    nodes = {n.id: n.ip_address for n in sdk.list_nodes("pool")}
+    return sum(
+        1
+        for t in sdk.list_tasks("job")
+        if t.state == models.BatchTaskState.RUNNING
+        and t.node_info is not None
+        and nodes.get(t.node_info.node_id) == address
+    )
+
+
+def ssh_host_loss(
+    base: Path, *, tasks: int, down_seconds: float, timeout: float = WAIT_SECONDS
+) -> Outcome:
+    """(f) A pool of 3 SSH hosts (private sshd on 127.0.0.2-4) running a job of ledger tasks.
+
+    Two faults, one after the other, each on a host running tasks:
+
+    * **sshd crash** on the first: ``kill -9`` of the listening sshd and of every per-connection
+      sshd (the agent's session drops at once), the agent and its tasks left running — what a
+      crash or an OOM kill of sshd does. sshd is started again after ``down_seconds``.
+    * **host lost** on the second: the same, plus ``kill -9`` of everything running on the host
+      (its agent and its task processes) — a power loss. After ``down_seconds`` its sshd starts
+      again, as a host that reboots.
+
+    Nothing accepted may be lost, a re-run must be counted (the second host's tasks in flight
+    are requeued), and both nodes must be back (idle or running) at the end: the grace for an
+    unreachable node is longer than the outage, so they are reconnected, not given up.
+    """
+    from prefect_batch.testing.sshd import SSHServers, sshd_available
+
+    outcome = Outcome("(f) SSH host: sshd crash, host lost")
+    start = time.monotonic()
+    if not sshd_available():
+        outcome.fail("no /usr/sbin/sshd (openssh-server) on this machine")
+        return outcome
+    home, ledger = base / "f-home", base / "tasks" / "f-ledger.txt"
+    files = base / "f-ssh"  # the server lets host groups name key files under <dir>/<account>/
+    servers = SSHServers(files / ACCOUNT, count=3)
+    hosts = base / "f-hosts"
+    server = Server(
+        home,
+        new_key(),
+        env={
+            "PREFECT_BATCH_SSH_FILES_DIR": str(files),
+            "PREFECT_BATCH_NODE_UNREACHABLE_GRACE_SECONDS": str(max(60.0, 6 * down_seconds)),
+        },
+    )
+    try:
+        servers.start()
+        with running(server):
+            group = servers.group_config(
+                name="hosts",
+                hosts=[s.host_config(root=str(hosts / s.address)) for s in servers],
+                confineTasks=False,  # the tasks append to the run's ledger, outside the root
+            )
+            got = server.send("POST", "/nodesources", group)
+            if got.status_code != 201:
+                raise FaultError(f"the host group was refused: {got.status_code} {got.text}")
+            pool = {
+                "id": "pool",
+                "vmSize": "ssh",
+                "targetDedicatedNodes": 3,
+                "taskSlotsPerNode": 2,
+                "virtualMachineConfiguration": {
+                    "imageReference": {
+                        "publisher": "prefect-batch",
+                        "offer": "ssh",
+                        "sku": "hosts",
+                    },
+                    "nodeAgentSKUId": "batch.node.ssh.hosts",
+                },
+            }
+            got = server.send("POST", "/pools", pool)
+            if got.status_code != 201:
+                raise FaultError(f"the pool was refused: {got.status_code} {got.text}")
+            sdk = server.sdk()
+            try:
+                idle = (models.BatchNodeState.IDLE, models.BatchNodeState.RUNNING)
+                wait_until(
+                    lambda: sum(n.state in idle for n in sdk.list_nodes("pool")) == 3,
+                    timeout,
+                    "3 SSH nodes ready",
+                )
+                sdk.create_job(
+                    models.BatchJobCreateOptions(
+                        id="job", pool_info=models.BatchPoolInfo(pool_id="pool")
+                    )
+                )
+                accepted = add_tasks(
+                    sdk, [ledger_task(f"t{i:03d}", ledger, 0.8) for i in range(tasks)]
+                )
+                faults = [("sshd crash", False), ("host lost", True)]
+                hit: list[str] = []
+                for label, whole_host in faults:
+                    victim = wait_until(
+                        lambda: next(
+                            (
+                                s
+                                for s in servers
+                                if s.address not in hit and running_on(sdk, s.address) >= 1
+                            ),
+                            None,
+                        ),
+                        timeout,
+                        f"a host running tasks ({label})",
+                    )
+                    hit.append(victim.address)
+                    key = "crash" if not whole_host else "lost"
+                    outcome.notes[f"{key}_running"] = running_on(sdk, victim.address)
+                    victim.kill()  # the listener and every session: the connection drops
+                    if whole_host:
+                        for pid, _ in processes_under(hosts / victim.address):
+                            try:
+                                os.kill(pid, signal.SIGKILL)
+                            except ProcessLookupError:
+                                pass
+                    time.sleep(down_seconds)
+                    victim.start()
+                wait_completed(sdk, len(accepted), timeout)
+                judge(outcome, sdk, accepted, ledger)
+                back = wait_until(
+                    lambda: (
+                        (
+                            states := Counter(
+                                str(getattr(n.state, "value", n.state))
+                                for n in sdk.list_nodes("pool")
+                            )
+                        )
+                        and sum(states[s] for s in ("idle", "running")) == 3
+                        and states
+                    ),
+                    timeout,
+                    "the 3 nodes back",
+                )
+                outcome.notes["nodes"] = ",".join(f"{k}:{v}" for k, v in sorted(back.items()))
+            finally:
+                sdk.close()
+        check_orphans_under(outcome, hosts)
+    except Exception as exc:  # noqa: BLE001 - any error fails this scenario, not the suite
+        outcome.fail(f"{type(exc).__name__}: {exc}")
+    finally:
+        server.kill()
+        servers.close()
+        for pid, _ in processes_under(hosts):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        outcome.seconds = time.monotonic() - start
+    return outcome
+
+
+def check_orphans_under(outcome: Outcome, root: Path) -> None:
+    """After the server stopped: nothing may still run under the hosts' roots."""
+    try:
+        wait_until(lambda: not processes_under(root), ORPHAN_GRACE_SECONDS, "host processes exit")
+    except FaultError:
+        pass
+    left = processes_under(root)
+    outcome.notes["orphans"] = len(left)
+    if left:
+        outcome.fail(f"{len(left)} processes left on the hosts after the shutdown: {left[:5]}")
+
+
 # -- the suite ---------------------------------------------------------------------------------
 
 
@@ -667,13 +872,15 @@ class Plan:
     twin_tasks: int = 60
     outage_tasks: int = 60
     outage_seconds: float = 10.0
+    ssh_tasks: int = 60
+    ssh_down_seconds: float = 5.0
     seed: int = 16
-    only: str = "abcde"
+    only: str = "abcdef"
     timeout: float = WAIT_SECONDS
 
 
-QUICK = {"rounds": 3, "tasks_per_round": 12, "agent_tasks": 24, "twin_tasks": 30}
-QUICK_OUTAGE = {"outage_tasks": 30, "outage_seconds": 4.0}
+QUICK = {"rounds": 3, "tasks_per_round": 12, "agent_tasks": 24, "twin_tasks": 30, "ssh_tasks": 30}
+QUICK_OUTAGE = {"outage_tasks": 30, "outage_seconds": 4.0, "ssh_down_seconds": 3.0}
 
 
 def run(plan: Plan, base: Path) -> list[Outcome]:
@@ -706,6 +913,16 @@ def run(plan: Plan, base: Path) -> list[Outcome]:
         one(
             "(e) two servers on one SQLite home, the lease holder killed",
             lambda: twin_failover(base, None, tasks=plan.twin_tasks, timeout=plan.timeout),
+        )
+    if "f" in plan.only:
+        one(
+            "(f) an SSH host's sshd killed mid-job, then a host lost whole",
+            lambda: ssh_host_loss(
+                base,
+                tasks=plan.ssh_tasks,
+                down_seconds=plan.ssh_down_seconds,
+                timeout=plan.timeout,
+            ),
         )
     if "c" in plan.only or "d" in plan.only:
         pg = PrivatePostgres()
@@ -740,19 +957,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--twin-tasks", type=int, default=None, help="(c) tasks")
     ap.add_argument("--outage-tasks", type=int, default=None, help="(d) tasks")
     ap.add_argument("--outage-seconds", type=float, default=None, help="(d) default 10")
-    ap.add_argument("--only", default="abcde", help="scenarios to run, e.g. 'ab'")
+    ap.add_argument("--ssh-tasks", type=int, default=None, help="(f) tasks")
+    ap.add_argument("--ssh-down-seconds", type=float, default=None, help="(f) default 5")
+    ap.add_argument("--only", default="abcdef", help="scenarios to run, e.g. 'ab'")
     ap.add_argument("--seed", type=int, default=16, help="kill moments (a)")
     ap.add_argument("--timeout", type=float, default=WAIT_SECONDS, help="bound of each wait")
     ap.add_argument("--quick", action="store_true", help="CI sizes: 3 rounds, a 4 s outage")
     args = ap.parse_args(argv)
-    if set(args.only) - set("abcde") or not args.only:
-        ap.error(f"--only takes letters of 'abcde', not {args.only!r}")
-    for name in ("rounds", "tasks_per_round", "agent_tasks", "twin_tasks", "outage_tasks"):
+    if set(args.only) - set("abcdef") or not args.only:
+        ap.error(f"--only takes letters of 'abcdef', not {args.only!r}")
+    for name in (
+        "rounds",
+        "tasks_per_round",
+        "agent_tasks",
+        "twin_tasks",
+        "outage_tasks",
+        "ssh_tasks",
+    ):
         value = getattr(args, name)
         if value is not None and not 1 <= value <= 10_000:
             ap.error(f"--{name.replace('_', '-')} must be between 1 and 10000, not {value}")
     if args.outage_seconds is not None and not 0 < args.outage_seconds <= 300:
         ap.error("--outage-seconds must be in (0, 300]")
+    if args.ssh_down_seconds is not None and not 0 < args.ssh_down_seconds <= 300:
+        ap.error("--ssh-down-seconds must be in (0, 300]")
     if not 1 <= args.timeout <= 3600:
         ap.error("--timeout must be between 1 and 3600 seconds")
     values: dict[str, Any] = {**QUICK, **QUICK_OUTAGE} if args.quick else {}
@@ -763,6 +991,8 @@ def main(argv: list[str] | None = None) -> int:
         "twin_tasks",
         "outage_tasks",
         "outage_seconds",
+        "ssh_tasks",
+        "ssh_down_seconds",
     ):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)

@@ -85,6 +85,13 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     ``<dir>/fileuploaderr.txt``; the ``exited`` event then carries ``upload_error`` (``null`` or
     an error with ``"phase": "upload"``). ``transfer_timeout_seconds`` bounds each request.
 
+    Disk full: when a process ends and the node root's free space is below
+    ``--disk-reserve-bytes`` (64 MiB by default), its own output is taken to have filled the
+    disk: its working directory is emptied, its stdout.txt and stderr.txt are cut to their first
+    MiB, no file is uploaded, and ``error`` is ``{"code": "DiskFull", "category": "usererror",
+    "phase": "run", "message", "values": {"FreeBytes", "FreeBytesAfterCleanup"}}`` (the exit
+    code is kept). The node keeps running tasks.
+
     Multi-instance tasks (optional ``instance``): ``"coordination"`` runs a coordination
     command: its output goes to ``<dir>/coordination-stdout.txt`` and
     ``<dir>/coordination-stderr.txt``, its ``downloads`` (the common resource files) land in
@@ -417,6 +424,8 @@ TRANSFER_ATTEMPTS = 3
 TRANSFER_TIMEOUT_SECONDS = 60.0
 DISK_RESERVE_BYTES = 64 << 20
 """Downloads never leave less than this free on the node's disk: the task fails, not the node."""
+DISK_FULL_KEEP_BYTES = 1 << 20
+"""What a ``DiskFull`` task keeps of its stdout.txt and stderr.txt (their first bytes)."""
 _CHUNK = 1 << 20
 
 
@@ -725,6 +734,23 @@ def _with_retries(action: Callable[[], None]) -> None:
             if not exc.retry or attempt == TRANSFER_ATTEMPTS - 1:
                 raise
             time.sleep(0.2 * 2**attempt)
+
+
+def _empty_dir(path: str) -> None:
+    """Remove everything in ``path`` (never following a link); what cannot go stays."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for name in names:
+        target = os.path.join(path, name)
+        try:
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                os.unlink(target)
+        except OSError:
+            pass
 
 
 def _free_bytes(path: str) -> int:
@@ -2927,7 +2953,10 @@ class Agent:
             "killed": run.killed,
             "error": None,
         }
-        if run.uploads and not run.killed:
+        full = self._disk_full(run)
+        if full is not None:
+            result["error"] = full
+        if run.uploads and not run.killed and full is None:
             # The result is recorded and reported once the output files are uploaded; the
             # "uploading" line tells a recovering agent to wait for it.
             self._write_record(run.key, {"uploading": True}, new=False)
@@ -2937,6 +2966,50 @@ class Agent:
             ).start()
             return
         self._end_run(run, result, None)
+
+    def _disk_full(self, run: _Run) -> dict[str, Any] | None:
+        """After a run: when the node's free space is below ``disk_reserve_bytes``, the run's
+        own output is what filled it. Its working directory is emptied (stdout.txt and
+        stderr.txt are kept, cut to their first :data:`DISK_FULL_KEEP_BYTES`) so the node can
+        run the next tasks, and the run fails with ``DiskFull``; None when there is room."""
+        try:
+            free = _free_bytes(self.root)
+        except OSError:
+            return None
+        if free >= self.disk_reserve_bytes:
+            return None
+        try:
+            task_dir = self._resolve(run.dir, "dir")
+        except _Invalid:
+            return None
+        _empty_dir(task_dir + "/wd")
+        for name in ("stdout.txt", "stderr.txt"):
+            try:
+                fd = os.open(f"{task_dir}/{name}", os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+            except OSError:
+                continue
+            try:
+                if os.fstat(fd).st_size > DISK_FULL_KEEP_BYTES:
+                    os.ftruncate(fd, DISK_FULL_KEEP_BYTES)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        try:
+            after = _free_bytes(self.root)
+        except OSError:
+            after = free
+        self._diag(f"{run.key}: the node's disk is full ({free} bytes free); {after} after cleanup")
+        return {
+            "code": "DiskFull",
+            "category": "usererror",
+            "phase": "run",
+            "message": (
+                f"The task's output filled the node's disk ({free} bytes free, less than the "
+                f"{self.disk_reserve_bytes} bytes kept free); its working directory was emptied"
+            ),
+            "values": {"FreeBytes": free, "FreeBytesAfterCleanup": after},
+        }
 
     def _end_run(
         self, run: _Run, result: dict[str, Any], upload_error: dict[str, Any] | None

@@ -42,7 +42,7 @@ from prefect_batch.api.errors import (
 )
 from prefect_batch.api.idempotency import arm
 from prefect_batch.api.odata import encode_token, select
-from prefect_batch.exceptions import BatchInvalidRequestError
+from prefect_batch.exceptions import BatchInvalidRequestError, invalid_property
 from prefect_batch.service import BatchService
 from prefect_batch.service.rows.common import etag
 
@@ -176,14 +176,44 @@ async def json_body(request: Request) -> Any:
     if not raw.strip():
         return None
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except RecursionError as exc:  # the parser gives up far deeper than MAX_JSON_DEPTH
         raise invalid_request_body(_TOO_DEEP) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid_request_body(f"not JSON: {exc}") from exc
     if _depth_over(body, MAX_JSON_DEPTH):
         raise invalid_request_body(_TOO_DEEP)
+    _check_numbers(body)
     return body
+
+
+def _no_constant(name: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (Python's parser accepts them)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_numbers(body: Any) -> None:
+    """Refuse a number no 64-bit integer holds, anywhere in the body, naming its property.
+
+    No property of the API takes one, and such a value cannot be stored (SQLite's integers are
+    64-bit: before, it was a 500 ``OverflowError``, or a value accepted into a stored spec that
+    failed later). Floats count too: ``1e300`` where an integer belongs would become one.
+    """
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            if not _INT64[0] <= item <= _INT64[1]:
+                raise invalid_property(
+                    where or "body", str(item)[:40], "outside the range of a 64-bit integer"
+                )
 
 
 def check_content_md5(header: str | None, raw: bytes) -> None:

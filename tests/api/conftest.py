@@ -10,15 +10,18 @@ in a thread. ``sdk`` is the official ``azure.batch.BatchClient`` signed with the
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from azure.batch import BatchClient as SdkClient
 from azure.core.credentials import AzureNamedKeyCredential
@@ -28,6 +31,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from prefect_batch.api import create_app
 from prefect_batch.client import build_engine
+from prefect_batch.core.sharedkey import authorization_header, http_date
 from prefect_batch.service.engine import Engine
 from prefect_batch.service.ops.accounts import Account, AccountOperations
 from prefect_batch.store import Store
@@ -35,6 +39,7 @@ from prefect_batch.testing import fast_settings
 from prefect_batch.testing.webapp import free_port, serve_app
 
 POSTGRES_ENV = "PREFECT_BATCH_TEST_POSTGRES_URL"
+API = {"api-version": "2025-06-01"}
 
 
 @contextmanager
@@ -157,3 +162,38 @@ def wait_for(predicate: Any, *, timeout: float = 60.0, interval: float = 0.1) ->
         if time.monotonic() > deadline:
             pytest.fail(f"condition not reached within {timeout} s (last: {value!r})")
         time.sleep(interval)
+
+
+def signed_send(
+    http: httpx.Client,
+    method: str,
+    path: str,
+    *,
+    account: str,
+    key: str,
+    params: dict[str, Any] | None = None,
+    body: Any = None,
+    date: datetime | None = None,
+    headers: dict[str, str] | None = None,
+    sign: bool = True,
+) -> httpx.Response:
+    """One request through ``http`` (a real server's client, or an in-process ``TestClient``)
+    signed with SharedKey like the SDK does (or not at all, with ``sign=False``). ``body``:
+    bytes as they are, anything else as JSON."""
+    hdrs = {"ocp-date": http_date(date or datetime.now(timezone.utc))}
+    hdrs.update(headers or {})
+    content = None
+    if body is not None:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        hdrs["content-type"] = "application/json; odata=minimalmetadata"
+    request = http.build_request(
+        method, path, params={**API, **(params or {})}, content=content, headers=hdrs
+    )
+    if method not in ("GET", "HEAD") and "content-length" not in request.headers:
+        request.headers["content-length"] = "0"
+    if sign:
+        raw_path, _, query = request.url.raw_path.decode().partition("?")
+        request.headers["Authorization"] = authorization_header(
+            method, raw_path, query, list(request.headers.items()), account, key
+        )
+    return http.send(request)

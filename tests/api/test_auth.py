@@ -5,7 +5,6 @@ with which Azure body; accounts kept apart; and the signature identical to the S
 from __future__ import annotations
 
 import base64
-import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -19,9 +18,7 @@ from azure.core.rest import HttpRequest
 from prefect_batch.api.auth import KeyRing
 from prefect_batch.core.sharedkey import authorization_header, http_date, new_key
 from prefect_batch.service.ops.accounts import AccountOperations
-from tests.api.conftest import Server
-
-API = {"api-version": "2025-06-01"}
+from tests.api.conftest import API, Server, signed_send
 
 
 def now_date() -> str:
@@ -36,34 +33,19 @@ def send(
     *,
     account: str | None = None,
     key: str | None = None,
-    params: dict[str, Any] | None = None,
-    body: Any = None,
-    date: datetime | None = None,
-    headers: dict[str, str] | None = None,
-    sign: bool = True,
     timeout: float | httpx.Timeout = 30,
+    **options: Any,
 ) -> httpx.Response:
-    """One request signed like the SDK does (or not at all, with ``sign=False``)."""
-    account = account or server.account.name
-    key = key or server.account.primary
-    hdrs = {"ocp-date": http_date(date or datetime.now(timezone.utc))}
-    hdrs.update(headers or {})
-    content = None
-    if body is not None:
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        hdrs["content-type"] = "application/json; odata=minimalmetadata"
+    """One request to the server signed like the SDK does (or not at all, with ``sign=False``)."""
     with httpx.Client(base_url=server.url, timeout=timeout) as http:
-        request = http.build_request(
-            method, path, params={**API, **(params or {})}, content=content, headers=hdrs
+        return signed_send(
+            http,
+            method,
+            path,
+            account=account or server.account.name,
+            key=key or server.account.primary,
+            **options,
         )
-        if method not in ("GET", "HEAD") and "content-length" not in request.headers:
-            request.headers["content-length"] = "0"
-        if sign:
-            raw_path, _, query = request.url.raw_path.decode().partition("?")
-            request.headers["Authorization"] = authorization_header(
-                method, raw_path, query, list(request.headers.items()), account, key
-            )
-        return http.send(request)
 
 
 def error(response: httpx.Response) -> tuple[str, dict[str, str]]:
