@@ -85,12 +85,13 @@ Layout under ``--root`` (the ``AZ_BATCH_NODE_ROOT_DIR``)::
     ``<dir>/fileuploaderr.txt``; the ``exited`` event then carries ``upload_error`` (``null`` or
     an error with ``"phase": "upload"``). ``transfer_timeout_seconds`` bounds each request.
 
-    Disk full: when a process ends and the node root's free space is below
-    ``--disk-reserve-bytes`` (64 MiB by default), its own output is taken to have filled the
-    disk: its working directory is emptied, its stdout.txt and stderr.txt are cut to their first
-    MiB, no file is uploaded, and ``error`` is ``{"code": "DiskFull", "category": "usererror",
-    "phase": "run", "message", "values": {"FreeBytes", "FreeBytesAfterCleanup"}}`` (the exit
-    code is kept). The node keeps running tasks.
+    Disk full: when a process ends, the node root's free space is below
+    ``--disk-reserve-bytes`` (64 MiB by default) and the run's own directory holds what is
+    missing (its size plus the free space reaches the reserve), its output is taken to have
+    filled the disk: its working directory is emptied, its stdout.txt and stderr.txt are cut
+    to their first MiB, no file is uploaded, and ``error`` is ``{"code": "DiskFull",
+    "category": "usererror", "phase": "run", "message", "values": {"FreeBytes",
+    "FreeBytesAfterCleanup"}}`` (the exit code is kept). The node keeps running tasks.
 
     Multi-instance tasks (optional ``instance``): ``"coordination"`` runs a coordination
     command: its output goes to ``<dir>/coordination-stdout.txt`` and
@@ -751,6 +752,27 @@ def _empty_dir(path: str) -> None:
                 os.unlink(target)
         except OSError:
             pass
+
+
+def _tree_bytes(path: str, limit: int = 100_000) -> int:
+    """Disk space the tree at ``path`` takes (allocated blocks), never following a link; counts
+    at most ``limit`` entries (what lies beyond is not counted)."""
+    total, seen, stack = 0, 0, [path]
+    while stack and seen < limit:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    seen += 1
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return total
 
 
 def _free_bytes(path: str) -> int:
@@ -2968,10 +2990,12 @@ class Agent:
         self._end_run(run, result, None)
 
     def _disk_full(self, run: _Run) -> dict[str, Any] | None:
-        """After a run: when the node's free space is below ``disk_reserve_bytes``, the run's
-        own output is what filled it. Its working directory is emptied (stdout.txt and
-        stderr.txt are kept, cut to their first :data:`DISK_FULL_KEEP_BYTES`) so the node can
-        run the next tasks, and the run fails with ``DiskFull``; None when there is room."""
+        """After a run: when the node's free space is below ``disk_reserve_bytes`` and the run's
+        own directory holds what is missing (its size plus the free space reaches the
+        reserve), its output is what filled the disk. Its working directory is emptied
+        (stdout.txt and stderr.txt are kept, cut to their first :data:`DISK_FULL_KEEP_BYTES`)
+        so the node can run the next tasks, and the run fails with ``DiskFull``; None when
+        there is room or the space went elsewhere."""
         try:
             free = _free_bytes(self.root)
         except OSError:
@@ -2981,6 +3005,10 @@ class Agent:
         try:
             task_dir = self._resolve(run.dir, "dir")
         except _Invalid:
+            return None
+        if free + _tree_bytes(task_dir) < self.disk_reserve_bytes:
+            # What this run holds would not give the reserve back: the space went elsewhere
+            # (another task still writing, files outside the tasks). Its result stands.
             return None
         _empty_dir(task_dir + "/wd")
         for name in ("stdout.txt", "stderr.txt"):

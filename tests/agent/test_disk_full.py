@@ -94,6 +94,25 @@ def test_a_task_leaving_less_than_the_reserve_fails_with_disk_full(
     _fill_then_run_next(agent, root, 128 * MiB)
 
 
+def test_a_task_that_did_not_fill_the_disk_keeps_its_result_and_files(
+    start_agent: Callable[..., AgentDriver], small_disk: Path
+) -> None:
+    """The disk is full of something else (another task, a file outside the tasks): a small
+    task ending now is not blamed, its files stay, and its result stands."""
+    root = small_disk / "node"
+    root.mkdir()
+    agent = start_agent(LocalNodeSource(agent_args=["--disk-reserve-bytes", str(4 * MiB)]), root)
+    hog = root / "shared" / "hog.bin"
+    with hog.open("wb") as f:  # leaves about 1 MiB free of 32: below the reserve
+        f.write(b"\0" * (31 * MiB))
+    exited = agent.run_and_wait("small", [SH, "-c", "echo kept > kept.txt; echo done"])
+    assert (exited["exit_code"], exited["error"]) == (0, None), exited
+    assert (root / "job" / "small" / "wd" / "kept.txt").read_text() == "kept\n"
+    # Once the hog is gone, a task that fills the disk itself is still blamed.
+    hog.unlink()
+    _fill_then_run_next(agent, root, 64 * MiB)
+
+
 def test_a_task_that_leaves_the_disk_free_is_not_touched(agent: AgentDriver, root: Path) -> None:
     exited = agent.run_and_wait("small", [SH, "-c", "echo kept > kept.txt"])
     assert (exited["exit_code"], exited["error"]) == (0, None)
