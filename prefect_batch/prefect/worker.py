@@ -45,9 +45,10 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterState,
     FlowRunFilterStateType,
-    FlowRunFilterWorkQueueName,
     WorkPoolFilter,
     WorkPoolFilterName,
+    WorkQueueFilter,
+    WorkQueueFilterName,
 )
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
@@ -80,7 +81,7 @@ ADOPT_STATES = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING)
 ADOPT_PAGE = 200
 """Flow runs read per request of an adoption pass."""
 ADOPT_MAX_RUNS = 1000
-"""Flow runs one adoption pass looks at, at most (the rest wait for the next pass)."""
+"""Flow runs one adoption pass looks at, at most (the next pass goes on from there)."""
 
 
 def split_infrastructure_pid(infrastructure_pid: str | None) -> tuple[str, str, str] | None:
@@ -260,6 +261,7 @@ class BatchWorker(BaseWorker[BatchJobConfiguration, BatchVariables, BatchWorkerR
         self._lock = threading.Lock()
         self.observer = BatchTaskObserver(self, adopt=self.adopt_flow_runs)
         self._not_adopted: set[UUID] = set()
+        self._adopt_offset = 0
 
     async def __aenter__(self) -> BatchWorker:
         await super().__aenter__()
@@ -442,20 +444,29 @@ class BatchWorker(BaseWorker[BatchJobConfiguration, BatchVariables, BatchWorkerR
         flow_run_filter = FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(ADOPT_STATES)))
         )
-        if self._work_queues:
-            flow_run_filter.work_queue_name = FlowRunFilterWorkQueueName(
-                any_=sorted(self._work_queues)
-            )
+        # By the run's queue (its work_queue_id), as the worker's own polling selects runs:
+        # the run's work_queue_name column can be empty.
+        queue_filter = (
+            WorkQueueFilter(name=WorkQueueFilterName(any_=sorted(self._work_queues)))
+            if self._work_queues
+            else None
+        )
         pool_filter = WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name]))
         adopted: list[UUID] = []
         seen: set[UUID] = set()
-        offset = 0
-        while offset < ADOPT_MAX_RUNS:
+        # A pass starts where the previous one stopped, so a backlog above ADOPT_MAX_RUNS is
+        # covered over several passes (runs that end meanwhile shift the offsets: a run missed
+        # that way is seen in the next round).
+        start = offset = self._adopt_offset
+        at_end = False
+        while offset - start < ADOPT_MAX_RUNS:
+            limit = min(ADOPT_PAGE, ADOPT_MAX_RUNS - (offset - start))
             page = await self.client.read_flow_runs(
                 flow_run_filter=flow_run_filter,
                 work_pool_filter=pool_filter,
+                work_queue_filter=queue_filter,
                 sort=FlowRunSort.ID_DESC,
-                limit=min(ADOPT_PAGE, ADOPT_MAX_RUNS - offset),
+                limit=limit,
                 offset=offset,
             )
             for flow_run in page:
@@ -474,10 +485,12 @@ class BatchWorker(BaseWorker[BatchJobConfiguration, BatchVariables, BatchWorkerR
                     "worker %s adopted batch task %s", self.name, watched.infrastructure_pid
                 )
             offset += len(page)
-            if len(page) < ADOPT_PAGE:
+            if len(page) < limit:
+                at_end = True
                 break
-        # Forget the runs that left those states (the set stays as small as the pool's backlog).
-        if offset < ADOPT_MAX_RUNS:
+        self._adopt_offset = 0 if at_end else offset
+        if at_end and start == 0:
+            # Forget the runs that left those states: the set stays as small as the backlog.
             self._not_adopted &= seen
         return adopted
 

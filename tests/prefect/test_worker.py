@@ -762,3 +762,85 @@ def test_a_second_crashed_or_cancelled_proposal_leaves_the_final_state(harness: 
     assert [(s.name, s.message) for s in crashed_states[1:]] == [("Crashed", "report 0")]
     assert [s.name for s in cancelled_states] == ["Running", "Cancelling", "Cancelled"]
     assert cancelled_states[-1].message == "cancel 0"
+
+
+def test_adoption_pages_through_its_queues_and_skips_runs_not_its_own(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounded passes cover the backlog; other queues, accounts and services are left alone."""
+    import anyio
+    from prefect.client.orchestration import PrefectClient
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Running
+
+    from prefect_batch.prefect import worker as worker_module
+    from prefect_batch.prefect.worker import BatchWorker
+
+    pool, job_id = "batch-adopt-paging", "adopt-paging"
+    harness.cli(*PREFECT, "work-pool", "create", pool, "--type", "batch")
+    harness.batch.create_job({"id": job_id, "poolInfo": {"poolId": "empty"}})
+    kinds = ["good"] * 4 + ["elsewhere", "no task", "no pid", "other queue"]
+    runs: dict[Any, str] = {}
+    with harness.server.client() as client:
+        client.create_work_queue(name="side", work_pool_name=pool)
+        for kind in kinds:
+            run_id = harness.run("hello", work_pool=pool, pool_id="empty")
+            if kind == "other queue":
+                deployment_id = harness.flow_run(run_id).deployment_id
+                client.delete_flow_run(run_id)
+                run_id = client.create_flow_run_from_deployment(
+                    deployment_id, work_queue_name="side"
+                ).id
+            runs[run_id] = kind
+            if kind != "no task":
+                harness.batch.create_task(job_id, {"id": str(run_id), "commandLine": "true"})
+            if kind != "no pid":
+                account = "elsewhere" if kind == "elsewhere" else "local"
+                client.update_flow_run(run_id, infrastructure_pid=f"{account}/{job_id}/{run_id}")
+            client.set_flow_run_state(run_id, Running(), force=True)
+    good = {run_id for run_id, kind in runs.items() if kind in ("good", "other queue")}
+    monkeypatch.setattr(worker_module, "ADOPT_PAGE", 2)
+    monkeypatch.setattr(worker_module, "ADOPT_MAX_RUNS", 3)
+
+    async def main(worker: BatchWorker) -> list[list[Any] | None]:
+        async with PrefectClient(harness.server.url) as client:
+            worker._client = client
+            passes: list[list[Any] | None] = [await worker.adopt_flow_runs()]  # not synced
+            worker._work_pool = await client.read_work_pool(pool)
+            for _ in range(4):
+                passes.append(await worker.adopt_flow_runs())
+            return passes
+
+    with temporary_settings({PREFECT_API_URL: harness.server.url}):
+        # One worker polls the default queue only, one the whole pool.
+        queue_worker = BatchWorker(work_pool_name=pool, work_queues=["default"])
+        pool_worker = BatchWorker(work_pool_name=pool)
+        for worker in (queue_worker, pool_worker):
+            monkeypatch.setattr(worker, "batch_client", lambda account: harness.batch)
+        queued_passes = anyio.run(main, queue_worker)
+        pool_passes = anyio.run(main, pool_worker)
+        APILogWorker.drain_all(timeout=10)
+    try:
+        # Seven runs in the default queue, three per pass: the third pass reaches the end and
+        # the fourth starts over, finding nothing new; nothing is adopted twice.
+        assert queued_passes[0] is None
+        adopted = [run_id for found in queued_passes[1:] for run_id in found]
+        assert sorted(map(str, adopted)) == sorted(
+            str(r) for r, kind in runs.items() if kind == "good"
+        )
+        assert queued_passes[4] == []
+        assert set(queue_worker.observer.watching()) == set(adopted)
+        watched = queue_worker.observer._watched[adopted[0]]
+        assert (watched.account, watched.job_id, watched.mode, watched.pool_id) == (
+            "local",
+            job_id,
+            "task",
+            "empty",
+        )
+        assert {runs[r] for r in queue_worker._not_adopted} == {"elsewhere", "no task"}
+        assert set(pool_worker.observer.watching()) == good
+        assert pool_passes[4] == []
+        harness.wait_logs(adopted[0], f"worker {queue_worker.name} adopted batch task local/")
+    finally:
+        harness.batch.terminate_job(job_id)
