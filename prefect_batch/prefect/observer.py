@@ -170,10 +170,7 @@ class BatchTaskObserver:
     async def run(self) -> None:
         """The loop (started by the worker in its task group); ends when the worker stops."""
         while not self._stopped.is_set():
-            try:
-                await self._adopt_if_due()
-            except Exception:  # a failed pass is retried at the next one
-                log.exception("batch task observer: adopting flow runs failed")
+            await self._adopt_if_due()
             with anyio.move_on_after(self.interval):
                 await self._stopped.wait()
             if self._stopped.is_set():
@@ -187,8 +184,12 @@ class BatchTaskObserver:
     async def _adopt_if_due(self) -> None:
         if self.adopt is None or self._looks < self._next_adoption:
             return
-        if await self.adopt() is not None:
-            self._next_adoption = self._looks + self.adopt_every
+        try:
+            if await self.adopt() is None:
+                return  # not synced yet: called again at the next look
+        except Exception:  # a failed pass is tried again at the next pass, not every look
+            log.exception("batch task observer: adopting flow runs failed")
+        self._next_adoption = self._looks + self.adopt_every
 
     async def check_once(self) -> None:
         for flow_run_id, w in list(self._watched.items()):
