@@ -16,20 +16,42 @@ the observer proposes ``InfrastructurePending`` once, with a message naming the 
 so the UI tells a queued run from a submitted one. It never proposes it for a run past Pending (a
 requeued task of a Running run is active too), and the server refuses Running -> Pending anyway
 should the task start between the look and the proposal.
+
+The watch list starts with more than this worker's own submissions: on its first look once the
+worker has synced with the API, and every ``adopt_every`` looks after it, the observer calls
+the worker's ``adopt`` hook (:meth:`~prefect_batch.prefect.worker.BatchWorker.adopt_flow_runs`),
+which adds the non-final flow runs of the work pool that a predecessor submitted (a worker
+killed or restarted while their tasks were queued or running). Two workers may therefore watch
+one run, and both proposals are safe to race:
+
+- Crashed goes through Prefect's orchestration (``BaseWorker._propose_crashed_state``, never
+  forced): the server aborts a Crashed proposal for a run that is already final ("Run is already
+  in terminal state"), which that method swallows, and rejects it for a Cancelling run (only
+  Cancelled may follow Cancelling), so the second proposal changes nothing.
+- Cancelled is proposed unforced too (Prefect's ``_mark_flow_run_as_cancelled`` forces, which
+  would overwrite any state), with a ``transition_id`` derived from the Cancelling state's id:
+  the server rejects a second proposal carrying the transition id of the run's current state,
+  so two workers that saw the same Cancelling state write one Cancelled state between them.
+  From Cancelling, an unforced proposal can only reach Cancelled, so the worst a race with the
+  node's supervisor (which cancels a running run itself) can leave is a second Cancelled.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx
+from prefect.client.schemas import OrchestrationResult, SetStateStatus
 from prefect.exceptions import Abort
-from prefect.states import InfrastructurePending
+from prefect.states import Cancelled, InfrastructurePending, to_state_create
 from prefect.utilities.engine import propose_state
 
-from prefect_batch.exceptions import BatchNotFoundError, PrefectBatchError
+from prefect_batch.exceptions import BatchConflictError, BatchNotFoundError, PrefectBatchError
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -45,6 +67,12 @@ WAITING_STATE_NAME = "InfrastructurePending"
 
 TAIL_BYTES = 4000
 """How much of stdout.txt and stderr.txt a Crashed flow run gets in its logs."""
+
+ADOPT_EVERY = 15
+"""Looks between two adoption passes (30 s at the default interval)."""
+
+_CANCELLED_NAMESPACE = uuid.UUID("7d0c7f4e-1b4a-4c1e-9a55-3f0e2b6c8d21")
+"""Namespace of the Cancelled proposals' transition ids (one per Cancelling state)."""
 
 
 @dataclass
@@ -99,13 +127,33 @@ def crash_report(w: Watched, task: Any) -> tuple[str, str]:
 
 
 class BatchTaskObserver:
-    """Polls the batch tasks of one worker's flow runs; proposes Crashed when one died."""
+    """Polls the batch tasks of one worker's flow runs; proposes Crashed when one died.
 
-    def __init__(self, worker: Any, interval: float = 2.0) -> None:
+    Args:
+        worker: The worker (its Prefect client, flow-run logger and state proposals).
+        interval: Seconds between looks.
+        adopt: Called on the first look and every ``adopt_every`` looks after a pass that ran;
+            it adds runs to the watch list, and returns None when it could not run yet (the
+            worker has not synced with the API), so the next look calls it again.
+        adopt_every: Looks between two adoption passes.
+    """
+
+    def __init__(
+        self,
+        worker: Any,
+        interval: float = 2.0,
+        *,
+        adopt: Callable[[], Awaitable[list[UUID] | None]] | None = None,
+        adopt_every: int = ADOPT_EVERY,
+    ) -> None:
         self.worker = worker
         self.interval = interval
+        self.adopt = adopt
+        self.adopt_every = max(1, adopt_every)
         self._watched: dict[UUID, Watched] = {}
         self._stopped = anyio.Event()
+        self._looks = 0
+        self._next_adoption = 0
 
     def watch(self, flow_run_id: UUID, watched: Watched) -> None:
         self._watched[flow_run_id] = watched
@@ -113,20 +161,35 @@ class BatchTaskObserver:
     def watching(self) -> list[UUID]:
         return list(self._watched)
 
+    def is_watching(self, flow_run_id: UUID) -> bool:
+        return flow_run_id in self._watched
+
     def stop(self) -> None:
         self._stopped.set()
 
     async def run(self) -> None:
         """The loop (started by the worker in its task group); ends when the worker stops."""
         while not self._stopped.is_set():
+            await self._adopt_if_due()
             with anyio.move_on_after(self.interval):
                 await self._stopped.wait()
             if self._stopped.is_set():
                 return
+            self._looks += 1
             try:
                 await self.check_once()
             except Exception:  # one bad look must not end the worker's observing
                 log.exception("batch task observer: a poll failed")
+
+    async def _adopt_if_due(self) -> None:
+        if self.adopt is None or self._looks < self._next_adoption:
+            return
+        try:
+            if await self.adopt() is None:
+                return  # not synced yet: called again at the next look
+        except Exception:  # a failed pass is tried again at the next pass, not every look
+            log.exception("batch task observer: adopting flow runs failed")
+        self._next_adoption = self._looks + self.adopt_every
 
     async def check_once(self) -> None:
         for flow_run_id, w in list(self._watched.items()):
@@ -151,6 +214,13 @@ class BatchTaskObserver:
             if w.ended_looks < 2:
                 continue
             self._watched.pop(flow_run_id, None)
+            if state.is_cancelling():
+                # The task ended while the run was being cancelled (its supervisor killed
+                # before it wrote Cancelled): Crashed cannot follow Cancelling, Cancelled can.
+                await self._propose_cancelled(
+                    flow_run, f"batch task {w.infrastructure_pid} ended while cancelling"
+                )
+                continue
             if task is None:
                 message = f"batch task {w.infrastructure_pid} was deleted"
                 text = message
@@ -178,6 +248,38 @@ class BatchTaskObserver:
             return
         self.worker.get_flow_run_logger(flow_run).info(message)
 
+    async def _propose_cancelled(self, flow_run: Any, message: str) -> bool:
+        """Propose Cancelled for a Cancelling run, safe to race with another worker.
+
+        Unforced, with a transition id that is a function of the Cancelling state seen: the
+        server's ``PreventDuplicateTransitions`` rejects a proposal carrying the transition id
+        of the run's current state, so a second worker proposing it after the first changes
+        nothing. (``PrefectClient.set_flow_run_state`` stamps a random transition id on every
+        proposal, so the request is posted here with this one.) Returns whether this proposal
+        was accepted.
+        """
+        client = self.worker.client
+        transition_id = uuid.uuid5(_CANCELLED_NAMESPACE, f"{flow_run.id}/{flow_run.state.id}")
+        state = to_state_create(Cancelled(message=message))
+        state.state_details.flow_run_id = flow_run.id
+        state.state_details.transition_id = transition_id
+        try:
+            response = await client.request(
+                "POST",
+                "/flow_runs/{id}/set_state",
+                path_params={"id": flow_run.id},
+                json={
+                    "state": state.model_dump(mode="json", serialize_as_any=True),
+                    "force": False,
+                },
+            )
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 404:  # the run was deleted
+                return False
+            raise
+        result = OrchestrationResult.model_validate(response.json())
+        return result.status == SetStateStatus.ACCEPT
+
     async def _cancel_if_cancelling(self, flow_run: Any, w: Watched) -> bool:
         """A run cancelled while its task is still queued: nobody runs it, so end it here.
 
@@ -193,16 +295,13 @@ class BatchTaskObserver:
                 await anyio.to_thread.run_sync(w.client.terminate_job, w.job_id)
             else:
                 await anyio.to_thread.run_sync(w.client.terminate_task, w.job_id, w.task_id)
-        except BatchNotFoundError:
-            pass
+        except (BatchNotFoundError, BatchConflictError):
+            pass  # gone, or already ended (another worker watching the run terminated it)
         self._watched.pop(flow_run_id, None)
-        await self.worker._mark_flow_run_as_cancelled(
-            flow_run,
-            state_updates={
-                "message": f"cancelled while queued as batch task {w.infrastructure_pid}"
-            },
-        )
-        self.worker.get_flow_run_logger(flow_run).info(
-            "terminated queued batch task %s", w.infrastructure_pid
-        )
+        if await self._propose_cancelled(
+            flow_run, f"cancelled while queued as batch task {w.infrastructure_pid}"
+        ):
+            self.worker.get_flow_run_logger(flow_run).info(
+                "terminated queued batch task %s", w.infrastructure_pid
+            )
         return True

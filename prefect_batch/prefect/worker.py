@@ -16,10 +16,24 @@ clear: they travel as sealed ``PREFECT_BATCH_SECRET_*`` settings (``service/rows
 only the node's process sees them. ``run()`` returns once the task is added; one
 :class:`~prefect_batch.prefect.observer.BatchTaskObserver` per worker reports tasks that ended
 without the flow run reaching a final state as Crashed.
+
+A worker also adopts the runs its predecessor submitted (:meth:`BatchWorker.adopt_flow_runs`,
+called by the observer once the worker has synced with the API and every ``ADOPT_EVERY`` looks
+after): the flow runs of its work pool (of its work queues, if it was started with some) that
+are Pending, Running or Cancelling and whose ``infrastructure_pid`` names a batch task of this
+kind (``<account>/<job>/<flow-run-id>``). Each one's job configuration is rebuilt the way
+Prefect's ``BaseWorker._cancel_run`` rebuilds it (``resolve_for_flow_run`` over a copy of the
+work pool), and the run is watched through that configuration's batch client, in its mode. A run
+is left alone (debug log) when its account is not that client's, or when its task is not in
+that client's service (another machine's embedded service: every embedded account is named
+``local``); a killed or restarted worker's runs thus still end Crashed or Cancelled. Without
+it, a queued run's task of an embedded service would not even be dispatched until the next
+submission starts the engine. One pass pages through at most ``ADOPT_MAX_RUNS`` runs.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
 import threading
@@ -27,6 +41,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.abc
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+    WorkQueueFilter,
+    WorkQueueFilterName,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import InfrastructureNotAvailable, InfrastructureNotFound
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field, PrivateAttr
@@ -50,6 +75,23 @@ SECRET_VARIABLES = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
 """Delivered sealed (``PREFECT_BATCH_SECRET_<NAME>``), never as plain environment settings."""
 SECRET_PREFIX = "PREFECT_BATCH_SECRET_"
 _NOT_ID = re.compile(r"[^A-Za-z0-9_-]+")
+
+ADOPT_STATES = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING)
+"""States of the flow runs a worker adopts: those whose batch task may still end unobserved."""
+ADOPT_PAGE = 200
+"""Flow runs read per request of an adoption pass."""
+ADOPT_MAX_RUNS = 1000
+"""Flow runs one adoption pass looks at, at most (the next pass goes on from there)."""
+
+
+def split_infrastructure_pid(infrastructure_pid: str | None) -> tuple[str, str, str] | None:
+    """``(account, job_id, task_id)`` of a batch worker's ``infrastructure_pid``, else None."""
+    parts = (infrastructure_pid or "").split("/")
+    if len(parts) != 3 or not all(parts) or any(_NOT_ID.search(p) for p in parts[1:]):
+        return None
+    account, job_id, task_id = parts
+    return account, job_id, task_id
+
 
 RUN_ONCE = """\
 import sys
@@ -217,7 +259,9 @@ class BatchWorker(BaseWorker[BatchJobConfiguration, BatchVariables, BatchWorkerR
         self._batch_clients: dict[tuple[Any, ...], BatchClient] = {}
         self._ensured: set[tuple[Any, ...]] = set()
         self._lock = threading.Lock()
-        self.observer = BatchTaskObserver(self)
+        self.observer = BatchTaskObserver(self, adopt=self.adopt_flow_runs)
+        self._not_adopted: set[UUID] = set()
+        self._adopt_offset = 0
 
     async def __aenter__(self) -> BatchWorker:
         await super().__aenter__()
@@ -361,10 +405,10 @@ class BatchWorker(BaseWorker[BatchJobConfiguration, BatchVariables, BatchWorkerR
         grace_seconds: int = 30,
     ) -> None:
         """Terminate the flow run's batch task (its job in ``jobmanager`` mode)."""
-        account, _, rest = infrastructure_pid.partition("/")
-        job_id, _, task_id = rest.partition("/")
-        if not job_id or not task_id:
+        parsed = split_infrastructure_pid(infrastructure_pid)
+        if parsed is None:
             raise InfrastructureNotFound(f"not a batch task: {infrastructure_pid!r}")
+        account, job_id, task_id = parsed
         client = await anyio.to_thread.run_sync(self.batch_client, configuration.account)
         if client.account_name != account:
             raise InfrastructureNotAvailable(
@@ -385,3 +429,112 @@ class BatchWorker(BaseWorker[BatchJobConfiguration, BatchVariables, BatchWorkerR
                 client.terminate_task(job_id, task_id)
 
         await anyio.to_thread.run_sync(terminate)
+
+    # -- adoption ------------------------------------------------------------------------------
+
+    async def adopt_flow_runs(self) -> list[UUID] | None:
+        """Watch the unfinished flow runs of this work pool that an earlier worker submitted.
+
+        Returns the ids adopted by this pass, or None when the worker has not synced with the
+        API yet (no work pool to read the runs or rebuild their configuration from). Runs
+        already watched, and runs found not adoptable by an earlier pass, are passed over.
+        """
+        if self._work_pool is None:
+            return None
+        flow_run_filter = FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(ADOPT_STATES)))
+        )
+        # By the run's queue (its work_queue_id), as the worker's own polling selects runs:
+        # the run's work_queue_name column can be empty.
+        queue_filter = (
+            WorkQueueFilter(name=WorkQueueFilterName(any_=sorted(self._work_queues)))
+            if self._work_queues
+            else None
+        )
+        pool_filter = WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name]))
+        adopted: list[UUID] = []
+        seen: set[UUID] = set()
+        # A pass starts where the previous one stopped, so a backlog above ADOPT_MAX_RUNS is
+        # covered over several passes (runs that end meanwhile shift the offsets: a run missed
+        # that way is seen in the next round).
+        start = offset = self._adopt_offset
+        at_end = False
+        while offset - start < ADOPT_MAX_RUNS:
+            limit = min(ADOPT_PAGE, ADOPT_MAX_RUNS - (offset - start))
+            page = await self.client.read_flow_runs(
+                flow_run_filter=flow_run_filter,
+                work_pool_filter=pool_filter,
+                work_queue_filter=queue_filter,
+                sort=FlowRunSort.ID_DESC,
+                limit=limit,
+                offset=offset,
+            )
+            for flow_run in page:
+                seen.add(flow_run.id)
+                if self.observer.is_watching(flow_run.id) or flow_run.id in self._not_adopted:
+                    continue
+                if not flow_run.infrastructure_pid:
+                    continue  # not submitted yet (or being submitted): a later pass sees it
+                watched = await self._watched_for(flow_run)
+                if watched is None:
+                    self._not_adopted.add(flow_run.id)
+                    continue
+                self.observer.watch(flow_run.id, watched)
+                adopted.append(flow_run.id)
+                self.get_flow_run_logger(flow_run).info(
+                    "worker %s adopted batch task %s", self.name, watched.infrastructure_pid
+                )
+            offset += len(page)
+            if len(page) < limit:
+                at_end = True
+                break
+        self._adopt_offset = 0 if at_end else offset
+        if at_end and start == 0:
+            # Forget the runs that left those states: the set stays as small as the backlog.
+            self._not_adopted &= seen
+        return adopted
+
+    async def _watched_for(self, flow_run: FlowRun) -> Watched | None:
+        """Where a run's batch task is, through its rebuilt configuration; None: not ours."""
+        parsed = split_infrastructure_pid(flow_run.infrastructure_pid)
+        if parsed is None or parsed[2].casefold() != str(flow_run.id).casefold():
+            return None  # not a batch task of this kind
+        account, job_id, task_id = parsed
+        try:
+            configuration = await self.job_configuration.resolve_for_flow_run(
+                flow_run,
+                client=self.client,
+                work_pool=copy.deepcopy(self.work_pool),
+                worker_name=self.name,
+                worker_id=self.backend_id,
+            )
+        except Exception as exc:  # a deleted deployment or block: nothing to reach it with
+            self._logger.warning(
+                "flow run %s (batch task %s) not adopted: its configuration cannot be rebuilt: %s",
+                flow_run.id,
+                flow_run.infrastructure_pid,
+                exc,
+            )
+            return None
+        client = await anyio.to_thread.run_sync(self.batch_client, configuration.account)
+        if client.account_name != account:
+            self._logger.debug(
+                "flow run %s not adopted: batch task %s is in account %r, its configuration "
+                "uses %r",
+                flow_run.id,
+                flow_run.infrastructure_pid,
+                account,
+                client.account_name,
+            )
+            return None
+        try:
+            await anyio.to_thread.run_sync(client.get_task, job_id, task_id)
+        except BatchNotFoundError:
+            self._logger.debug(
+                "flow run %s not adopted: no batch task %s in this worker's service",
+                flow_run.id,
+                flow_run.infrastructure_pid,
+            )
+            return None
+        pool_id = configuration.pool.pool_id if configuration.pool else configuration.pool_id
+        return Watched(client, account, job_id, task_id, configuration.mode, pool_id=pool_id or "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -63,6 +64,16 @@ def sleepy(marker: str, seconds: float = 4.0, rerun_seconds: float | None = None
         f.write(os.environ.get("AZ_BATCH_NODE_ID", "?") + "\\n")
     time.sleep(rerun_seconds if rerun and rerun_seconds is not None else seconds)
     return "slept"
+
+
+@flow
+def doomed(marker: str):
+    # Says where it runs (its pid, and its parent's: the batch task's process, the leader of
+    # the task's process group), then outlives any test.
+    with open(marker + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {os.getppid()}")
+    os.rename(marker + ".tmp", marker)
+    time.sleep(600)
 
 
 @flow(log_prints=True)
@@ -129,43 +140,66 @@ class Harness:
         assert done.returncode == 0, f"{args}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
-    def start_worker(self) -> None:
+    def spawn_worker(
+        self, pool: str = WORK_POOL, name: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A ``prefect worker start --type batch`` process (its own process group), logging to
+        ``<name or worker>.log`` under the module's root."""
         worker_env = {
             **self.env,
             "PREFECT_API_KEY": API_KEY,
             "PREFECT_API_AUTH_STRING": AUTH_STRING,
         }
-        self.worker_log = (self.root / "worker.log").open("wb")
-        self.worker = subprocess.Popen(
-            [*PREFECT, "worker", "start", "--pool", WORK_POOL, "--type", "batch"],
-            env=worker_env,
-            cwd=self.root,
-            stdout=self.worker_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        named = ["--name", name] if name else []
+        log = (self.root / f"{name or 'worker'}.log").open("wb")
+        try:
+            return subprocess.Popen(
+                [*PREFECT, "worker", "start", "--pool", pool, "--type", "batch", *named],
+                env=worker_env,
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()  # the worker has its own copy of the descriptor
+
+    def start_worker(self) -> None:
+        self.worker = self.spawn_worker()
+
+    @staticmethod
+    def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+        if worker.poll() is None:
+            os.killpg(worker.pid, 15)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, 9)
+                worker.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.worker is not None and self.worker.poll() is None:
-            os.killpg(self.worker.pid, 15)
-            try:
-                self.worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.worker.pid, 9)
-                self.worker.wait(timeout=10)
-            self.worker_log.close()
+        if self.worker is not None:
+            self.stop_worker(self.worker)
         self.batch.close()
 
-    def run(self, flow: str, *, parameters: dict[str, Any] | None = None, **job_variables: Any):
+    def run(
+        self,
+        flow: str,
+        *,
+        parameters: dict[str, Any] | None = None,
+        work_pool: str = WORK_POOL,
+        **job_variables: Any,
+    ):
         with self.server.client() as client:
             if flow not in self.flow_ids:
                 self.flow_ids[flow] = client.create_flow_from_name(flow)
             variables = {"pool_id": "p", **job_variables}
+            key = (work_pool, *sorted(map(str, variables.items())))
             deployment_id = client.create_deployment(
                 flow_id=self.flow_ids[flow],
-                name=f"{flow}-{abs(hash(tuple(sorted(map(str, variables.items())))))}",
+                name=f"{flow}-{abs(hash(key))}",
                 entrypoint=f"wflows.py:{flow}",
-                work_pool_name=WORK_POOL,
+                work_pool_name=work_pool,
                 job_variables=variables,
                 pull_steps=[
                     {
@@ -592,3 +626,221 @@ def test_a_flow_run_on_an_ssh_node_completes_with_its_logs(harness: Harness, ssh
     names = {e.name: e.value for e in task.environment_settings}
     assert names["PREFECT_API_URL"] == harness.server.url
     harness.wait_logs(run_id, f"hello from node {node.id}", "Finished in state Completed")
+
+
+# -- a restarted worker adopts its predecessor's runs -------------------------------------------
+
+ADOPT_POOL = "batch-adopt"
+
+
+@pytest.fixture(scope="module")
+def adopt_pool(harness: Harness) -> str:
+    """A second work pool, polled only by the workers a test starts and kills."""
+    harness.cli(*PREFECT, "work-pool", "create", ADOPT_POOL, "--type", "batch")
+    return ADOPT_POOL
+
+
+def _sigkill_worker(worker: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the worker's process group: no teardown runs. Its local agents and their tasks
+    live in sessions of their own and outlive it, as on a machine whose worker is killed."""
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+
+
+def _worker_log(h: Harness, name: str) -> str:
+    return (h.root / f"{name}.log").read_text(errors="replace")
+
+
+def test_a_restarted_worker_adopts_a_running_run_and_reports_its_crash(
+    harness: Harness, adopt_pool: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pids"
+    first = harness.spawn_worker(adopt_pool, "adopt-first")
+    try:
+        run_id = harness.run("doomed", work_pool=adopt_pool, parameters={"marker": str(marker)})
+        wait_for(marker.exists, timeout=90, interval=0.3, what="flow code running")
+        assert harness.flow_run(run_id).state.name == "Running"
+    finally:
+        _sigkill_worker(first)
+    # With no worker up, the task dies outside Prefect's supervisor: its process group (the
+    # supervisor) and the flow's own process (Prefect starts it in a session of its own).
+    flow_pid, task_pid = map(int, marker.read_text().split())
+    os.killpg(task_pid, signal.SIGKILL)
+    os.kill(flow_pid, signal.SIGKILL)
+    second = harness.spawn_worker(adopt_pool, "adopt-second")
+    try:
+        fr = harness.wait_state(run_id, "Crashed", "Completed", "Failed", "Cancelled", timeout=90)
+        assert fr.state.name == "Crashed"
+        pid = fr.infrastructure_pid
+        assert fr.state.message.startswith(f"batch task {pid} ended (exit code 137;")
+        assert _task(harness, run_id).execution_info.exit_code == 137
+        harness.wait_logs(run_id, f"worker adopt-second adopted batch task {pid}")
+        # The first worker was gone before the task died: the second reported it.
+        wait_for(
+            lambda: (
+                f"Reported flow run '{run_id}' as crashed" in _worker_log(harness, "adopt-second")
+            ),
+            timeout=30,
+            interval=0.5,
+            what="the second worker's crash report",
+        )
+    finally:
+        harness.stop_worker(second)
+
+
+def test_a_run_cancelled_while_queued_after_its_worker_died_is_cancelled_by_the_next(
+    harness: Harness, adopt_pool: str
+) -> None:
+    from prefect.states import Cancelling
+
+    first = harness.spawn_worker(adopt_pool, "adopt-first-q")
+    try:
+        run_id = harness.run("hello", work_pool=adopt_pool, pool_id="empty")
+        wait_for(
+            lambda: harness.flow_run(run_id).infrastructure_pid,
+            timeout=60,
+            interval=0.3,
+            what="submitted",
+        )
+    finally:
+        _sigkill_worker(first)
+    assert _task(harness, run_id).state.value == "active"
+    with harness.server.client() as client:
+        client.set_flow_run_state(run_id, Cancelling(), force=True)
+    second = harness.spawn_worker(adopt_pool, "adopt-second-q")
+    try:
+        fr = harness.wait_state(run_id, "Cancelled", timeout=90)
+        assert fr.state.message == f"cancelled while queued as batch task {fr.infrastructure_pid}"
+        task = _ended_task(harness, run_id)
+        assert task.execution_info.failure_info.code == "TaskEnded"
+        assert task.node_info is None  # it never ran
+        assert _state_names(harness, run_id).count("Cancelled") == 1
+        harness.wait_logs(run_id, "worker adopt-second-q adopted batch task")
+    finally:
+        harness.stop_worker(second)
+
+
+def test_a_second_crashed_or_cancelled_proposal_leaves_the_final_state(harness: Harness) -> None:
+    """Two workers watching one run both propose: the second changes nothing."""
+    import anyio
+    from prefect import flow
+    from prefect.client.orchestration import PrefectClient
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Cancelling, Running
+
+    from prefect_batch.prefect.worker import BatchWorker
+
+    @flow(name="raced")
+    def raced() -> None:  # never run: only its flow runs' states are proposed
+        pass
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        async with PrefectClient(harness.server.url) as client:
+            workers = [BatchWorker(work_pool_name="nobody") for _ in range(2)]
+            for worker in workers:
+                worker._client = client
+            crashed = await client.create_flow_run(raced, state=Running())
+            for i, worker in enumerate(workers):  # both read the run while it was Running
+                await worker._propose_crashed_state(crashed, f"report {i}")
+            cancelled = await client.create_flow_run(raced, state=Running())
+            await client.set_flow_run_state(cancelled.id, Cancelling(), force=True)
+            cancelling = await client.read_flow_run(cancelled.id)
+            accepted = [
+                await worker.observer._propose_cancelled(cancelling, f"cancel {i}")
+                for i, worker in enumerate(workers)
+            ]
+            assert accepted == [True, False]
+            return (
+                await client.read_flow_run_states(crashed.id),
+                await client.read_flow_run_states(cancelled.id),
+            )
+
+    with temporary_settings({PREFECT_API_URL: harness.server.url}):
+        crashed_states, cancelled_states = anyio.run(main)
+        APILogWorker.drain_all(timeout=10)  # the workers' run log lines, to this server
+    assert [(s.name, s.message) for s in crashed_states[1:]] == [("Crashed", "report 0")]
+    assert [s.name for s in cancelled_states] == ["Running", "Cancelling", "Cancelled"]
+    assert cancelled_states[-1].message == "cancel 0"
+
+
+def test_adoption_pages_through_its_queues_and_skips_runs_not_its_own(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounded passes cover the backlog; other queues, accounts and services are left alone."""
+    import anyio
+    from prefect.client.orchestration import PrefectClient
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Running
+
+    from prefect_batch.prefect import worker as worker_module
+    from prefect_batch.prefect.worker import BatchWorker
+
+    pool, job_id = "batch-adopt-paging", "adopt-paging"
+    harness.cli(*PREFECT, "work-pool", "create", pool, "--type", "batch")
+    harness.batch.create_job({"id": job_id, "poolInfo": {"poolId": "empty"}})
+    kinds = ["good"] * 4 + ["elsewhere", "no task", "no pid", "other queue"]
+    runs: dict[Any, str] = {}
+    with harness.server.client() as client:
+        client.create_work_queue(name="side", work_pool_name=pool)
+        for kind in kinds:
+            run_id = harness.run("hello", work_pool=pool, pool_id="empty")
+            if kind == "other queue":
+                deployment_id = harness.flow_run(run_id).deployment_id
+                client.delete_flow_run(run_id)
+                run_id = client.create_flow_run_from_deployment(
+                    deployment_id, work_queue_name="side"
+                ).id
+            runs[run_id] = kind
+            if kind != "no task":
+                harness.batch.create_task(job_id, {"id": str(run_id), "commandLine": "true"})
+            if kind != "no pid":
+                account = "elsewhere" if kind == "elsewhere" else "local"
+                client.update_flow_run(run_id, infrastructure_pid=f"{account}/{job_id}/{run_id}")
+            client.set_flow_run_state(run_id, Running(), force=True)
+    good = {run_id for run_id, kind in runs.items() if kind in ("good", "other queue")}
+    monkeypatch.setattr(worker_module, "ADOPT_PAGE", 2)
+    monkeypatch.setattr(worker_module, "ADOPT_MAX_RUNS", 3)
+
+    async def main(worker: BatchWorker) -> list[list[Any] | None]:
+        async with PrefectClient(harness.server.url) as client:
+            worker._client = client
+            passes: list[list[Any] | None] = [await worker.adopt_flow_runs()]  # not synced
+            worker._work_pool = await client.read_work_pool(pool)
+            for _ in range(4):
+                passes.append(await worker.adopt_flow_runs())
+            return passes
+
+    with temporary_settings({PREFECT_API_URL: harness.server.url}):
+        # One worker polls the default queue only, one the whole pool.
+        queue_worker = BatchWorker(work_pool_name=pool, work_queues=["default"])
+        pool_worker = BatchWorker(work_pool_name=pool)
+        for worker in (queue_worker, pool_worker):
+            monkeypatch.setattr(worker, "batch_client", lambda account: harness.batch)
+        queued_passes = anyio.run(main, queue_worker)
+        pool_passes = anyio.run(main, pool_worker)
+        APILogWorker.drain_all(timeout=10)
+    try:
+        # Seven runs in the default queue, three per pass: the third pass reaches the end and
+        # the fourth starts over, finding nothing new; nothing is adopted twice.
+        assert queued_passes[0] is None
+        adopted = [run_id for found in queued_passes[1:] for run_id in found]
+        assert sorted(map(str, adopted)) == sorted(
+            str(r) for r, kind in runs.items() if kind == "good"
+        )
+        assert queued_passes[4] == []
+        assert set(queue_worker.observer.watching()) == set(adopted)
+        watched = queue_worker.observer._watched[adopted[0]]
+        assert (watched.account, watched.job_id, watched.mode, watched.pool_id) == (
+            "local",
+            job_id,
+            "task",
+            "empty",
+        )
+        assert {runs[r] for r in queue_worker._not_adopted} == {"elsewhere", "no task"}
+        assert set(pool_worker.observer.watching()) == good
+        assert pool_passes[4] == []
+        harness.wait_logs(adopted[0], f"worker {queue_worker.name} adopted batch task local/")
+    finally:
+        harness.batch.terminate_job(job_id)
