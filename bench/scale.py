@@ -32,6 +32,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -119,17 +120,23 @@ class StatementCounter:
         return out
 
 
-class StepProfile:
-    """cProfile of the engine's steps (on its own thread) while ``on``: where its time goes."""
+class StepHook:
+    """Around the engine's step (on its own thread): hold it while ``paused`` is clear, so
+    tasks added meanwhile wait in the queue as they are (nothing is dispatched), and profile it
+    with cProfile while ``profiling``."""
 
     def __init__(self) -> None:
         self.profile = cProfile.Profile()
-        self.on = False
+        self.profiling = False
+        self.running = threading.Event()
+        self.running.set()
         original = Engine.step
         me = self
 
         def step(engine: Engine) -> None:
-            if not me.on:
+            while not me.running.wait(0.05):
+                pass
+            if not me.profiling:
                 return original(engine)
             me.profile.enable()
             try:
@@ -142,6 +149,7 @@ class StepProfile:
 
     def close(self) -> None:
         """Put the engine's own step back."""
+        self.running.set()
         Engine.step = self._original  # type: ignore[method-assign]
 
     def report(self, per: int, top: int = 20) -> str:
@@ -153,18 +161,17 @@ class StepProfile:
         return head + "\n" + out.getvalue()
 
 
-def held(client: BatchClient, jobs: list[str]) -> None:
-    """Disable ``jobs``: tasks added now stay queued until :func:`release` enables them."""
-    for job in jobs:
-        client.disable_job(job, "requeue")
+def held(hook: StepHook) -> None:
+    """Hold the engine: tasks added now are queued and stay so until :func:`release`."""
+    hook.running.clear()
+    time.sleep(0.2)  # a step under way ends; the next one waits
 
 
-def release(client: BatchClient, jobs: list[str], sent: dict[str, float], count: int) -> float:
-    """Enable ``jobs``, then time their first ``count`` run requests: run requests per second."""
+def release(hook: StepHook, sent: dict[str, float], count: int) -> float:
+    """Let the engine go, then time its first ``count`` run requests: run requests per second."""
     before = len(sent)
     t = time.perf_counter()
-    for job in jobs:
-        client.enable_job(job)
+    hook.running.set()
     wait_until(lambda: len(sent) >= before + count, f"{count:,} run requests")
     return (len(sent) - before) / (time.perf_counter() - t)
 
@@ -198,6 +205,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.database_url:
         settings = settings.model_copy(update={"database_url": args.database_url})
     rows: list[tuple[str, str, str]] = []
+    hook = StepHook()
+    try:
+        measured = run(args, settings, hook, rows)
+    finally:
+        hook.close()
+    width = max(len(r[0]) for r in rows)
+    print(
+        f"bench/scale.py  nodes={args.nodes} slots={args.slots} queued={args.queued:,} "
+        f"({time.strftime('%Y-%m-%d')})"
+    )
+    for name, figure, note in rows:
+        print(f"{name:<{width}}  {figure:>18}  {note}")
+    if args.profile:
+        print(hook.report(measured))
+        path = settings.home / "engine.prof"
+        hook.profile.dump_stats(path)
+        print(f"(the whole profile: {path}, for pstats or snakeviz)")
+    return 0
+
+
+def run(
+    args: argparse.Namespace, settings: Any, hook: StepHook, rows: list[tuple[str, str, str]]
+) -> int:
+    """The measurements, in order, into ``rows``; returns how many run requests (rN) timed."""
     with BatchClient(settings=settings) as client:
         assert client.store is not None
         set_quota(client.store, client.account_name, dedicated_nodes=args.nodes)
@@ -253,33 +284,29 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
 
-        # (r1) 1,000 queued at a time, five rounds.
+        # (r1) 1,000 queued at a time (added while the engine is held), five rounds.
         small, rounds, r1s = 1000, 5, []
         for r in range(rounds):
-            held(client, jobs)
+            held(hook)
             add_queued(client, jobs, small, f"s{r}-")
             if r == 0:
                 rss_small = rss_mib()
-            r1s.append(release(client, jobs, sent, small))
+            r1s.append(release(hook, sent, small))
         r1 = statistics.median(r1s)
 
-        # (rN) the deep queue: the same jobs hold --queued, released at once.
-        held(client, jobs)
+        # (rN) the deep queue: --queued tasks added while the engine is held, then let go.
+        held(hook)
         t = time.perf_counter()
         add_queued(client, jobs, args.queued, "q")
         ingest = args.queued / (time.perf_counter() - t)
         rss_deep = rss_mib()
         counter = StatementCounter(client.store.engine)
-        profiler = StepProfile() if args.profile else None
         cpu0, before = cpu_seconds(), len(sent)
         counter.on = True
-        if profiler is not None:
-            profiler.on = True
-        rn = release(client, jobs, sent, min(args.measure, args.queued))
+        hook.profiling = args.profile
+        rn = release(hook, sent, min(args.measure, args.queued))
         counter.on = False
-        if profiler is not None:
-            profiler.on = False
-            profiler.close()
+        hook.profiling = False
         measured = max(len(sent) - before, 1)
         cpu_us = (cpu_seconds() - cpu0) / measured * 1e6
         wait_until(lambda: len(sent) >= before + args.queued, "deep queue drained")
@@ -308,18 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows.extend(counter.report(measured))
         rows.append((f"    highest-priority job {jobs[-1]} completed", f"{top:,}", ""))
-    width = max(len(r[0]) for r in rows)
-    print(
-        f"bench/scale.py  nodes={args.nodes} slots={args.slots} queued={args.queued:,} "
-        f"({time.strftime('%Y-%m-%d')})"
-    )
-    for name, figure, note in rows:
-        print(f"{name:<{width}}  {figure:>18}  {note}")
-    if profiler is not None:
-        print(profiler.report(measured))
-        profiler.profile.dump_stats(home / "engine.prof")
-        print(f"(the whole profile: {home / 'engine.prof'}, for pstats or snakeviz)")
-    return 0
+    return measured
 
 
 if __name__ == "__main__":

@@ -112,19 +112,41 @@ _SPEC_TEXT = select(tasks.c.pk, cast(tasks.c.spec, Text)).where(
 
 
 class _RunRow:
-    """A task being dispatched: its row as read, with the node and attempt it gets now and its
-    job's spec (read once per job, not once per task)."""
+    """A task being dispatched: its row as read (``_RUN_ROWS``), with the node and attempt it
+    gets now and its job's spec (read once per job, not once per task)."""
 
-    __slots__ = ("_row", "attempt", "job_spec", "node_pk")
+    __slots__ = (
+        "attempt",
+        "id",
+        "job_id",
+        "job_pk",
+        "job_spec",
+        "kind",
+        "node_history",
+        "node_pk",
+        "pk",
+        "requeue_count",
+        "spec",
+        "wall_clock_seconds",
+    )
 
     def __init__(self, row: Any, node_pk: int, attempt: int, job_spec: Any) -> None:
-        self._row = row
+        (
+            self.pk,
+            self.id,
+            _,
+            self.spec,
+            self.kind,
+            self.wall_clock_seconds,
+            _,
+            self.node_history,
+            self.requeue_count,
+            self.job_pk,
+            self.job_id,
+        ) = row
         self.node_pk = node_pk
         self.attempt = attempt
         self.job_spec = job_spec
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._row, name)
 
 
 NODE_RUNNING = (
