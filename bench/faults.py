@@ -399,16 +399,25 @@ def agent_pids(home: Path) -> dict[str, int]:
     return out
 
 
-def check_orphans(outcome: Outcome, home: Path) -> None:
-    """After the last server stopped: nothing of ``home`` may still run (agents drain first)."""
+def check_orphans(
+    outcome: Outcome,
+    home: Path,
+    left_of: Callable[[Path], list[Any]] | None = None,
+    where: str = "after the last shutdown",
+) -> None:
+    """After the last server stopped: nothing of ``home`` may still run (agents drain first).
+
+    ``left_of``: what still runs there (default :func:`home_processes`).
+    """
+    probe = left_of or home_processes
     try:
-        wait_until(lambda: not home_processes(home), ORPHAN_GRACE_SECONDS, "processes exit")
+        wait_until(lambda: not probe(home), ORPHAN_GRACE_SECONDS, "processes exit")
     except FaultError:
         pass
-    left = home_processes(home)
+    left = probe(home)
     outcome.notes["orphans"] = len(left)
     if left:
-        outcome.fail(f"{len(left)} processes left after the last shutdown: {left[:5]}")
+        outcome.fail(f"{len(left)} processes left {where}: {left[:5]}")
 
 
 # -- (a) the server killed, N rounds ---------------------------------------------------------
@@ -834,7 +843,7 @@ def ssh_host_loss(
                 outcome.notes["nodes"] = ",".join(f"{k}:{v}" for k, v in sorted(back.items()))
             finally:
                 sdk.close()
-        check_orphans_under(outcome, hosts)
+        check_orphans(outcome, hosts, processes_under, "on the hosts after the shutdown")
     except Exception as exc:  # noqa: BLE001 - any error fails this scenario, not the suite
         outcome.fail(f"{type(exc).__name__}: {exc}")
     finally:
@@ -847,18 +856,6 @@ def ssh_host_loss(
                 pass
         outcome.seconds = time.monotonic() - start
     return outcome
-
-
-def check_orphans_under(outcome: Outcome, root: Path) -> None:
-    """After the server stopped: nothing may still run under the hosts' roots."""
-    try:
-        wait_until(lambda: not processes_under(root), ORPHAN_GRACE_SECONDS, "host processes exit")
-    except FaultError:
-        pass
-    left = processes_under(root)
-    outcome.notes["orphans"] = len(left)
-    if left:
-        outcome.fail(f"{len(left)} processes left on the hosts after the shutdown: {left[:5]}")
 
 
 # -- the suite ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, select
 from prefect_batch.exceptions import BatchNotFoundError
 from prefect_batch.service.rows import common
 from prefect_batch.store import Store
-from prefect_batch.store.schema import jobs, pools
+from prefect_batch.store.schema import jobs, nodes, pools
 
 __all__ = ["ServiceBase", "parse_model"]
 
@@ -104,6 +104,22 @@ class ServiceBase:
             )
         if "pool" in self.preconditions:  # conditional request (see __init__)
             self.preconditions["pool"](row)
+        return row
+
+    def _node_of_pool(self, pool_id: str, node_id: str) -> Any:
+        """The ``nodes`` row of one of the account's nodes, with its pool's ``pool_spec`` and
+        ``pool_id`` (``PoolNotFound``, ``NodeNotFound``)."""
+        with self.store.read() as conn:
+            pool = self._pool_row(conn, pool_id)
+            row = conn.execute(
+                select(nodes, pools.c.spec.label("pool_spec"), pools.c.id.label("pool_id"))
+                .join(pools, pools.c.pk == nodes.c.pool_pk)
+                .where(nodes.c.pool_pk == pool.pk, nodes.c.node_id == node_id)
+            ).one_or_none()
+        if row is None:
+            raise BatchNotFoundError(
+                "NodeNotFound", f"The specified node does not exist: {node_id}", {"NodeId": node_id}
+            )
         return row
 
     def _job_row(self, conn: Connection, job_id: str) -> Any:

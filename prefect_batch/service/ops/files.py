@@ -120,17 +120,7 @@ class FileOperations(ServiceBase):
     # -- node files ------------------------------------------------------------------------
 
     def _node_root(self, pool_id: str, node_id: str) -> LocalDir | AgentDir:
-        with self.store.read() as conn:
-            pool = self._pool_row(conn, pool_id)
-            row = conn.execute(
-                select(nodes, pools.c.spec.label("pool_spec"), pools.c.id.label("pool_id"))
-                .join(pools, pools.c.pk == nodes.c.pool_pk)
-                .where(nodes.c.pool_pk == pool.pk, nodes.c.node_id == node_id)
-            ).one_or_none()
-        if row is None:
-            raise BatchNotFoundError(
-                "NodeNotFound", f"The specified node does not exist: {node_id}", {"NodeId": node_id}
-            )
+        row = self._node_of_pool(pool_id, node_id)
         if not sku_traits(node_source_of(row.pool_spec)).same_machine:
             return self._agent_dir(row, "")
         return LocalDir(Path(row.root_dir))

@@ -19,8 +19,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import select
-
 from prefect_batch.core.states import NodeState
 from prefect_batch.exceptions import (
     AgentError,
@@ -40,7 +38,6 @@ from prefect_batch.service.ops.agentfiles import agent_session, unreachable
 from prefect_batch.service.ops.base import ServiceBase
 from prefect_batch.service.rows.common import node_source_of
 from prefect_batch.service.rows.providers import directory_of, node_ref
-from prefect_batch.store.schema import nodes, pools
 
 __all__ = ["NodeUserOperations", "canonical_ssh_key"]
 
@@ -89,20 +86,6 @@ def canonical_ssh_key(value: str) -> str:
 class NodeUserOperations(ServiceBase):
     """Remote login settings and login users of one account's nodes."""
 
-    def _node(self, pool_id: str, node_id: str) -> Any:
-        with self.store.read() as conn:
-            pool = self._pool_row(conn, pool_id)
-            row = conn.execute(
-                select(nodes, pools.c.spec.label("pool_spec"), pools.c.id.label("pool_id"))
-                .join(pools, pools.c.pk == nodes.c.pool_pk)
-                .where(nodes.c.pool_pk == pool.pk, nodes.c.node_id == node_id)
-            ).one_or_none()
-        if row is None:
-            raise BatchNotFoundError(
-                "NodeNotFound", f"The specified node does not exist: {node_id}", {"NodeId": node_id}
-            )
-        return row
-
     @staticmethod
     def _remote_only(row: Any, what: str) -> str:
         sku = node_source_of(row.pool_spec)
@@ -119,7 +102,7 @@ class NodeUserOperations(ServiceBase):
         self, pool_id: str, node_id: str
     ) -> BatchNodeRemoteLoginSettings:
         """The SSH address and port of the node's machine."""
-        row = self._node(pool_id, node_id)
+        row = self._node_of_pool(pool_id, node_id)
         sku = self._remote_only(row, "remote login of its own")
         node = node_ref(row, row.pool_id)
         provider = directory_of(self.store).get(node.account, sku)
@@ -187,7 +170,7 @@ class NodeUserOperations(ServiceBase):
         return {"ssh_public_key": key, "password": password, "expiry": expiry}
 
     def _user_call(self, pool_id: str, node_id: str, request: dict[str, Any]) -> None:
-        row = self._node(pool_id, node_id)
+        row = self._node_of_pool(pool_id, node_id)
         sku = self._remote_only(row, "users of its own")
         if row.state not in _UP:
             raise BatchConflictError(
