@@ -367,22 +367,7 @@ def judge(outcome: Outcome, sdk: SdkClient, accepted: list[str], ledger: Path) -
 def home_processes(home: Path) -> list[tuple[int, str]]:
     """Processes of this run's home: node agents (``--root`` under it) and anything working
     in a directory under it (task processes)."""
-    found = []
-    root = str(home)
-    agent = str(AGENT_PATH)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            words = [w.decode(errors="replace") for w in argv if w]
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue  # gone, or not ours to read
-        is_agent = agent in words and any(w.startswith(root) for w in words)
-        if is_agent or cwd == root or cwd.startswith(root + os.sep):
-            found.append((int(entry.name), " ".join(words)[:120]))
-    return found
+    return processes_under(home, agents_only=True)
 
 
 def agent_pids(home: Path) -> dict[str, int]:
@@ -683,11 +668,17 @@ def store_outage(
 # -- (f) an SSH host's sshd killed --------------------------------------------------------------
 
 
-def processes_under(root: Path) -> list[tuple[int, str]]:
-    """Processes of one loopback "host": an argument under ``root`` (its node agent, started
-    with ``--root``) or a working directory under it (its task processes)."""
+def processes_under(root: Path, *, agents_only: bool = False) -> list[tuple[int, str]]:
+    """Processes of one loopback "host" (or one run's home): an argument under ``root`` (its
+    node agent, started with ``--root``; with ``agents_only``, only a node agent's arguments
+    count) or a working directory under it (its task processes)."""
     found = []
     prefix = str(root)
+    agent = str(AGENT_PATH)
+
+    def under(path: str) -> bool:
+        return path == prefix or path.startswith(prefix + os.sep)
+
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -696,10 +687,9 @@ def processes_under(root: Path) -> list[tuple[int, str]]:
             words = [w.decode(errors="replace") for w in argv if w]
             cwd = os.readlink(entry / "cwd")
         except OSError:
-            continue
-        if any(w == prefix or w.startswith(prefix + os.sep) for w in words) or (
-            cwd == prefix or cwd.startswith(prefix + os.sep)
-        ):
+            continue  # gone, or not ours to read
+        by_args = (not agents_only or agent in words) and any(under(w) for w in words)
+        if by_args or under(cwd):
             found.append((int(entry.name), " ".join(words)[:120]))
     return found
 

@@ -20,6 +20,9 @@ from .driver import AgentDriver
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKyzPT4LP9jZP9quaIxhS/hlKii9nXoijEGaKBnxWcIH"
 
+# Managing users (useradd, userdel) and starting an agent as another user (nobody) both need
+# root. CI runs as root, so these tests always run there; only a developer's unprivileged run
+# skips them, where no agent can manage users at all.
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start an agent as nobody")
 
 
