@@ -333,10 +333,10 @@ def test_cancel_while_running(harness: Harness, tmp_path: Path) -> None:
 
     marker = tmp_path / "started"
     run_id = harness.run("sleepy", parameters={"marker": str(marker), "seconds": 60})
-    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    wait_for(marker.exists, timeout=120, interval=0.3, what="flow code running")
     with harness.server.client() as client:
         client.set_flow_run_state(run_id, Cancelling(), force=True)
-    fr = harness.wait_state(run_id, "Cancelled", "Crashed", "Completed", timeout=60)
+    fr = harness.wait_state(run_id, "Cancelled", "Crashed", "Completed")
     assert fr.state.name == "Cancelled"
     _ended_task(harness, run_id)
 
@@ -354,7 +354,7 @@ def test_cancel_while_queued(harness: Harness) -> None:
     assert _task(harness, run_id).state.value == "active"
     with harness.server.client() as client:
         client.set_flow_run_state(run_id, Cancelling(), force=True)
-    fr = harness.wait_state(run_id, "Cancelled", timeout=60)
+    fr = harness.wait_state(run_id, "Cancelled")
     assert "cancelled while queued" in fr.state.message
     _ended_task(harness, run_id)
 
@@ -364,10 +364,10 @@ def test_a_node_removed_with_requeue_reruns_the_flow_once(harness: Harness, tmp_
     # The first attempt outlives any removal; the rerun is quick.
     parameters = {"marker": str(marker), "seconds": 120, "rerun_seconds": 1}
     run_id = harness.run("sleepy", parameters=parameters)
-    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    wait_for(marker.exists, timeout=120, interval=0.3, what="flow code running")
     node = _task(harness, run_id).node_info.node_id
     harness.batch.remove_nodes("p", {"nodeList": [node], "nodeDeallocationOption": "requeue"})
-    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=90)
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed")
     assert fr.state.name == "Completed"
     task = _task(harness, run_id)
     assert task.execution_info.requeue_count == 1
@@ -388,7 +388,7 @@ def test_a_requeued_task_does_not_run_a_flow_run_that_is_already_final(
 
     marker = tmp_path / "attempts"
     run_id = harness.run("sleepy", parameters={"marker": str(marker), "seconds": 120})
-    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    wait_for(marker.exists, timeout=120, interval=0.3, what="flow code running")
     # The run ends (as when the flow returns just before its node goes) while the task still runs.
     with harness.server.client() as client:
         client.set_flow_run_state(run_id, Completed(), force=True)
@@ -443,7 +443,7 @@ def test_a_run_waiting_for_a_node_is_infrastructure_pending_then_runs(harness: H
     )
     assert _task(harness, run_id).state.value == "active"
     harness.batch.resize_pool("later", {"targetDedicatedNodes": 1})
-    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=90)
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed")
     assert fr.state.name == "Completed"
     names = _state_names(harness, run_id)
     assert names.count("InfrastructurePending") == 1
@@ -453,7 +453,7 @@ def test_a_run_waiting_for_a_node_is_infrastructure_pending_then_runs(harness: H
 
 def test_jobmanager_mode_runs_the_flow_as_the_manager_of_its_own_job(harness: Harness) -> None:
     run_id = harness.run("manager", mode="jobmanager")
-    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=90)
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed")
     assert fr.state.name == "Completed", fr.state.message
     job_id = f"prefect-{run_id}"
     assert fr.infrastructure_pid == f"local/{job_id}/{run_id}"
@@ -496,13 +496,13 @@ def test_kill_infrastructure_terminates_a_running_task(
 ) -> None:
     marker = tmp_path / "started"
     run_id = harness.run("sleepy", parameters={"marker": str(marker), "seconds": 120})
-    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    wait_for(marker.exists, timeout=120, interval=0.3, what="flow code running")
     pid = harness.flow_run(run_id).infrastructure_pid
     _kill(harness, monkeypatch, pid)
     task = _ended_task(harness, run_id)
     assert task.execution_info.exit_code != 0
     # Ended outside Prefect's cancellation: the observer reports it.
-    fr = harness.wait_state(run_id, "Crashed", "Completed", "Cancelled", timeout=60)
+    fr = harness.wait_state(run_id, "Crashed", "Completed", "Cancelled")
     assert fr.state.name == "Crashed" and pid in fr.state.message
 
 
@@ -512,7 +512,7 @@ def test_kill_infrastructure_terminates_the_job_in_jobmanager_mode(
     marker = tmp_path / "started"
     parameters = {"marker": str(marker), "seconds": 120}
     run_id = harness.run("sleepy", mode="jobmanager", parameters=parameters)
-    wait_for(marker.exists, timeout=60, interval=0.3, what="flow code running")
+    wait_for(marker.exists, timeout=120, interval=0.3, what="flow code running")
     _kill(harness, monkeypatch, harness.flow_run(run_id).infrastructure_pid, mode="jobmanager")
     job = wait_for(
         lambda: (j := harness.batch.get_job(f"prefect-{run_id}")).state.value == "completed" and j,
@@ -554,7 +554,7 @@ def test_jobmanager_mode_refuses_a_job_that_is_not_the_runs_own(harness: Harness
     # refused (Crashed at submission) rather than left Pending with nothing to run it.
     harness.batch.create_job({"id": "jm-shared", "poolInfo": {"poolId": "p"}})
     run_id = harness.run("hello", mode="jobmanager", job_id="jm-shared")
-    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed", timeout=60)
+    fr = harness.wait_state(run_id, "Completed", "Failed", "Crashed")
     assert fr.state.name == "Crashed"
     assert "job 'jm-shared' exists and is not this flow run's" in fr.state.message
     harness.batch.terminate_job("jm-shared")
